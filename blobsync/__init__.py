@@ -1,0 +1,3 @@
+"""blobsync: end-to-end encrypted blob sync, speaking Soledad's blobs protocol."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,30 @@
+"""Named limits of the wire formats, each with the reason it exists."""
+
+from __future__ import annotations
+
+import re
+
+# SPEC 1: ids are Pascal strings in the preamble, whose length byte stops at 254.
+MAX_ID_LENGTH = 254
+
+# SPEC 1: one pattern for users, blob ids and namespaces; it also rules out path traversal.
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,254}")
+
+# A stream header lists [id, size] pairs: 1 MiB holds ~3,800 pairs of longest ids and
+# ~30,000 of typical ones, while bounding what a server buffers before the first blob.
+MAX_JSON_HEADER = 1 << 20
+
+# A downstream frame states its length in 8 hex digits, so no frame can be larger.
+MAX_FRAME_SIZE = 0xFFFFFFFF
+
+# Bytes of a download frame header: 8 hex digits, 24 base64 chars of the tag, one space.
+FRAME_HEADER_SIZE = 33
+
+# What one read hands back at most: large enough for few syscalls, small enough to stay
+# far below the 150 MB memory bound when many transfers run at once.
+CHUNK_SIZE = 1 << 16
+
+
+def valid_id(value: str) -> bool:
+    """True when ``value`` is a legal user, blob id or namespace (SPEC 1)."""
+    return ID_PATTERN.fullmatch(value) is not None
