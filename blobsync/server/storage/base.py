@@ -1,0 +1,242 @@
+"""The two storage interfaces the HTTP layer sees: a metadata index and a payload store.
+
+Every backend implements both (memory, SQLite+files, PostgreSQL, S3) and passes the one
+shared suite in ``tests/storage/``. ``BlobStore`` (``blobstore.py``) combines them into the
+operations the routes call; the routes never touch an implementation directly.
+
+Write order, for every backend: the payload goes to a location no other writer can use and
+is made durable; only then is the index row inserted, in one transaction that enforces id
+uniqueness and the quota. The loser of a race deletes its own payload. A crash between the
+two leaves an orphan payload that no row names: invisible, and collected by ``gc``.
+Deletion removes the row first, then the payload.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import Enum
+
+from blobsync.format.errors import BlobsyncError
+
+FLAGS = frozenset({"PENDING", "PROCESSING", "PROCESSED", "FAILED"})
+
+
+class StorageError(BlobsyncError):
+    """Base of the errors storage raises on purpose; each maps to one HTTP status."""
+
+    status_hint = 500
+
+
+class BlobExists(StorageError):
+    status_hint = 409
+
+
+class BlobNotFound(StorageError):
+    status_hint = 404
+
+
+class QuotaExceeded(StorageError):
+    status_hint = 507
+
+
+class PreconditionFailed(StorageError):
+    """An ``expect`` flag condition did not hold."""
+
+    status_hint = 412
+
+
+class UserExists(StorageError):
+    status_hint = 409
+
+
+class UserNotFound(StorageError):
+    status_hint = 404
+
+
+class Order(Enum):
+    NONE = "none"  # any order; the cheapest
+    OLDEST_FIRST = "date"  # stored order, SPEC 4's `date` and `+date`
+    NEWEST_FIRST = "-date"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    user: str
+    namespace: str
+    blob_id: str
+    size: int  # sealed size in bytes
+    tag: bytes  # the last 16 bytes of the sealed blob, for the Tag header and frames
+    flags: frozenset[str]
+    seq: int  # stored order: strictly increasing per server, across all processes
+    location: str  # where the payload store keeps the bytes; opaque outside it
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A user or a service with its hashed token."""
+
+    name: str
+    token_hash: str
+
+
+class MetadataIndex(abc.ABC):
+    """Users, services, blobs, tombstones and usage. All methods are atomic."""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect and create or migrate the schema."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    # users and services -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_user(self, uuid: str, token_hash: str) -> None:
+        """Raises UserExists."""
+
+    @abc.abstractmethod
+    async def set_user_token(self, uuid: str, token_hash: str) -> None:
+        """Raises UserNotFound."""
+
+    @abc.abstractmethod
+    async def remove_user(self, uuid: str) -> None:
+        """Removes the user and all its rows. Raises UserNotFound."""
+
+    @abc.abstractmethod
+    async def get_user(self, uuid: str) -> Principal | None: ...
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[Principal]: ...
+
+    @abc.abstractmethod
+    async def add_service(self, name: str, token_hash: str) -> None:
+        """Adds a service or replaces its token."""
+
+    @abc.abstractmethod
+    async def get_service(self, name: str) -> Principal | None: ...
+
+    @abc.abstractmethod
+    async def list_services(self) -> list[Principal]: ...
+
+    @abc.abstractmethod
+    async def remove_service(self, name: str) -> None:
+        """Raises UserNotFound."""
+
+    # blobs ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def insert_blob(
+        self,
+        user: str,
+        namespace: str,
+        blob_id: str,
+        size: int,
+        tag: bytes,
+        location: str,
+        flags: frozenset[str] = frozenset(),
+        quota: int = 0,
+    ) -> BlobInfo:
+        """Index a blob whose payload is durable, in one transaction.
+
+        Raises BlobExists if (user, namespace, blob_id) is indexed, QuotaExceeded if
+        ``quota`` > 0 and usage + size would pass it. On success: adds ``size`` to the
+        user's usage, removes any tombstone of the id, and gives it the next ``seq``.
+        """
+
+    @abc.abstractmethod
+    async def get_blob(self, user: str, namespace: str, blob_id: str) -> BlobInfo | None: ...
+
+    @abc.abstractmethod
+    async def delete_blob(self, user: str, namespace: str, blob_id: str) -> BlobInfo:
+        """Remove the row, leave a tombstone, subtract the usage. Raises BlobNotFound."""
+
+    @abc.abstractmethod
+    async def set_flags(
+        self,
+        user: str,
+        namespace: str,
+        blob_id: str,
+        flags: frozenset[str],
+        expect: str | None = None,
+    ) -> None:
+        """Replace the flags; with ``expect``, only if the blob carries that flag now.
+
+        Raises BlobNotFound, or PreconditionFailed when ``expect`` does not hold.
+        """
+
+    @abc.abstractmethod
+    async def list_blobs(
+        self,
+        user: str,
+        namespace: str,
+        *,
+        filter_flag: str | None = None,
+        order: Order = Order.NONE,
+        limit: int | None = None,
+    ) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def count_blobs(
+        self, user: str, namespace: str, *, filter_flag: str | None = None
+    ) -> int: ...
+
+    @abc.abstractmethod
+    async def list_deleted(self, user: str, namespace: str) -> list[str]:
+        """Ids with a tombstone, oldest deletion first."""
+
+    @abc.abstractmethod
+    async def get_blobs(self, user: str, namespace: str, blob_ids: list[str]) -> list[BlobInfo]:
+        """The rows of those ids that exist, in the order asked (for stream downloads)."""
+
+    @abc.abstractmethod
+    async def usage(self, user: str) -> int:
+        """Sealed bytes the user stores, exact."""
+
+    @abc.abstractmethod
+    async def all_locations(self) -> set[str]:
+        """Every location a row names, for garbage collection."""
+
+
+class PayloadWriter(abc.ABC):
+    """One payload being written. Nothing is visible at any location until ``commit``."""
+
+    @abc.abstractmethod
+    async def write(self, chunk: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def commit(self) -> str:
+        """Make the payload durable at a location no other writer can get; return it."""
+
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Discard what was written. Safe to call after a failed write or commit."""
+
+
+class PayloadStore(abc.ABC):
+    """Sealed bytes by location, streamed in and out in chunks."""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Prepare, and clean up what a crashed process left half-written."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+    @abc.abstractmethod
+    async def writer(self, user: str, namespace: str, blob_id: str) -> PayloadWriter: ...
+
+    @abc.abstractmethod
+    def read(
+        self, location: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Yield the bytes at ``location`` from ``offset``, ``length`` of them or to the end.
+
+        Raises BlobNotFound if nothing is there.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, location: str) -> None:
+        """Remove the payload; no error if it is already gone."""
+
+    @abc.abstractmethod
+    def locations(self) -> AsyncIterator[tuple[str, float]]:
+        """Every committed location with its modification time (Unix seconds), for gc."""
