@@ -131,10 +131,18 @@ def b64url_encode(data: bytes) -> bytes:
 
 
 def b64url_decode(data: bytes) -> bytes:
-    """Strict base64url with padding: any other character is an error (binascii.Error)."""
+    """Strict, canonical base64url with padding: anything else is binascii.Error.
+
+    Canonical matters: a2b_base64 ignores the unused low bits of a padded last group, so
+    without the check two different heads (a legacy 724-char one, say) decode alike and
+    sealed bytes could be altered without any check noticing.
+    """
     if b"+" in data or b"/" in data:
         raise binascii.Error("not base64url")
-    return binascii.a2b_base64(data.translate(_FROM_URLSAFE), strict_mode=True)
+    raw = binascii.a2b_base64(data.translate(_FROM_URLSAFE), strict_mode=True)
+    if b64url_encode(raw) != data:
+        raise binascii.Error("not canonical base64url")
+    return raw
 
 
 @dataclass(frozen=True, slots=True)

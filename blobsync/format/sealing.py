@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .errors import InvalidBlob
-from .keys import blob_key, rounded_size
+from .keys import blob_key, check_secret, rounded_size
 from .preamble import (
     EXTERNAL_REVISION,
     IMMUTABLE_REVISION,
@@ -116,6 +116,8 @@ class Opener:
     def __init__(
         self, secret: bytes | None, blob_id: str, sink: Callable[[bytes], object]
     ) -> None:
+        if secret is not None:
+            check_secret(secret)
         self._secret = secret
         self._blob_id = blob_id
         self._sink = sink
@@ -124,10 +126,22 @@ class Opener:
         self._dec = None
         self._size = 0
         self._done = False
+        # Once refused, a blob stays refused: a caller that ignores an error from feed()
+        # must not get a success from finish() (nor hand on data as if it were the payload).
+        self._error: InvalidBlob | None = None
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         if self._done:
             raise RuntimeError("feed() after finish()")
+        if self._error is not None:
+            raise InvalidBlob(self._error.reason)
+        try:
+            self._feed(chunk)
+        except InvalidBlob as exc:
+            self._error = exc
+            raise
+
+    def _feed(self, chunk: bytes | bytearray | memoryview) -> None:
         self._buf += chunk
         if self._head is None:
             head = parse_sealed_head(self._buf)
@@ -140,13 +154,14 @@ class Opener:
     def _begin(self, head: SealedHead) -> None:
         pre = head.preamble
         pre.check(self._blob_id)
-        self._head = head
         if pre.scheme is Scheme.SYMKEY:
             if self._secret is None:
                 raise InvalidBlob("symkey blob but no secret to open it")
             key = blob_key(self._secret, self._blob_id)
             self._dec = Cipher(algorithms.AES(key), modes.GCM(pre.iv)).decryptor()
             self._dec.authenticate_additional_data(head.raw_preamble)
+        # Set last: a head is only taken once everything about it checked out.
+        self._head = head
 
     def _drain(self, keep: int) -> None:
         n = len(self._buf) - keep
@@ -158,8 +173,12 @@ class Opener:
         self._sink(self._dec.update(piece) if self._dec is not None else piece)
 
     def finish(self) -> Opened:
-        """Call at the end of input: verifies and reports, or raises InvalidBlob."""
+        """Call once, at the end of input: verifies and reports, or raises InvalidBlob."""
+        if self._done:
+            raise RuntimeError("finish() called twice")
         self._done = True
+        if self._error is not None:
+            raise InvalidBlob(f"refused earlier: {self._error.reason}")
         if self._head is None:
             raise InvalidBlob("sealed blob: cut short inside its head")
         pre = self._head.preamble

@@ -90,6 +90,24 @@ class _Reader:
         self._done = False
         self._index = 0  # blob being read or next to be read
         self._remaining = -1  # bytes left of the current blob body; -1: not in a body
+        # As in h11, an error is final: the state it left behind is not a state to go on
+        # from (a frame whose tag failed would be skipped and the next read as the same blob).
+        self._error: ProtocolError | None = None
+
+    def next_event(self) -> Event | _NeedData:
+        """The next event, or NEED_DATA; raises StreamError (or LimitExceeded) for bad input."""
+        if self._error is not None:
+            raise self._error
+        if self._done:
+            raise RuntimeError("next_event() after StreamEnd")
+        try:
+            return self._next_event()
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _next_event(self) -> Event | _NeedData:
+        raise NotImplementedError
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._eof:
@@ -148,9 +166,7 @@ class DownstreamReader(_Reader):
     def _id(self) -> str | None:
         return self._ids[self._index] if self._ids is not None else None
 
-    def next_event(self) -> Event | _NeedData:
-        if self._done:
-            raise RuntimeError("next_event() after StreamEnd")
+    def _next_event(self) -> Event | _NeedData:
         if self._remaining >= 0:
             return self._body_event()
         if self._index == self._count:
@@ -217,14 +233,13 @@ class UpstreamReader(_Reader):
         self._max_blob = max_blob_size
         self._max_stream = max_stream_size
         self._items: list[tuple[str, int]] | None = None
+        self._scanned = 0  # header bytes already searched for the newline
 
     @property
     def items(self) -> list[tuple[str, int]] | None:
         return self._items
 
-    def next_event(self) -> Event | _NeedData:
-        if self._done:
-            raise RuntimeError("next_event() after StreamEnd")
+    def _next_event(self) -> Event | _NeedData:
         if self._items is None:
             return self._header()
         if self._remaining >= 0:
@@ -236,8 +251,12 @@ class UpstreamReader(_Reader):
         return BlobStart(self._index, blob_id, size, None)
 
     def _header(self) -> Event | _NeedData:
-        end = self._buf.find(b"\n", 0, self._max_header + 1)
+        # Resume the search where the last one stopped: a header trickling in must not be
+        # scanned again from its start on every read (quadratic in its length).
+        limit = self._max_header + 1
+        end = self._buf.find(b"\n", self._scanned, limit)
         if end < 0:
+            self._scanned = min(len(self._buf), limit)
             if len(self._buf) > self._max_header:
                 raise StreamError(
                     f"stream header longer than {self._max_header} bytes", status_hint=413

@@ -1,0 +1,277 @@
+"""BlobStore: the one object the HTTP routes use to store, read and delete blobs.
+
+It joins a MetadataIndex and a PayloadStore in the write order of ``base``: payload first,
+durable at a location of its own, then the index row. Whatever goes wrong on the way (bad
+bytes, a dropped connection, a lost race, a full quota) leaves the blob absent; once the
+row is in, the blob is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from blobsync.format.errors import InvalidBlob, LimitExceeded, ProtocolError
+from blobsync.format.preamble import MAX_HEAD_SIZE, TAG_SIZE, Scheme, SealedHead, parse_sealed_head
+
+from .base import (
+    BlobExists,
+    BlobInfo,
+    BlobNotFound,
+    MetadataIndex,
+    PayloadStore,
+    PayloadWriter,
+    QuotaExceeded,
+)
+
+T = TypeVar("T")
+
+
+class _SealedCheck:
+    """Checks a sealed blob as it streams past, holding at most its head and last 16 bytes."""
+
+    def __init__(self, blob_id: str, size: int | None, max_size: int | None) -> None:
+        self.blob_id = blob_id
+        self.size = size
+        self.max_size = max_size
+        self.received = 0
+        self.head: SealedHead | None = None
+        self._head_buf = bytearray()
+        self.tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.size is not None and self.received > self.size:
+            raise ProtocolError(f"body is longer than the {self.size} bytes announced")
+        if self.max_size is not None and self.received > self.max_size:
+            raise LimitExceeded(f"blob is larger than the limit of {self.max_size} bytes")
+        if self.head is None:
+            self._head_buf += chunk[: MAX_HEAD_SIZE - len(self._head_buf)]
+            self.head = parse_sealed_head(self._head_buf)  # InvalidBlob when garbled
+            if self.head is not None:
+                self.head.preamble.check(self.blob_id)  # the id it names, and the rev
+                self._head_buf = bytearray()
+        self.tail = (self.tail + bytes(chunk[-TAG_SIZE:]))[-TAG_SIZE:]
+
+    def finish(self) -> None:
+        if self.size is not None and self.received != self.size:
+            raise ProtocolError(f"body is {self.received} bytes, {self.size} announced")
+        if self.head is None:
+            raise InvalidBlob("sealed blob: shorter than its head")
+        body = self.received - self.head.size
+        pre = self.head.preamble
+        if pre.scheme is Scheme.SYMKEY:
+            if body < TAG_SIZE:
+                raise InvalidBlob("sealed blob: cut short before its tag")
+        elif pre.content_size is not None and body != pre.content_size:
+            raise InvalidBlob(f"external blob: {body} bytes, preamble says {pre.content_size}")
+
+
+class BlobStore:
+    def __init__(
+        self,
+        index: MetadataIndex,
+        payloads: PayloadStore,
+        *,
+        quota: int = 0,
+        max_blob_size: int | None = None,
+    ) -> None:
+        self.index = index
+        self.payloads = payloads
+        self.quota = quota
+        self.max_blob_size = max_blob_size
+        # Cleanups that outlive a cancelled put; close() waits for them.
+        self._background: set[asyncio.Task[Any]] = set()
+        # Committed here but not indexed yet: gc in this process never takes them.
+        self._unindexed: set[str] = set()
+
+    async def open(self) -> None:
+        await self.index.open()
+        await self.payloads.open()
+
+    async def close(self) -> None:
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self.payloads.close()
+        await self.index.close()
+
+    def _spawn(self, make: Callable[[], Awaitable[Any]]) -> None:
+        async def run() -> None:
+            await make()
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # writing ----------------------------------------------------------------------------
+    async def put(
+        self,
+        user: str,
+        namespace: str,
+        blob_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        size: int | None = None,
+        flags: frozenset[str] = frozenset(),
+    ) -> BlobInfo:
+        # Cheap refusals first, before a byte is stored (the index re-checks at the end).
+        if await self.index.get_blob(user, namespace, blob_id) is not None:
+            raise BlobExists(f"blob {blob_id} exists")
+        if size is not None:
+            if size < 0:
+                raise ProtocolError(f"size {size} is negative")
+            if self.max_blob_size is not None and size > self.max_blob_size:
+                raise LimitExceeded(f"blob is larger than the limit of {self.max_blob_size} bytes")
+            if self.quota > 0 and await self.index.usage(user) + size > self.quota:
+                raise QuotaExceeded(f"quota of {self.quota} bytes exceeded")
+
+        check = _SealedCheck(blob_id, size, self.max_blob_size)
+        writer = await self.payloads.writer(user, namespace, blob_id)
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    check.feed(chunk)
+                    await writer.write(chunk)
+            check.finish()
+        except BaseException:
+            await writer.abort()
+            raise
+        location = await self._commit(writer)
+        self._unindexed.add(location)
+        try:
+            return await self._insert(
+                user, namespace, blob_id, check.received, check.tail, location, flags
+            )
+        finally:
+            self._unindexed.discard(location)
+
+    async def _commit(self, writer: PayloadWriter) -> str:
+        task = asyncio.ensure_future(writer.commit())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The commit runs on; whatever it ends with must not stay visible.
+            def settle(t: asyncio.Future[str]) -> None:
+                if not t.cancelled() and t.exception() is None:
+                    self._spawn(lambda: self.payloads.delete(t.result()))
+                else:
+                    self._spawn(writer.abort)
+
+            task.add_done_callback(settle)
+            raise
+        except BaseException:
+            await writer.abort()
+            raise
+
+    async def _insert(
+        self,
+        user: str,
+        namespace: str,
+        blob_id: str,
+        size: int,
+        tag: bytes,
+        location: str,
+        flags: frozenset[str],
+    ) -> BlobInfo:
+        task = asyncio.ensure_future(
+            self.index.insert_blob(
+                user, namespace, blob_id, size, tag, location, flags=frozenset(flags),
+                quota=self.quota,
+            )
+        )
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # A dropped connection must not undo a row that gets in after all (the blob is
+            # then complete), nor leave a payload that no row names.
+            def settle(t: asyncio.Future[BlobInfo]) -> None:
+                if t.cancelled() or t.exception() is not None:
+                    self._spawn(lambda: self._drop_unless_indexed(user, namespace, blob_id,
+                                                                  location))
+
+            task.add_done_callback(settle)
+            raise
+        except (BlobExists, QuotaExceeded):
+            await self.payloads.delete(location)  # the row is surely not ours
+            raise
+        except BaseException:
+            await self._drop_unless_indexed(user, namespace, blob_id, location)
+            raise
+
+    async def _drop_unless_indexed(
+        self, user: str, namespace: str, blob_id: str, location: str
+    ) -> None:
+        """After an insert of unknown outcome: delete the payload if no row names it."""
+        try:
+            info = await self.index.get_blob(user, namespace, blob_id)
+        except Exception:
+            return  # cannot tell; gc decides later, and it only takes what no row names
+        if info is None or info.location != location:
+            await self.payloads.delete(location)
+
+    # reading ----------------------------------------------------------------------------
+    async def read(
+        self,
+        user: str,
+        namespace: str,
+        blob_id: str,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> tuple[BlobInfo, AsyncIterator[bytes]]:
+        info = await self.index.get_blob(user, namespace, blob_id)
+        if info is None:
+            raise BlobNotFound(f"no blob {blob_id}")
+        chunks = self.payloads.read(info.location, offset, length)
+        # Pull the first chunk now: a payload deleted since the lookup is then a 404 here,
+        # before the route has sent a status line.
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            return info, _chain(None, chunks)
+        return info, _chain(first, chunks)
+
+    # deleting ---------------------------------------------------------------------------
+    async def delete(self, user: str, namespace: str, blob_id: str) -> None:
+        # Row first: from then on nobody can find the payload, so removing it is safe. A
+        # crash in between leaves an orphan for gc, never a row without bytes.
+        info = await self.index.delete_blob(user, namespace, blob_id)
+        await self.payloads.delete(info.location)
+
+    async def gc(self, grace_seconds: float = 3600) -> int:
+        """Delete payloads no row names, older than ``grace_seconds``; return how many.
+
+        The grace covers puts between commit and index insert in other processes.
+        """
+        cutoff = time.time() - grace_seconds
+        indexed = await self.index.all_locations()
+        candidates = [
+            location
+            async for location, mtime in self.payloads.locations()
+            if mtime <= cutoff and location not in indexed and location not in self._unindexed
+        ]
+        if not candidates:
+            return 0
+        # Look again: a row inserted while we walked must save its payload.
+        indexed = await self.index.all_locations()
+        removed = 0
+        for location in candidates:
+            if location not in indexed and location not in self._unindexed:
+                await self.payloads.delete(location)
+                removed += 1
+        return removed
+
+
+async def _chain(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        if first is not None:
+            yield first
+            async for chunk in rest:
+                yield chunk
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()

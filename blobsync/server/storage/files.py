@@ -1,0 +1,371 @@
+"""Payloads as files, in Soledad's sharded layout.
+
+A committed payload lives at ``{root}/{user}/{namespace}/{id[0]}/{id[0:3]}/{id[0:6]}/{id}``
+(or ``{id}~{hex}`` beside it when that name is taken), and its location is that path
+relative to ``root``. Writes go to ``{root}/.tmp/{pid}/`` first, are fsynced, and are then
+hard-linked into place: ``os.link`` refuses an existing name, so no two writers ever share
+a location, and a reader never sees a half-written file. A process that dies leaves only
+its temp dir behind, which the next ``open()`` of any process removes.
+
+Blocking calls run in the default thread pool so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from blobsync.format.limits import CHUNK_SIZE, valid_id
+
+from .base import BlobNotFound, PayloadStore, PayloadWriter
+
+TMP_DIR = ".tmp"
+
+# Temp files this process is writing right now, so that open() of a second FilePayloads in
+# the same process (tests, or a reload) never removes a live writer's file.
+_ACTIVE_TEMPS: set[str] = set()
+
+
+def shard_parts(user: str, namespace: str, blob_id: str) -> tuple[str, ...]:
+    """Soledad's layout; the three shard levels keep any one directory small."""
+    return (user, namespace, blob_id[0], blob_id[:3], blob_id[:6])
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(root: str, parts: tuple[str, ...]) -> str:
+    """Create ``root/parts...``; fsync the parent of every dir created so it survives."""
+    path = root
+    for part in parts:
+        parent, path = path, os.path.join(path, part)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        _fsync_dir(parent)
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+class _FdJobs:
+    """Run blocking calls on one fd in threads, and close it only when none is running.
+
+    A task cancelled while its thread is inside write() or pread() cannot stop that thread;
+    closing the fd under it would let the number be reused by another open() and the
+    late write land in the wrong file. So close waits for the running job, in a callback.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._running: concurrent.futures.Future[Any] | None = None
+        self._closed = False
+
+    async def run(self, func: Callable[..., Any], *args: Any) -> Any:
+        if self._closed:
+            raise RuntimeError("fd already closed")
+        loop = asyncio.get_running_loop()
+        cf: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def job() -> None:
+            if not cf.set_running_or_notify_cancel():
+                return
+            try:
+                cf.set_result(func(self.fd, *args))
+            except BaseException as exc:  # handed to the awaiting task
+                cf.set_exception(exc)
+
+        self._running = cf
+        loop.run_in_executor(None, job)
+        return await asyncio.wrap_future(cf)
+
+    def close(self, then: Callable[[], None] | None = None) -> None:
+        """Close the fd (now, or when the running job ends), then call ``then``."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def finish(_: object = None) -> None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            if then is not None:
+                then()
+
+        running = self._running
+        if running is not None and not running.done():
+            running.add_done_callback(finish)
+        else:
+            finish()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    return os.pread(fd, size, offset)
+
+
+class FileWriter(PayloadWriter):
+    def __init__(self, store: FilePayloads, parts: tuple[str, ...], blob_id: str) -> None:
+        self._store = store
+        self._parts = parts
+        self._blob_id = blob_id
+        self._tmp = ""
+        self._jobs: _FdJobs | None = None
+        # Small chunks (an HTTP body arrives in pieces of a few KiB) are gathered so each
+        # thread hop writes at least CHUNK_SIZE bytes.
+        self._buf = bytearray()
+        self._written = 0
+        self._done = False
+
+    async def _start(self) -> None:
+        task = asyncio.ensure_future(asyncio.to_thread(self._store._new_temp))
+        try:
+            self._tmp, fd = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The thread creates the file anyway; remove it once it has.
+            def cleanup(t: asyncio.Future[tuple[str, int]]) -> None:
+                if not t.cancelled() and t.exception() is None:
+                    path, fd = t.result()
+                    os.close(fd)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                    _ACTIVE_TEMPS.discard(path)
+
+            task.add_done_callback(cleanup)
+            raise
+        self._jobs = _FdJobs(fd)
+
+    async def _flush(self) -> None:
+        assert self._jobs is not None
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            await self._jobs.run(_write_all, data)
+            self._written += len(data)
+
+    async def write(self, chunk: bytes) -> None:
+        if self._done or self._jobs is None:
+            raise RuntimeError("write after commit or abort")
+        self._buf += chunk
+        if len(self._buf) >= CHUNK_SIZE:
+            await self._flush()
+
+    async def commit(self) -> str:
+        if self._done or self._jobs is None:
+            raise RuntimeError("commit after commit or abort")
+        await self._flush()
+        expected = self._written
+
+        def durable(fd: int) -> None:
+            # Re-check what reached the file: a short write would otherwise be committed.
+            st = os.fstat(fd)
+            if st.st_size != expected:
+                raise OSError(errno.EIO, f"temp file has {st.st_size} bytes, wrote {expected}")
+            os.fsync(fd)
+
+        await self._jobs.run(durable)
+        location = await asyncio.to_thread(
+            self._store._link_into_place, self._tmp, self._parts, self._blob_id
+        )
+        self._done = True
+        self._release()
+        return location
+
+    def _release(self) -> None:
+        """Close the fd and remove the temp name (after commit the final link keeps it)."""
+        tmp = self._tmp
+
+        def unlink() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            _ACTIVE_TEMPS.discard(tmp)
+
+        if self._jobs is not None:
+            self._jobs.close(unlink)
+
+    async def abort(self) -> None:
+        # After a commit the location belongs to the caller, who deletes it if needed.
+        if self._done:
+            return
+        self._done = True
+        self._buf.clear()
+        self._release()
+
+
+class FilePayloads(PayloadStore):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.tmp_root = os.path.join(self.root, TMP_DIR)
+
+    # housekeeping -----------------------------------------------------------------------
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open_sync)
+
+    def _open_sync(self) -> None:
+        os.makedirs(self.tmp_root, mode=0o700, exist_ok=True)
+        me = os.getpid()
+        for entry in os.scandir(self.tmp_root):
+            try:
+                pid = int(entry.name)
+            except ValueError:
+                pid = -1  # not a name we make: a leftover all the same
+            if not entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            elif pid == me:
+                # A previous process with our pid (common in containers) may have left
+                # files; keep only those this process is writing.
+                for f in os.scandir(entry.path):
+                    if f.path not in _ACTIVE_TEMPS:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(f.path)
+            elif pid <= 0 or not _pid_alive(pid):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+    def _my_tmp_dir(self) -> str:
+        # Looked up per writer, not cached: a server may fork its workers after creating us.
+        path = os.path.join(self.tmp_root, str(os.getpid()))
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+
+    def _new_temp(self) -> tuple[str, int]:
+        path = os.path.join(self._my_tmp_dir(), os.urandom(12).hex())
+        # Registered before it exists, so a concurrent open() never sees it unregistered.
+        _ACTIVE_TEMPS.add(path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except BaseException:
+            _ACTIVE_TEMPS.discard(path)
+            raise
+        return path, fd
+
+    def _link_into_place(self, tmp: str, parts: tuple[str, ...], blob_id: str) -> str:
+        shard = _makedirs_durable(self.root, parts)
+        name = blob_id
+        while True:
+            try:
+                os.link(tmp, os.path.join(shard, name))
+                break
+            except FileExistsError:
+                # Another writer owns this name; its bytes stay untouched. The index decides
+                # which of us wins; the loser deletes its own location.
+                name = f"{blob_id}~{os.urandom(8).hex()}"
+        try:
+            _fsync_dir(shard)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(shard, name))
+            raise
+        return "/".join((*parts, name))
+
+    # the interface ----------------------------------------------------------------------
+    async def writer(self, user: str, namespace: str, blob_id: str) -> PayloadWriter:
+        for value in (user, namespace, blob_id):
+            if not valid_id(value):
+                raise ValueError(f"not a valid name: {value!r}")
+        w = FileWriter(self, shard_parts(user, namespace, blob_id), blob_id)
+        await w._start()
+        return w
+
+    def _path(self, location: str) -> str:
+        parts = location.split("/")
+        # Locations come from our own index, but a path must never leave the root.
+        if (
+            len(parts) != 6
+            or parts[0] == TMP_DIR
+            or any(not valid_id(p.split("~", 1)[0]) for p in parts)
+        ):
+            raise ValueError(f"not a file location: {location!r}")
+        return os.path.join(self.root, *parts)
+
+    async def read(
+        self, location: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        path = self._path(location)
+        try:
+            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise BlobNotFound(f"no payload at {location}") from None
+        jobs = _FdJobs(fd)
+        try:
+            pos = max(offset, 0)
+            end = None if length is None else pos + max(length, 0)
+            while end is None or pos < end:
+                want = CHUNK_SIZE if end is None else min(CHUNK_SIZE, end - pos)
+                chunk = await jobs.run(_pread, want, pos)
+                if not chunk:
+                    break
+                pos += len(chunk)
+                yield chunk
+        finally:
+            jobs.close()
+
+    async def delete(self, location: str) -> None:
+        path = self._path(location)
+        # Empty shard dirs stay: removing one could race a writer about to link into it.
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.unlink, path)
+
+    async def locations(self) -> AsyncIterator[tuple[str, float]]:
+        # One thread hop per first-level shard dir bounds memory to one shard's listing.
+        tops = await asyncio.to_thread(self._shard_tops)
+        for top in tops:
+            for item in await asyncio.to_thread(self._walk, top):
+                yield item
+
+    def _shard_tops(self) -> list[Path]:
+        tops: list[Path] = []
+        root = Path(self.root)
+        if not root.is_dir():
+            return tops
+        for user in root.iterdir():
+            if user.name == TMP_DIR or not user.is_dir():
+                continue
+            for ns in user.iterdir():
+                if ns.is_dir():
+                    tops.extend(d for d in ns.iterdir() if d.is_dir())
+        return tops
+
+    def _walk(self, top: Path) -> list[tuple[str, float]]:
+        found: list[tuple[str, float]] = []
+        for dirpath, _dirs, files in os.walk(top):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+                # ctime moves when the file is linked into place, so it is the commit time
+                # even for an upload whose last write was long ago.
+                found.append((rel, max(st.st_mtime, st.st_ctime)))
+        return found

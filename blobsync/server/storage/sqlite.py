@@ -1,0 +1,537 @@
+"""The metadata index in one SQLite file, shared safely by several server processes.
+
+- WAL mode: readers never wait for the writer, and ``synchronous=NORMAL`` is durable
+  enough there (a power cut may lose the last commits, never corrupt the file).
+- ``busy_timeout``: a process that finds the write lock taken waits instead of failing.
+- Every write is one ``BEGIN IMMEDIATE`` transaction: it takes the write lock before it
+  reads, so the quota check and the insert see the same usage in every process.
+- One connection per index, used from one dedicated thread: sqlite3 blocks, the event
+  loop must not. Each method is one job in that thread, so no transaction spans an await
+  and a cancelled caller never leaves a transaction open.
+- ``seq`` is an AUTOINCREMENT rowid: strictly increasing across processes, never reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from .base import (
+    FLAGS,
+    BlobExists,
+    BlobInfo,
+    BlobNotFound,
+    MetadataIndex,
+    Order,
+    PreconditionFailed,
+    Principal,
+    QuotaExceeded,
+    UserExists,
+    UserNotFound,
+)
+
+T = TypeVar("T")
+
+# Flags are a bitmask in one column: a flag change is one UPDATE, and each flag gets a
+# partial index holding only the blobs that carry it (the incoming box lists PENDING ones).
+FLAG_BITS = {"PENDING": 1, "PROCESSING": 2, "PROCESSED": 4, "FAILED": 8}
+assert set(FLAG_BITS) == FLAGS
+
+BUSY_TIMEOUT_MS = 30_000
+# SQLite limits host parameters per statement (32766 in recent builds, 999 in old ones).
+_IN_BATCH = 500
+
+
+def flags_to_mask(flags: Iterable[str]) -> int:
+    mask = 0
+    for flag in flags:
+        mask |= FLAG_BITS[flag]
+    return mask
+
+
+def mask_to_flags(mask: int) -> frozenset[str]:
+    return frozenset(f for f, bit in FLAG_BITS.items() if mask & bit)
+
+
+def _flag_term(flag: str) -> str:
+    # Spelled exactly as in the partial index, so the planner can use it.
+    return f"(flags & {FLAG_BITS[flag]}) != 0"
+
+
+# Migration N (1-based) brings the schema from version N-1 to N. Append, never edit.
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE users (uuid TEXT PRIMARY KEY, token_hash TEXT NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE services (name TEXT PRIMARY KEY, token_hash TEXT NOT NULL) WITHOUT ROWID",
+        """CREATE TABLE blobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            user TEXT NOT NULL,
+            namespace TEXT NOT NULL,
+            blob_id TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            tag BLOB NOT NULL,
+            location TEXT NOT NULL,
+            flags INTEGER NOT NULL DEFAULT 0,
+            created REAL NOT NULL,
+            UNIQUE (user, namespace, blob_id)
+        )""",
+        # Covering index of the listing in stored order (blob_id included: no table lookup).
+        "CREATE INDEX blobs_by_seq ON blobs (user, namespace, seq, blob_id)",
+        *(
+            f"CREATE INDEX blobs_{flag.lower()} ON blobs (user, namespace, seq, blob_id) "
+            f"WHERE {_flag_term(flag)}"
+            for flag in FLAG_BITS
+        ),
+        """CREATE TABLE tombstones (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            user TEXT NOT NULL,
+            namespace TEXT NOT NULL,
+            blob_id TEXT NOT NULL,
+            deleted REAL NOT NULL,
+            UNIQUE (user, namespace, blob_id)
+        )""",
+        "CREATE INDEX tombstones_by_seq ON tombstones (user, namespace, seq, blob_id)",
+        "CREATE TABLE usage (user TEXT PRIMARY KEY, bytes INTEGER NOT NULL) WITHOUT ROWID",
+    ],
+]
+
+_BLOB_COLUMNS = "user, namespace, blob_id, size, tag, flags, seq, location"
+
+
+def _row_to_info(row: tuple[Any, ...]) -> BlobInfo:
+    user, namespace, blob_id, size, tag, flags, seq, location = row
+    return BlobInfo(user, namespace, blob_id, size, bytes(tag), mask_to_flags(flags), seq,
+                    location)
+
+
+class SQLiteIndex(MetadataIndex):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    # the thread -------------------------------------------------------------------------
+    async def _run(self, func: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise RuntimeError("SQLiteIndex is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(func, *args))
+
+    def _db(self) -> sqlite3.Connection:
+        assert self._conn is not None
+        return self._conn
+
+    def _write(self, func: Callable[..., T], *args: Any) -> T:
+        """Run ``func(conn, *args)`` in one BEGIN IMMEDIATE transaction (in the db thread)."""
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = func(conn, *args)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sqlite-index"
+        )
+        try:
+            await self._run(self._open_sync)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _open_sync(self) -> None:
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, the module adds nothing.
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise RuntimeError(f"SQLite at {self.path} refused WAL mode ({mode})")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn = conn
+            self._write(self._migrate)
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        # Inside BEGIN IMMEDIATE: when N workers start at once, one migrates, the rest wait
+        # for its commit and then find nothing left to do.
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        version = 0 if row is None else row[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"index schema version {version} is newer than this blobsync "
+                f"({len(MIGRATIONS)})"
+            )
+        for statements in MIGRATIONS[version:]:
+            for sql in statements:
+                conn.execute(sql)
+        if row is None:
+            conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+        else:
+            conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            await self._run(self._close_sync)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def schema_version(self) -> int:
+        row = await self._run(
+            lambda: self._db().execute("SELECT version FROM schema_version").fetchone()
+        )
+        return int(row[0])
+
+    # users and services -----------------------------------------------------------------
+    async def add_user(self, uuid: str, token_hash: str) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute("INSERT INTO users VALUES (?, ?)", (uuid, token_hash))
+            except sqlite3.IntegrityError:
+                raise UserExists(f"user {uuid} exists") from None
+
+        await self._run(self._write, tx)
+
+    async def set_user_token(self, uuid: str, token_hash: str) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            cur = conn.execute("UPDATE users SET token_hash = ? WHERE uuid = ?", (token_hash, uuid))
+            if cur.rowcount == 0:
+                raise UserNotFound(f"no user {uuid}")
+
+        await self._run(self._write, tx)
+
+    async def remove_user(self, uuid: str) -> None:
+        # The payloads stay behind as orphans: gc collects them.
+        def tx(conn: sqlite3.Connection) -> None:
+            if conn.execute("DELETE FROM users WHERE uuid = ?", (uuid,)).rowcount == 0:
+                raise UserNotFound(f"no user {uuid}")
+            for table in ("blobs", "tombstones", "usage"):
+                conn.execute(f"DELETE FROM {table} WHERE user = ?", (uuid,))
+
+        await self._run(self._write, tx)
+
+    def _principal(self, sql: str, *args: Any) -> Principal | None:
+        row = self._db().execute(sql, args).fetchone()
+        return None if row is None else Principal(row[0], row[1])
+
+    def _principals(self, sql: str) -> list[Principal]:
+        return [Principal(n, t) for n, t in self._db().execute(sql).fetchall()]
+
+    async def get_user(self, uuid: str) -> Principal | None:
+        return await self._run(
+            self._principal, "SELECT uuid, token_hash FROM users WHERE uuid = ?", uuid
+        )
+
+    async def list_users(self) -> list[Principal]:
+        return await self._run(self._principals, "SELECT uuid, token_hash FROM users ORDER BY 1")
+
+    async def add_service(self, name: str, token_hash: str) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO services VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash",
+                (name, token_hash),
+            )
+
+        await self._run(self._write, tx)
+
+    async def get_service(self, name: str) -> Principal | None:
+        return await self._run(
+            self._principal, "SELECT name, token_hash FROM services WHERE name = ?", name
+        )
+
+    async def list_services(self) -> list[Principal]:
+        return await self._run(
+            self._principals, "SELECT name, token_hash FROM services ORDER BY 1"
+        )
+
+    async def remove_service(self, name: str) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            if conn.execute("DELETE FROM services WHERE name = ?", (name,)).rowcount == 0:
+                raise UserNotFound(f"no service {name}")
+
+        await self._run(self._write, tx)
+
+    # blobs ------------------------------------------------------------------------------
+    @staticmethod
+    def _insert_one(
+        conn: sqlite3.Connection,
+        user: str,
+        namespace: str,
+        blob_id: str,
+        size: int,
+        tag: bytes,
+        location: str,
+        flags: frozenset[str],
+        quota: int,
+    ) -> BlobInfo:
+        mask = flags_to_mask(flags)
+        try:
+            cur = conn.execute(
+                "INSERT INTO blobs (user, namespace, blob_id, size, tag, location, flags, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (user, namespace, blob_id, size, bytes(tag), location, mask, time.time()),
+            )
+        except sqlite3.IntegrityError:
+            # The unique constraint decides id races, in every process alike.
+            raise BlobExists(f"blob {blob_id} exists") from None
+        seq = cur.lastrowid
+        assert seq is not None
+        # fetchall: a RETURNING statement must run to its end before COMMIT.
+        (used,) = conn.execute(
+            "INSERT INTO usage VALUES (?, ?) "
+            "ON CONFLICT (user) DO UPDATE SET bytes = bytes + excluded.bytes RETURNING bytes",
+            (user, size),
+        ).fetchall()[0]
+        if quota > 0 and used > quota:
+            raise QuotaExceeded(f"quota of {quota} bytes exceeded")  # rolls back the insert
+        conn.execute(
+            "DELETE FROM tombstones WHERE user = ? AND namespace = ? AND blob_id = ?",
+            (user, namespace, blob_id),
+        )
+        return BlobInfo(user, namespace, blob_id, size, bytes(tag), frozenset(flags), seq,
+                        location)
+
+    async def insert_blob(
+        self,
+        user: str,
+        namespace: str,
+        blob_id: str,
+        size: int,
+        tag: bytes,
+        location: str,
+        flags: frozenset[str] = frozenset(),
+        quota: int = 0,
+    ) -> BlobInfo:
+        return await self._run(
+            self._write, self._insert_one, user, namespace, blob_id, size, tag, location,
+            frozenset(flags), quota,
+        )
+
+    async def insert_many(
+        self, rows: Iterable[tuple[str, str, str, int, bytes, str, frozenset[str]]]
+    ) -> int:
+        """Index many blobs in one transaction, without quota; for tests and benchmarks.
+
+        Each row is (user, namespace, blob_id, size, tag, location, flags). Raises
+        BlobExists (and inserts nothing) if any id is already indexed.
+        """
+        now = time.time()
+        values = [
+            (user, ns, bid, size, bytes(tag), loc, flags_to_mask(flags), now)
+            for user, ns, bid, size, tag, loc, flags in rows
+        ]
+        added: dict[str, int] = {}
+        for v in values:
+            added[v[0]] = added.get(v[0], 0) + v[3]
+
+        def tx(conn: sqlite3.Connection) -> int:
+            try:
+                conn.executemany(
+                    "INSERT INTO blobs (user, namespace, blob_id, size, tag, location, flags, "
+                    "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    values,
+                )
+            except sqlite3.IntegrityError:
+                raise BlobExists("one of the blobs exists") from None
+            conn.executemany(
+                "INSERT INTO usage VALUES (?, ?) "
+                "ON CONFLICT (user) DO UPDATE SET bytes = bytes + excluded.bytes",
+                list(added.items()),
+            )
+            conn.executemany(
+                "DELETE FROM tombstones WHERE user = ? AND namespace = ? AND blob_id = ?",
+                [v[:3] for v in values],
+            )
+            return len(values)
+
+        return await self._run(self._write, tx)
+
+    async def get_blob(self, user: str, namespace: str, blob_id: str) -> BlobInfo | None:
+        def read() -> BlobInfo | None:
+            row = self._db().execute(
+                f"SELECT {_BLOB_COLUMNS} FROM blobs "
+                "WHERE user = ? AND namespace = ? AND blob_id = ?",
+                (user, namespace, blob_id),
+            ).fetchone()
+            return None if row is None else _row_to_info(row)
+
+        return await self._run(read)
+
+    async def delete_blob(self, user: str, namespace: str, blob_id: str) -> BlobInfo:
+        def tx(conn: sqlite3.Connection) -> BlobInfo:
+            rows = conn.execute(
+                f"DELETE FROM blobs WHERE user = ? AND namespace = ? AND blob_id = ? "
+                f"RETURNING {_BLOB_COLUMNS}",
+                (user, namespace, blob_id),
+            ).fetchall()
+            if not rows:
+                raise BlobNotFound(f"no blob {blob_id}")
+            info = _row_to_info(rows[0])
+            conn.execute("UPDATE usage SET bytes = bytes - ? WHERE user = ?", (info.size, user))
+            # REPLACE gives a re-deleted id a fresh seq: it is the newest deletion.
+            conn.execute(
+                "INSERT OR REPLACE INTO tombstones (user, namespace, blob_id, deleted) "
+                "VALUES (?, ?, ?, ?)",
+                (user, namespace, blob_id, time.time()),
+            )
+            return info
+
+        return await self._run(self._write, tx)
+
+    async def set_flags(
+        self,
+        user: str,
+        namespace: str,
+        blob_id: str,
+        flags: frozenset[str],
+        expect: str | None = None,
+    ) -> None:
+        mask = flags_to_mask(flags)
+
+        def tx(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT flags FROM blobs WHERE user = ? AND namespace = ? AND blob_id = ?",
+                (user, namespace, blob_id),
+            ).fetchone()
+            if row is None:
+                raise BlobNotFound(f"no blob {blob_id}")
+            if expect is not None and not row[0] & FLAG_BITS[expect]:
+                raise PreconditionFailed(f"blob {blob_id} is not flagged {expect}")
+            conn.execute(
+                "UPDATE blobs SET flags = ? WHERE user = ? AND namespace = ? AND blob_id = ?",
+                (mask, user, namespace, blob_id),
+            )
+
+        await self._run(self._write, tx)
+
+    @staticmethod
+    def _where(filter_flag: str | None) -> str:
+        where = "WHERE user = ? AND namespace = ?"
+        return where if filter_flag is None else f"{where} AND {_flag_term(filter_flag)}"
+
+    def _listing_sql(self, filter_flag: str | None, order: Order, limit: int | None) -> str:
+        sql = f"SELECT blob_id FROM blobs {self._where(filter_flag)}"
+        if order is Order.OLDEST_FIRST:
+            sql += " ORDER BY seq"
+        elif order is Order.NEWEST_FIRST:
+            sql += " ORDER BY seq DESC"
+        if limit is not None:
+            sql += f" LIMIT {max(int(limit), 0)}"
+        return sql
+
+    async def list_blobs(
+        self,
+        user: str,
+        namespace: str,
+        *,
+        filter_flag: str | None = None,
+        order: Order = Order.NONE,
+        limit: int | None = None,
+    ) -> list[str]:
+        sql = self._listing_sql(filter_flag, order, limit)
+
+        def read() -> list[str]:
+            return [r[0] for r in self._db().execute(sql, (user, namespace))]
+
+        return await self._run(read)
+
+    async def explain_listing(
+        self,
+        user: str,
+        namespace: str,
+        *,
+        filter_flag: str | None = None,
+        order: Order = Order.NONE,
+        limit: int | None = None,
+    ) -> str:
+        """The query plan of a listing, so tests can check that an index serves it."""
+        sql = "EXPLAIN QUERY PLAN " + self._listing_sql(filter_flag, order, limit)
+
+        def read() -> str:
+            return "\n".join(str(r[-1]) for r in self._db().execute(sql, (user, namespace)))
+
+        return await self._run(read)
+
+    async def count_blobs(
+        self, user: str, namespace: str, *, filter_flag: str | None = None
+    ) -> int:
+        sql = f"SELECT count(*) FROM blobs {self._where(filter_flag)}"
+
+        def read() -> int:
+            return int(self._db().execute(sql, (user, namespace)).fetchone()[0])
+
+        return await self._run(read)
+
+    async def list_deleted(self, user: str, namespace: str) -> list[str]:
+        def read() -> list[str]:
+            return [
+                r[0]
+                for r in self._db().execute(
+                    "SELECT blob_id FROM tombstones WHERE user = ? AND namespace = ? "
+                    "ORDER BY seq",
+                    (user, namespace),
+                )
+            ]
+
+        return await self._run(read)
+
+    async def get_blobs(self, user: str, namespace: str, blob_ids: list[str]) -> list[BlobInfo]:
+        def read() -> list[BlobInfo]:
+            found: dict[str, BlobInfo] = {}
+            unique = list(dict.fromkeys(blob_ids))
+            for i in range(0, len(unique), _IN_BATCH):
+                batch = unique[i : i + _IN_BATCH]
+                marks = ",".join("?" * len(batch))
+                for row in self._db().execute(
+                    f"SELECT {_BLOB_COLUMNS} FROM blobs WHERE user = ? AND namespace = ? "
+                    f"AND blob_id IN ({marks})",
+                    (user, namespace, *batch),
+                ):
+                    info = _row_to_info(row)
+                    found[info.blob_id] = info
+            return [found[b] for b in blob_ids if b in found]
+
+        return await self._run(read)
+
+    async def usage(self, user: str) -> int:
+        def read() -> int:
+            row = self._db().execute("SELECT bytes FROM usage WHERE user = ?", (user,)).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._run(read)
+
+    async def all_locations(self) -> set[str]:
+        def read() -> set[str]:
+            return {r[0] for r in self._db().execute("SELECT location FROM blobs")}
+
+        return await self._run(read)
