@@ -17,10 +17,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check blobsync tests
 
 test: lint
+	scripts/ensure-postgres.sh
 	$(PY) -m pytest -q
 
+# Serves on 127.0.0.1:2424 with SQLite and files in ./blobsync-data; the first run makes a
+# demo user (kept in ./blobsync-data/demo-user.txt) and prints a client command to paste.
 run: $(STAMP)
-	$(VENV)/bin/blobsync --version
+	$(VENV)/bin/blobsync server --demo
 
 bench: $(STAMP)
 	$(PY) bench/run.py

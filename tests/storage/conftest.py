@@ -18,6 +18,7 @@ from blobsync.server.storage.blobstore import BlobStore
 from blobsync.server.storage.files import FilePayloads
 from blobsync.server.storage.memory import MemoryIndex, MemoryPayloads
 from blobsync.server.storage.sqlite import SQLiteIndex
+from tests.harness.stores import postgres_s3_store
 
 StoreFactory = Callable[[Path, pytest.FixtureRequest], Awaitable[BlobStore]]
 
@@ -33,6 +34,7 @@ async def sqlite_files_store(tmp_path: Path, request: pytest.FixtureRequest) -> 
 BACKENDS: dict[str, StoreFactory] = {
     "memory": memory_store,
     "sqlite-files": sqlite_files_store,
+    "postgres-s3": postgres_s3_store,
 }
 
 

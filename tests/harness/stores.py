@@ -1,0 +1,41 @@
+"""Factories of BlobStores on the real scale-out services, for suites parametrized by backend.
+
+Each factory takes ``(tmp_path, request)`` like the shared storage suite's
+(``tests/storage/conftest.py``) and returns an unopened BlobStore on a fresh PostgreSQL
+database (dropped at teardown) and a fresh S3 bucket, on the harness's session services.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from blobsync.server.storage.blobstore import BlobStore
+from blobsync.server.storage.postgres import PostgresIndex
+from blobsync.server.storage.s3 import S3Payloads
+
+from .pg import create_database, drop_database_later
+from .s3 import S3Endpoint, create_bucket
+
+# Small parts, so that blobs in tests go multipart; rclone accepts any part size.
+TEST_PART_SIZE = 64 * 1024
+
+
+async def postgres_s3_store(tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
+    # Only the session fixtures (sync) can be requested from inside a running event loop;
+    # the per-test database and bucket are made here instead.
+    admin_dsn: str = request.getfixturevalue("postgres_dsn")
+    endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
+    dsn = await create_database(admin_dsn)
+    drop_database_later(request, admin_dsn, dsn)
+    bucket = await create_bucket(endpoint)
+    payloads = S3Payloads(
+        bucket,
+        "blobs",
+        part_size=TEST_PART_SIZE,
+        endpoint_url=endpoint.url,
+        access_key=endpoint.access_key,
+        secret_key=endpoint.secret_key,
+    )
+    return BlobStore(PostgresIndex(dsn), payloads)
