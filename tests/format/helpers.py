@@ -94,12 +94,15 @@ def splits(draw: st.DrawFn, data: bytes, max_cuts: int = 40) -> list[bytes]:
 # --- driving readers ----------------------------------------------------------------------
 
 Reader = DownstreamReader | UpstreamReader
+MAX_EVENTS_PER_PULL = 10_000
 
 
 def pull(reader: Reader) -> list[Any]:
     """Every event available now, up to NEED_DATA or StreamEnd."""
     events: list[Any] = []
     while True:
+        # A reader stuck handing out events without consuming input fails, not hangs.
+        assert len(events) < MAX_EVENTS_PER_PULL, f"runaway reader: {events[-3:]!r}"
         ev = reader.next_event()
         if ev is NEED_DATA:
             return events
