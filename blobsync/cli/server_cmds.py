@@ -1,0 +1,316 @@
+"""Server and administration commands: ``server``, ``user``, ``service``, ``admin gc``.
+
+User and service commands touch only the metadata index, so they work while a server runs
+on the same data (SQLite in WAL mode, or PostgreSQL). Tokens are printed once, alone on
+stdout, and stored only as their SHA-256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from blobsync.format.errors import BlobsyncError
+from blobsync.format.limits import valid_id
+
+T = TypeVar("T")
+
+DEMO_FILE = "demo-user.txt"
+
+
+class CommandError(BlobsyncError):
+    pass
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def _guard(body: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Every failure is one line on stderr and exit 1; never a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return body(args)
+        except KeyboardInterrupt:
+            return 130
+        except (BlobsyncError, ValueError, OSError) as exc:
+            message = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            if isinstance(exc, OSError) and exc.filename:
+                message = f"{message}: {exc.filename}"
+            _error(message)
+        except Exception as exc:  # noqa: BLE001 - the contract is one line, no traceback
+            _error(f"unexpected {type(exc).__name__}: {exc}")
+        return 1
+
+    return run
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"blobsync: error: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from blobsync.server.config import KEYS, load_config
+
+    given = {k: getattr(args, k) for k in KEYS if getattr(args, k, None) is not None}
+    return load_config(given, os.environ, getattr(args, "config", None))
+
+
+def _check_name(value: str, what: str) -> str:
+    if not valid_id(value):
+        raise CommandError(f"invalid {what} {value!r}: must match [A-Za-z0-9_-]{{1,254}}")
+    return value
+
+
+def _with_index(args: argparse.Namespace, job: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``job(index)`` on the configured metadata index, opened and closed around it."""
+    from blobsync.server.storage.factory import make_index
+
+    config = _config(args)
+    if config.metadata is None:
+        os.makedirs(config.data, exist_ok=True)
+
+    async def run() -> T:
+        index = make_index(config.data, config.metadata)
+        await index.open()
+        try:
+            return await job(index)
+        finally:
+            await index.close()
+
+    return asyncio.run(run())
+
+
+def _print(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- server
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from blobsync.server.app import run_server
+    from blobsync.server.logs import setup_logging
+
+    config = _config(args)
+    setup_logging(config.log_level)
+    on_ready = functools.partial(_demo_user, config.data) if args.demo else None
+    try:
+        asyncio.run(run_server(config, on_ready=on_ready))
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C during shutdown
+    return 0
+
+
+async def _demo_user(data_dir: str, store: Any, sites: Any) -> None:
+    """``make run``: a demo user whose token survives restarts in the data dir."""
+    from blobsync.server.auth import hash_token, new_token
+
+    path = Path(data_dir) / DEMO_FILE
+    uuid, token = _read_demo(path)
+    user = await store.index.get_user(uuid) if uuid else None
+    if user is None or not token:
+        import uuid as uuidlib
+
+        uuid, token = str(uuidlib.uuid4()), new_token()
+        await store.index.add_user(uuid, hash_token(token))
+    elif user.token_hash != hash_token(token):
+        await store.index.set_user_token(uuid, hash_token(token))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"uuid={uuid}\ntoken={token}\n")
+    _print(f"demo user:  {uuid}")
+    _print(f"demo token: {token}")
+    _print("client command, ready to paste:")
+    _print(f"  blobsync --home ./demo-client init --server {sites.url} "
+           f"--user {uuid} --token {token}")
+
+
+def _read_demo(path: Path) -> tuple[str | None, str | None]:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return None, None
+    values = dict(line.split("=", 1) for line in lines if "=" in line)
+    uuid = values.get("uuid")
+    return (uuid if uuid and valid_id(uuid) else None), values.get("token") or None
+
+
+# --------------------------------------------------------------------------- users
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from blobsync.server.auth import hash_token, new_token
+
+    uuid = _check_name(args.uuid, "uuid")
+    token = new_token()
+    _with_index(args, lambda index: index.add_user(uuid, hash_token(token)))
+    _print(token)
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    for user in _with_index(args, lambda index: index.list_users()):
+        _print(user.name)
+    return 0
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    uuid = _check_name(args.uuid, "uuid")
+    _with_index(args, lambda index: index.remove_user(uuid))
+    return 0
+
+
+def cmd_user_token(args: argparse.Namespace) -> int:
+    from blobsync.server.auth import hash_token, new_token
+
+    uuid = _check_name(args.uuid, "uuid")
+    token = new_token()
+    _with_index(args, lambda index: index.set_user_token(uuid, hash_token(token)))
+    _print(token)
+    return 0
+
+
+# --------------------------------------------------------------------------- services
+
+
+def cmd_service_add(args: argparse.Namespace) -> int:
+    from blobsync.server.auth import hash_token, new_token
+
+    name = _check_name(args.name, "service name")
+    token = new_token()
+    _with_index(args, lambda index: index.add_service(name, hash_token(token)))
+    _print(token)
+    return 0
+
+
+def cmd_service_list(args: argparse.Namespace) -> int:
+    for service in _with_index(args, lambda index: index.list_services()):
+        _print(service.name)
+    return 0
+
+
+def cmd_service_remove(args: argparse.Namespace) -> int:
+    name = _check_name(args.name, "service name")
+    _with_index(args, lambda index: index.remove_service(name))
+    return 0
+
+
+# --------------------------------------------------------------------------- admin
+
+
+def cmd_admin_gc(args: argparse.Namespace) -> int:
+    from blobsync.server.storage.factory import make_store
+
+    config = _config(args)
+
+    async def run() -> int:
+        store = make_store(config.data, config.metadata, config.payload)
+        await store.open()
+        try:
+            return await store.gc(args.grace)
+        finally:
+            await store.close()
+
+    _print(str(asyncio.run(run())))
+    return 0
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def _store_options(payload: bool) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--data", metavar="DIR",
+                        help="data directory (default: ./blobsync-data; env BLOBSYNC_DATA)")
+    parent.add_argument("--metadata", metavar="URL",
+                        help="metadata index: unset for SQLite in the data directory, "
+                        "postgresql://... or memory: (env BLOBSYNC_METADATA)")
+    if payload:
+        parent.add_argument("--payload", metavar="URL",
+                            help="payload store: unset for files in the data directory, "
+                            "s3://bucket/prefix or memory: (env BLOBSYNC_PAYLOAD)")
+    parent.add_argument("--config", metavar="FILE",
+                        help="TOML file of settings (env BLOBSYNC_CONFIG)")
+    return parent
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> Any:
+    return parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+
+
+def register(subparsers: Any) -> None:
+    """Add server, user, service and admin to ``blobsync``'s subparsers."""
+    full = _store_options(payload=True)
+    index_only = _store_options(payload=False)
+
+    server = subparsers.add_parser(
+        "server", parents=[full], help="run the blobs server",
+        description="Run the public API and the local incoming endpoint. Settings come from "
+        "options, else BLOBSYNC_* environment variables, else the TOML file, else defaults.",
+    )
+    server.add_argument("--host", help="public address (default 127.0.0.1)")
+    server.add_argument("--port", help="public port (default 2424)")
+    server.add_argument("--local-host", dest="local_host",
+                        help="incoming endpoint address (default 127.0.0.1)")
+    server.add_argument("--local-port", dest="local_port",
+                        help="incoming endpoint port (default 2525)")
+    server.add_argument("--quota", metavar="BYTES",
+                        help="default per-user quota, 0 for none (K, M, G, T suffixes)")
+    server.add_argument("--max-blob-size", dest="max_blob_size", metavar="BYTES",
+                        help="largest blob, 0 for no limit (default 4G)")
+    server.add_argument("--max-stream-size", dest="max_stream_size", metavar="BYTES",
+                        help="largest stream upload, 0 for no limit (default 1G)")
+    server.add_argument("--tls-cert", dest="tls_cert", metavar="FILE", help="PEM certificate")
+    server.add_argument("--tls-key", dest="tls_key", metavar="FILE", help="PEM private key")
+    server.add_argument("--log-level", dest="log_level",
+                        help="debug, info (default), warning or error")
+    # `make run` only: create (or reuse) a demo user and print a client command.
+    server.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
+    server.set_defaults(func=_guard(cmd_server))
+
+    user = subparsers.add_parser("user", help="manage users (works while the server runs)")
+    user_sub = _subcommands(user)
+    p = user_sub.add_parser("add", parents=[index_only],
+                            help="create a user and print its token")
+    p.add_argument("uuid")
+    p.set_defaults(func=_guard(cmd_user_add))
+    p = user_sub.add_parser("list", parents=[index_only], help="print every user")
+    p.set_defaults(func=_guard(cmd_user_list))
+    p = user_sub.add_parser("remove", parents=[index_only],
+                            help="remove a user and its blobs' index rows")
+    p.add_argument("uuid")
+    p.set_defaults(func=_guard(cmd_user_remove))
+    p = user_sub.add_parser("token", parents=[index_only],
+                            help="issue a new token (the old one stops working)")
+    p.add_argument("uuid")
+    p.set_defaults(func=_guard(cmd_user_token))
+
+    service = subparsers.add_parser("service", help="manage local service tokens")
+    service_sub = _subcommands(service)
+    p = service_sub.add_parser("add", parents=[index_only],
+                               help="add a service (or replace its token); print the token")
+    p.add_argument("name")
+    p.set_defaults(func=_guard(cmd_service_add))
+    p = service_sub.add_parser("list", parents=[index_only], help="print every service")
+    p.set_defaults(func=_guard(cmd_service_list))
+    p = service_sub.add_parser("remove", parents=[index_only], help="remove a service")
+    p.add_argument("name")
+    p.set_defaults(func=_guard(cmd_service_remove))
+
+    admin = subparsers.add_parser("admin", help="maintenance")
+    admin_sub = _subcommands(admin)
+    p = admin_sub.add_parser("gc", parents=[full],
+                             help="delete payloads no index row names; print how many")
+    p.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
+                   help="spare payloads younger than this (default 3600)")
+    p.set_defaults(func=_guard(cmd_admin_gc))

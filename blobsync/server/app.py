@@ -1,0 +1,170 @@
+"""The two aiohttp applications and the process that runs them.
+
+The public app (SPEC 3-5) and the local app (SPEC 6, incoming box) share one BlobStore but
+listen on separate sockets, so the local endpoint is never reachable from the public one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from blobsync.server.config import ConfigError, ServerConfig
+from blobsync.server.errors import error_middleware
+from blobsync.server.logs import ACCESS_LOGGER, AccessLogger
+from blobsync.server.openapi import build_openapi
+from blobsync.server.params import CONFIG, STORE
+from blobsync.server.routes_blobs import (
+    delete_blob,
+    get_blob,
+    list_blobs,
+    put_blob,
+    server_info,
+    set_flags,
+)
+from blobsync.server.routes_incoming import deliver
+from blobsync.server.routes_stream import stream
+from blobsync.server.storage.blobstore import BlobStore
+
+log = logging.getLogger("blobsync.server")
+
+# On SIGTERM, requests in flight get this long to finish before their connections drop;
+# uploads cut short leave nothing behind, so waiting longer buys nothing.
+SHUTDOWN_TIMEOUT = 5.0
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(build_openapi())
+
+
+def _base_app(store: BlobStore, config: ServerConfig) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[STORE] = store
+    app[CONFIG] = config
+    return app
+
+
+def make_public_app(store: BlobStore, config: ServerConfig) -> web.Application:
+    app = _base_app(store, config)
+    r = app.router
+    # HEAD is not part of the protocol; leaving it out keeps the OpenAPI document exact.
+    r.add_get("/", server_info, allow_head=False)
+    r.add_get("/openapi.json", _openapi, allow_head=False)
+    r.add_get("/blobs/{uuid}", list_blobs, allow_head=False)
+    r.add_get("/blobs/{uuid}/{blob_id}", get_blob, allow_head=False)
+    r.add_put("/blobs/{uuid}/{blob_id}", put_blob)
+    r.add_post("/blobs/{uuid}/{blob_id}", set_flags)
+    r.add_delete("/blobs/{uuid}/{blob_id}", delete_blob)
+    r.add_post("/stream/{uuid}", stream)
+    return app
+
+
+def make_local_app(store: BlobStore, config: ServerConfig) -> web.Application:
+    app = _base_app(store, config)
+    app.router.add_put("/incoming/{uuid}/{blob_id}", deliver)
+    return app
+
+
+def ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load TLS certificate or key: {exc}") from None
+    return ctx
+
+
+@dataclass
+class Sites:
+    """Both listening sites; ``url`` and ``local_url`` carry the ports actually bound."""
+
+    public: web.AppRunner
+    local: web.AppRunner
+    url: str
+    local_url: str
+
+    async def stop(self) -> None:
+        await self.public.cleanup()
+        await self.local.cleanup()
+
+
+def _url(scheme: str, runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port}"
+
+
+async def start_sites(store: BlobStore, config: ServerConfig) -> Sites:
+    """Start the public and local sites on the configured hosts and ports (0: any free)."""
+    tls = ssl_context(config)
+    runners: list[web.AppRunner] = []
+    try:
+        for app, host, port, ctx in (
+            (make_public_app(store, config), config.host, config.port, tls),
+            (make_local_app(store, config), config.local_host, config.local_port, None),
+        ):
+            runner = web.AppRunner(
+                app,
+                access_log_class=AccessLogger,
+                access_log=ACCESS_LOGGER,
+                shutdown_timeout=SHUTDOWN_TIMEOUT,
+            )
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, host, port, ssl_context=ctx).start()
+    except OSError as exc:
+        for runner in runners:
+            await runner.cleanup()
+        raise ConfigError(f"cannot listen: {exc.strerror or exc}") from None
+    public, local = runners
+    return Sites(public, local, _url("https" if tls else "http", public), _url("http", local))
+
+
+async def run_server(
+    config: ServerConfig,
+    *,
+    on_ready: Callable[[BlobStore, Sites], Awaitable[None]] | None = None,
+) -> None:
+    """Open the store, serve both sites until SIGTERM or SIGINT, then clean up."""
+    from blobsync.server.storage.factory import make_store
+
+    store = make_store(
+        config.data, config.metadata, config.payload,
+        quota=config.quota, max_blob_size=config.blob_limit,
+    )
+    await store.open()
+    try:
+        sites = await start_sites(store, config)
+        try:
+            log.info("public API on %s, incoming box on %s", sites.url, sites.local_url)
+            if on_ready is not None:
+                await on_ready(store, sites)
+            await _wait_for_signal()
+            log.info("shutting down")
+        finally:
+            await sites.stop()
+    finally:
+        await store.close()
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in signals:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,142 @@
+"""Server settings: command line over environment over TOML file over defaults.
+
+Every key has the same name in each source: ``max_blob_size`` is ``--max-blob-size`` on the
+command line, ``BLOBSYNC_MAX_BLOB_SIZE`` in the environment and ``max_blob_size`` (or
+``max-blob-size``) in the TOML file. The file is read only when ``--config`` or
+``BLOBSYNC_CONFIG`` names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from blobsync.format.errors import BlobsyncError
+
+ENV_PREFIX = "BLOBSYNC_"
+
+# One blob over 4 GiB cannot travel in a stream frame anyway (8 hex digits of length).
+DEFAULT_MAX_BLOB_SIZE = 1 << 32
+# A stream is many small blobs; past 1 GiB a client should split it or send blobs alone.
+DEFAULT_MAX_STREAM_SIZE = 1 << 30
+
+
+class ConfigError(BlobsyncError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    data: str = "./blobsync-data"
+    host: str = "127.0.0.1"
+    port: int = 2424
+    local_host: str = "127.0.0.1"
+    local_port: int = 2525
+    quota: int = 0  # default per-user quota in bytes; 0 = unlimited
+    max_blob_size: int = DEFAULT_MAX_BLOB_SIZE  # 0 = unlimited
+    max_stream_size: int = DEFAULT_MAX_STREAM_SIZE  # 0 = unlimited
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    metadata: str | None = None  # None: SQLite in the data dir; postgresql://...; memory:
+    payload: str | None = None  # None: files in the data dir; s3://bucket/prefix; memory:
+    log_level: str = "info"
+
+    @property
+    def blob_limit(self) -> int | None:
+        return self.max_blob_size or None
+
+    @property
+    def stream_limit(self) -> int | None:
+        return self.max_stream_size or None
+
+    def replace(self, **changes: Any) -> ServerConfig:
+        return dataclasses.replace(self, **changes)
+
+
+KEYS = tuple(f.name for f in fields(ServerConfig))
+_PORTS = {"port", "local_port"}
+_SIZES = {"quota", "max_blob_size", "max_stream_size"}
+_OPTIONAL = {"tls_cert", "tls_key", "metadata", "payload"}
+_LEVELS = {"debug", "info", "warning", "error"}
+_SIZE = re.compile(r"(\d+)\s*([kmgt]i?b?)?", re.IGNORECASE)
+_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: object, key: str = "size") -> int:
+    """Bytes from an int or a string like ``1048576``, ``512K``, ``10G`` (powers of 1024)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size in bytes, got {value!r}")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
+        unit = (m.group(2) or " ")[0].lower()
+        n = int(m.group(1)) * _UNITS.get(unit, 1)
+    else:
+        raise ConfigError(f"{key}: expected a size in bytes, got {value!r}")
+    if n < 0:
+        raise ConfigError(f"{key}: must not be negative")
+    return n
+
+
+def _convert(key: str, value: object) -> object:
+    if key in _SIZES:
+        return parse_size(value, key)
+    if key in _PORTS:
+        try:
+            port = int(value)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a port number, got {value!r}") from None
+        if isinstance(value, bool) or not 0 <= port <= 65535:
+            raise ConfigError(f"{key}: expected a port number, got {value!r}")
+        return port
+    if value == "" and key in _OPTIONAL:
+        return None  # an empty variable unsets, as in most shells' conventions
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if key == "log_level" and value.lower() not in _LEVELS:
+        raise ConfigError(f"log_level: one of {', '.join(sorted(_LEVELS))}")
+    return value.lower() if key == "log_level" else value
+
+
+def read_toml(path: str) -> dict[str, object]:
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    out: dict[str, object] = {}
+    for raw_key, value in doc.items():
+        key = raw_key.replace("-", "_")
+        if key not in KEYS:
+            raise ConfigError(f"config file {path}: unknown key {raw_key!r}")
+        out[key] = value
+    return out
+
+
+def from_env(env: Mapping[str, str]) -> dict[str, object]:
+    return {key: env[ENV_PREFIX + key.upper()] for key in KEYS if ENV_PREFIX + key.upper() in env}
+
+
+def load_config(
+    cli: Mapping[str, object] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> ServerConfig:
+    """Merge the sources; ``cli`` holds only the options given (None means not given)."""
+    cli = {k: v for k, v in (cli or {}).items() if v is not None and k in KEYS}
+    env = os.environ if env is None else env
+    path = config_file or env.get(ENV_PREFIX + "CONFIG")
+    merged: dict[str, object] = {}
+    for source in (read_toml(path) if path else {}, from_env(env), cli):
+        merged.update(source)
+    config = ServerConfig(**{k: _convert(k, v) for k, v in merged.items()})  # type: ignore[arg-type]
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("tls_cert and tls_key go together: give both or neither")
+    return config

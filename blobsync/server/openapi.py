@@ -1,0 +1,219 @@
+"""The OpenAPI 3 description of the public API, served at ``GET /openapi.json``.
+
+tests/server/test_openapi.py keeps it true: every route of the app is here with its methods
+and every route here is in the app, and each documented status is produced by a request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blobsync import __version__
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_REASONS = {
+    200: "done",
+    206: "partial content: the one range asked for",
+    400: "malformed request or body (bad name, bad parameter, not a sealed blob)",
+    401: "no valid credentials",
+    403: "credentials of another user",
+    404: "no such blob (or, for a stream download, some blobs missing)",
+    406: "a flag outside PENDING, PROCESSING, PROCESSED, FAILED",
+    409: "the blob already exists",
+    412: "the expect flag did not hold",
+    413: "over the maximum blob, stream or JSON body size",
+    416: "unsatisfiable range; Content-Range: bytes */size",
+    507: "the user's quota would be exceeded",
+}
+
+
+def _param(name: str, where: str, description: str, schema: dict[str, Any] | None = None,
+           required: bool = False) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "description": description,
+        "schema": schema or {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,254}$"},
+    }
+
+
+_UUID = _param("uuid", "path", "the user")
+_BLOB_ID = _param("blob_id", "path", "the blob")
+_NAMESPACE = _param("namespace", "query", "namespace; `default` when absent")
+_FLAG_SCHEMA = {"type": "string", "enum": ["PENDING", "PROCESSING", "PROCESSED", "FAILED"]}
+_BOOL = {"type": "string", "enum": ["true", "false"]}
+_IDS = {"type": "array", "items": {"type": "string"}}
+_BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _responses(ok: dict[str, Any], *errors: int, extra: dict[int, Any] | None = None
+               ) -> dict[str, Any]:
+    out: dict[str, Any] = {"200": ok}
+    for status, resp in (extra or {}).items():
+        out[str(status)] = resp
+    for status in errors:
+        out[str(status)] = {"description": _REASONS[status], "content": _json(_ERROR)}
+    return out
+
+
+def build_openapi() -> dict[str, Any]:
+    auth = [{"token": []}]
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "blobsync public API",
+            "version": __version__,
+            "description": "LEAP Soledad's blobs protocol (SPEC sections 3 to 5). Errors are "
+            'JSON `{"error": "..."}`; unknown routes answer 404 and wrong methods 405.',
+        },
+        "components": {
+            "securitySchemes": {
+                "token": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "`Token base64(uuid:token)`",
+                }
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "missing": {**_IDS, "description": "stream download: absent ids"},
+                        "blob_id": {"type": "string", "description": "stream upload: "
+                                    "the first blob that was wrong"},
+                        "stored": _IDS,
+                        "existing": _IDS,
+                    },
+                }
+            },
+        },
+        "paths": {
+            "/": {
+                "get": {
+                    "operationId": "serverInfo",
+                    "summary": "server information: version, enabled services, limits",
+                    "responses": _responses({"description": "information",
+                                             "content": _json({"type": "object"})}),
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "this document",
+                    "responses": _responses({"description": "OpenAPI 3 document",
+                                             "content": _json({"type": "object"})}),
+                }
+            },
+            "/blobs/{uuid}": {
+                "parameters": [_UUID],
+                "get": {
+                    "operationId": "listBlobs",
+                    "summary": "ids of the user's blobs in one namespace, or their count",
+                    "security": auth,
+                    "parameters": [
+                        _NAMESPACE,
+                        _param("filter_flag", "query", "only blobs with this flag", _FLAG_SCHEMA),
+                        _param("order_by", "query", "date or +date: oldest first; -date: "
+                               "newest first", {"type": "string",
+                                                "enum": ["date", "+date", "-date"]}),
+                        _param("deleted", "query", "ids of deleted blobs (tombstones)", _BOOL),
+                        _param("only_count", "query", 'answer {"count": n}', _BOOL),
+                        _param("limit", "query", "at most this many (extension)",
+                               {"type": "integer", "minimum": 1}),
+                    ],
+                    "responses": _responses(
+                        {"description": "ids, or a count",
+                         "content": _json({"oneOf": [_IDS, {"type": "object", "properties": {
+                             "count": {"type": "integer"}}}]})},
+                        400, 401, 403, 406,
+                    ),
+                },
+            },
+            "/blobs/{uuid}/{blob_id}": {
+                "parameters": [_UUID, _BLOB_ID, _NAMESPACE],
+                "get": {
+                    "operationId": "getBlob",
+                    "summary": "the sealed bytes (header Tag: base64url(tag)), or its flags",
+                    "security": auth,
+                    "parameters": [
+                        _param("only_flags", "query", "answer the JSON list of flags", _BOOL),
+                        _param("Range", "header", "one range: bytes=a-b, bytes=a-, bytes=-n",
+                               {"type": "string"}),
+                    ],
+                    "responses": _responses(
+                        {"description": "the sealed blob, or its flags",
+                         "headers": {"Tag": {"schema": {"type": "string"}}},
+                         "content": {**_BINARY, **_json(_IDS)}},
+                        400, 401, 403, 404, 416,
+                        extra={206: {"description": _REASONS[206], "content": _BINARY}},
+                    ),
+                },
+                "put": {
+                    "operationId": "putBlob",
+                    "summary": "create the blob from the sealed bytes in the body",
+                    "security": auth,
+                    "requestBody": {"required": True, "content": _BINARY},
+                    "responses": _responses({"description": "stored",
+                                             "content": _json({"type": "object"})},
+                                            400, 401, 403, 409, 413, 507),
+                },
+                "post": {
+                    "operationId": "setFlags",
+                    "summary": "replace the flags with the JSON list in the body",
+                    "security": auth,
+                    "parameters": [_param("expect", "query", "change only if the blob carries "
+                                          "this flag now, atomically", _FLAG_SCHEMA)],
+                    "requestBody": {"required": True,
+                                    "content": _json({"type": "array", "items": _FLAG_SCHEMA})},
+                    "responses": _responses({"description": "flags set",
+                                             "content": _json({"type": "object"})},
+                                            400, 401, 403, 404, 406, 412, 413),
+                },
+                "delete": {
+                    "operationId": "deleteBlob",
+                    "summary": "delete the blob, leaving a tombstone",
+                    "security": auth,
+                    "responses": _responses({"description": "deleted",
+                                             "content": _json({"type": "object"})},
+                                            400, 401, 403, 404),
+                },
+            },
+            "/stream/{uuid}": {
+                "parameters": [_UUID],
+                "post": {
+                    "operationId": "stream",
+                    "summary": "many blobs in one request (SPEC 3)",
+                    "security": auth,
+                    "parameters": [
+                        _NAMESPACE,
+                        _param("direction", "query", "download or upload",
+                               {"type": "string", "enum": ["download", "upload"]}, True),
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": _IDS},
+                            "application/octet-stream": {"schema": {
+                                "type": "string", "format": "binary",
+                                "description": "upload: a JSON line of [id, size] pairs, "
+                                "newline, the sealed blobs back to back"}},
+                        },
+                    },
+                    "responses": _responses(
+                        {"description": "download: frames; upload: stored and existing ids",
+                         "content": {**_BINARY, **_json({"type": "object", "properties": {
+                             "stored": _IDS, "existing": _IDS}})}},
+                        400, 401, 403, 404, 413, 507,
+                    ),
+                },
+            },
+        },
+    }

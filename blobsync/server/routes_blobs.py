@@ -1,0 +1,201 @@
+"""``GET /`` and ``/blobs/{uuid}[/{blob_id}]`` (SPEC 4): thin handlers over BlobStore."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from blobsync import __version__
+from blobsync.format.errors import LimitExceeded
+from blobsync.format.limits import CHUNK_SIZE, MAX_FRAME_SIZE, MAX_ID_LENGTH, MAX_JSON_HEADER
+from blobsync.format.preamble import b64url_encode
+from blobsync.server.auth import authenticate_user
+from blobsync.server.errors import ApiError, cut_connection
+from blobsync.server.params import (
+    CONFIG,
+    STORE,
+    bool_param,
+    flag_param,
+    limit_param,
+    namespace,
+    order_param,
+    path_id,
+    read_json_body,
+)
+from blobsync.server.ranges import parse_range
+from blobsync.server.storage.base import FLAGS, BlobInfo, BlobNotFound, MetadataIndex, Order
+
+log = logging.getLogger("blobsync.server")
+
+# A flags body is a list of at most four short names; anything much larger is not one.
+MAX_FLAGS_BODY = 4096
+# How often a GET retries when the blob was replaced between lookup and read.
+_READ_ATTEMPTS = 3
+
+
+async def server_info(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    config = request.app[CONFIG]
+    return web.json_response(
+        {
+            "name": "blobsync",
+            "version": __version__,
+            "protocol": 1,
+            "services": ["blobs", "stream", "incoming"],
+            "limits": {
+                "quota": store.quota,
+                "max_blob_size": store.max_blob_size,
+                "max_stream_size": config.stream_limit,
+                "max_json_body": MAX_JSON_HEADER,
+                "max_frame_size": MAX_FRAME_SIZE,
+                "max_id_length": MAX_ID_LENGTH,
+            },
+        }
+    )
+
+
+async def list_blobs(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    uuid = path_id(request, "uuid")
+    ns = namespace(request)
+    order = order_param(request)
+    flag = flag_param(request, "filter_flag")
+    deleted = bool_param(request, "deleted")
+    only_count = bool_param(request, "only_count")
+    limit = limit_param(request)
+    if deleted and flag is not None:
+        raise ApiError(400, "deleted=true cannot be combined with filter_flag")
+    await authenticate_user(request, store.index, uuid)
+    if deleted:
+        ids = await store.index.list_deleted(uuid, ns)
+        if order is Order.NEWEST_FIRST:
+            ids.reverse()
+        ids = ids[:limit] if limit else ids
+        return web.json_response({"count": len(ids)} if only_count else ids)
+    if only_count:
+        count = await store.index.count_blobs(uuid, ns, filter_flag=flag)
+        return web.json_response({"count": min(count, limit) if limit else count})
+    ids = await store.index.list_blobs(uuid, ns, filter_flag=flag, order=order, limit=limit)
+    return web.json_response(ids)
+
+
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    store = request.app[STORE]
+    uuid = path_id(request, "uuid")
+    blob_id = path_id(request, "blob_id")
+    ns = namespace(request)
+    only_flags = bool_param(request, "only_flags")
+    await authenticate_user(request, store.index, uuid)
+    if only_flags:
+        info = await _existing(store.index, uuid, ns, blob_id)
+        return web.json_response(sorted(info.flags))
+    for _ in range(_READ_ATTEMPTS):
+        info = await _existing(store.index, uuid, ns, blob_id)
+        rng = parse_range(request.headers.get("Range"), info.size)
+        offset, length = (rng.start, rng.length) if rng else (0, info.size)
+        read_info, chunks = await store.read(uuid, ns, blob_id, offset, length)
+        if read_info.location == info.location:
+            break
+        await _aclose(chunks)  # replaced between the two lookups: ask again
+    else:
+        raise ApiError(409, "the blob is being replaced; try again")
+    resp = web.StreamResponse(status=206 if rng else 200)
+    resp.content_type = "application/octet-stream"
+    resp.content_length = length
+    resp.headers["Tag"] = b64url_encode(info.tag).decode("ascii")
+    resp.headers["Accept-Ranges"] = "bytes"
+    if rng:
+        resp.headers["Content-Range"] = rng.content_range(info.size)
+    return await send_chunks(request, resp, chunks, length)
+
+
+async def put_blob(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    uuid = path_id(request, "uuid")
+    blob_id = path_id(request, "blob_id")
+    ns = namespace(request)
+    await authenticate_user(request, store.index, uuid)
+    size = request.content_length
+    if size is not None and store.max_blob_size and size > store.max_blob_size:
+        raise LimitExceeded(f"blob of {size} bytes is over the {store.max_blob_size}-byte limit")
+    info = await store.put(
+        uuid, ns, blob_id, request.content.iter_chunked(CHUNK_SIZE), size=size
+    )
+    return web.json_response({"blob_id": blob_id, "size": info.size})
+
+
+async def set_flags(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    uuid = path_id(request, "uuid")
+    blob_id = path_id(request, "blob_id")
+    ns = namespace(request)
+    expect = flag_param(request, "expect")
+    await authenticate_user(request, store.index, uuid)
+    doc = await read_json_body(request, MAX_FLAGS_BODY)
+    if not isinstance(doc, list) or not all(isinstance(f, str) for f in doc):
+        raise ApiError(400, "body must be a JSON list of flags")
+    unknown = sorted(set(doc) - FLAGS)
+    if unknown:
+        raise ApiError(406, f"unknown flags {unknown}; flags are {sorted(FLAGS)}")
+    flags = frozenset(doc)
+    await store.index.set_flags(uuid, ns, blob_id, flags, expect=expect)
+    return web.json_response({"flags": sorted(flags)})
+
+
+async def delete_blob(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    uuid = path_id(request, "uuid")
+    blob_id = path_id(request, "blob_id")
+    ns = namespace(request)
+    await authenticate_user(request, store.index, uuid)
+    await store.delete(uuid, ns, blob_id)
+    return web.json_response({"deleted": blob_id})
+
+
+async def _existing(index: MetadataIndex, uuid: str, ns: str, blob_id: str) -> BlobInfo:
+    info = await index.get_blob(uuid, ns, blob_id)
+    if info is None:
+        raise BlobNotFound(f"no blob {blob_id!r} in namespace {ns!r}")
+    return info
+
+
+async def _aclose(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def send_chunks(
+    request: web.Request,
+    resp: web.StreamResponse,
+    chunks: AsyncIterator[bytes],
+    expected: int,
+) -> web.StreamResponse:
+    """Stream ``chunks`` as the body; ``write`` waits on the socket (back-pressure).
+
+    Once headers are out, a failure cannot become a JSON error: the connection is cut so the
+    client sees a short body against its Content-Length, never a wrong one.
+    """
+    sent = 0
+    try:
+        await resp.prepare(request)
+        async for chunk in chunks:
+            sent += len(chunk)
+            if sent > expected:
+                break
+            await resp.write(chunk)
+    except Exception as exc:  # noqa: BLE001 - any failure mid-body ends the same way
+        log.warning("cutting %s after %d bytes: %s", request.rel_url.raw_path, sent, exc)
+        cut_connection(request)
+        return resp
+    finally:
+        await _aclose(chunks)
+    if sent != expected:
+        log.warning("cutting %s: %d bytes read, %d expected",
+                    request.rel_url.raw_path, sent, expected)
+        cut_connection(request)
+        return resp
+    await resp.write_eof()
+    return resp
