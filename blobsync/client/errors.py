@@ -1,0 +1,95 @@
+"""Errors the client library raises on purpose.
+
+``str(e)`` is always one line meant for a person: the CLI prints it as is. Errors that
+stem from a passing condition (the server down, a dropped connection, a 5xx) derive from
+``TransientError`` so the sync engine can tell what to retry without string matching.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blobsync.format.errors import BlobsyncError
+
+
+class ClientError(BlobsyncError):
+    """Base of every client error."""
+
+
+class WrongPassphrase(ClientError):
+    def __init__(self, message: str = "wrong passphrase") -> None:
+        super().__init__(message)
+
+
+class NotInitialized(ClientError):
+    """No profile at the home directory."""
+
+
+class BlobNotFound(ClientError):
+    """The blob is neither in the local store nor on the server."""
+
+
+class BlobExists(ClientError):
+    """A put named a blob id the local store already holds (blobs are immutable)."""
+
+
+class TransientError(ClientError):
+    """A passing failure: worth retrying later on the SPEC 7 schedule."""
+
+
+class ServerUnreachable(TransientError):
+    """Connection refused, name resolution or TLS failure."""
+
+
+class ConnectionLost(TransientError):
+    """The connection dropped or timed out in the middle of an exchange."""
+
+
+class AuthFailed(ClientError):
+    """401 or 403: the token is wrong or belongs to another user."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RemoteError(ClientError):
+    """The server refused a request; ``status`` is its HTTP status, ``detail`` the JSON
+    error body when there was one (a refused stream upload lists what it kept)."""
+
+    def __init__(self, message: str, status: int, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail or {}
+
+
+class ServerError(RemoteError, TransientError):
+    """A 5xx other than 507: the server failed for now."""
+
+
+class AlreadyOnServer(RemoteError):
+    """409: the blob already exists on the server."""
+
+
+class PreconditionFailed(RemoteError):
+    """412: an ``expect`` flag condition did not hold."""
+
+
+class TooLarge(RemoteError):
+    """413: over the server's blob or stream size limit."""
+
+
+class QuotaExceeded(RemoteError):
+    """507: the user's quota would be exceeded."""
+
+
+class MissingBlobs(RemoteError):
+    """404 on a stream download: ``missing`` lists the ids the server does not hold."""
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message, 404)
+        self.missing = missing
+
+
+class StaleRange(ClientError):
+    """A partial download no longer matches the blob on the server; start over."""

@@ -1,0 +1,699 @@
+"""The local store: blob state and sealed payloads, encrypted at rest.
+
+State lives in a SQLCipher database keyed from secret[0:64]. A payload is the sealed blob,
+byte for byte what travels to the server: small ones sit inside the database (table
+``payloads``), large ones are files under ``blobs/`` named by a keyed HMAC of namespace and
+id, so that neither the database nor the directory shows ids in clear. Why the split and
+where it lies: docs/client.md, "Local store".
+
+Every database call runs on one dedicated thread: SQLite connections are not to be shared
+between threads, and the event loop must not block on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlcipher3 import dbapi2 as sqlcipher
+
+from .errors import BlobExists, ClientError
+from .model import HAS_PAYLOAD, SyncStatus
+
+T = TypeVar("T")
+
+# Bytes per file read or write: few syscalls and executor hops, still small next to the
+# 150 MB memory bound even with several transfers at once.
+FILE_CHUNK = 1 << 20
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace TEXT NOT NULL,
+    blob_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 1,
+    size INTEGER,                 -- plaintext (or external payload) size, once known
+    sealed_size INTEGER,          -- once known
+    location TEXT,                -- file name under blobs/ when the payload is a file
+    inline INTEGER NOT NULL DEFAULT 0,  -- 1: the payload is a row of `payloads`
+    external INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    verify_failures INTEGER NOT NULL DEFAULT 0,
+    partial_tag BLOB,             -- Tag of the partial download in tmp/, for Range resume
+    created REAL NOT NULL,
+    UNIQUE (namespace, blob_id)
+);
+CREATE INDEX IF NOT EXISTS blobs_work ON blobs (namespace, status, next_attempt);
+-- Payloads apart from state, so that scanning state never drags payload pages along.
+CREATE TABLE IF NOT EXISTS payloads (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+"""
+SCHEMA_VERSION = "1"
+
+_COLUMNS = (
+    "id, namespace, blob_id, status, priority, size, sealed_size, location, inline, external, "
+    "retries, next_attempt, verify_failures, partial_tag, created"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: int
+    namespace: str
+    blob_id: str
+    status: SyncStatus
+    priority: int
+    size: int | None
+    sealed_size: int | None
+    location: str | None
+    inline: bool
+    external: bool
+    retries: int
+    next_attempt: float
+    verify_failures: int
+    partial_tag: bytes | None
+    created: float
+
+    @property
+    def has_payload(self) -> bool:
+        return self.status in HAS_PAYLOAD
+
+    @classmethod
+    def from_db(cls, r: tuple[Any, ...]) -> Row:
+        return cls(
+            r[0], r[1], r[2], SyncStatus(r[3]), r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9]),
+            r[10], r[11], r[12], r[13], r[14],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Attach:
+    """A verified download waiting to be kept: inline ``payload`` or a file ``location``."""
+
+    blob_id: str
+    size: int
+    sealed_size: int
+    external: bool
+    payload: bytes | None = None
+    location: str | None = None
+
+
+class LocalStore:
+    def __init__(
+        self,
+        db_path: Path,
+        blobs_dir: Path,
+        tmp_dir: Path,
+        *,
+        db_key: bytes,
+        names_key: bytes,
+        inline_max: int,
+    ) -> None:
+        if len(db_key) != 32:
+            raise ValueError("db_key must be 32 bytes")
+        self.db_path = db_path
+        self.blobs_dir = blobs_dir
+        self.tmp_dir = tmp_dir
+        self.inline_max = inline_max
+        self._db_key = db_key
+        self._names_key = names_key
+        self._conn: Any = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blobsync-db")
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.blobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await self._run(self._open)
+        # Files being written when a process died are garbage; partial downloads (.part)
+        # are kept on purpose, a later attempt resumes them with Range.
+        for p in self.tmp_dir.glob("*.tmp"):
+            p.unlink(missing_ok=True)
+
+    def _open(self) -> None:
+        conn = sqlcipher.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA key = \"x'{self._db_key.hex()}'\"")
+            # The first real read is where a wrong key shows.
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlcipher.DatabaseError:
+            conn.close()
+            raise ClientError(
+                f"{self.db_path} cannot be opened with this storage secret"
+            ) from None
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: a power cut may lose the last commits, never consistency;
+        # a lost commit only means a blob is fetched or sent again.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(SCHEMA)
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
+        )
+        os.chmod(self.db_path, 0o600)
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        self._thread.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    # --- names ---------------------------------------------------------------------------
+
+    def file_name(self, namespace: str, blob_id: str) -> str:
+        msg = f"{namespace}\0{blob_id}".encode()
+        return hmac.new(self._names_key, msg, hashlib.sha256).hexdigest()[:40]
+
+    def blob_path(self, location: str) -> Path:
+        return self.blobs_dir / location[:2] / location
+
+    def partial_path(self, namespace: str, blob_id: str) -> Path:
+        return self.tmp_dir / f"{self.file_name(namespace, blob_id)}.part"
+
+    def temp_path(self) -> Path:
+        return self.tmp_dir / f"{uuid.uuid4().hex}.tmp"
+
+    # --- reading state -------------------------------------------------------------------
+
+    async def get(self, namespace: str, blob_id: str) -> Row | None:
+        return await self._run(self._get, namespace, blob_id)
+
+    def _get(self, namespace: str, blob_id: str) -> Row | None:
+        r = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM blobs WHERE namespace = ? AND blob_id = ?",
+            (namespace, blob_id),
+        ).fetchone()
+        return Row.from_db(r) if r else None
+
+    async def rows(
+        self, namespace: str | None, statuses: Iterable[SyncStatus] | None = None
+    ) -> list[Row]:
+        return await self._run(self._rows, namespace, None if statuses is None else list(statuses))
+
+    def _rows(self, namespace: str | None, statuses: list[SyncStatus] | None) -> list[Row]:
+        sql = f"SELECT {_COLUMNS} FROM blobs WHERE 1"
+        args: list[Any] = []
+        if namespace is not None:
+            sql += " AND namespace = ?"
+            args.append(namespace)
+        if statuses is not None:
+            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+            args += [s.value for s in statuses]
+        return [Row.from_db(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+
+    async def due(self, namespace: str, status: SyncStatus, now: float) -> list[Row]:
+        """Rows in ``status`` whose next attempt has come, highest priority first."""
+
+        def q() -> list[Row]:
+            cur = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM blobs WHERE namespace = ? AND status = ? "
+                "AND next_attempt <= ? ORDER BY priority DESC, id",
+                (namespace, status.value, now),
+            )
+            return [Row.from_db(r) for r in cur]
+
+        return await self._run(q)
+
+    async def next_wake(self, namespace: str, statuses: Iterable[SyncStatus]) -> float | None:
+        """The earliest next attempt among rows in ``statuses``; None when there are none."""
+        sts = [s.value for s in statuses]
+
+        def q() -> float | None:
+            r = self._conn.execute(
+                f"SELECT min(next_attempt) FROM blobs WHERE namespace = ? "
+                f"AND status IN ({','.join('?' * len(sts))})",
+                (namespace, *sts),
+            ).fetchone()
+            return r[0]
+
+        return await self._run(q)
+
+    async def counts(self, namespace: str | None) -> dict[SyncStatus, int]:
+        def q() -> dict[SyncStatus, int]:
+            out = {s: 0 for s in SyncStatus}
+            if namespace is None:
+                cur = self._conn.execute("SELECT status, count(*) FROM blobs GROUP BY status")
+            else:
+                cur = self._conn.execute(
+                    "SELECT status, count(*) FROM blobs WHERE namespace = ? GROUP BY status",
+                    (namespace,),
+                )
+            for status, n in cur:
+                out[SyncStatus(status)] = n
+            return out
+
+        return await self._run(q)
+
+    async def namespaces(self) -> list[str]:
+        def q() -> list[str]:
+            cur = self._conn.execute("SELECT DISTINCT namespace FROM blobs ORDER BY namespace")
+            return [r[0] for r in cur]
+
+        return await self._run(q)
+
+    # --- writing state -------------------------------------------------------------------
+
+    async def insert(
+        self,
+        namespace: str,
+        blob_id: str,
+        status: SyncStatus,
+        *,
+        priority: int = 1,
+        size: int | None = None,
+        sealed_size: int | None = None,
+        location: str | None = None,
+        payload: bytes | None = None,
+        external: bool = False,
+    ) -> None:
+        """Add a row (and its inline payload) in one transaction; BlobExists if present."""
+
+        def q() -> None:
+            with self._tx():
+                try:
+                    cur = self._conn.execute(
+                        "INSERT INTO blobs (namespace, blob_id, status, priority, size, "
+                        "sealed_size, location, inline, external, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (namespace, blob_id, status.value, priority, size, sealed_size,
+                         location, int(payload is not None), int(external), time.time()),
+                    )
+                except sqlcipher.IntegrityError:
+                    raise BlobExists(
+                        f"blob {blob_id} already exists in namespace {namespace}"
+                    ) from None
+                if payload is not None:
+                    self._conn.execute(
+                        "INSERT INTO payloads (id, data) VALUES (?, ?)", (cur.lastrowid, payload)
+                    )
+
+        await self._run(q)
+
+    async def add_pending_downloads(self, namespace: str, blob_ids: Iterable[str]) -> int:
+        """Rows PENDING_DOWNLOAD for ids the store does not know; returns how many."""
+        ids = list(blob_ids)
+
+        def q() -> int:
+            now = time.time()
+            with self._tx():
+                before = self._conn.total_changes
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO blobs (namespace, blob_id, status, created) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(namespace, b, SyncStatus.PENDING_DOWNLOAD.value, now) for b in ids],
+                )
+                return self._conn.total_changes - before
+
+        return await self._run(q)
+
+    async def update(
+        self,
+        namespace: str,
+        blob_id: str,
+        *,
+        only_if: Iterable[SyncStatus] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Set ``fields`` on a row, only while its status is in ``only_if`` when given.
+
+        The condition keeps a transfer that ends late from undoing what happened meanwhile
+        (a delete during an upload, say). Returns whether a row changed.
+        """
+        cols = []
+        args: list[Any] = []
+        for k, v in fields.items():
+            cols.append(f"{k} = ?")
+            args.append(v.value if isinstance(v, SyncStatus) else v)
+        sql = f"UPDATE blobs SET {', '.join(cols)} WHERE namespace = ? AND blob_id = ?"
+        args += [namespace, blob_id]
+        if only_if is not None:
+            sts = [s.value for s in only_if]
+            sql += f" AND status IN ({','.join('?' * len(sts))})"
+            args += sts
+
+        def q() -> bool:
+            return self._conn.execute(sql, args).rowcount > 0
+
+        return await self._run(q)
+
+    async def set_many(
+        self, namespace: str, blob_ids: Iterable[str], only_if: Iterable[SyncStatus], **fields: Any
+    ) -> int:
+        """``update`` for many ids in one transaction."""
+        ids = list(blob_ids)
+        sts = [s.value for s in only_if]
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        vals = [v.value if isinstance(v, SyncStatus) else v for v in fields.values()]
+        sql = (
+            f"UPDATE blobs SET {cols} WHERE namespace = ? AND blob_id = ? "
+            f"AND status IN ({','.join('?' * len(sts))})"
+        )
+
+        def q() -> int:
+            with self._tx():
+                n = 0
+                for b in ids:
+                    n += self._conn.execute(sql, [*vals, namespace, b, *sts]).rowcount
+                return n
+
+        return await self._run(q)
+
+    async def attach_payload(
+        self,
+        namespace: str,
+        blob_id: str,
+        *,
+        size: int,
+        sealed_size: int,
+        external: bool,
+        payload: bytes | None = None,
+        location: str | None = None,
+    ) -> bool:
+        """A verified download is in: keep it and mark the row SYNCED.
+
+        Only a row still waiting for its payload takes it, so a blob deleted while it was
+        on its way is not brought back. Returns whether the payload was kept.
+        """
+        waiting = (SyncStatus.PENDING_DOWNLOAD.value, SyncStatus.FAILED_DOWNLOAD.value)
+
+        def q() -> bool:
+            with self._tx():
+                r = self._conn.execute(
+                    "SELECT id, status FROM blobs WHERE namespace = ? AND blob_id = ?",
+                    (namespace, blob_id),
+                ).fetchone()
+                if r is None or r[1] not in waiting:
+                    return False
+                self._conn.execute(
+                    "UPDATE blobs SET status = ?, size = ?, sealed_size = ?, location = ?, "
+                    "inline = ?, external = ?, retries = 0, next_attempt = 0, "
+                    "verify_failures = 0, partial_tag = NULL WHERE id = ?",
+                    (SyncStatus.SYNCED.value, size, sealed_size, location,
+                     int(payload is not None), int(external), r[0]),
+                )
+                if payload is not None:
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO payloads (id, data) VALUES (?, ?)", (r[0], payload)
+                    )
+                return True
+
+        return await self._run(q)
+
+    async def remove_many(
+        self,
+        namespace: str,
+        blob_ids: Iterable[str],
+        *,
+        only_if: Iterable[SyncStatus] | None = None,
+    ) -> list[Row]:
+        """``remove`` for many ids in one transaction, only rows in ``only_if`` when given;
+        returns the rows removed."""
+        ids = list(blob_ids)
+        allowed = None if only_if is None else set(only_if)
+
+        def q() -> list[Row]:
+            out = []
+            with self._tx():
+                for b in ids:
+                    row = self._get(namespace, b)
+                    if row is None or (allowed is not None and row.status not in allowed):
+                        continue
+                    self._conn.execute("DELETE FROM payloads WHERE id = ?", (row.id,))
+                    self._conn.execute("DELETE FROM blobs WHERE id = ?", (row.id,))
+                    out.append(row)
+            return out
+
+        rows = await self._run(q)
+        for row in rows:
+            await self.discard_files(row)
+        return rows
+
+    async def schedule_retry(
+        self,
+        namespace: str,
+        blob_ids: Iterable[str],
+        status: SyncStatus,
+        *,
+        delay: Callable[[int], float],
+        verify_failed: bool = False,
+        max_verify_failures: int = 3,
+        failed_status: SyncStatus | None = None,
+    ) -> list[str]:
+        """Count a failed attempt on rows still in ``status`` and set their next attempt.
+
+        With ``verify_failed`` the failure was a blob that did not verify: at
+        ``max_verify_failures`` such failures the row turns ``failed_status`` and is left
+        alone. Returns the ids that turned failed.
+        """
+        ids = list(blob_ids)
+
+        def q() -> list[str]:
+            now = time.time()
+            failed: list[str] = []
+            with self._tx():
+                for b in ids:
+                    r = self._conn.execute(
+                        "SELECT retries, verify_failures FROM blobs "
+                        "WHERE namespace = ? AND blob_id = ? AND status = ?",
+                        (namespace, b, status.value),
+                    ).fetchone()
+                    if r is None:
+                        continue
+                    retries, vf = r[0] + 1, r[1] + int(verify_failed)
+                    new_status = status
+                    if verify_failed and failed_status and vf >= max_verify_failures:
+                        new_status = failed_status
+                        failed.append(b)
+                    self._conn.execute(
+                        "UPDATE blobs SET status = ?, retries = ?, verify_failures = ?, "
+                        "next_attempt = ? WHERE namespace = ? AND blob_id = ?",
+                        (new_status.value, retries, vf, now + delay(retries), namespace, b),
+                    )
+            return failed
+
+        return await self._run(q)
+
+    async def attach_many(self, namespace: str, items: list[Attach]) -> list[bool]:
+        """``attach_payload`` for many verified downloads in one transaction: one commit per
+        batch instead of one per blob is what makes thousands of small blobs cheap."""
+        waiting = (SyncStatus.PENDING_DOWNLOAD.value, SyncStatus.FAILED_DOWNLOAD.value)
+
+        def q() -> list[bool]:
+            out = []
+            with self._tx():
+                for it in items:
+                    r = self._conn.execute(
+                        "SELECT id, status FROM blobs WHERE namespace = ? AND blob_id = ?",
+                        (namespace, it.blob_id),
+                    ).fetchone()
+                    if r is None or r[1] not in waiting:
+                        out.append(False)
+                        continue
+                    self._conn.execute(
+                        "UPDATE blobs SET status = ?, size = ?, sealed_size = ?, location = ?, "
+                        "inline = ?, external = ?, retries = 0, next_attempt = 0, "
+                        "verify_failures = 0, partial_tag = NULL WHERE id = ?",
+                        (SyncStatus.SYNCED.value, it.size, it.sealed_size, it.location,
+                         int(it.payload is not None), int(it.external), r[0]),
+                    )
+                    if it.payload is not None:
+                        self._conn.execute(
+                            "INSERT OR REPLACE INTO payloads (id, data) VALUES (?, ?)",
+                            (r[0], it.payload),
+                        )
+                    out.append(True)
+            return out
+
+        return await self._run(q)
+
+    async def drop_payload(self, namespace: str, blob_id: str, status: SyncStatus) -> Row | None:
+        """Forget the payload but keep the row in ``status`` (PENDING_DELETE). Returns the
+        row as it was, so the caller can remove its file."""
+
+        def q() -> Row | None:
+            with self._tx():
+                row = self._get(namespace, blob_id)
+                if row is None:
+                    return None
+                self._conn.execute("DELETE FROM payloads WHERE id = ?", (row.id,))
+                self._conn.execute(
+                    "UPDATE blobs SET status = ?, location = NULL, inline = 0, retries = 0, "
+                    "next_attempt = 0, partial_tag = NULL WHERE id = ?",
+                    (status.value, row.id),
+                )
+                return row
+
+        return await self._run(q)
+
+    async def remove(self, namespace: str, blob_id: str) -> Row | None:
+        """Delete the row and its inline payload; returns the row so its file can go too."""
+
+        def q() -> Row | None:
+            with self._tx():
+                row = self._get(namespace, blob_id)
+                if row is None:
+                    return None
+                self._conn.execute("DELETE FROM payloads WHERE id = ?", (row.id,))
+                self._conn.execute("DELETE FROM blobs WHERE id = ?", (row.id,))
+                return row
+
+        row = await self._run(q)
+        if row is not None:
+            await self.discard_files(row)
+        return row
+
+    async def discard_files(self, row: Row) -> None:
+        """Remove the payload file and any partial download of a row."""
+        paths = [self.partial_path(row.namespace, row.blob_id)]
+        if row.location:
+            paths.append(self.blob_path(row.location))
+        await asyncio.to_thread(_unlink_all, paths)
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+    # --- payloads ------------------------------------------------------------------------
+
+    async def read_inline(self, row_id: int) -> bytes:
+        def q() -> bytes:
+            r = self._conn.execute("SELECT data FROM payloads WHERE id = ?", (row_id,)).fetchone()
+            if r is None:
+                raise ClientError("local store: an inline payload is missing")
+            return bytes(r[0])
+
+        return await self._run(q)
+
+    async def read_sealed(self, row: Row) -> AsyncIterator[bytes]:
+        """The sealed bytes of a local blob, in chunks."""
+        if row.inline:
+            data = await self.read_inline(row.id)
+            for i in range(0, len(data), FILE_CHUNK):
+                yield data[i : i + FILE_CHUNK]
+            return
+        if not row.location:
+            raise ClientError(f"blob {row.blob_id} has no local payload")
+        async for chunk in read_file(self.blob_path(row.location)):
+            yield chunk
+
+    async def keep_file(self, namespace: str, blob_id: str, src: Path) -> str:
+        """Move a complete sealed file into blobs/; returns its location."""
+        location = self.file_name(namespace, blob_id)
+        dest = self.blob_path(location)
+        await asyncio.to_thread(_durable_move, src, dest)
+        return location
+
+    async def check_integrity(self) -> list[str]:
+        def q() -> list[str]:
+            out = [r[0] for r in self._conn.execute("PRAGMA integrity_check")]
+            out += [r[0] for r in self._conn.execute("PRAGMA cipher_integrity_check")]
+            return [line for line in out if line != "ok"]
+
+        return await self._run(q)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (the connection is in autocommit)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+def _durable_move(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(src, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(src, dest)
+    fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def read_file(path: Path, offset: int = 0) -> AsyncIterator[bytes]:
+    """A file's bytes from ``offset``, in chunks, without blocking the event loop."""
+    try:
+        f = await asyncio.to_thread(open, path, "rb")
+    except FileNotFoundError:
+        raise ClientError(f"local payload file {path.name} is missing") from None
+    try:
+        if offset:
+            f.seek(offset)
+        while True:
+            chunk = await asyncio.to_thread(f.read, FILE_CHUNK)
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        f.close()
+
+
+class FileWriter:
+    """Buffered writes to a file from the event loop: one disk write per FILE_CHUNK."""
+
+    def __init__(self, path: Path, *, append: bool = False) -> None:
+        self.path = path
+        self._append = append
+        self._f: Any = None
+        self._buf = bytearray()
+        self.written = 0
+
+    async def open(self) -> FileWriter:
+        mode = "ab" if self._append else "wb"
+        self._f = await asyncio.to_thread(_open_private, self.path, mode)
+        self.written = self._f.tell()
+        return self
+
+    async def write(self, data: bytes) -> None:
+        self._buf += data
+        self.written += len(data)
+        if len(self._buf) >= FILE_CHUNK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            await asyncio.to_thread(self._f.write, data)
+
+    async def close(self) -> None:
+        if self._f is not None:
+            try:
+                await self.flush()
+            finally:
+                f, self._f = self._f, None
+                await asyncio.to_thread(f.close)
+
+
+def _open_private(path: Path, mode: str) -> Any:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    f = os.fdopen(fd, mode)
+    f.seek(0, os.SEEK_END)
+    return f

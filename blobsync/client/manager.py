@@ -1,0 +1,724 @@
+"""BlobManager: the one object applications (and the CLI) use.
+
+It ties the profile, the storage secret, the local store, the transport, the sync engine
+and the incoming box together. Plaintext exists only in memory here and in files the
+caller names; keys never leave this process, and neither reaches a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from blobsync.format import (
+    InvalidBlob,
+    Opener,
+    Sealer,
+    seal,
+    seal_external,
+    sealed_size,
+    valid_id,
+)
+
+from .errors import (
+    AlreadyOnServer,
+    AuthFailed,
+    BlobExists,
+    BlobNotFound,
+    ClientError,
+    TransientError,
+    WrongPassphrase,
+)
+from .incoming import IncomingConsumer, IncomingReport, process_incoming
+from .localstore import FileWriter, LocalStore, Row, read_file
+from .model import (
+    HAS_PAYLOAD,
+    Priority,
+    ProgressCallback,
+    SyncReport,
+    SyncStatus,
+    priority_rank,
+)
+from .profile import (
+    BLOBS_DIR,
+    CONFIG_NAME,
+    DB_NAME,
+    SECRET_NAME,
+    TMP_DIR,
+    Profile,
+    check_profile_args,
+    write_private,
+)
+from .secrets import (
+    decrypt_secret,
+    encrypt_secret,
+    generate_secret,
+    load_raw_secret,
+    names_key,
+    store_key,
+)
+from .settings import ClientSettings
+from .sync import PHASES, SyncEngine
+from .transport import Transport
+
+log = logging.getLogger("blobsync.client")
+
+# Where the passphrase-encrypted storage secret waits for a new device (init --recover).
+SECRET_NAMESPACE = "blobsync-secret"
+SECRET_BLOB_ID = "storage-secret"
+MAX_SECRET_DOCUMENT = 64 << 10
+
+_AsyncSink = Callable[[bytes], Awaitable[None]]
+
+
+class BlobManager:
+    def __init__(
+        self,
+        profile: Profile,
+        secret: bytes,
+        settings: ClientSettings,
+        store: LocalStore,
+        transport: Transport,
+    ) -> None:
+        self.profile = profile
+        self.settings = settings
+        self.store = store
+        self.transport = transport
+        self._secret = secret
+        self.engine = SyncEngine(store, transport, secret, settings)
+        self._consumers: list[IncomingConsumer] = []
+        self._sync_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"<BlobManager {self.profile.user}@{self.profile.server} home={self.profile.home}>"
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    @classmethod
+    async def init(
+        cls,
+        home: str | Path,
+        *,
+        server: str,
+        user: str,
+        token: str,
+        passphrase: str,
+        secret_file: str | Path | None = None,
+        recover: bool = False,
+        settings: ClientSettings | None = None,
+    ) -> BlobManager:
+        home = Path(home)
+        if Profile.exists(home):
+            raise ClientError(f"a blobsync profile already exists at {home}")
+        check_profile_args(server, user, token)
+        if recover and secret_file is not None:
+            raise ClientError("recover and secret_file exclude each other")
+        if not passphrase:
+            raise ClientError("the passphrase must not be empty")
+        settings = settings or ClientSettings()
+        imported = load_raw_secret(secret_file) if secret_file is not None else None
+        transport = _transport(server, user, token, settings)
+        created: list[Path] = []
+        try:
+            await transport.info()  # ServerUnreachable before anything else
+            await transport.check_auth()  # AuthFailed
+            if recover:
+                document = await _download_secret(transport)
+                secret = await asyncio.to_thread(decrypt_secret, document, passphrase)
+            else:
+                secret = imported if imported is not None else generate_secret()
+                document = await asyncio.to_thread(encrypt_secret, secret, passphrase)
+                await _upload_secret(transport, document, secret, passphrase)
+            profile = Profile(home, server.rstrip("/"), user, token, settings.to_dict())
+            if not home.exists():
+                created.append(home)
+            created += [home / n for n in (CONFIG_NAME, SECRET_NAME, BLOBS_DIR, TMP_DIR)]
+            created += [home / f"{DB_NAME}{s}" for s in ("", "-wal", "-shm")]
+            profile.create_dirs()
+            write_private(profile.secret_path, document)
+            profile.save()
+            store = _store(profile, secret, settings)
+            await store.open()
+        except BaseException:
+            await transport.close()
+            _remove(created)
+            raise
+        return cls(profile, secret, settings, store, transport)
+
+    @classmethod
+    async def open(
+        cls, home: str | Path, *, passphrase: str, settings: ClientSettings | None = None
+    ) -> BlobManager:
+        profile = Profile.load(home)
+        settings = settings or profile.client_settings()
+        document = profile.secret_path.read_bytes()
+        secret = await asyncio.to_thread(decrypt_secret, document, passphrase)
+        store = _store(profile, secret, settings)
+        await store.open()
+        transport = _transport(profile.server, profile.user, profile.token, settings)
+        return cls(profile, secret, settings, store, transport)
+
+    async def close(self) -> None:
+        await self.transport.close()
+        await self.store.close()
+
+    async def __aenter__(self) -> BlobManager:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- put / get / delete --------------------------------------------------------------
+
+    async def put(
+        self,
+        blob_id: str | None,
+        data: bytes | str | Path,
+        *,
+        namespace: str = "default",
+        priority: Priority = "medium",
+        local_only: bool = False,
+        upload: bool = True,
+    ) -> str:
+        """Seal ``data`` (bytes, or the path of a file, streamed) into the local store, then
+        upload it unless ``local_only`` or ``upload=False`` (it then waits, PENDING_UPLOAD,
+        for the next sync). A passing upload failure leaves it PENDING_UPLOAD with its retry
+        scheduled; a refusal (413, 507, ...) marks it FAILED_UPLOAD and raises RemoteError.
+        """
+        blob_id = blob_id or uuid.uuid4().hex
+        _check_ids(namespace, blob_id)
+        rank = priority_rank(priority)
+        await self._make_room(namespace, blob_id)
+        status = SyncStatus.LOCAL_ONLY if local_only else SyncStatus.PENDING_UPLOAD
+        if isinstance(data, bytes | bytearray | memoryview):
+            data = bytes(data)
+            size = len(data)
+        else:
+            path = Path(data)
+            try:
+                size = path.stat().st_size
+            except OSError as exc:
+                raise ClientError(f"cannot read {path}: {exc.strerror}") from None
+        total = sealed_size(size)
+        if total <= self.store.inline_max:
+            plain = data if isinstance(data, bytes) else await asyncio.to_thread(path.read_bytes)
+            if len(plain) != size:
+                raise ClientError(f"{path} changed while it was read")
+            await self.store.insert(
+                namespace, blob_id, status, priority=rank, size=size, sealed_size=total,
+                payload=seal(self._secret, blob_id, plain),
+            )
+        else:
+            tmp = await self._seal_to_file(blob_id, data, size)
+            location = await self.store.keep_file(namespace, blob_id, tmp)
+            try:
+                await self.store.insert(
+                    namespace, blob_id, status, priority=rank, size=size, sealed_size=total,
+                    location=location,
+                )
+            except BaseException:
+                self.store.blob_path(location).unlink(missing_ok=True)
+                raise
+        if upload and not local_only:
+            row = await self.store.get(namespace, blob_id)
+            assert row is not None
+            await self._upload_now(row)
+        return blob_id
+
+    async def _make_room(self, namespace: str, blob_id: str) -> None:
+        """Refuse an id the store holds; finish a pending delete of it first."""
+        row = await self.store.get(namespace, blob_id)
+        if row is None:
+            return
+        if row.status is not SyncStatus.PENDING_DELETE:
+            raise BlobExists(f"blob {blob_id} already exists in namespace {namespace}")
+        # The old blob must leave the server before a new one takes its id, or the next
+        # sync would delete the new one.
+        try:
+            await self.transport.delete_blob(namespace, blob_id)
+        except BlobNotFound:
+            pass
+        except TransientError as exc:
+            raise ClientError(
+                f"blob {blob_id} is still being deleted on the server ({exc}); sync first"
+            ) from None
+        await self.store.remove_many(namespace, [blob_id], only_if=[SyncStatus.PENDING_DELETE])
+
+    async def _seal_to_file(self, blob_id: str, data: bytes | Path, size: int) -> Path:
+        tmp = self.store.temp_path()
+        sealer = Sealer(self._secret, blob_id, size)
+        writer = await FileWriter(tmp).open()
+        try:
+            await writer.write(sealer.start())
+            if isinstance(data, bytes):
+                for i in range(0, len(data), 1 << 20):
+                    await writer.write(sealer.update(data[i : i + (1 << 20)]))
+            else:
+                async for chunk in read_file(data):
+                    await writer.write(sealer.update(chunk))
+            await writer.write(sealer.finish())
+        except ValueError:
+            await writer.close()
+            tmp.unlink(missing_ok=True)
+            raise ClientError(f"{data} changed size while it was read") from None
+        except BaseException:
+            await writer.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        await writer.close()
+        return tmp
+
+    async def _upload_now(self, row: Row) -> None:
+        try:
+            await self.engine.upload(row)
+        except AlreadyOnServer:
+            pass
+        except TransientError as exc:
+            log.warning("blob %s stays pending upload: %s", row.blob_id, exc)
+            await self.store.schedule_retry(
+                row.namespace, [row.blob_id], SyncStatus.PENDING_UPLOAD,
+                delay=self.settings.retry_delay,
+            )
+            return
+        except AuthFailed:
+            raise
+        except ClientError:
+            await self.store.update(
+                row.namespace, row.blob_id, only_if=[SyncStatus.PENDING_UPLOAD],
+                status=SyncStatus.FAILED_UPLOAD,
+            )
+            raise
+        await self.store.update(
+            row.namespace, row.blob_id, only_if=[SyncStatus.PENDING_UPLOAD],
+            status=SyncStatus.SYNCED, retries=0, next_attempt=0,
+        )
+
+    async def get(
+        self,
+        blob_id: str,
+        *,
+        namespace: str = "default",
+        priority: Priority = "medium",
+        dest: str | Path | None = None,
+    ) -> bytes | None:
+        """The plaintext: from the local store, else downloaded, verified and kept.
+
+        With ``dest`` the plaintext goes to that file (temp + rename: a blob that does not
+        verify leaves no file) and None is returned.
+        """
+        _check_ids(namespace, blob_id)
+        rank = priority_rank(priority)
+        parts: list[bytes] = []
+        out = _PlainOut(Path(dest) if dest is not None else None, parts)
+        await out.open()
+        try:
+            row = await self._ensure_local(namespace, blob_id, rank, out)
+            if row is not None:  # local already, or kept by a concurrent download
+                await out.reset()
+                await self._open_local(row, out.write)
+            await out.commit()
+        except BaseException:
+            await out.abort()
+            raise
+        return None if dest is not None else b"".join(parts)
+
+    async def _ensure_local(
+        self, namespace: str, blob_id: str, rank: int, out: _PlainOut | None
+    ) -> Row | None:
+        """Download the blob unless it is local. Returns the local row when the plaintext
+        still has to be read from the store; None when ``out`` got it from the download."""
+        row = await self.store.get(namespace, blob_id)
+        if row is not None and row.has_payload:
+            return row
+        if row is not None and row.status is SyncStatus.PENDING_DELETE:
+            raise BlobNotFound(f"blob {blob_id} is deleted (namespace {namespace})")
+        if row is None:
+            try:
+                await self.store.insert(
+                    namespace, blob_id, SyncStatus.PENDING_DOWNLOAD, priority=rank
+                )
+            except BlobExists:
+                pass
+        elif rank > row.priority:
+            await self.store.update(namespace, blob_id, priority=rank)
+        try:
+            kept = await self.engine.download(
+                await self._row(namespace, blob_id), out.write if out else None
+            )
+        except InvalidBlob:
+            await self.engine._verify_failed(None, namespace, blob_id)
+            raise
+        except BlobNotFound:
+            await self.store.remove_many(
+                namespace, [blob_id],
+                only_if=[SyncStatus.PENDING_DOWNLOAD, SyncStatus.FAILED_DOWNLOAD],
+            )
+            raise BlobNotFound(f"blob {blob_id} not found (namespace {namespace})") from None
+        if kept is None:
+            row = await self.store.get(namespace, blob_id)
+            if row is None or not row.has_payload:
+                raise BlobNotFound(f"blob {blob_id} not found (namespace {namespace})")
+            return row
+        return None
+
+    async def _row(self, namespace: str, blob_id: str) -> Row:
+        row = await self.store.get(namespace, blob_id)
+        if row is None:
+            raise BlobNotFound(f"blob {blob_id} not found (namespace {namespace})")
+        return row
+
+    async def _open_local(self, row: Row, sink: _AsyncSink | None) -> None:
+        """Open a local blob, passing its plaintext to ``sink``; InvalidBlob if it fails."""
+        pending = bytearray()
+        opener = Opener(self._secret, row.blob_id, pending.extend)
+        async for chunk in self.store.read_sealed(row):
+            opener.feed(chunk)
+            if pending:
+                if sink is not None:
+                    await sink(bytes(pending))
+                pending.clear()
+        opener.finish()
+        if pending and sink is not None:
+            await sink(bytes(pending))
+
+    async def open_stream(
+        self, blob_id: str, *, namespace: str = "default"
+    ) -> AsyncIterator[bytes]:
+        """Verified plaintext in chunks (an async generator: ``async for c in
+        m.open_stream(id)``). A blob not yet local is fetched first. Every chunk is handed
+        out only after a first pass verified the whole blob."""
+        _check_ids(namespace, blob_id)
+        row = await self._ensure_local(namespace, blob_id, 1, None)
+        if row is None:
+            row = await self._row(namespace, blob_id)
+        await self._open_local(row, None)  # verify pass
+        pending = bytearray()
+        opener = Opener(self._secret, row.blob_id, pending.extend)
+        async for chunk in self.store.read_sealed(row):
+            opener.feed(chunk)
+            if pending:
+                data = bytes(pending)
+                pending.clear()
+                yield data
+        opener.finish()  # the file changed between the passes: still refuse it
+        if pending:
+            yield bytes(pending)
+
+    async def delete(self, blob_id: str, *, namespace: str = "default") -> None:
+        """Delete locally and on the server. If the server cannot be reached the blob stays
+        PENDING_DELETE and the next sync finishes the job."""
+        _check_ids(namespace, blob_id)
+        row = await self.store.get(namespace, blob_id)
+        if row is not None and row.status is SyncStatus.LOCAL_ONLY:
+            await self.store.remove(namespace, blob_id)
+            return
+        if row is None:
+            try:
+                await self.transport.delete_blob(namespace, blob_id)
+            except BlobNotFound:
+                raise BlobNotFound(f"blob {blob_id} not found (namespace {namespace})") from None
+            except TransientError:
+                await self.store.insert(namespace, blob_id, SyncStatus.PENDING_DELETE)
+            return
+        old = await self.store.drop_payload(namespace, blob_id, SyncStatus.PENDING_DELETE)
+        if old is not None:
+            await self.store.discard_files(old)
+        try:
+            await self.transport.delete_blob(namespace, blob_id)
+        except BlobNotFound:
+            pass
+        except TransientError as exc:
+            log.warning("delete of %s on the server postponed: %s", blob_id, exc)
+            await self.store.schedule_retry(
+                namespace, [blob_id], SyncStatus.PENDING_DELETE, delay=self.settings.retry_delay
+            )
+            return
+        await self.store.remove_many(namespace, [blob_id], only_if=[SyncStatus.PENDING_DELETE])
+
+    async def status(self, blob_id: str, *, namespace: str = "default") -> SyncStatus | None:
+        """The local sync status of one blob; None when the store does not know it."""
+        row = await self.store.get(namespace, blob_id)
+        return row.status if row else None
+
+    # --- listing and flags ---------------------------------------------------------------
+
+    async def local_list(
+        self, namespace: str = "default", *, status: SyncStatus | None = None
+    ) -> list[str]:
+        """Ids in the local store, oldest first: with ``status`` those in it; without, the
+        blobs whose payload is here (SYNCED, PENDING_UPLOAD, FAILED_UPLOAD, LOCAL_ONLY)."""
+        rows = await self.store.rows(namespace, [status] if status else HAS_PAYLOAD)
+        return [r.blob_id for r in rows]
+
+    async def remote_list(
+        self,
+        namespace: str = "default",
+        *,
+        filter_flag: str | None = None,
+        order_by: str | None = None,
+        deleted: bool = False,
+    ) -> list[str]:
+        return await self.transport.list_blobs(
+            namespace, filter_flag=filter_flag, order_by=order_by, deleted=deleted
+        )
+
+    async def remote_count(
+        self, namespace: str = "default", *, filter_flag: str | None = None
+    ) -> int:
+        return await self.transport.count_blobs(namespace, filter_flag=filter_flag)
+
+    async def get_flags(self, blob_id: str, *, namespace: str = "default") -> list[str]:
+        return await self.transport.get_flags(namespace, blob_id)
+
+    async def set_flags(
+        self,
+        blob_id: str,
+        flags: list[str],
+        *,
+        namespace: str = "default",
+        expect: str | None = None,
+    ) -> None:
+        await self.transport.set_flags(namespace, blob_id, list(flags), expect=expect)
+
+    # --- sync ----------------------------------------------------------------------------
+
+    async def sync(
+        self, namespace: str = "default", *, progress: ProgressCallback | None = None
+    ) -> SyncReport:
+        _check_ids(namespace)
+        async with self._sync_lock:
+            report = SyncReport()
+            await self.engine.reconcile(namespace, report)
+            return await self.engine.run(namespace, PHASES, progress=progress, report=report)
+
+    async def send_missing(
+        self, namespace: str = "default", *, progress: ProgressCallback | None = None
+    ) -> int:
+        _check_ids(namespace)
+        async with self._sync_lock:
+            report = SyncReport()
+            await self.engine.reconcile(namespace, report)
+            await self.engine.run(namespace, ["upload"], progress=progress, report=report)
+            return report.uploaded
+
+    async def fetch_missing(
+        self, namespace: str = "default", *, progress: ProgressCallback | None = None
+    ) -> int:
+        _check_ids(namespace)
+        async with self._sync_lock:
+            report = SyncReport()
+            await self.engine.reconcile(namespace, report)
+            await self.engine.run(namespace, ["download"], progress=progress, report=report)
+            return report.downloaded
+
+    async def sync_progress(self, namespace: str | None = None) -> dict[SyncStatus, int]:
+        return await self.store.counts(namespace)
+
+    async def retry_failed(self, namespace: str | None = None) -> int:
+        """Give FAILED_* blobs another chance and make every pending blob due now."""
+        moves = {
+            SyncStatus.FAILED_DOWNLOAD: SyncStatus.PENDING_DOWNLOAD,
+            SyncStatus.FAILED_UPLOAD: SyncStatus.PENDING_UPLOAD,
+        }
+        n = 0
+        for row in await self.store.rows(namespace, [*moves, *PENDING]):
+            await self.store.update(
+                row.namespace, row.blob_id, only_if=[row.status],
+                status=moves.get(row.status, row.status), retries=0, next_attempt=0,
+                verify_failures=0,
+            )
+            n += row.status in moves
+        return n
+
+    async def check(self, *, remote: bool = False) -> list[str]:
+        """Problems, one line each: database integrity, local copies that do not verify,
+        missing or stray files, blobs given up, and with ``remote`` disagreements with
+        the server."""
+        problems = [f"database: {p}" for p in await self.store.check_integrity()]
+        rows = await self.store.rows(None)
+        referenced = {r.location for r in rows if r.location}
+        for row in rows:
+            name = f"{row.namespace}/{row.blob_id}"
+            if row.has_payload:
+                try:
+                    await self._open_local(row, None)
+                except InvalidBlob as exc:
+                    problems.append(f"{name}: local copy does not verify ({exc})")
+                except ClientError as exc:
+                    problems.append(f"{name}: {exc}")
+            if row.status in (SyncStatus.FAILED_DOWNLOAD, SyncStatus.FAILED_UPLOAD):
+                problems.append(f"{name}: {row.status.value}")
+        for path in await asyncio.to_thread(lambda: list(self.store.blobs_dir.rglob("*"))):
+            if path.is_file() and path.name not in referenced:
+                problems.append(f"stray file {path.relative_to(self.profile.home)}")
+        if remote:
+            by_ns: dict[str, dict[str, Row]] = {}
+            for row in rows:
+                by_ns.setdefault(row.namespace, {})[row.blob_id] = row
+            for ns, local in by_ns.items():
+                listed = await self.transport.list_blobs(ns)
+                there = set(listed)
+                for blob_id, row in local.items():
+                    if row.status is SyncStatus.SYNCED and blob_id not in there:
+                        problems.append(f"{ns}/{blob_id}: SYNCED here but not on the server")
+                for blob_id in sorted(there - set(local)):
+                    problems.append(f"{ns}/{blob_id}: on the server, not known here (sync)")
+                for blob_id in listed:
+                    reason = await self._verify_remote(ns, blob_id)
+                    if reason:
+                        problems.append(f"{ns}/{blob_id}: the server's copy {reason}")
+        return problems
+
+    async def _verify_remote(self, namespace: str, blob_id: str) -> str | None:
+        """Download the server's copy and open it, keeping nothing; a reason if it fails."""
+        opener = Opener(self._secret, blob_id, lambda _: None)
+        try:
+            async with self.transport.get_blob(namespace, blob_id) as dl:
+                async for chunk in dl.chunks():
+                    opener.feed(chunk)
+            opener.finish()
+        except InvalidBlob as exc:
+            return f"does not verify ({exc})"
+        except BlobNotFound:
+            return None  # deleted since the listing
+        return None
+
+    # --- incoming box --------------------------------------------------------------------
+
+    def register_consumer(self, consumer: IncomingConsumer) -> None:
+        self._consumers.append(consumer)
+
+    async def process_incoming(self, *, limit: int = 100) -> IncomingReport:
+        return await process_incoming(
+            self.transport, self._secret, list(self._consumers), limit=limit
+        )
+
+
+PENDING = (SyncStatus.PENDING_DOWNLOAD, SyncStatus.PENDING_UPLOAD, SyncStatus.PENDING_DELETE)
+
+
+class _PlainOut:
+    """Where get() puts plaintext: a list of parts, or a temp file renamed at the end."""
+
+    def __init__(self, dest: Path | None, parts: list[bytes]) -> None:
+        self.dest = dest
+        self.parts = parts
+        self._tmp: Path | None = None
+        self._writer: FileWriter | None = None
+
+    async def open(self) -> None:
+        if self.dest is not None:
+            self._tmp = self.dest.with_name(f".{self.dest.name}.{uuid.uuid4().hex[:12]}.tmp")
+            try:
+                self._writer = await FileWriter(self._tmp).open()
+            except OSError as exc:
+                raise ClientError(f"cannot write {self.dest}: {exc.strerror}") from None
+
+    async def write(self, data: bytes) -> None:
+        if self._writer is not None:
+            await self._writer.write(data)
+        else:
+            self.parts.append(data)
+
+    async def reset(self) -> None:
+        """Forget what a download wrote: the plaintext will be read from the store."""
+        self.parts.clear()
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = await FileWriter(self._tmp).open()  # type: ignore[arg-type]
+
+    async def commit(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+            await asyncio.to_thread(os.replace, self._tmp, self.dest)  # type: ignore[arg-type]
+            self._writer = None
+
+    async def abort(self) -> None:
+        self.parts.clear()
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+
+def _check_ids(*ids: str) -> None:
+    for i in ids:
+        if not isinstance(i, str) or not valid_id(i):
+            raise ClientError(f"invalid id {i!r}: 1-254 of letters, digits, _ and -")
+
+
+def _transport(server: str, user: str, token: str, settings: ClientSettings) -> Transport:
+    return Transport(
+        server, user, token,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        ca_file=settings.ca_file,
+    )
+
+
+def _store(profile: Profile, secret: bytes, settings: ClientSettings) -> LocalStore:
+    return LocalStore(
+        profile.db_path, profile.blobs_dir, profile.tmp_dir,
+        db_key=store_key(secret), names_key=names_key(secret), inline_max=settings.inline_max,
+    )
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in reversed(paths):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+async def _download_secret(transport: Transport) -> bytes:
+    parts: list[bytes] = []
+    opener = Opener(None, SECRET_BLOB_ID, parts.append)
+    total = 0
+    try:
+        async with transport.get_blob(SECRET_NAMESPACE, SECRET_BLOB_ID) as dl:
+            async for chunk in dl.chunks():
+                total += len(chunk)
+                if total > MAX_SECRET_DOCUMENT:
+                    raise ClientError("the storage secret on the server is too large")
+                opener.feed(chunk)
+        opened = opener.finish()
+    except BlobNotFound:
+        raise ClientError(
+            "the server holds no storage secret for this user: run init without recover "
+            "on the first device"
+        ) from None
+    except InvalidBlob as exc:
+        raise ClientError(f"the storage secret on the server is garbled ({exc})") from None
+    if not opened.external:
+        raise ClientError("the storage secret on the server is not in the expected form")
+    return b"".join(parts)
+
+
+async def _upload_secret(
+    transport: Transport, document: bytes, secret: bytes, passphrase: str
+) -> None:
+    body = seal_external(SECRET_BLOB_ID, len(document)) + document
+    try:
+        await transport.put_blob(SECRET_NAMESPACE, SECRET_BLOB_ID, body, len(body))
+        return
+    except AlreadyOnServer:
+        pass
+    # Another device set the user up already. Going on with another secret would make
+    # every blob of one device unreadable on the other.
+    existing = await _download_secret(transport)
+    try:
+        same = await asyncio.to_thread(decrypt_secret, existing, passphrase) == secret
+    except WrongPassphrase:
+        same = False
+    if not same:
+        raise ClientError(
+            "the server already holds a storage secret for this user: use recover to set "
+            "up this device"
+        )

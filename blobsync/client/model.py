@@ -1,0 +1,60 @@
+"""Plain data the client hands out: statuses, priorities, reports and progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+Priority = Literal["low", "medium", "high", "urgent"]
+# Stored as integers so that "highest first" is a plain ORDER BY.
+PRIORITY_RANK: dict[str, int] = {"low": 0, "medium": 1, "high": 2, "urgent": 3}
+RANK_PRIORITY: dict[int, str] = {v: k for k, v in PRIORITY_RANK.items()}
+
+
+def priority_rank(priority: str) -> int:
+    try:
+        return PRIORITY_RANK[priority]
+    except KeyError:
+        raise ValueError(
+            f"priority must be one of {', '.join(PRIORITY_RANK)}, got {priority!r}"
+        ) from None
+
+
+class SyncStatus(StrEnum):
+    SYNCED = "SYNCED"
+    PENDING_UPLOAD = "PENDING_UPLOAD"
+    PENDING_DOWNLOAD = "PENDING_DOWNLOAD"
+    FAILED_UPLOAD = "FAILED_UPLOAD"
+    FAILED_DOWNLOAD = "FAILED_DOWNLOAD"
+    PENDING_DELETE = "PENDING_DELETE"
+    LOCAL_ONLY = "LOCAL_ONLY"
+
+
+# Statuses whose sealed payload is in the local store.
+HAS_PAYLOAD = frozenset(
+    {SyncStatus.SYNCED, SyncStatus.PENDING_UPLOAD, SyncStatus.FAILED_UPLOAD, SyncStatus.LOCAL_ONLY}
+)
+
+
+@dataclass
+class SyncReport:
+    downloaded: int = 0
+    uploaded: int = 0
+    deleted_local: int = 0
+    deleted_remote: int = 0
+    failed: list[str] = field(default_factory=list)  # ids that ended FAILED_* in this run
+    pending: list[str] = field(default_factory=list)  # still waiting (max_sync_wait passed)
+
+
+@dataclass
+class Progress:
+    phase: str  # "download" | "upload" | "delete"
+    done: int
+    total: int
+    bytes_done: int
+    bytes_total: int  # sealed bytes known so far; download sizes are learned on the way
+
+
+ProgressCallback = Callable[[Progress], None]

@@ -1,0 +1,736 @@
+"""The sync engine (SPEC 7): reconcile with the server, then move what is pending.
+
+A round downloads, then uploads, then deletes every blob whose next attempt has come,
+highest priority first, with at most ``concurrency`` transfers at a time. A stream batch
+is one transfer. Failures for a passing reason set the blob's next attempt on the 10..60 s
+schedule (persisted in the local store); ``run`` sleeps until the earliest one and goes
+again, until nothing is pending or ``max_sync_wait`` has passed.
+
+Sizes of blobs on the server are unknown until their first byte arrives (listings carry
+ids only). Unknown ones go into download streams; a frame announcing a blob larger than the
+stream threshold ends that stream at its header, the size is recorded, and the blob is
+fetched alone (with Range resume) in the next round. A stream also ends at a frame boundary
+once it carried ``stream_max_bytes``; the rest are asked again at once, without penalty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blobsync.format import (
+    SEAL_OVERHEAD,
+    BlobData,
+    BlobEnd,
+    BlobStart,
+    DownstreamReader,
+    InvalidBlob,
+    Opened,
+    Opener,
+    StreamEnd,
+    StreamError,
+)
+from blobsync.format.stream import NEED_DATA
+
+from .errors import (
+    AlreadyOnServer,
+    AuthFailed,
+    BlobNotFound,
+    ClientError,
+    MissingBlobs,
+    RemoteError,
+    StaleRange,
+    TransientError,
+)
+from .localstore import Attach, FileWriter, LocalStore, Row, read_file
+from .model import Progress, ProgressCallback, SyncReport, SyncStatus
+from .settings import ClientSettings
+from .transport import Transport
+
+log = logging.getLogger("blobsync.client.sync")
+
+PHASES = ("download", "upload", "delete")
+PHASE_STATUS = {
+    "download": SyncStatus.PENDING_DOWNLOAD,
+    "upload": SyncStatus.PENDING_UPLOAD,
+    "delete": SyncStatus.PENDING_DELETE,
+}
+
+# Verified stream downloads are committed together, up to this many or this many bytes:
+# one transaction per blob costs ~1 ms, which dominates for thousands of small blobs.
+FLUSH_COUNT = 256
+FLUSH_BYTES = 8 << 20
+
+PlaintextSink = Callable[[bytes], Awaitable[None]]
+
+
+class _Tracker:
+    """Progress of one phase across rounds."""
+
+    def __init__(self, phase: str, callback: ProgressCallback | None) -> None:
+        self.phase = phase
+        self.callback = callback
+        self.seen: set[str] = set()
+        self.done = 0
+        self.bytes_done = 0
+        self.bytes_total = 0
+        self._sized: set[str] = set()
+
+    def add(self, rows: Iterable[Row]) -> None:
+        for r in rows:
+            self.seen.add(r.blob_id)
+            self.size(r.blob_id, r.sealed_size)
+        self.report()
+
+    def size(self, blob_id: str, sealed_size: int | None) -> None:
+        if sealed_size is not None and blob_id not in self._sized:
+            self._sized.add(blob_id)
+            self.bytes_total += sealed_size
+
+    def finished(self, blob_id: str, sealed_size: int | None) -> None:
+        self.size(blob_id, sealed_size)
+        self.done += 1
+        self.bytes_done += sealed_size or 0
+        self.report()
+
+    def dropped(self, blob_id: str) -> None:
+        """A blob that left this phase without a transfer (vanished, gave up)."""
+        self.seen.discard(blob_id)
+        self.report()
+
+    def report(self) -> None:
+        if self.callback is not None:
+            self.callback(
+                Progress(self.phase, self.done, len(self.seen), self.bytes_done, self.bytes_total)
+            )
+
+
+class _KeyLock:
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+@dataclass
+class _Run:
+    namespace: str
+    report: SyncReport
+    trackers: dict[str, _Tracker] = field(default_factory=dict)
+
+
+class SyncEngine:
+    def __init__(
+        self, store: LocalStore, transport: Transport, secret: bytes, settings: ClientSettings
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.settings = settings
+        self._secret = secret
+        self._locks: dict[tuple[str, str], _KeyLock] = {}
+
+    @property
+    def stream_sealed_max(self) -> int:
+        """Largest sealed size that travels in a stream."""
+        return self.settings.stream_threshold + SEAL_OVERHEAD
+
+    def _small(self, row: Row) -> bool:
+        return row.sealed_size is None or row.sealed_size <= self.stream_sealed_max
+
+    # --- reconcile -----------------------------------------------------------------------
+
+    async def reconcile(self, namespace: str, report: SyncReport) -> None:
+        """Apply the server's deletions, and mark what is missing on either side."""
+        remote = set(await self.transport.list_blobs(namespace))
+        tombs = set(await self.transport.list_blobs(namespace, deleted=True))
+        gone_here: list[str] = []  # deleted on the server: remove locally
+        vanished: list[str] = []  # we waited for them, they are gone: forget them
+        reupload: list[str] = []
+        already: list[str] = []
+        known: set[str] = set()
+        for row in await self.store.rows(namespace):
+            known.add(row.blob_id)
+            there = row.blob_id in remote
+            st = row.status
+            if st is SyncStatus.SYNCED and not there:
+                # Tombstoned: another device deleted it. Not tombstoned: the server lost
+                # it (restored from backup, say), so it goes up again.
+                (gone_here if row.blob_id in tombs else reupload).append(row.blob_id)
+            elif st in (SyncStatus.PENDING_DOWNLOAD, SyncStatus.FAILED_DOWNLOAD) and not there:
+                (gone_here if row.blob_id in tombs else vanished).append(row.blob_id)
+            elif st is SyncStatus.PENDING_DELETE and not there:
+                vanished.append(row.blob_id)  # nothing left to delete on the server
+            elif st is SyncStatus.PENDING_UPLOAD and there and not self._small(row):
+                # Sending a large blob only to hear 409 wastes its whole size; small ones
+                # go anyway, the stream answers "existing" for the price of a header.
+                already.append(row.blob_id)
+        if gone_here:
+            report.deleted_local += len(await self.store.remove_many(namespace, gone_here))
+        if vanished:
+            await self.store.remove_many(namespace, vanished)
+        if reupload:
+            await self.store.set_many(
+                namespace, reupload, [SyncStatus.SYNCED],
+                status=SyncStatus.PENDING_UPLOAD, retries=0, next_attempt=0,
+            )
+        if already:
+            await self.store.set_many(
+                namespace, already, [SyncStatus.PENDING_UPLOAD],
+                status=SyncStatus.SYNCED, retries=0, next_attempt=0,
+            )
+        new = [b for b in remote if b not in known and b not in tombs]
+        if new:
+            await self.store.add_pending_downloads(namespace, sorted(new))
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def run(
+        self,
+        namespace: str,
+        phases: Iterable[str] = PHASES,
+        *,
+        progress: ProgressCallback | None = None,
+        report: SyncReport | None = None,
+    ) -> SyncReport:
+        run = _Run(namespace, report or SyncReport())
+        phases = [p for p in PHASES if p in set(phases)]
+        for p in phases:
+            run.trackers[p] = _Tracker(p, progress)
+        wait_budget = self.settings.max_sync_wait
+        waited = 0.0
+        while True:
+            worked = False
+            for phase in phases:
+                rows = await self.store.due(namespace, PHASE_STATUS[phase], time.time())
+                if rows:
+                    worked = True
+                    run.trackers[phase].add(rows)
+                    await getattr(self, f"_{phase}_round")(run, rows)
+            if worked:
+                continue
+            wake = await self.store.next_wake(namespace, [PHASE_STATUS[p] for p in phases])
+            if wake is None:
+                break
+            pause = max(0.0, wake - time.time())
+            if wait_budget is not None and waited + pause > wait_budget:
+                rows = await self.store.rows(namespace, [PHASE_STATUS[p] for p in phases])
+                run.report.pending = [r.blob_id for r in rows]
+                break
+            waited += pause
+            log.info("waiting %.1f s before retrying", pause)
+            await asyncio.sleep(pause)
+        return run.report
+
+    async def _pool(self, jobs: list[Callable[[], Awaitable[None]]]) -> None:
+        """Run jobs in order with at most ``concurrency`` at once."""
+        queue = deque(jobs)
+
+        async def worker() -> None:
+            while queue:
+                await queue.popleft()()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(min(self.settings.concurrency, len(jobs))):
+                    tg.create_task(worker())
+        except BaseExceptionGroup as eg:
+            # One error out, not a group: AuthFailed and bugs stop the sync as themselves.
+            raise eg.exceptions[0] from None
+
+    def _batches(self, rows: list[Row]) -> list[list[Row]]:
+        """Rows (already highest priority first) cut into stream batches by count and bytes."""
+        out: list[list[Row]] = []
+        cur: list[Row] = []
+        size = 0
+        for r in rows:
+            s = r.sealed_size or 0
+            if cur and (
+                len(cur) >= self.settings.stream_max_count
+                or size + s > self.settings.stream_max_bytes
+            ):
+                out.append(cur)
+                cur, size = [], 0
+            cur.append(r)
+            size += s
+        if cur:
+            out.append(cur)
+        return out
+
+    def _jobs(
+        self,
+        rows: list[Row],
+        batch: Callable[[list[Row]], Awaitable[None]],
+        single: Callable[[Row], Awaitable[None]],
+    ) -> list[Callable[[], Awaitable[None]]]:
+        if self.settings.stream:
+            small = [r for r in rows if self._small(r)]
+            large = [r for r in rows if not self._small(r)]
+        else:
+            small, large = [], rows
+        keyed: list[tuple[int, int, Callable[[], Awaitable[None]]]] = []
+        for b in self._batches(small):
+            keyed.append((-max(r.priority for r in b), b[0].id, _bind(batch, b)))
+        for r in large:
+            keyed.append((-r.priority, r.id, _bind(single, r)))
+        keyed.sort(key=lambda k: (k[0], k[1]))
+        return [job for _, _, job in keyed]
+
+    async def _retry(
+        self, run: _Run, rows: Iterable[Row], status: SyncStatus, exc: BaseException
+    ) -> None:
+        ids = [r.blob_id for r in rows]
+        if ids:
+            log.info("%d blob(s) will be retried: %s", len(ids), exc)
+            await self.store.schedule_retry(
+                run.namespace, ids, status, delay=self.settings.retry_delay
+            )
+
+    async def _verify_failed(self, run: _Run | None, namespace: str, blob_id: str) -> bool:
+        """Count a download that did not verify; True when the blob is given up."""
+        log.warning("blob %s did not verify", blob_id)
+        failed = await self.store.schedule_retry(
+            namespace, [blob_id], SyncStatus.PENDING_DOWNLOAD,
+            delay=self.settings.retry_delay, verify_failed=True,
+            max_verify_failures=self.settings.max_verify_failures,
+            failed_status=SyncStatus.FAILED_DOWNLOAD,
+        )
+        if failed and run is not None:
+            run.report.failed.append(blob_id)
+            run.trackers["download"].dropped(blob_id)
+        return bool(failed)
+
+    # --- downloads -----------------------------------------------------------------------
+
+    async def _download_round(self, run: _Run, rows: list[Row]) -> None:
+        await self._pool(self._jobs(
+            rows,
+            lambda b: self._stream_download(run, b),
+            lambda r: self._single_download_job(run, r),
+        ))
+
+    async def _downloaded(self, run: _Run, blob_id: str, sealed_size: int) -> None:
+        run.report.downloaded += 1
+        run.trackers["download"].finished(blob_id, sealed_size)
+
+    async def _single_download_job(self, run: _Run, row: Row) -> None:
+        try:
+            sealed = await self.download(row)
+        except InvalidBlob:
+            await self._verify_failed(run, row.namespace, row.blob_id)
+        except BlobNotFound:
+            await self.store.remove(row.namespace, row.blob_id)
+            run.trackers["download"].dropped(row.blob_id)
+        except (TransientError, RemoteError) as exc:
+            await self._retry(run, [row], SyncStatus.PENDING_DOWNLOAD, exc)
+        else:
+            if sealed is not None:
+                await self._downloaded(run, row.blob_id, sealed)
+
+    async def download(self, row: Row, plaintext: PlaintextSink | None = None) -> int | None:
+        """Fetch one blob alone, resuming a partial download with Range, verify and keep it.
+
+        ``plaintext`` receives the plaintext as it is decrypted; it is provisional until
+        this returns (the caller writes it aside and keeps it only then). Returns the
+        sealed size, or None when the row no longer wanted the payload. Raises InvalidBlob
+        (partial discarded), TransientError (partial kept), BlobNotFound.
+        """
+        ns, blob_id = row.namespace, row.blob_id
+        # One writer per partial file: a get() and a sync may want the same blob at once.
+        key = (ns, blob_id)
+        entry = self._locks.setdefault(key, _KeyLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                fresh = await self.store.get(ns, blob_id)
+                if fresh is None or fresh.status not in (
+                    SyncStatus.PENDING_DOWNLOAD, SyncStatus.FAILED_DOWNLOAD
+                ):
+                    return None  # kept meanwhile, or no longer wanted
+                return await self._download(fresh, plaintext)
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._locks[key]
+
+    async def _download(self, row: Row, plaintext: PlaintextSink | None) -> int | None:
+        ns, blob_id = row.namespace, row.blob_id
+        partial = self.store.partial_path(ns, blob_id)
+        offset = partial.stat().st_size if partial.exists() and row.partial_tag else 0
+        for _ in range(2):
+            try:
+                return await self._fetch(row, partial, offset, plaintext)
+            except StaleRange:
+                log.info("partial download of %s is stale, starting over", blob_id)
+            except RemoteError as exc:
+                if exc.status != 416:
+                    raise
+            except InvalidBlob:
+                partial.unlink(missing_ok=True)
+                await self.store.update(ns, blob_id, partial_tag=None)
+                raise
+            partial.unlink(missing_ok=True)
+            offset = 0
+        raise TransientError(f"download of {blob_id} could not resume")
+
+    async def _fetch(
+        self, row: Row, partial: Path, offset: int, plaintext: PlaintextSink | None
+    ) -> int | None:
+        ns, blob_id = row.namespace, row.blob_id
+        pending = bytearray()
+        opener = Opener(self._secret, blob_id, pending.extend if plaintext else _discard)
+
+        async def feed(chunk: bytes) -> None:
+            opener.feed(chunk)
+            if pending:
+                data = bytes(pending)
+                pending.clear()
+                await plaintext(data)  # type: ignore[misc]
+
+        async with self.transport.get_blob(ns, blob_id, offset=offset) as dl:
+            if offset:
+                if dl.status != 206 or dl.offset != offset or dl.tag != row.partial_tag:
+                    raise StaleRange(blob_id)
+                # The opener must see the blob from its first byte.
+                async for chunk in read_file(partial):
+                    await feed(chunk)
+            else:
+                if dl.tag is not None:
+                    await self.store.update(
+                        ns, blob_id, partial_tag=dl.tag, sealed_size=dl.total
+                    )
+            writer = await FileWriter(partial, append=bool(offset)).open()
+            try:
+                async for chunk in dl.chunks():
+                    await writer.write(chunk)
+                    await feed(chunk)
+            finally:
+                await writer.close()
+        opened = opener.finish()
+        if pending:
+            await plaintext(bytes(pending))  # type: ignore[misc]
+        return await self._keep_partial(ns, blob_id, partial, writer.written, opened)
+
+    async def _keep_partial(
+        self, ns: str, blob_id: str, partial: Path, sealed_size: int, opened: Opened
+    ) -> int | None:
+        if sealed_size <= self.store.inline_max:
+            data = await asyncio.to_thread(partial.read_bytes)
+            kept = await self.store.attach_payload(
+                ns, blob_id, size=opened.size, sealed_size=sealed_size,
+                external=opened.external, payload=data,
+            )
+            partial.unlink(missing_ok=True)
+        else:
+            location = await self.store.keep_file(ns, blob_id, partial)
+            kept = await self.store.attach_payload(
+                ns, blob_id, size=opened.size, sealed_size=sealed_size,
+                external=opened.external, location=location,
+            )
+            if not kept:
+                self.store.blob_path(location).unlink(missing_ok=True)
+        return sealed_size if kept else None
+
+    async def _stream_download(self, run: _Run, rows: list[Row]) -> None:
+        ns = run.namespace
+        ids = [r.blob_id for r in rows]
+        by_id = {r.blob_id: r for r in rows}
+        settled: set[str] = set()  # verified, failed verification, or put back on purpose
+        frames = _FrameReader(self, run, ids, settled)
+        try:
+            async with self.transport.stream_download(ns, ids) as body:
+                async for chunk in body:
+                    if await frames.feed(chunk):
+                        break
+                else:
+                    await frames.feed(b"")
+                    if not frames.ended:
+                        raise StreamError("stream ended early")
+        except MissingBlobs as exc:
+            # Deleted since the listing: drop them; the rest are asked again at once.
+            missing = [m for m in exc.missing if m in by_id]
+            await self.store.remove_many(ns, missing)
+            for m in missing:
+                run.trackers["download"].dropped(m)
+            if not missing:  # a 404 naming none of ours: do not loop on it
+                await self._retry(run, rows, SyncStatus.PENDING_DOWNLOAD, exc)
+        except (TransientError, StreamError, RemoteError) as exc:
+            # A short or garbled stream, a drop, a 5xx: what did not arrive is retried.
+            await frames.flush()  # what did arrive and verify is kept
+            rest = [by_id[b] for b in ids if b not in settled]
+            await self._retry(run, rest, SyncStatus.PENDING_DOWNLOAD, exc)
+        finally:
+            await frames.flush()
+            await frames.discard()  # a blob cut short leaves no temp file behind
+
+    # --- uploads -------------------------------------------------------------------------
+
+    async def _upload_round(self, run: _Run, rows: list[Row]) -> None:
+        await self._pool(self._jobs(
+            rows,
+            lambda b: self._stream_upload(run, b),
+            lambda r: self._single_upload_job(run, r),
+        ))
+
+    async def _uploaded(self, run: _Run, rows: Iterable[Row]) -> None:
+        rows = list(rows)
+        n = await self.store.set_many(
+            run.namespace, [r.blob_id for r in rows], [SyncStatus.PENDING_UPLOAD],
+            status=SyncStatus.SYNCED, retries=0, next_attempt=0,
+        )
+        run.report.uploaded += n
+        for r in rows:
+            run.trackers["upload"].finished(r.blob_id, r.sealed_size)
+
+    async def _single_upload_job(self, run: _Run, row: Row) -> None:
+        try:
+            await self.upload(row)
+        except TransientError as exc:
+            await self._retry(run, [row], SyncStatus.PENDING_UPLOAD, exc)
+        except AuthFailed:
+            raise
+        except ClientError as exc:
+            log.warning("upload of %s failed: %s", row.blob_id, exc)
+            await self.store.update(
+                run.namespace, row.blob_id, only_if=[SyncStatus.PENDING_UPLOAD],
+                status=SyncStatus.FAILED_UPLOAD,
+            )
+            run.report.failed.append(row.blob_id)
+            run.trackers["upload"].dropped(row.blob_id)
+        else:
+            await self._uploaded(run, [row])
+
+    async def upload(self, row: Row) -> None:
+        """PUT one blob as its sealed bytes lie in the store. A 409 counts as done."""
+        assert row.sealed_size is not None
+        self._check_payload(row)
+        body = self.store.read_sealed(row)
+        try:
+            await self.transport.put_blob(row.namespace, row.blob_id, body, row.sealed_size)
+        except AlreadyOnServer:
+            log.info("blob %s was already on the server", row.blob_id)
+
+    def _check_payload(self, row: Row) -> None:
+        """Check a payload file before sending it: a body that broke off midway would look
+        like a dropped connection and be retried forever."""
+        if row.location:
+            try:
+                actual = self.store.blob_path(row.location).stat().st_size
+            except FileNotFoundError:
+                raise ClientError(f"local payload of {row.blob_id} is missing") from None
+            if actual != row.sealed_size:
+                raise ClientError(f"local payload of {row.blob_id} has the wrong size")
+
+    async def _stream_upload(self, run: _Run, rows: list[Row]) -> None:
+        damaged = []
+        for r in rows:
+            try:
+                self._check_payload(r)
+            except ClientError:
+                damaged.append(r)
+        for r in damaged:  # each fails on its own, with its reason logged
+            await self._single_upload_job(run, r)
+        rows = [r for r in rows if r not in damaged]
+        if not rows:
+            return
+        if len(rows) == 1:
+            await self._single_upload_job(run, rows[0])
+            return
+        items = [(r.blob_id, r.sealed_size or 0) for r in rows]
+
+        async def payloads():  # type: ignore[no-untyped-def]
+            for r in rows:
+                async for chunk in self.store.read_sealed(r):
+                    yield chunk
+
+        try:
+            stored, existing = await self.transport.stream_upload(run.namespace, items, payloads())
+        except TransientError as exc:
+            await self._retry(run, rows, SyncStatus.PENDING_UPLOAD, exc)
+            return
+        except (RemoteError, ClientError) as exc:
+            if isinstance(exc, AuthFailed):
+                raise
+            # 400, 413, 507 name one culprit at best: what the server says it kept is
+            # done, the rest go one by one so that each blob gets its own answer.
+            log.info("stream upload refused (%s); sending one by one", exc)
+            detail = exc.detail if isinstance(exc, RemoteError) else {}
+            kept = set(_str_list(detail.get("stored"))) | set(_str_list(detail.get("existing")))
+            await self._uploaded(run, [r for r in rows if r.blob_id in kept])
+            for r in rows:
+                if r.blob_id not in kept:
+                    await self._single_upload_job(run, r)
+            return
+        ok = set(stored) | set(existing)
+        await self._uploaded(run, [r for r in rows if r.blob_id in ok])
+        lost = [r for r in rows if r.blob_id not in ok]
+        if lost:
+            await self._retry(
+                run, lost, SyncStatus.PENDING_UPLOAD, ClientError("not acknowledged by server")
+            )
+
+    # --- deletes -------------------------------------------------------------------------
+
+    async def _delete_round(self, run: _Run, rows: list[Row]) -> None:
+        await self._pool([_bind(lambda r: self._delete_job(run, r), r) for r in rows])
+
+    async def _delete_job(self, run: _Run, row: Row) -> None:
+        try:
+            await self.transport.delete_blob(run.namespace, row.blob_id)
+        except BlobNotFound:
+            pass  # already gone: what we wanted
+        except (TransientError, RemoteError) as exc:
+            await self._retry(run, [row], SyncStatus.PENDING_DELETE, exc)
+            return
+        removed = await self.store.remove_many(
+            run.namespace, [row.blob_id], only_if=[SyncStatus.PENDING_DELETE]
+        )
+        run.report.deleted_remote += len(removed)
+        run.trackers["delete"].finished(row.blob_id, None)
+
+
+class _FrameReader:
+    """Consumes a download stream frame by frame, verifying and keeping each blob."""
+
+    def __init__(self, engine: SyncEngine, run: _Run, ids: list[str], settled: set[str]) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.run = run
+        self.reader = DownstreamReader(ids)
+        self.settled = settled
+        self.ended = False
+        self.received = 0  # sealed bytes of this stream so far
+        self._blob: str | None = None
+        self._opener: Opener | None = None
+        self._bad = False
+        self._buf: bytearray | None = None
+        self._file: FileWriter | None = None
+        self._size = 0
+        self._ready: list[Attach] = []
+        self._ready_bytes = 0
+
+    async def feed(self, chunk: bytes) -> bool:
+        """Take a chunk (b"" at the end). True: stop reading, the rest is asked again."""
+        self.reader.receive_data(chunk)
+        try:
+            while True:
+                ev = self.reader.next_event()
+                if ev is NEED_DATA:
+                    return False
+                if isinstance(ev, BlobStart):
+                    if await self._start(ev):
+                        return True
+                elif isinstance(ev, BlobData):
+                    await self._data(ev.data)
+                elif isinstance(ev, BlobEnd):
+                    await self._end()
+                elif isinstance(ev, StreamEnd):
+                    self.ended = True
+                    return True
+        except StreamError as exc:
+            if self._blob is not None and "tag does not match" in str(exc):
+                # The frame header and the blob disagree: count it against the blob.
+                await self.discard()
+                self.settled.add(self._blob)
+                await self.engine._verify_failed(self.run, self.run.namespace, self._blob)
+            else:
+                await self.discard()
+            raise
+
+    async def _start(self, ev: BlobStart) -> bool:
+        assert ev.blob_id is not None
+        engine = self.engine
+        if ev.size > engine.stream_sealed_max:
+            # Too large for a stream: learn its size, fetch it alone next round.
+            await self.store.update(self.run.namespace, ev.blob_id, sealed_size=ev.size)
+            return True
+        if self.received and self.received + ev.size > engine.settings.stream_max_bytes:
+            return True
+        self.received += ev.size
+        self._blob = ev.blob_id
+        self._size = ev.size
+        self._bad = False
+        self._opener = Opener(engine._secret, ev.blob_id, _discard)
+        if ev.size <= self.store.inline_max:
+            self._buf, self._file = bytearray(), None
+        else:
+            self._buf, self._file = None, await FileWriter(self.store.temp_path()).open()
+        return False
+
+    async def _data(self, data: bytes) -> None:
+        if self._bad:
+            return
+        try:
+            self._opener.feed(data)  # type: ignore[union-attr]
+        except InvalidBlob:
+            self._bad = True
+            return
+        if self._buf is not None:
+            self._buf += data
+        else:
+            await self._file.write(data)  # type: ignore[union-attr]
+
+    async def _end(self) -> None:
+        blob_id = self._blob
+        assert blob_id is not None
+        opened: Opened | None = None
+        if not self._bad:
+            try:
+                opened = self._opener.finish()  # type: ignore[union-attr]
+            except InvalidBlob:
+                opened = None
+        self.settled.add(blob_id)
+        if opened is None:
+            await self.discard()
+            await self.engine._verify_failed(self.run, self.run.namespace, blob_id)
+        else:
+            if self._buf is not None:
+                item = Attach(blob_id, opened.size, self._size, opened.external,
+                              payload=bytes(self._buf))
+            else:
+                assert self._file is not None
+                await self._file.close()
+                location = await self.store.keep_file(
+                    self.run.namespace, blob_id, self._file.path
+                )
+                item = Attach(blob_id, opened.size, self._size, opened.external,
+                              location=location)
+            self._ready.append(item)
+            self._ready_bytes += self._size
+            if len(self._ready) >= FLUSH_COUNT or self._ready_bytes >= FLUSH_BYTES:
+                await self.flush()
+        self._blob, self._opener, self._buf, self._file = None, None, None, None
+
+    async def flush(self) -> None:
+        """Keep the verified blobs received so far, in one transaction."""
+        ready, self._ready, self._ready_bytes = self._ready, [], 0
+        if not ready:
+            return
+        kept = await self.store.attach_many(self.run.namespace, ready)
+        for item, ok in zip(ready, kept, strict=True):
+            if ok:
+                await self.engine._downloaded(self.run, item.blob_id, item.sealed_size)
+            elif item.location:  # deleted while on its way: do not bring it back
+                self.store.blob_path(item.location).unlink(missing_ok=True)
+
+    async def discard(self) -> None:
+        if self._file is not None:
+            await self._file.close()
+            self._file.path.unlink(missing_ok=True)
+        self._buf, self._file = None, None
+
+
+def _discard(_: bytes) -> None:
+    pass
+
+
+def _str_list(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _bind(fn, arg):  # type: ignore[no-untyped-def]
+    """A job closure with ``arg`` fixed now, not when the loop variable last changed."""
+    return lambda: fn(arg)

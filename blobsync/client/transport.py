@@ -1,0 +1,360 @@
+"""HTTP transport: every endpoint of SPEC 4 over one aiohttp ClientSession.
+
+It moves sealed bytes only; it never sees a key or a plaintext. Statuses become the
+errors of ``errors.py`` in one place (``_raise_for``), and aiohttp's connection errors
+become ``ServerUnreachable`` (could not connect) or ``ConnectionLost`` (dropped midway),
+both transient, in another (``_mapped``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from blobsync.format import CHUNK_SIZE, b64url_decode, encode_upstream_header
+
+from .errors import (
+    AlreadyOnServer,
+    AuthFailed,
+    BlobNotFound,
+    ClientError,
+    ConnectionLost,
+    MissingBlobs,
+    PreconditionFailed,
+    QuotaExceeded,
+    RemoteError,
+    ServerError,
+    ServerUnreachable,
+    TooLarge,
+)
+
+log = logging.getLogger("blobsync.client.transport")
+
+# Error bodies are short JSON; never read more of one than this.
+MAX_ERROR_BODY = 64 << 10
+# JSON answers (listings of ids) can be long but not unbounded.
+MAX_JSON_BODY = 64 << 20
+
+
+@contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    """Turn aiohttp's exceptions into the client's, naming what was being done."""
+    try:
+        yield
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        raise ServerUnreachable(f"cannot reach the server ({what}): {_short(exc)}") from None
+    except aiohttp.ClientSSLError as exc:
+        raise ServerUnreachable(f"TLS failure talking to the server: {_short(exc)}") from None
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise ConnectionLost(f"connection lost ({what}): {_short(exc)}") from None
+    except TimeoutError:
+        raise ConnectionLost(f"the server stopped answering ({what})") from None
+    except aiohttp.InvalidURL:
+        raise ClientError(f"invalid server URL ({what})") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+@dataclass
+class Download:
+    """An open GET of one sealed blob."""
+
+    status: int  # 200, or 206 for a range
+    offset: int  # where the body starts in the sealed blob
+    total: int | None  # sealed size when the server said it
+    tag: bytes | None  # the Tag header, decoded
+    _resp: aiohttp.ClientResponse
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        with _mapped("downloading"):
+            async for chunk in self._resp.content.iter_chunked(CHUNK_SIZE):
+                yield chunk
+
+
+class Transport:
+    def __init__(
+        self,
+        server: str,
+        user: str,
+        token: str,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        ca_file: str | None = None,
+    ) -> None:
+        self.base = URL(server.rstrip("/") + "/")
+        self.user = user
+        self._auth = "Token " + base64.b64encode(f"{user}:{token}".encode()).decode()
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._ssl: ssl.SSLContext | bool = True
+        if ca_file:
+            self._ssl = ssl.create_default_context(cafile=ca_file)
+        self._session: aiohttp.ClientSession | None = None
+
+    # --- session -------------------------------------------------------------------------
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                auto_decompress=False,  # sealed bytes are what they are
+                headers={"Authorization": self._auth},
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _url(self, *parts: str, **query: str | None) -> URL:
+        url = self.base.joinpath(*parts)
+        q = {k: v for k, v in query.items() if v is not None}
+        return url.with_query(q) if q else url
+
+    def _blobs(self, *parts: str, **query: str | None) -> URL:
+        return self._url("blobs", self.user, *parts, **query)
+
+    # --- errors --------------------------------------------------------------------------
+
+    async def _raise_for(self, resp: aiohttp.ClientResponse, what: str) -> None:
+        if resp.status < 400:
+            return
+        doc: Any = None
+        try:
+            with _mapped(what):
+                body = await resp.content.read(MAX_ERROR_BODY)
+            doc = json.loads(body)
+        except (ValueError, ClientError):
+            pass
+        message = doc.get("error") if isinstance(doc, dict) else None
+        message = str(message) if message else resp.reason or "error"
+        text = f"{what}: {message} (HTTP {resp.status})"
+        status = resp.status
+        if status in (401, 403):
+            raise AuthFailed(
+                f"the server refused the credentials of user {self.user} ({message})", status
+            )
+        if status == 404:
+            missing = doc.get("missing") if isinstance(doc, dict) else None
+            if isinstance(missing, list):
+                raise MissingBlobs(text, [str(m) for m in missing])
+            raise BlobNotFound(text)
+        cls = {
+            409: AlreadyOnServer,
+            412: PreconditionFailed,
+            413: TooLarge,
+            507: QuotaExceeded,
+        }.get(status)
+        if cls is None:
+            cls = ServerError if status >= 500 else RemoteError
+        raise cls(text, status, doc if isinstance(doc, dict) else None)
+
+    async def _json(self, resp: aiohttp.ClientResponse, what: str) -> Any:
+        with _mapped(what):
+            body = await resp.content.read(MAX_JSON_BODY + 1)
+        if len(body) > MAX_JSON_BODY:
+            raise RemoteError(f"{what}: answer too long", resp.status)
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise ServerError(f"{what}: the server answered with malformed JSON", 502) from None
+
+    async def _call_json(
+        self, method: str, url: URL, what: str, *, data: bytes | None = None
+    ) -> Any:
+        with _mapped(what):
+            async with self.session.request(method, url, data=data) as resp:
+                await self._raise_for(resp, what)
+                return await self._json(resp, what)
+
+    async def _call(self, method: str, url: URL, what: str, *, data: bytes | None = None) -> None:
+        with _mapped(what):
+            async with self.session.request(method, url, data=data) as resp:
+                await self._raise_for(resp, what)
+
+    # --- server --------------------------------------------------------------------------
+
+    async def info(self) -> dict[str, Any]:
+        """GET /: the server's version, services and limits (no credentials needed)."""
+        doc = await self._call_json("GET", self._url(), "server information")
+        if not isinstance(doc, dict):
+            raise ServerError("server information: not a JSON object", 502)
+        return doc
+
+    async def check_auth(self) -> None:
+        """An authenticated request that touches nothing: AuthFailed on a bad token."""
+        await self.count_blobs("default")
+
+    # --- listing and flags ---------------------------------------------------------------
+
+    async def list_blobs(
+        self,
+        namespace: str,
+        *,
+        filter_flag: str | None = None,
+        order_by: str | None = None,
+        deleted: bool = False,
+        limit: int | None = None,
+    ) -> list[str]:
+        url = self._blobs(
+            namespace=namespace,
+            filter_flag=filter_flag,
+            order_by=order_by,
+            deleted="true" if deleted else None,
+            limit=str(limit) if limit else None,  # an extension of this server; sliced too
+        )
+        doc = await self._call_json("GET", url, f"listing namespace {namespace}")
+        if not isinstance(doc, list) or not all(isinstance(i, str) for i in doc):
+            raise ServerError("listing: not a JSON list of ids", 502)
+        return doc[:limit] if limit else doc
+
+    async def count_blobs(self, namespace: str, *, filter_flag: str | None = None) -> int:
+        url = self._blobs(namespace=namespace, filter_flag=filter_flag, only_count="true")
+        doc = await self._call_json("GET", url, f"counting namespace {namespace}")
+        if not isinstance(doc, dict) or not isinstance(doc.get("count"), int):
+            raise ServerError("count: not {\"count\": n}", 502)
+        return doc["count"]
+
+    async def get_flags(self, namespace: str, blob_id: str) -> list[str]:
+        url = self._blobs(blob_id, namespace=namespace, only_flags="true")
+        doc = await self._call_json("GET", url, f"flags of {blob_id}")
+        if not isinstance(doc, list):
+            raise ServerError("flags: not a JSON list", 502)
+        return [str(f) for f in doc]
+
+    async def set_flags(
+        self, namespace: str, blob_id: str, flags: list[str], *, expect: str | None = None
+    ) -> None:
+        url = self._blobs(blob_id, namespace=namespace, expect=expect)
+        body = json.dumps(flags).encode()
+        await self._call("POST", url, f"setting flags of {blob_id}", data=body)
+
+    async def delete_blob(self, namespace: str, blob_id: str) -> None:
+        await self._call("DELETE", self._blobs(blob_id, namespace=namespace), f"deleting {blob_id}")
+
+    # --- one blob ------------------------------------------------------------------------
+
+    async def put_blob(
+        self, namespace: str, blob_id: str, body: bytes | AsyncIterable[bytes], size: int
+    ) -> None:
+        """PUT a sealed blob; AlreadyOnServer on 409."""
+        what = f"uploading {blob_id}"
+        # A stated length lets the server refuse (413, 507) before reading the body, and
+        # saves chunked framing.
+        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        url = self._blobs(blob_id, namespace=namespace)
+        with _mapped(what):
+            async with self.session.put(url, data=body, headers=headers) as resp:
+                await self._raise_for(resp, what)
+
+    @asynccontextmanager
+    async def get_blob(
+        self, namespace: str, blob_id: str, *, offset: int = 0
+    ) -> AsyncIterator[Download]:
+        """GET a sealed blob, from ``offset`` with a Range when it is not 0."""
+        what = f"downloading {blob_id}"
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        url = self._blobs(blob_id, namespace=namespace)
+        with _mapped(what):
+            async with self.session.get(url, headers=headers) as resp:
+                if resp.status == 416:
+                    raise RemoteError(f"{what}: range not satisfiable", 416)
+                await self._raise_for(resp, what)
+                tag = _decode_tag(resp.headers.get("Tag"))
+                start, total = 0, resp.content_length
+                if resp.status == 206:
+                    start, total = _content_range(resp.headers.get("Content-Range"), what)
+                yield Download(resp.status, start, total, tag, resp)
+
+    # --- streams -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def stream_download(
+        self, namespace: str, blob_ids: list[str]
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """POST /stream direction=download; yields the body in chunks. MissingBlobs on 404."""
+        what = f"stream download of {len(blob_ids)} blobs"
+        url = self._url("stream", self.user, direction="download", namespace=namespace)
+        with _mapped(what):
+            async with self.session.post(
+                url, data=json.dumps(blob_ids).encode(),
+                headers={"Content-Type": "application/json"},
+            ) as resp:
+                await self._raise_for(resp, what)
+
+                async def body() -> AsyncIterator[bytes]:
+                    with _mapped(what):
+                        async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
+                            yield chunk
+
+                yield body()
+
+    async def stream_upload(
+        self,
+        namespace: str,
+        items: list[tuple[str, int]],
+        payloads: AsyncIterable[bytes],
+    ) -> tuple[list[str], list[str]]:
+        """POST /stream direction=upload: the header line, then ``payloads`` (the sealed
+        blobs concatenated, exactly the sizes in ``items``). Returns (stored, existing)."""
+        what = f"stream upload of {len(items)} blobs"
+        header = encode_upstream_header(items)
+        length = len(header) + sum(size for _, size in items)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield header
+            async for chunk in payloads:
+                yield chunk
+
+        url = self._url("stream", self.user, direction="upload", namespace=namespace)
+        headers = {"Content-Length": str(length), "Content-Type": "application/octet-stream"}
+        with _mapped(what):
+            async with self.session.post(url, data=body(), headers=headers) as resp:
+                await self._raise_for(resp, what)
+                doc = await self._json(resp, what)
+        if not isinstance(doc, dict):
+            raise ServerError(f"{what}: answer is not a JSON object", 502)
+        stored = doc.get("stored") or []
+        existing = doc.get("existing") or []
+        if not isinstance(stored, list) or not isinstance(existing, list):
+            raise ServerError(f"{what}: answer lacks stored/existing lists", 502)
+        return [str(s) for s in stored], [str(e) for e in existing]
+
+
+def _decode_tag(value: str | None) -> bytes | None:
+    if not value:
+        return None
+    try:
+        return b64url_decode(value.encode())
+    except (ValueError, TypeError):
+        return None
+
+
+def _content_range(value: str | None, what: str) -> tuple[int, int | None]:
+    """``bytes a-b/size`` -> (a, size)."""
+    try:
+        assert value is not None
+        unit, _, rest = value.partition(" ")
+        span, _, size = rest.partition("/")
+        start = int(span.split("-")[0])
+        assert unit == "bytes"
+        return start, None if size == "*" else int(size)
+    except (AssertionError, ValueError):
+        raise ServerError(f"{what}: malformed Content-Range {value!r}", 502) from None

@@ -1,0 +1,255 @@
+"""Sync under trouble: dropped connections, a restarted server, corrupt blobs, 409s."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from blobsync.client import BlobManager, ConnectionLost, SyncStatus
+from blobsync.format import InvalidBlob
+from blobsync.server.app import start_sites
+from blobsync.server.config import ServerConfig
+from blobsync.server.storage.factory import make_store
+from tests.client.conftest import PASSPHRASE, fast_settings
+from tests.client.proxy import proxy_to
+from tests.helpers.servers import make_user
+
+
+async def corrupt_on_server(server, blob_id: str, namespace: str = "default") -> None:
+    """Flip one ciphertext byte of the stored payload (the tag stays as indexed)."""
+    info = await server.store.index.get_blob("alice", namespace, blob_id)
+    path = Path(server.store.payloads.root) / info.location
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 + 400] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_corrupt_blob_fails_after_three_tries_and_is_never_kept(
+    devices, account, stream: bool
+) -> None:
+    a = await devices("a")
+    good = await a.put(None, os.urandom(3000))
+    small = await a.put(None, os.urandom(5000))
+    large = await a.put(None, os.urandom((1 << 20) + 5000))
+    await corrupt_on_server(account.server, small)
+    await corrupt_on_server(account.server, large)
+    b = await devices("b", stream=stream)
+    report = await b.sync()
+    assert sorted(report.failed) == sorted([small, large])
+    assert await b.status(small) is SyncStatus.FAILED_DOWNLOAD
+    assert await b.status(large) is SyncStatus.FAILED_DOWNLOAD
+    assert await b.local_list() == [good]
+    row = await b.store.get("default", large)
+    assert row.verify_failures == 3 and row.location is None
+    assert not list(b.profile.tmp_dir.iterdir())  # no partial of a bad blob is kept
+    assert not [p for p in b.profile.blobs_dir.rglob("*") if p.is_file()]
+    # a later sync leaves it alone; an explicit get still refuses it
+    again = await b.sync()
+    assert again.failed == [] and again.downloaded == 0
+    with pytest.raises(InvalidBlob):
+        await b.get(small)
+    assert await b.status(small) is SyncStatus.FAILED_DOWNLOAD
+    problems = await b.check()
+    assert any(small in p and "FAILED_DOWNLOAD" in p for p in problems)
+
+
+async def test_409_on_upload_counts_as_synced(devices) -> None:
+    a = await devices("a")
+    b = await devices("b")
+    # a holds blobs it has not sent yet; b sends blobs under the same ids first
+    await a.put("s1", b"a's small", upload=False)
+    await a.put("s2", b"a's other small", upload=False)
+    await b.put("s1", b"b's small")
+    await b.put("s2", b"b's other small")
+    report = await a.send_missing()  # one stream: the server answers "existing"
+    assert report == 2
+    assert await a.status("s1") is SyncStatus.SYNCED
+    # a single PUT answered 409, small and large
+    await b.put("p1", b"b's copy")
+    await b.put("big", os.urandom(3 << 20))
+    await a.put("p1", b"a's copy")  # uploads at once: 409
+    assert await a.status("p1") is SyncStatus.SYNCED
+    await a.put("big", os.urandom(3 << 20))
+    assert await a.status("big") is SyncStatus.SYNCED
+    assert sorted(await a.remote_list()) == ["big", "p1", "s1", "s2"]
+
+
+async def test_interrupted_large_download_resumes_with_range(account, tmp_path: Path) -> None:
+    a = await account.device("a")
+    size = 6 << 20
+    data = os.urandom(size)
+    await a.put("big", data)
+    await a.close()
+    async with proxy_to(account.server.url) as proxy:
+        b = await BlobManager.init(
+            tmp_path / "b", server=proxy.url, user="alice", token=account.token,
+            passphrase=PASSPHRASE, recover=True, settings=fast_settings(),
+        )
+        try:
+            proxy.cut_match = b"/blobs/alice/big"
+            proxy.cuts = [(2 << 20) + 1000]
+            before = len(proxy.requests)
+            with pytest.raises(ConnectionLost):
+                await b.get("big")
+            partial = b.store.partial_path("default", "big")
+            kept = partial.stat().st_size
+            assert 0 < kept <= (2 << 20) + 1000
+            assert await b.status("big") is SyncStatus.PENDING_DOWNLOAD
+            assert await b.get("big") == data
+            gets = [r for r in proxy.requests[before:] if b"/blobs/alice/big" in r]
+            assert len(gets) == 2
+            assert b"range: bytes=" not in gets[0].lower()
+            assert f"range: bytes={kept}-".encode() in gets[1].lower()
+            # the second answer carried only the rest of the blob
+            assert proxy.downstream_bytes[-1] < size + 1000 - kept + 2000
+            assert not partial.exists()
+        finally:
+            await b.close()
+
+
+async def test_short_stream_is_retried_and_sync_completes(account, tmp_path: Path) -> None:
+    a = await account.device("a")
+    blobs = {f"s{i}": os.urandom(20_000 + i) for i in range(12)}
+    for blob_id, d in blobs.items():
+        await a.put(blob_id, d, upload=False)
+    await a.sync()
+    await a.close()
+    async with proxy_to(account.server.url) as proxy:
+        b = await BlobManager.init(
+            tmp_path / "b", server=proxy.url, user="alice", token=account.token,
+            passphrase=PASSPHRASE, recover=True, settings=fast_settings(concurrency=1),
+        )
+        try:
+            proxy.cut_match = b"direction=download"
+            proxy.cuts = [100_000, 50_000]  # two streams cut in the middle of a blob
+            report = await b.sync()
+            assert report.downloaded == len(blobs) and report.failed == []
+            for blob_id, d in blobs.items():
+                assert await b.get(blob_id) == d
+            streams = [r for r in proxy.request_lines() if "direction=download" in r]
+            assert len(streams) >= 3
+            rows = {r.blob_id: r for r in await b.store.rows("default")}
+            assert max(r.retries for r in rows.values()) == 0  # reset once synced
+        finally:
+            await b.close()
+
+
+async def test_stream_batches_are_bounded_by_count_and_bytes(account, tmp_path: Path) -> None:
+    async with proxy_to(account.server.url) as proxy:
+        a = await BlobManager.init(
+            tmp_path / "a", server=proxy.url, user="alice", token=account.token,
+            passphrase=PASSPHRASE, settings=fast_settings(stream_max_count=3, concurrency=1),
+        )
+        try:
+            for i in range(10):
+                await a.put(f"c{i}", os.urandom(1000), upload=False)
+            await a.sync()
+        finally:
+            await a.close()
+        lines = proxy.request_lines()
+        assert len([r for r in lines if "direction=upload" in r]) == 3  # 3 + 3 + 3
+        assert len([r for r in lines if r.startswith("PUT /blobs/alice/c")]) == 1  # the last
+        # bytes: each blob seals to 1753 bytes; 4000 bytes hold two of them
+        b = await BlobManager.init(
+            tmp_path / "b", server=proxy.url, user="alice", token=account.token,
+            passphrase=PASSPHRASE, recover=True,
+            settings=fast_settings(stream_max_bytes=4000, concurrency=1),
+        )
+        try:
+            first = len(proxy.requests)
+            await b.sync()
+            assert len(await b.local_list()) == 10
+        finally:
+            await b.close()
+        downloads = [r for r in proxy.request_lines()[first:] if "direction=download" in r]
+        assert len(downloads) == 5
+
+
+async def test_streams_and_no_streams_reach_the_same_state(devices) -> None:
+    sizes = [0, 100, 5000, 70_000, 1 << 20, (1 << 20) + 1, 2 << 20]
+    up_s = await devices("up-stream")
+    up_n = await devices("up-nostream", stream=False)
+    for i, size in enumerate(sizes):
+        await up_s.put(f"s{i}", os.urandom(size), upload=False)
+        await up_n.put(f"n{i}", os.urandom(size), upload=False)
+    r1 = await up_s.sync()
+    r2 = await up_n.sync()
+    assert r1.uploaded == r2.uploaded == len(sizes)
+    down_s = await devices("down-stream")
+    down_n = await devices("down-nostream", stream=False)
+    await down_s.sync()
+    await down_n.sync()
+    assert await down_s.sync_progress() == await down_n.sync_progress()
+    ids = sorted(await down_s.local_list())
+    assert ids == sorted(await down_n.local_list()) and len(ids) == 2 * len(sizes)
+    for blob_id in ids:
+        assert await down_s.get(blob_id) == await down_n.get(blob_id) == await (
+            up_s if blob_id.startswith("s") else up_n).get(blob_id)
+
+
+async def test_server_restart_mid_sync_loses_and_duplicates_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="blobsync.client.sync")
+    data_dir = str(tmp_path / "srv")
+
+    async def start(port: int = 0, local_port: int = 0):
+        store = make_store(data_dir, None, None)
+        config = ServerConfig(data=data_dir, port=port, local_port=local_port,
+                              max_blob_size=0, max_stream_size=0)
+        await store.open()
+        return store, await start_sites(store, config)
+
+    store, sites = await start()
+    url = sites.url
+    port, local_port = int(url.rsplit(":", 1)[1]), int(sites.local_url.rsplit(":", 1)[1])
+    token = await make_user(store, "alice")
+    settings = fast_settings(stream_max_count=3, concurrency=2)
+    a = await BlobManager.init(tmp_path / "a", server=url, user="alice", token=token,
+                               passphrase=PASSPHRASE, settings=settings)
+    b = await BlobManager.init(tmp_path / "b", server=url, user="alice", token=token,
+                               passphrase=PASSPHRASE, recover=True, settings=settings)
+    try:
+        from_a = {f"a{i}": os.urandom(30_000 if i % 4 else 1_500_000) for i in range(24)}
+        from_b = {f"b{i}": os.urandom(30_000 if i % 4 else 1_500_000) for i in range(16)}
+        for blob_id, d in from_a.items():
+            await a.put(blob_id, d)
+        for blob_id, d in from_b.items():
+            await b.put(blob_id, d, upload=False)
+
+        halfway = asyncio.Event()
+
+        def progress(p) -> None:
+            if p.phase == "download" and p.done >= 4:
+                halfway.set()
+
+        sync = asyncio.create_task(b.sync(progress=progress))
+        await asyncio.wait_for(halfway.wait(), 30)
+        await sites.stop()
+        await store.close()
+        await asyncio.sleep(0.5)  # b keeps failing and rescheduling meanwhile
+        assert not sync.done()
+        store, sites = await start(port, local_port)
+        report = await asyncio.wait_for(sync, 60)
+        assert report.failed == [] and report.pending == []
+        assert "will be retried" in caplog.text  # the outage was felt, and waited out
+        everything = {**from_a, **from_b}
+        assert sorted(await b.local_list()) == sorted(everything)
+        assert (await b.sync_progress())[SyncStatus.SYNCED] == len(everything)
+        listed = await b.remote_list()
+        assert sorted(listed) == sorted(everything)  # nothing lost, nothing twice
+        for blob_id, d in everything.items():
+            assert await b.get(blob_id) == d
+        await a.sync()
+        for blob_id, d in from_b.items():
+            assert await a.get(blob_id) == d
+    finally:
+        await a.close()
+        await b.close()
+        await sites.stop()
+        await store.close()
