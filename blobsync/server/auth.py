@@ -38,7 +38,10 @@ def hash_token(token: str) -> str:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    """A random token that never starts with ``-``, so no command line takes it for an option."""
+    while (token := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return token
 
 
 def parse_token_header(header: str | None) -> tuple[str, str]:

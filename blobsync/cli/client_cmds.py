@@ -1,0 +1,646 @@
+"""The client commands of ``blobsync``: init, put, get, ls, rm, flags, sync, status, check
+and incoming process, over ``blobsync.client.BlobManager``.
+
+Every command is a ``func(args) -> int`` that never raises: failures become one line on
+stderr and an exit code from ``failures``. Heavy imports (the client library, rich) happen
+inside the commands so that ``blobsync --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import dataclasses
+import functools
+import logging
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from .failures import (
+    DEBUG_ENV,
+    EXIT_CODES_HELP,
+    EXIT_OK,
+    EXIT_VERIFY,
+    CommandFailed,
+    UsageError,
+    guarded,
+)
+from .output import Output, table
+from .passphrase import read_passphrase
+from .progress import Bars, bars_wanted
+
+HOME_ENV = "BLOBSYNC_HOME"
+DEFAULT_HOME = "~/.blobsync"
+# Multiplies the library's 10..60 s retry schedule; tests set it small so they never wait.
+RETRY_SCALE_ENV = "BLOBSYNC_RETRY_SCALE"
+PRIORITIES = ("low", "medium", "high", "urgent")
+FLAGS = ("PENDING", "PROCESSING", "PROCESSED", "FAILED")
+# Seconds put and sync keep retrying passing failures before leaving blobs pending.
+DEFAULT_MAX_WAIT = 60.0
+
+Handler = Callable[[argparse.Namespace, Output], Awaitable[int]]
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def default_home() -> str:
+    return os.environ.get(HOME_ENV) or DEFAULT_HOME
+
+
+def resolve_home(args: argparse.Namespace) -> Path:
+    home = getattr(args, "home", None) or default_home()
+    return Path(home).expanduser()
+
+
+def _quiet_library_logs() -> None:
+    """The library logs warnings (a retry, a blob that did not verify); without a handler
+    Python would print them on stderr, breaking the one-line error contract. Seen with
+    BLOBSYNC_DEBUG=1."""
+    client_log = logging.getLogger("blobsync.client")
+    if os.environ.get(DEBUG_ENV):
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+    elif not client_log.handlers:
+        client_log.addHandler(logging.NullHandler())
+        client_log.propagate = False
+
+
+def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
+    """Wrap an async handler into the ``func(args) -> int`` that main dispatches."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        _quiet_library_logs()
+        out = Output(bool(getattr(args, "json", False)))
+        return guarded(lambda: asyncio.run(handler(args, out)), out.error)
+
+    return run
+
+
+def _settings(settings: Any, *, stream: bool = True, max_wait: float | None = None) -> Any:
+    """The profile's ``settings`` with this command's overrides."""
+    changes: dict[str, Any] = {}
+    if not stream:
+        changes["stream"] = False
+    scale = os.environ.get(RETRY_SCALE_ENV)
+    if scale:
+        try:
+            changes["retry_scale"] = float(scale)
+        except ValueError:
+            raise UsageError(f"{RETRY_SCALE_ENV} must be a number, not {scale!r}") from None
+    # A person at a terminal should not wait forever on a server that is down: retries
+    # stop after max_wait seconds and what is left stays pending for the next sync.
+    if max_wait is not None:
+        changes["max_sync_wait"] = max_wait
+    elif settings.max_sync_wait is None:
+        changes["max_sync_wait"] = DEFAULT_MAX_WAIT
+    try:
+        return dataclasses.replace(settings, **changes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@asynccontextmanager
+async def _manager(args: argparse.Namespace, *, stream: bool = True) -> AsyncIterator[Any]:
+    """The opened BlobManager of the profile at --home, closed however the command ends."""
+    from blobsync.client import BlobManager
+    from blobsync.client.profile import Profile
+
+    home = resolve_home(args)
+    # NotInitialized now, before asking for a passphrase that could not help anyway.
+    profile = Profile.load(home)
+    settings = _settings(profile.client_settings(), stream=stream,
+                         max_wait=getattr(args, "max_wait", None))
+    manager = await BlobManager.open(home, passphrase=read_passphrase(), settings=settings)
+    try:
+        yield manager
+    finally:
+        await manager.close()
+
+
+def _check_id(value: str, what: str) -> str:
+    from blobsync.format.limits import valid_id
+
+    if not valid_id(value):
+        raise UsageError(f"invalid {what} {value!r}: use 1-254 of A-Z a-z 0-9 _ -")
+    return value
+
+
+def _count(value: Any) -> int:
+    """Report fields may be counts or lists of ids; scripts get counts either way."""
+    if isinstance(value, int):
+        return value
+    try:
+        return len(value)
+    except TypeError:
+        return 0
+
+
+def _ids(value: Any) -> list[str]:
+    if isinstance(value, int):
+        return []
+    return [str(v) for v in value or []]
+
+
+# --------------------------------------------------------------------------- init
+
+
+async def cmd_init(args: argparse.Namespace, out: Output) -> int:
+    from blobsync.client import BlobManager
+
+    home = resolve_home(args)
+    _check_id(args.user, "user")
+    if not args.server.startswith(("http://", "https://")):
+        raise UsageError(f"--server must be an http:// or https:// URL, not {args.server!r}")
+    token = args.token or os.environ.get("BLOBSYNC_TOKEN")
+    if not token:
+        raise UsageError("--token is required (or set BLOBSYNC_TOKEN)")
+    if args.secret_file is not None and not Path(args.secret_file).is_file():
+        raise CommandFailed(f"no such secret file: {args.secret_file}")
+    # A new secret gets a new passphrase, typed twice; recovering uses the existing one.
+    passphrase = read_passphrase(confirm=not args.recover)
+    manager = await BlobManager.init(
+        home,
+        server=args.server,
+        user=args.user,
+        token=token,
+        passphrase=passphrase,
+        secret_file=args.secret_file,
+        recover=args.recover,
+    )
+    await manager.close()
+    how = "recovered the secret" if args.recover else "created the profile"
+    out.line(f"{how} at {home} for user {args.user} on {args.server}")
+    out.document(
+        {"home": str(home), "server": args.server, "user": args.user, "recovered": args.recover}
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- put
+
+
+def _walk_error(err: OSError) -> None:
+    raise err
+
+
+def collect_files(paths: list[str]) -> list[Path]:
+    """Regular files named or found under the named directories, in a stable order.
+
+    Everything is collected before anything is stored, so a typo in the last argument
+    fails the command before it has half done its work.
+    """
+    found: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found.extend(_files_under(path))
+        elif path.is_file():
+            found.append(path)
+        elif not path.exists():
+            raise FileNotFoundError(2, "No such file or directory", name)
+        else:
+            raise CommandFailed(f"not a regular file or a directory: {name}")
+    return found
+
+
+def _files_under(root: Path) -> Iterator[Path]:
+    for here, dirs, files in os.walk(root, onerror=_walk_error):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(here) / name
+            if path.is_file():
+                yield path
+
+
+async def cmd_put(args: argparse.Namespace, out: Output) -> int:
+    from blobsync.client import SyncStatus
+
+    namespace = _check_id(args.namespace, "namespace")
+    if args.id is not None:
+        _check_id(args.id, "blob id")
+        if len(args.paths) != 1 or not Path(args.paths[0]).is_file():
+            raise UsageError("--id needs exactly one file")
+    files = collect_files(args.paths)
+    stored: list[dict[str, str]] = []
+    left: set[str] = set()  # ours still waiting to be uploaded
+    async with _manager(args, stream=not args.no_stream) as manager:
+        # Store everything first, then upload in one pass: small blobs then share streams.
+        for path in files:
+            blob_id = await manager.put(
+                args.id,
+                path,
+                namespace=namespace,
+                priority=args.priority,
+                local_only=args.local_only,
+                upload=False,
+            )
+            stored.append({"id": blob_id, "path": str(path)})
+            out.line(f"{blob_id}\t{path}")
+        uploaded = 0
+        if stored and not args.local_only:
+            with Bars(bars_wanted(out.json_mode)) as bars:
+                uploaded = await manager.send_missing(namespace, progress=bars.callback)
+            mine = {b["id"] for b in stored}
+            for status in (SyncStatus.PENDING_UPLOAD, SyncStatus.FAILED_UPLOAD):
+                left |= mine & set(await manager.local_list(namespace, status=status))
+    out.document(
+        {"namespace": namespace, "blobs": stored, "uploaded": uploaded,
+         "local_only": args.local_only}
+    )
+    if left:
+        raise CommandFailed(
+            f"{len(left)} of {len(stored)} blobs are stored here but not uploaded yet; "
+            "'blobsync sync' will retry"
+        )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- get
+
+
+async def _write_stdout(manager: Any, args: argparse.Namespace, out: Output,
+                        namespace: str) -> int:
+    sink = sys.stdout.buffer
+    size = 0
+    # open_stream fetches a blob that is only remote and verifies the whole blob before its
+    # first chunk; writing nothing before that chunk means a missing blob, or one that
+    # fails verification, leaves stdout empty (in --json mode: room for the error document).
+    chunks = manager.open_stream(args.blob_id, namespace=namespace)
+    first = await anext(chunks, None)
+    with Bars(bars_wanted(out.json_mode)) as bars:
+        task = bars.bytes_task(f"get {args.blob_id[:12]}")
+        if out.json_mode:
+            # Streamed JSON: base64 of whole 3-byte groups, so no blob is held whole.
+            sink.write(f'{{"id": "{args.blob_id}", "namespace": "{namespace}", '
+                       '"data_base64": "'.encode())
+            out.mark_written()
+            carry = b""
+            while first is not None:
+                size += len(first)
+                task.advance(len(first))
+                data = carry + bytes(first)
+                cut = len(data) - len(data) % 3
+                sink.write(base64.b64encode(data[:cut]))
+                carry = data[cut:]
+                first = await anext(chunks, None)
+            sink.write(base64.b64encode(carry) + f'", "size": {size}}}\n'.encode())
+        else:
+            while first is not None:
+                size += len(first)
+                task.advance(len(first))
+                sink.write(first)
+                first = await anext(chunks, None)
+        sink.flush()
+    return EXIT_OK
+
+
+async def cmd_get(args: argparse.Namespace, out: Output) -> int:
+    namespace = _check_id(args.namespace, "namespace")
+    _check_id(args.blob_id, "blob id")
+    async with _manager(args) as manager:
+        if args.output in (None, "-"):
+            return await _write_stdout(manager, args, out, namespace)
+        dest = Path(args.output)
+        if dest.is_dir():
+            raise UsageError(f"-o names a directory: {dest}")
+        with Bars(bars_wanted(out.json_mode)) as bars:
+            bars.bytes_task(f"get {args.blob_id[:12]}")
+            await manager.get(args.blob_id, namespace=namespace, dest=dest)
+    out.document({"id": args.blob_id, "namespace": namespace, "path": str(dest),
+                  "size": dest.stat().st_size})
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- ls, rm, flags
+
+
+async def cmd_ls(args: argparse.Namespace, out: Output) -> int:
+    namespace = _check_id(args.namespace, "namespace")
+    server_only = [opt for opt, used in (("--flag", args.flag), ("--order-by", args.order_by),
+                                         ("--deleted", args.deleted)) if used]
+    if server_only and not args.remote:
+        raise UsageError(f"{', '.join(server_only)} need --remote: flags, dates and "
+                         "deletions are known to the server")
+    ids: list[str] = []
+    async with _manager(args) as manager:
+        if args.remote and args.count and not args.deleted:
+            # The server counts without sending the listing.
+            count = await manager.remote_count(namespace, filter_flag=args.flag)
+        else:
+            if args.remote:
+                ids = await manager.remote_list(namespace, filter_flag=args.flag,
+                                                order_by=args.order_by, deleted=args.deleted)
+            else:
+                ids = await manager.local_list(namespace)
+            count = len(ids)
+    where = "remote" if args.remote else "local"
+    if args.count:
+        out.line(str(count))
+        out.document({"namespace": namespace, "where": where, "count": count})
+    else:
+        for blob_id in ids:
+            out.line(blob_id)
+        out.document({"namespace": namespace, "where": where, "ids": ids, "count": count})
+    return EXIT_OK
+
+
+async def cmd_rm(args: argparse.Namespace, out: Output) -> int:
+    namespace = _check_id(args.namespace, "namespace")
+    _check_id(args.blob_id, "blob id")
+    async with _manager(args) as manager:
+        await manager.delete(args.blob_id, namespace=namespace)
+    out.document({"id": args.blob_id, "namespace": namespace, "deleted": True})
+    return EXIT_OK
+
+
+async def cmd_flags(args: argparse.Namespace, out: Output) -> int:
+    namespace = _check_id(args.namespace, "namespace")
+    _check_id(args.blob_id, "blob id")
+    async with _manager(args) as manager:
+        if args.set is not None:
+            await manager.set_flags(args.blob_id, sorted(set(args.set)), namespace=namespace)
+        flags = list(await manager.get_flags(args.blob_id, namespace=namespace))
+    for flag in flags:
+        out.line(flag)
+    out.document({"id": args.blob_id, "namespace": namespace, "flags": flags})
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- sync, status
+
+
+async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
+    namespace = _check_id(args.namespace, "namespace")
+    async with _manager(args, stream=not args.no_stream) as manager:
+        with Bars(bars_wanted(out.json_mode)) as bars:
+            report = await manager.sync(namespace, progress=bars.callback)
+    failed = _ids(report.failed)
+    pending = _ids(getattr(report, "pending", []))
+    summary = {
+        "namespace": namespace,
+        "downloaded": _count(report.downloaded),
+        "uploaded": _count(report.uploaded),
+        "deleted_local": _count(report.deleted_local),
+        "deleted_remote": _count(report.deleted_remote),
+        "failed": failed,
+        "pending": pending,
+    }
+    out.line(
+        f"downloaded {summary['downloaded']}, uploaded {summary['uploaded']}, "
+        f"deleted here {summary['deleted_local']}, deleted on the server "
+        f"{summary['deleted_remote']}, failed {len(failed)}"
+    )
+    out.document(summary)
+    if failed:
+        shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
+        raise CommandFailed(f"{len(failed)} blobs failed to sync: {shown}")
+    if pending:
+        raise CommandFailed(f"{len(pending)} blobs are still waiting for a retry; "
+                            "run 'blobsync sync' again later")
+    return EXIT_OK
+
+
+async def cmd_status(args: argparse.Namespace, out: Output) -> int:
+    from blobsync.client import SyncStatus
+
+    namespace = _check_id(args.namespace, "namespace") if args.namespace else None
+    async with _manager(args) as manager:
+        counts = await manager.sync_progress(namespace)
+    by_name = {_status_name(k): int(v) for k, v in counts.items()}
+    rows = [(s.name, by_name.get(s.name, 0)) for s in SyncStatus]
+    rows += [(name, n) for name, n in sorted(by_name.items()) if name not in dict(rows)]
+    total = sum(n for _, n in rows)
+    width = len(str(max([total, *(n for _, n in rows)])))
+    out.line(table([(name, f"{n:>{width}}") for name, n in rows] + [("TOTAL", f"{total:>{width}}")],
+                   ("STATUS", "BLOBS")))
+    out.document({"namespace": namespace, "statuses": dict(rows), "total": total})
+    return EXIT_OK
+
+
+def _status_name(status: Any) -> str:
+    return str(getattr(status, "name", status))
+
+
+# --------------------------------------------------------------------------- check
+
+
+async def cmd_check(args: argparse.Namespace, out: Output) -> int:
+    async with _manager(args) as manager:
+        problems = [str(p) for p in await manager.check(remote=args.remote)]
+    for problem in problems:
+        out.line(problem)
+    out.document({"remote": args.remote, "problems": problems, "ok": not problems})
+    if problems:
+        raise CommandFailed(f"check found {len(problems)} problem(s)", EXIT_VERIFY)
+    out.line("no problems found")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- incoming
+
+
+async def cmd_incoming_process(args: argparse.Namespace, out: Output) -> int:
+    from .incoming_exec import ExecConsumer
+
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    consumer = ExecConsumer(args.exec, stdout_to_stderr=out.json_mode)
+    async with _manager(args) as manager:
+        manager.register_consumer(consumer)
+        report = await manager.process_incoming(limit=args.limit)
+    details = dict(consumer.outcomes)
+    outcomes: list[tuple[str, str]] = []
+    for attr, label in (("processed_ids", "PROCESSED"), ("failed_ids", "FAILED"),
+                        ("skipped_ids", "SKIPPED")):
+        for blob_id in getattr(report, attr, []):
+            outcome = label if label != "FAILED" else details.get(blob_id, label)
+            outcomes.append((blob_id, outcome))
+            out.line(f"{blob_id}\t{outcome}")
+    summary = {
+        "processed": _count(getattr(report, "processed", 0)),
+        "failed": _count(getattr(report, "failed", 0)),
+        "skipped": _count(getattr(report, "skipped", 0)),
+    }
+    out.line(f"processed {summary['processed']}, failed {summary['failed']}, "
+             f"skipped {summary['skipped']}")
+    out.document({**summary, "messages": [{"id": i, "outcome": o} for i, o in outcomes]})
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def _common() -> argparse.ArgumentParser:
+    """--home and --json also after the command; SUPPRESS keeps main's values otherwise."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
+                        help=f"profile directory (default: ${HOME_ENV}, else {DEFAULT_HOME})")
+    parent.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print one JSON document on stdout, for scripts")
+    return parent
+
+
+def _namespace_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", "-n", metavar="NS", default="default",
+                        help="namespace of the blobs (default: %(default)s)")
+
+
+# For parsers whose values may start with '-' (see init and ls).
+_DASH_VALUE = re.compile(r"^-.")
+
+
+def _max_wait_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-wait", type=float, metavar="SECONDS", default=None,
+        help="stop retrying passing failures after this long; what is left stays pending "
+             f"for the next sync (default: the profile's setting, else {DEFAULT_MAX_WAIT:g})",
+    )
+
+
+def _flag(value: str) -> str:
+    flag = value.upper()
+    if flag not in FLAGS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(FLAGS)}")
+    return flag
+
+
+def add_global_options(parser: argparse.ArgumentParser) -> None:
+    """--home and --json before the command (cli.main calls this on the top parser)."""
+    parser.add_argument("--home", metavar="DIR", default=default_home(),
+                        help=f"client profile directory (default: ${HOME_ENV}, "
+                             f"else {DEFAULT_HOME})")
+    parser.add_argument("--json", action="store_true",
+                        help="machine-readable JSON on stdout, for scripts")
+
+
+def register(subparsers: Any) -> None:
+    """Add the client commands to ``blobsync``'s subparsers (called by cli.main)."""
+    common = _common()
+
+    def add(name: str, handler: Handler, help_text: str, description: str) -> Any:
+        parser = subparsers.add_parser(
+            name, parents=[common], help=help_text, description=description,
+            epilog=EXIT_CODES_HELP,
+        )
+        parser.set_defaults(func=_command(handler))
+        return parser
+
+    p = add("init", cmd_init, "create the client profile of this device",
+            "Create the profile at --home: server, user, token and the storage secret, "
+            "kept encrypted under a passphrase (BLOBSYNC_PASSPHRASE, else prompted twice). "
+            "The secret is also stored on the server, encrypted under the passphrase, so "
+            "that other devices can --recover it.")
+    p.add_argument("--server", required=True, metavar="URL",
+                   help="server URL, e.g. https://blobs.example.org:2424")
+    p.add_argument("--user", required=True, metavar="UUID", help="your user id on the server")
+    p.add_argument("--token", metavar="TOKEN",
+                   help="your access token (default: $BLOBSYNC_TOKEN)")
+    # Tokens are base64url and may begin with '-', which argparse would take for an
+    # option; init's real options still match first, as exact or abbreviated names.
+    p._negative_number_matcher = _DASH_VALUE
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--secret-file", metavar="F",
+                     help="use the storage secret in file F instead of making a new one")
+    how.add_argument("--recover", action="store_true",
+                     help="fetch the secret that another device stored on the server "
+                          "(needs that device's passphrase)")
+
+    p = add("put", cmd_put, "store files and upload them",
+            "Store each file (directories recursively) as a blob on this device, then "
+            "upload them all in one pass. Prints 'blob_id<TAB>path' per blob.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="file or directory to store")
+    p.add_argument("--id", metavar="ID", help="blob id to use (only with exactly one file; "
+                                              "default: a new random id)")
+    _namespace_arg(p)
+    p.add_argument("--priority", choices=PRIORITIES, default="medium",
+                   help="transfer priority (default: %(default)s)")
+    p.add_argument("--local-only", action="store_true",
+                   help="keep the blobs on this device only, never upload them")
+    p.add_argument("--no-stream", action="store_true",
+                   help="upload one request per blob instead of batching in streams")
+    _max_wait_arg(p)
+
+    p = add("get", cmd_get, "write a blob's content to a file or stdout",
+            "Write the verified content of a blob, from this device or else downloaded. "
+            "A blob that fails verification is never written: with -o the file is not "
+            "created.")
+    p.add_argument("blob_id", metavar="ID", help="the blob id")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write to FILE, atomically (default or '-': stdout)")
+    _namespace_arg(p)
+
+    p = add("ls", cmd_ls, "list blob ids",
+            "List the blob ids of a namespace held on this device, or with --remote on "
+            "the server.")
+    p.add_argument("--remote", action="store_true", help="list the server's blobs")
+    _namespace_arg(p)
+    p.add_argument("--flag", metavar="F", type=_flag,
+                   help=f"only blobs carrying flag F ({', '.join(FLAGS)}); needs --remote")
+    p.add_argument("--order-by", choices=("date", "+date", "-date"),
+                   help="date/+date oldest first, -date newest first; needs --remote")
+    # argparse takes '-date' for an unknown option; reading it like a negative number
+    # makes `--order-by -date` work as SPEC 4 spells it (ls has no option starting -d).
+    p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-date$")
+    p.add_argument("--count", action="store_true", help="print only how many")
+    p.add_argument("--deleted", action="store_true",
+                   help="list deleted blobs (tombstones) instead; needs --remote")
+
+    p = add("rm", cmd_rm, "delete a blob here and on the server",
+            "Delete a blob on this device and on the server; other devices delete it at "
+            "their next sync.")
+    p.add_argument("blob_id", metavar="ID", help="the blob id")
+    _namespace_arg(p)
+
+    p = add("flags", cmd_flags, "show or set a blob's flags on the server",
+            "Print the flags of a blob, or with --set replace them (an empty --set clears "
+            "them). Flags are PENDING, PROCESSING, PROCESSED, FAILED.")
+    p.add_argument("blob_id", metavar="ID", help="the blob id")
+    p.add_argument("--set", nargs="*", type=_flag, metavar="FLAG",
+                   help="replace the flags with these")
+    _namespace_arg(p)
+
+    p = add("sync", cmd_sync, "synchronize a namespace with the server",
+            "Apply the server's deletions, then download what is missing here and upload "
+            "what is missing there. Exits 1 if some blobs failed.")
+    _namespace_arg(p)
+    p.add_argument("--no-stream", action="store_true",
+                   help="transfer one request per blob instead of batching in streams")
+    _max_wait_arg(p)
+
+    p = add("status", cmd_status, "count blobs per sync status",
+            "Print a table of how many blobs of this device are in each sync status.")
+    p.add_argument("--namespace", "-n", metavar="NS", default=None,
+                   help="count one namespace only (default: all)")
+
+    p = add("check", cmd_check, "verify every local blob (and with --remote, the server's)",
+            "Verify the tag of every blob on this device; with --remote also compare the "
+            "local and remote listings and download and verify every remote blob. Prints "
+            "each problem and exits 5 if there is any.")
+    p.add_argument("--remote", action="store_true",
+                   help="also check the server's blobs against this device")
+
+    incoming = subparsers.add_parser(
+        "incoming", parents=[common], help="the incoming box (namespace MX)",
+        description="Work on the incoming box: messages that services deliver for you.",
+        epilog=EXIT_CODES_HELP,
+    )
+    incoming_sub = incoming.add_subparsers(dest="incoming_command", metavar="ACTION",
+                                           required=True, help="what to do")
+    p = incoming_sub.add_parser(
+        "process", parents=[common], help="process pending messages with a command",
+        description="Reserve each pending message, run CMD (through the shell) with the "
+                    "payload on stdin and BLOBSYNC_BLOB_ID in the environment. Exit status "
+                    "0 marks it PROCESSED and deletes it; anything else marks it FAILED.",
+        epilog=EXIT_CODES_HELP,
+    )
+    p.set_defaults(func=_command(cmd_incoming_process))
+    p.add_argument("--exec", required=True, metavar="CMD", help="shell command per message")
+    p.add_argument("--limit", type=int, default=100, metavar="N",
+                   help="process at most N messages (default: %(default)s)")

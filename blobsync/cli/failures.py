@@ -1,0 +1,151 @@
+"""Exit codes of the ``blobsync`` client commands and the one place errors become them.
+
+Scripts branch on these codes, so they are part of the interface (docs/cli.md lists them):
+
+====  =========================================================================
+0     success
+1     any other error (remote refusal, local file problem, failed sync entries)
+2     usage: a wrong option or argument
+3     authentication: the server refused the token, or the passphrase is wrong
+4     the server could not be reached (refused, DNS, TLS, timeout, dropped connection)
+5     verification: a blob failed its tag or preamble check (``check`` problems too)
+6     no such blob, neither on this device nor on the server
+130   interrupted (Ctrl-C)
+141   stdout closed early (a pipe into ``head``)
+====  =========================================================================
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_UNREACHABLE = 4
+EXIT_VERIFY = 5
+EXIT_NOT_FOUND = 6
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+EXIT_CODES_HELP = (
+    "exit codes: 0 ok, 1 error, 2 usage, 3 wrong token or passphrase, "
+    "4 server unreachable, 5 verification failed, 6 no such blob, 130 interrupted"
+)
+
+# Set BLOBSYNC_DEBUG=1 to see the traceback of an unexpected error instead of one line.
+DEBUG_ENV = "BLOBSYNC_DEBUG"
+
+
+class UsageError(Exception):
+    """A command line that parses but makes no sense (``--id`` with two files, say)."""
+
+
+class CommandFailed(Exception):
+    """A command that ran to its end but must report failure with a chosen exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def one_line(text: str) -> str:
+    """Fold a message onto one line: the error contract is exactly one line on stderr."""
+    return " ".join(text.split()) or "unknown error"
+
+
+def _os_error_message(exc: OSError) -> str:
+    # str(OSError) reads "[Errno 2] No such file or directory: 'x'"; people want the tail.
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename}"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one-line message for ``exc``."""
+    # Imported here so that `blobsync --help` does not pay for the client library.
+    from blobsync.format.errors import BlobsyncError, InvalidBlob
+
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, CommandFailed):
+        return exc.code, str(exc)
+    if isinstance(exc, InvalidBlob):
+        return EXIT_VERIFY, f"verification failed: {exc}"
+    if isinstance(exc, BlobsyncError):
+        return _client_error_code(exc), str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return EXIT_UNREACHABLE, "the server did not answer in time"
+    if isinstance(exc, OSError):
+        return EXIT_ERROR, _os_error_message(exc)
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp is a hard dependency
+        aiohttp = None  # type: ignore[assignment]
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientConnectionError):
+        # The library should wrap these in ServerUnreachable; this is the safety net.
+        return EXIT_UNREACHABLE, f"cannot reach the server: {exc}"
+    return EXIT_ERROR, f"unexpected {type(exc).__name__}: {exc}"
+
+
+def _client_error_code(exc: BaseException) -> int:
+    try:
+        from blobsync.client import errors as client_errors
+    except ImportError:
+        return EXIT_ERROR
+    table: list[tuple[str, int]] = [
+        ("WrongPassphrase", EXIT_AUTH),
+        ("AuthFailed", EXIT_AUTH),
+        ("ServerUnreachable", EXIT_UNREACHABLE),
+        ("ConnectionLost", EXIT_UNREACHABLE),
+        ("BlobNotFound", EXIT_NOT_FOUND),
+    ]
+    for name, code in table:
+        cls = getattr(client_errors, name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return code
+    return EXIT_ERROR
+
+
+def print_error(message: str) -> None:
+    sys.stderr.write(f"blobsync: error: {one_line(message)}\n")
+    sys.stderr.flush()
+
+
+def _silence_stdout() -> None:
+    # After EPIPE, Python would complain again while flushing stdout at exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def guarded(body: Callable[[], int], on_error: Callable[[int, str], None] | None = None) -> int:
+    """Run ``body`` and turn any failure into a one-line message and an exit code.
+
+    ``on_error(code, message)`` lets the caller also report the failure elsewhere (the
+    JSON document on stdout in ``--json`` mode).
+    """
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:  # noqa: BLE001 - the contract is: never a traceback
+        if os.environ.get(DEBUG_ENV):
+            raise
+        code, message = classify(exc)
+        print_error(message)
+        if on_error is not None:
+            try:
+                on_error(code, one_line(message))
+            except (OSError, ValueError):
+                pass
+        return code

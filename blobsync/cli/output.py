@@ -1,0 +1,48 @@
+"""What the client commands print: lines for people, one JSON document for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+class Output:
+    """Stdout of one command.
+
+    In text mode ``line`` prints at once (so ``put`` shows each id as soon as the blob is
+    stored). In JSON mode text lines are dropped and the command ends with exactly one
+    ``document``, so that ``json.loads(stdout)`` always works.
+    """
+
+    def __init__(self, json_mode: bool) -> None:
+        self.json_mode = json_mode
+        self._document_written = False
+
+    def line(self, text: str) -> None:
+        if not self.json_mode:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+    def document(self, data: dict[str, Any]) -> None:
+        if self.json_mode:
+            sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
+            sys.stdout.flush()
+            self._document_written = True
+
+    def error(self, code: int, message: str) -> None:
+        """In JSON mode a failed command still leaves a parseable answer on stdout."""
+        if self.json_mode and not self._document_written:
+            self.document({"error": message, "exit_code": code})
+
+    def mark_written(self) -> None:
+        """A command that streamed its own JSON (``get``) has used up stdout."""
+        self._document_written = True
+
+
+def table(rows: list[tuple[str, str]], headers: tuple[str, str]) -> str:
+    """A plain two-column table: stable for scripts and readable without a terminal."""
+    width = max(len(r[0]) for r in [headers, *rows])
+    lines = [f"{headers[0]:<{width}}  {headers[1]}"]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines)
