@@ -282,7 +282,7 @@ def parse_upstream_header(
 ) -> list[tuple[str, int]]:
     try:
         doc = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise StreamError("stream header is not JSON") from None
     if not isinstance(doc, list):
         raise StreamError("stream header is not a list of [blob_id, size] pairs")

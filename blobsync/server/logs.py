@@ -6,6 +6,7 @@ import logging
 import sys
 
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
 
 from blobsync.server.auth import USER
@@ -31,6 +32,24 @@ class AccessLogger(AbstractAccessLogger):
             time * 1000,
             request.get(USER, "-"),
         )
+
+
+class _RedactParserErrors(logging.Filter):
+    """aiohttp logs a request its parser refused with the raw bytes, headers included:
+    that would put an Authorization value in the log. Keep only the error's class."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "refused a malformed HTTP request: %s"
+            record.args = (type(exc).__name__,)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+# Installed at import, so that every server (tests' included) has it.
+logging.getLogger("aiohttp.server").addFilter(_RedactParserErrors())
 
 
 def setup_logging(level: str = "info") -> None:

@@ -87,8 +87,9 @@ def build_openapi() -> dict[str, Any]:
                     "properties": {
                         "error": {"type": "string"},
                         "missing": {**_IDS, "description": "stream download: absent ids"},
-                        "blob_id": {"type": "string", "description": "stream upload: "
-                                    "the first blob that was wrong"},
+                        "blob_id": {"type": "string", "nullable": True,
+                                    "description": "stream upload: the first blob that was "
+                                    "wrong; null when the error names none"},
                         "stored": _IDS,
                         "existing": _IDS,
                     },

@@ -90,7 +90,7 @@ def limit_param(request: web.Request) -> int | None:
     value = query_one(request, "limit")
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 12 or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or len(value) > 12 or int(value) < 1:
         raise ApiError(400, "limit: expected a positive integer")
     return int(value)
 
@@ -107,5 +107,5 @@ async def read_json_body(request: web.Request, limit: int) -> Any:
             raise LimitExceeded(f"JSON body is over the {limit}-byte limit")
     try:
         return json.loads(buf)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "body is not valid JSON") from None

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from blobsync.format.errors import ProtocolError
 
 _BYTES_UNIT = re.compile(r"\s*bytes\s*=(.*)", re.IGNORECASE | re.DOTALL)
-_SPEC = re.compile(r"\s*(\d*)\s*-\s*(\d*)\s*")
+# RFC 9110 positions are ASCII digits; \d would also take other scripts' digits.
+_SPEC = re.compile(r"\s*([0-9]*)\s*-\s*([0-9]*)\s*")
 # Digits beyond this cannot name an offset in any blob; refusing them keeps int() cheap.
 _MAX_DIGITS = 20
 
