@@ -25,8 +25,16 @@ test: lint
 run: $(STAMP)
 	$(VENV)/bin/blobsync server --demo
 
-bench: $(STAMP)
-	$(PY) bench/run.py
+# The benchmark also needs matplotlib (the bench extra); installed on first use.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Not part of `make test`: ~15 minutes. BENCH_ARGS=--quick for a smoke test.
+bench: $(BENCH_STAMP)
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

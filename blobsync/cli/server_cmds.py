@@ -1,4 +1,5 @@
-"""Server and administration commands: ``server``, ``user``, ``service``, ``admin gc``.
+"""Server and administration commands: ``server``, ``user``, ``service``, ``admin gc``,
+``admin import-soledad``.
 
 User and service commands touch only the metadata index, so they work while a server runs
 on the same data (SQLite in WAL mode, or PostgreSQL). Tokens are printed once, alone on
@@ -102,6 +103,12 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     config = _config(args)
     setup_logging(config.log_level)
+    if config.workers > 1:
+        if args.demo:
+            raise CommandError("--demo runs a single process: leave out --workers")
+        from blobsync.server.workers import serve_workers
+
+        return serve_workers(config, config.workers)
     on_ready = functools.partial(_demo_user, config.data) if args.demo else None
     try:
         asyncio.run(run_server(config, on_ready=on_ready))
@@ -225,6 +232,39 @@ def cmd_admin_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin_import_soledad(args: argparse.Namespace) -> int:
+    """Exit 0 when every blob came in (or was there already), 5 when some were invalid."""
+    from blobsync.server.soledad_import import import_soledad
+    from blobsync.server.storage.factory import make_store
+
+    config = _config(args)
+    namespace = _check_name(args.namespace_default, "namespace")
+    if not os.path.isdir(args.dir):
+        raise CommandError(f"not a directory: {args.dir}")
+    if config.metadata is None or config.payload is None:
+        os.makedirs(config.data, exist_ok=True)
+
+    def progress(line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    async def run() -> Any:
+        # No quota and no size limit: existing data comes in whole; quotas apply to
+        # what clients write afterwards.
+        store = make_store(config.data, config.metadata, config.payload)
+        await store.open()
+        try:
+            return await import_soledad(
+                store, args.dir, namespace_default=namespace, report=progress
+            )
+        finally:
+            await store.close()
+
+    report = asyncio.run(run())
+    progress(report.summary())
+    return 5 if report.invalid else 0
+
+
 # --------------------------------------------------------------------------- parsers
 
 
@@ -274,6 +314,8 @@ def register(subparsers: Any) -> None:
     server.add_argument("--tls-key", dest="tls_key", metavar="FILE", help="PEM private key")
     server.add_argument("--log-level", dest="log_level",
                         help="debug, info (default), warning or error")
+    server.add_argument("--workers", metavar="N",
+                        help="server processes sharing the ports (SO_REUSEPORT), default 1")
     # `make run` only: create (or reuse) a demo user and print a client command.
     server.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(func=_guard(cmd_server))
@@ -314,3 +356,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
                    help="spare payloads younger than this (default 3600)")
     p.set_defaults(func=_guard(cmd_admin_gc))
+    p = admin_sub.add_parser(
+        "import-soledad", parents=[full],
+        help="import a Soledad server's blobs directory into this store",
+        description="Import every blob, flag and deletion of a Soledad blobs directory "
+        "({dir}/{user}/{namespace}/...). Invalid blobs are skipped and reported; blobs "
+        "already present are skipped, so the import can be re-run. Users are not created: "
+        "add each with `blobsync user add UUID`. Exit 0 if all blobs are in, 5 if some "
+        "were invalid.",
+    )
+    p.add_argument("dir", metavar="DIR", help="Soledad's blobs directory")
+    p.add_argument("--namespace-default", dest="namespace_default", default="default",
+                   metavar="NS", help="namespace for Soledad's default one (default: default)")
+    p.set_defaults(func=_guard(cmd_admin_import_soledad))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from aiohttp import web
 from blobsync.server.config import ConfigError, ServerConfig
 from blobsync.server.errors import error_middleware
 from blobsync.server.logs import ACCESS_LOGGER, AccessLogger
+from blobsync.server.metrics import Metrics, install, instrument_store
 from blobsync.server.openapi import build_openapi
 from blobsync.server.params import CONFIG, STORE
 from blobsync.server.routes_blobs import (
@@ -91,6 +93,7 @@ class Sites:
     local: web.AppRunner
     url: str
     local_url: str
+    metrics: Metrics
 
     async def stop(self) -> None:
         await self.public.cleanup()
@@ -103,14 +106,27 @@ def _url(scheme: str, runner: web.AppRunner) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-async def start_sites(store: BlobStore, config: ServerConfig) -> Sites:
-    """Start the public and local sites on the configured hosts and ports (0: any free)."""
+async def start_sites(
+    store: BlobStore, config: ServerConfig, *, reuse_port: bool = False, worker: int = 0
+) -> Sites:
+    """Start the public and local sites on the configured hosts and ports (0: any free).
+
+    Both count their requests; the local one also serves ``GET /metrics``. ``reuse_port``
+    (SO_REUSEPORT) lets the workers of ``--workers N`` bind the same ports; never by
+    default, so that a second server started by mistake fails instead of sharing them.
+    """
     tls = ssl_context(config)
+    metrics = Metrics(worker=worker)
+    instrument_store(store, metrics)
+    public_app = make_public_app(store, config)
+    install(public_app, metrics)
+    local_app = make_local_app(store, config)
+    install(local_app, metrics, serve=True)
     runners: list[web.AppRunner] = []
     try:
         for app, host, port, ctx in (
-            (make_public_app(store, config), config.host, config.port, tls),
-            (make_local_app(store, config), config.local_host, config.local_port, None),
+            (public_app, config.host, config.port, tls),
+            (local_app, config.local_host, config.local_port, None),
         ):
             runner = web.AppRunner(
                 app,
@@ -120,21 +136,30 @@ async def start_sites(store: BlobStore, config: ServerConfig) -> Sites:
             )
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, host, port, ssl_context=ctx).start()
+            await web.TCPSite(
+                runner, host, port, ssl_context=ctx, reuse_port=reuse_port or None
+            ).start()
     except OSError as exc:
         for runner in runners:
             await runner.cleanup()
         raise ConfigError(f"cannot listen: {exc.strerror or exc}") from None
     public, local = runners
-    return Sites(public, local, _url("https" if tls else "http", public), _url("http", local))
+    return Sites(
+        public, local, _url("https" if tls else "http", public), _url("http", local), metrics
+    )
 
 
 async def run_server(
     config: ServerConfig,
     *,
     on_ready: Callable[[BlobStore, Sites], Awaitable[None]] | None = None,
+    reuse_port: bool = False,
+    worker: int | None = None,
 ) -> None:
-    """Open the store, serve both sites until SIGTERM or SIGINT, then clean up."""
+    """Open the store, serve both sites until SIGTERM or SIGINT, then clean up.
+
+    ``worker``: this process's index among the workers of ``--workers N`` (see workers.py).
+    """
     from blobsync.server.storage.factory import make_store
 
     store = make_store(
@@ -143,9 +168,10 @@ async def run_server(
     )
     await store.open()
     try:
-        sites = await start_sites(store, config)
+        sites = await start_sites(store, config, reuse_port=reuse_port, worker=worker or 0)
         try:
-            log.info("public API on %s, incoming box on %s", sites.url, sites.local_url)
+            who = "" if worker is None else f" (worker {worker}, pid {os.getpid()})"
+            log.info("public API on %s, incoming box on %s%s", sites.url, sites.local_url, who)
             if on_ready is not None:
                 await on_ready(store, sites)
             await _wait_for_signal()

@@ -45,6 +45,7 @@ class ServerConfig:
     metadata: str | None = None  # None: SQLite in the data dir; postgresql://...; memory:
     payload: str | None = None  # None: files in the data dir; s3://bucket/prefix; memory:
     log_level: str = "info"
+    workers: int = 1  # server processes sharing the ports (SO_REUSEPORT); see workers.py
 
     @property
     def blob_limit(self) -> int | None:
@@ -60,6 +61,7 @@ class ServerConfig:
 
 KEYS = tuple(f.name for f in fields(ServerConfig))
 _PORTS = {"port", "local_port"}
+_COUNTS = {"workers"}
 _SIZES = {"quota", "max_blob_size", "max_stream_size"}
 _OPTIONAL = {"tls_cert", "tls_key", "metadata", "payload"}
 _LEVELS = {"debug", "info", "warning", "error"}
@@ -94,6 +96,14 @@ def _convert(key: str, value: object) -> object:
         if isinstance(value, bool) or not 0 <= port <= 65535:
             raise ConfigError(f"{key}: expected a port number, got {value!r}")
         return port
+    if key in _COUNTS:
+        try:
+            count = int(value)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}") from None
+        if isinstance(value, bool) or count < 1:
+            raise ConfigError(f"{key}: expected a whole number of at least 1, got {value!r}")
+        return count
     if value == "" and key in _OPTIONAL:
         return None  # an empty variable unsets, as in most shells' conventions
     if not isinstance(value, str):

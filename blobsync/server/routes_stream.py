@@ -1,14 +1,17 @@
 """``POST /stream/{uuid}`` (SPEC 3): many blobs in one request, in either direction.
 
-Neither direction holds a blob in memory: downloads write each payload chunk as storage
-yields it, uploads feed each chunk of the body through the sans-IO UpstreamReader straight
-into BlobStore.put.
+Memory stays bounded whatever the stream's size. Uploads go through the sans-IO
+UpstreamReader: blobs up to BATCH_BLOB_MAX are gathered (about a megabyte at most) and
+stored as a batch, one pass of file writes and fsyncs and one index transaction for the
+run, each blob still atomic; larger ones go to BlobStore.put chunk by chunk. Downloads
+read runs of small payloads in one thread hop and send them in one write; larger
+payloads go out chunk by chunk as storage yields them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import StreamReader, web
 
@@ -34,8 +37,10 @@ from blobsync.format.stream import (
 )
 from blobsync.server.auth import authenticate_user
 from blobsync.server.errors import ApiError, cut_connection
+from blobsync.server.metrics import METRICS
 from blobsync.server.params import CONFIG, STORE, namespace, path_id, query_one, read_json_body
-from blobsync.server.storage.base import BlobExists, QuotaExceeded, StorageError
+from blobsync.server.storage.base import BlobExists, BlobInfo, QuotaExceeded, StorageError
+from blobsync.server.storage.blobstore import BATCH_BYTES, BATCH_COUNT, BlobStore, StreamBatch
 
 log = logging.getLogger("blobsync.server")
 
@@ -70,26 +75,29 @@ async def download(request: web.Request, uuid: str, ns: str) -> web.StreamRespon
     resp.content_type = "application/octet-stream"
     # A known length lets the client tell a cut stream from a complete one.
     resp.content_length = sum(FRAME_HEADER_SIZE + infos[i].size for i in ids)
+    read_many = getattr(store.payloads, "read_many", None)
     blob_id = None
     try:
         await resp.prepare(request)
-        for blob_id in ids:
-            info = infos[blob_id]
-            await resp.write(encode_frame_header(info.size, info.tag))
-            # Straight from the payload store: the rows are in hand, and a payload deleted
-            # since then raises or comes up short, which cuts the stream below.
-            chunks = store.payloads.read(info.location, 0, info.size)
-            try:
-                sent = 0
-                async for chunk in chunks:
-                    sent += len(chunk)
-                    await resp.write(chunk)
-                if sent != info.size:
-                    raise StorageError(f"{sent} bytes read, {info.size} indexed")
-            finally:
-                aclose = getattr(chunks, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+        i = 0
+        while i < len(ids):
+            if read_many is not None and StreamBatch.fits(infos[ids[i]].size):
+                # A run of small blobs: read in one thread hop, sent in one write.
+                group = _small_run(ids, i, infos)
+                i += len(group)
+                blob_id = group[0].blob_id
+                payloads = await read_many([info.location for info in group])
+                frames: list[bytes] = []
+                for info, data in zip(group, payloads, strict=True):
+                    if len(data) != info.size:
+                        blob_id = info.blob_id
+                        raise StorageError(f"{len(data)} bytes read, {info.size} indexed")
+                    frames += (encode_frame_header(info.size, info.tag), data)
+                await resp.write(b"".join(frames))
+                continue
+            blob_id = ids[i]
+            i += 1
+            await _send_alone(resp, store, infos[blob_id])
     except Exception as exc:  # noqa: BLE001 - headers are out: cutting is the only answer
         log.warning("cutting stream of %s at blob %r: %s", uuid, blob_id, exc)
         cut_connection(request)
@@ -98,20 +106,70 @@ async def download(request: web.Request, uuid: str, ns: str) -> web.StreamRespon
     return resp
 
 
-class _Pump:
-    """Pulls events from an UpstreamReader, feeding it the request body on NEED_DATA."""
+def _small_run(ids: list[str], start: int, infos: dict[str, BlobInfo]) -> list[BlobInfo]:
+    """The blobs from ``start`` on that fit a batch, up to a batch's count and bytes."""
+    group: list[BlobInfo] = []
+    total = 0
+    for blob_id in ids[start : start + BATCH_COUNT]:
+        info = infos[blob_id]
+        if not StreamBatch.fits(info.size) or (group and total + info.size > BATCH_BYTES):
+            break
+        group.append(info)
+        total += info.size
+    return group
 
-    def __init__(self, reader: UpstreamReader, content: StreamReader) -> None:
+
+async def _send_alone(resp: web.StreamResponse, store: BlobStore, info: BlobInfo) -> None:
+    await resp.write(encode_frame_header(info.size, info.tag))
+    # Straight from the payload store: the rows are in hand, and a payload deleted since
+    # then raises or comes up short, which cuts the stream.
+    chunks = store.payloads.read(info.location, 0, info.size)
+    try:
+        sent = 0
+        async for chunk in chunks:
+            sent += len(chunk)
+            await resp.write(chunk)
+        if sent != info.size:
+            raise StorageError(f"{sent} bytes read, {info.size} indexed")
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class _Pump:
+    """Pulls events from an UpstreamReader, feeding it the request body on NEED_DATA.
+
+    ``on_idle`` runs whenever the body has nothing more to give yet: a batch of blobs
+    waiting in memory is stored then instead of waiting for a slow sender.
+    """
+
+    def __init__(
+        self,
+        reader: UpstreamReader,
+        content: StreamReader,
+        on_idle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._reader = reader
         self._content = content
+        self.on_idle = on_idle
         self.in_blob = False
+
+    async def _more(self) -> bytes:
+        content = self._content
+        data = content.read_nowait(CHUNK_SIZE)
+        if not data and not content.at_eof():
+            if self.on_idle is not None:
+                await self.on_idle()
+            # b"" at the end of the body tells the reader so.
+            data = await content.read(CHUNK_SIZE)
+        return data
 
     async def next(self) -> Event:
         while True:
             event = self._reader.next_event()
             if event is NEED_DATA:
-                # b"" at the end of the body tells the reader so.
-                self._reader.receive_data(await self._content.read(CHUNK_SIZE))
+                self._reader.receive_data(await self._more())
                 continue
             if isinstance(event, BlobStart):
                 self.in_blob = True
@@ -132,6 +190,84 @@ class _Pump:
             await self.next()
 
 
+class _Upload:
+    """One stream upload: what became of each blob so far, and the batch of small blobs
+    waiting to be stored together."""
+
+    def __init__(self, request: web.Request, uuid: str, ns: str) -> None:
+        self.store = request.app[STORE]
+        self.metrics = request.app.get(METRICS)
+        self.uuid = uuid
+        self.ns = ns
+        self.batch = self.store.batch(uuid, ns)
+        self.stored: list[str] = []
+        self.existing: list[str] = []
+        self.current: str | None = None  # the blob being received, or the one that failed
+
+    def _exists(self, blob_id: str) -> None:
+        self.existing.append(blob_id)
+        if self.metrics is not None:  # as BlobStore.put's refusals are counted
+            self.metrics.puts_refused.labels(BlobExists.__name__).inc()
+
+    async def flush(self) -> None:
+        """Store the waiting batch; raise QuotaExceeded (or a storage failure) naming the
+        blob it concerns in ``current``."""
+        waiting = self.batch.ids()
+        if not waiting:
+            return
+        try:
+            outcomes = await self.batch.flush()
+        except BaseException:
+            self.current = waiting[0]
+            raise
+        for blob_id, outcome in outcomes:
+            if isinstance(outcome, BlobInfo):
+                self.stored.append(blob_id)
+                if self.metrics is not None:  # batches bypass the counting put
+                    self.metrics.blobs_stored.inc()
+                    self.metrics.blob_bytes_stored.inc(outcome.size)
+            elif isinstance(outcome, BlobExists):
+                self._exists(blob_id)
+            else:
+                self.current = blob_id
+                raise outcome
+
+    async def receive(self, pump: _Pump, header: UpstreamHeader) -> None:
+        present = await _present(self.store, self.uuid, self.ns, header.items)
+        await _check_quota(self.store, self.uuid, header.items, present)
+        while not isinstance(event := await pump.next(), StreamEnd):
+            assert isinstance(event, BlobStart) and event.blob_id is not None
+            self.current = event.blob_id
+            if event.blob_id in present:
+                self._exists(event.blob_id)  # its bytes are read and dropped
+            elif self.batch.fits(event.size):
+                body = pump.blob_body()
+                try:
+                    await self.batch.receive(event.blob_id, body, event.size)
+                finally:
+                    await body.aclose()  # type: ignore[attr-defined]
+                if self.batch.full:
+                    await self.flush()
+            else:
+                # Stored order is stream order: what waits goes in before this one.
+                await self.flush()
+                self.current = event.blob_id
+                await self._put_alone(pump, event.blob_id, event.size)
+            await pump.skip_blob()
+            self.current = None
+        await self.flush()
+
+    async def _put_alone(self, pump: _Pump, blob_id: str, size: int) -> None:
+        body = pump.blob_body()
+        try:
+            await self.store.put(self.uuid, self.ns, blob_id, body, size=size)
+            self.stored.append(blob_id)
+        except BlobExists:
+            self.existing.append(blob_id)  # counted by the instrumented put
+        finally:
+            await body.aclose()  # type: ignore[attr-defined]
+
+
 async def upload(request: web.Request, uuid: str, ns: str) -> web.Response:
     store = request.app[STORE]
     limit = request.app[CONFIG].stream_limit
@@ -139,46 +275,52 @@ async def upload(request: web.Request, uuid: str, ns: str) -> web.Response:
     if declared is not None and limit and declared > limit:
         raise LimitExceeded(f"stream of {declared} bytes is over the {limit}-byte limit")
     reader = UpstreamReader(MAX_JSON_HEADER, store.max_blob_size, limit)
-    pump = _Pump(reader, request.content)
-    stored: list[str] = []
-    existing: list[str] = []
-    current: str | None = None
+    up = _Upload(request, uuid, ns)
+    pump = _Pump(reader, request.content, on_idle=up.flush)
+    failure: BaseException | None = None
     try:
         header = await pump.next()
         assert isinstance(header, UpstreamHeader)
-        await _check_quota(request, uuid, ns, header.items)
-        while not isinstance(event := await pump.next(), StreamEnd):
-            assert isinstance(event, BlobStart) and event.blob_id is not None
-            current = event.blob_id
-            body = pump.blob_body()
-            try:
-                await store.put(uuid, ns, current, body, size=event.size)
-                stored.append(current)
-            except BlobExists:
-                existing.append(current)
-            finally:
-                await body.aclose()  # type: ignore[attr-defined]
-            await pump.skip_blob()
-            current = None
-    except (ProtocolError, StorageError) as exc:
-        wrong = exc.blob_id if isinstance(exc, StreamError) and exc.blob_id else current
+        await up.receive(pump, header)
+    except BaseException as exc:  # noqa: BLE001 - re-raised below, after keeping what came
+        failure = exc
+    if failure is not None:
+        # The complete blobs before the failure are kept (SPEC 3). They all precede the
+        # failing blob, so a failure to store them is the one to report.
+        try:
+            await up.flush()
+        except BaseException as exc:  # noqa: BLE001 - replaces the later failure
+            failure = exc
+        if not isinstance(failure, ProtocolError | StorageError):
+            raise failure
+        exc = failure
+        wrong = exc.blob_id if isinstance(exc, StreamError) and exc.blob_id else up.current
         status = int(getattr(exc, "status_hint", 400))
         message = f"blob {wrong!r}: {exc}" if wrong else str(exc)
         if status >= 500 and status != 507:
             log.error("stream upload of %s failed at %r: %s", uuid, wrong, exc)
             message = "internal storage error"
-        raise ApiError(status, message, blob_id=wrong, stored=stored, existing=existing) from exc
-    return web.json_response({"stored": stored, "existing": existing})
+        raise ApiError(
+            status, message, blob_id=wrong, stored=up.stored, existing=up.existing
+        ) from exc
+    return web.json_response({"stored": up.stored, "existing": up.existing})
+
+
+async def _present(
+    store: BlobStore, uuid: str, ns: str, items: list[tuple[str, int]]
+) -> set[str]:
+    """The ids of the header already stored: one query instead of one per blob."""
+    if not items:
+        return set()
+    return {i.blob_id for i in await store.index.get_blobs(uuid, ns, [b for b, _ in items])}
 
 
 async def _check_quota(
-    request: web.Request, uuid: str, ns: str, items: list[tuple[str, int]]
+    store: BlobStore, uuid: str, items: list[tuple[str, int]], present: set[str]
 ) -> None:
     """507 from the sizes the header declares, before any body byte is read (SPEC 5)."""
-    store = request.app[STORE]
     if not store.quota or not items:
         return
-    present = {i.blob_id for i in await store.index.get_blobs(uuid, ns, [b for b, _ in items])}
     needed = sum(size for blob_id, size in items if blob_id not in present)
     usage = await store.index.usage(uuid)
     if usage + needed > store.quota:

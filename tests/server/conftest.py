@@ -20,6 +20,7 @@ import pytest
 from blobsync.format import seal
 from blobsync.server.storage.blobstore import BlobStore
 from blobsync.server.storage.factory import make_store
+from tests.harness.stores import postgres_s3_store
 from tests.helpers.fixtures import server  # noqa: F401 - offered to this directory's tests
 from tests.helpers.servers import RunningServer, auth_header, make_user, start_server
 
@@ -44,6 +45,7 @@ async def sqlite_files_store(tmp_path: Path, request: pytest.FixtureRequest) -> 
 BACKENDS: dict[str, StoreFactory] = {
     "sqlite-files": sqlite_files_store,
     "memory": memory_store,
+    "postgres-s3": postgres_s3_store,
 }
 
 VECTORS: dict[str, Any] = json.loads(

@@ -185,6 +185,15 @@ class MetadataIndex(abc.ABC):
         """Ids with a tombstone, oldest deletion first."""
 
     @abc.abstractmethod
+    async def add_tombstone(self, user: str, namespace: str, blob_id: str) -> bool:
+        """Record a deletion that has no row to delete (history imported from elsewhere).
+
+        It becomes the newest deletion. Does nothing and returns False if the id is indexed
+        (a live blob wins, as a re-creation removes its tombstone) or already has a
+        tombstone (which keeps its place, so that imports can be re-run).
+        """
+
+    @abc.abstractmethod
     async def get_blobs(self, user: str, namespace: str, blob_ids: list[str]) -> list[BlobInfo]:
         """The rows of those ids that exist, in the order asked (for stream downloads)."""
 

@@ -29,6 +29,16 @@ from .base import (
 
 T = TypeVar("T")
 
+# A stream upload gathers blobs up to BATCH_BLOB_MAX bytes in memory and stores them
+# together once BATCH_COUNT of them or BATCH_BYTES are waiting (or the body pauses): one
+# stream then holds at most about BATCH_BYTES + BATCH_BLOB_MAX. Larger blobs go through
+# ``put``, chunk by chunk.
+BATCH_BLOB_MAX = 256 << 10
+BATCH_BYTES = 1 << 20
+BATCH_COUNT = 256
+
+Outcome = BlobInfo | BlobExists | QuotaExceeded
+
 
 class _SealedCheck:
     """Checks a sealed blob as it streams past, holding at most its head and last 16 bytes."""
@@ -212,6 +222,90 @@ class BlobStore:
         if info is None or info.location != location:
             await self.payloads.delete(location)
 
+    # writing many small blobs -----------------------------------------------------------
+    def batch(self, user: str, namespace: str) -> StreamBatch:
+        """A StreamBatch for one stream upload of ``user`` into ``namespace``."""
+        return StreamBatch(self, user, namespace)
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        """Keep ``task`` for close() to wait on; its failure is its awaiter's business."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _store_run(
+        self, user: str, namespace: str, run: list[tuple[str, bytes, bytes]]
+    ) -> list[Outcome]:
+        """Payloads of ``run`` ((blob_id, sealed, tag), checked) durable first, then their
+        rows in one transaction; payloads whose row did not go in are deleted."""
+        locations = await self._store_payloads(user, namespace, run)
+        self._unindexed.update(locations)
+        try:
+            rows = [
+                (blob_id, len(data), tag, location, frozenset())
+                for (blob_id, data, tag), location in zip(run, locations, strict=True)
+            ]
+            try:
+                outcomes = await self._insert_rows(user, namespace, rows)
+            except BaseException:
+                for (blob_id, _, _), location in zip(run, locations, strict=True):
+                    await self._drop_unless_indexed(user, namespace, blob_id, location)
+                raise
+            for i, location in enumerate(locations):
+                if i >= len(outcomes) or not isinstance(outcomes[i], BlobInfo):
+                    await self.payloads.delete(location)  # not ours: a row names another
+        finally:
+            self._unindexed.difference_update(locations)
+        return outcomes
+
+    async def _store_payloads(
+        self, user: str, namespace: str, run: list[tuple[str, bytes, bytes]]
+    ) -> list[str]:
+        store_many = getattr(self.payloads, "store_many", None)
+        if store_many is not None:
+            located: list[str] = await store_many(
+                user, namespace, [(blob_id, data) for blob_id, data, _ in run]
+            )
+            return located
+        # Any other payload store: one writer per blob, the same end state.
+        locations: list[str] = []
+        try:
+            for blob_id, data, _ in run:
+                writer = await self.payloads.writer(user, namespace, blob_id)
+                try:
+                    await writer.write(data)
+                    locations.append(await writer.commit())
+                except BaseException:
+                    await writer.abort()
+                    raise
+        except BaseException:
+            for location in locations:
+                await self.payloads.delete(location)
+            raise
+        return locations
+
+    async def _insert_rows(
+        self, user: str, namespace: str, rows: list[tuple[str, int, bytes, str, frozenset[str]]]
+    ) -> list[Outcome]:
+        insert_blobs = getattr(self.index, "insert_blobs", None)
+        if insert_blobs is not None:
+            done: list[Outcome] = await insert_blobs(user, namespace, rows, quota=self.quota)
+            return done
+        # Any other index: row by row, with insert_blobs' outcomes.
+        out: list[Outcome] = []
+        for blob_id, size, tag, location, flags in rows:
+            try:
+                out.append(await self.index.insert_blob(
+                    user, namespace, blob_id, size, tag, location, flags=flags,
+                    quota=self.quota,
+                ))
+            except BlobExists as exc:
+                out.append(exc)
+            except QuotaExceeded as exc:
+                out.append(exc)
+                break
+        return out
+
     # reading ----------------------------------------------------------------------------
     async def read(
         self,
@@ -275,3 +369,69 @@ async def _chain(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterat
         if aclose is not None:
             with contextlib.suppress(Exception):
                 await aclose()
+
+
+class StreamBatch:
+    """The small blobs of one stream upload, stored together.
+
+    ``receive`` takes one blob's chunks and checks them as ``BlobStore.put`` does (same
+    errors), keeping the sealed bytes in memory: only blobs that ``fits`` are given to it,
+    and the caller flushes once ``full``, so one batch holds about BATCH_BYTES at most.
+    ``flush`` stores what waits: one pass of file writes and fsyncs for the whole run,
+    then one index transaction. Atomicity stays per blob: each payload is durable at a
+    location of its own before the transaction that indexes it commits, so a crash leaves
+    every blob complete or absent (an unindexed payload is an orphan for gc).
+    """
+
+    def __init__(self, store: BlobStore, user: str, namespace: str) -> None:
+        self.store = store
+        self.user = user
+        self.namespace = namespace
+        self._waiting: list[tuple[str, bytes, bytes]] = []
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def ids(self) -> list[str]:
+        """The blobs waiting, in order."""
+        return [blob_id for blob_id, _, _ in self._waiting]
+
+    @staticmethod
+    def fits(size: int) -> bool:
+        return size <= BATCH_BLOB_MAX
+
+    @property
+    def full(self) -> bool:
+        return len(self._waiting) >= BATCH_COUNT or self._bytes >= BATCH_BYTES
+
+    async def receive(self, blob_id: str, chunks: AsyncIterable[bytes], size: int) -> None:
+        """Take one blob whose declared ``size`` fits. Raises what ``put`` raises for bad
+        bytes (InvalidBlob, ProtocolError, LimitExceeded); nothing is kept then."""
+        if not self.fits(size):
+            raise ValueError(f"blob of {size} bytes does not fit a batch")
+        check = _SealedCheck(blob_id, size, self.store.max_blob_size)
+        buf = bytearray()
+        async for chunk in chunks:
+            if chunk:
+                check.feed(chunk)
+                buf += chunk
+        check.finish()
+        self._waiting.append((blob_id, bytes(buf), check.tail))
+        self._bytes += len(buf)
+
+    async def flush(self) -> list[tuple[str, Outcome]]:
+        """Store the waiting blobs; (blob_id, outcome) for each, in order: BlobInfo when
+        stored, BlobExists when another was there first. A QuotaExceeded outcome ends the
+        list: the blobs after it are not stored.
+
+        Runs to its end even if the caller is cancelled (a dropped connection must not
+        leave a half-stored run); the store's close() waits for it.
+        """
+        run, self._waiting, self._bytes = self._waiting, [], 0
+        if not run:
+            return []
+        task = asyncio.ensure_future(self.store._store_run(self.user, self.namespace, run))
+        self.store._track(task)
+        outcomes = await asyncio.shield(task)
+        return [(blob_id, outcome) for (blob_id, _, _), outcome in zip(run, outcomes, strict=False)]

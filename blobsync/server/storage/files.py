@@ -8,6 +8,8 @@ a location, and a reader never sees a half-written file. A process that dies lea
 its temp dir behind, which the next ``open()`` of any process removes.
 
 Blocking calls run in the default thread pool so the event loop never waits on the disk.
+``store_many`` commits a run of small payloads (a stream upload's batch) in one thread hop,
+with the same guarantees per payload and one fsync per directory for the whole run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ from blobsync.format.limits import CHUNK_SIZE, valid_id
 from .base import BlobNotFound, PayloadStore, PayloadWriter
 
 TMP_DIR = ".tmp"
+
+# Bytes per thread hop when reading a file out. A hop costs tens of microseconds whatever
+# its size; 256 KiB makes that small against the copying, and keeps what one transfer
+# holds in memory far below a megabyte. Callers still get pieces of CHUNK_SIZE at most.
+READ_CHUNK = 4 * CHUNK_SIZE
 
 # Temp files this process is writing right now, so that open() of a second FilePayloads in
 # the same process (tests, or a reload) never removes a live writer's file.
@@ -58,6 +65,56 @@ def _makedirs_durable(root: str, parts: tuple[str, ...]) -> str:
             continue
         _fsync_dir(parent)
     return path
+
+
+def _makedirs(root: str, parts: tuple[str, ...], dirty: set[str]) -> str:
+    """Create ``root/parts...``; add the parent of every dir created to ``dirty``, for the
+    caller to fsync (``_makedirs_durable`` without the fsyncs, for batches)."""
+    path = root
+    for part in parts:
+        parent, path = path, os.path.join(path, part)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        dirty.add(parent)
+    return path
+
+
+# fsyncs wait on the disk, not on the GIL: a few threads let them overlap.
+_SYNC_THREADS = 8
+_sync_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_sync_pool_pid = 0
+
+
+def _fsync_all(sync: Callable[[Any], None], targets: list[Any]) -> None:
+    """``sync(t)`` for every target, up to _SYNC_THREADS at a time; the first error wins
+    once all have ended."""
+    global _sync_pool, _sync_pool_pid
+    if len(targets) <= 1:
+        for t in targets:
+            sync(t)
+        return
+    if _sync_pool is None or _sync_pool_pid != os.getpid():  # none yet, or forked since
+        _sync_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=_SYNC_THREADS, thread_name_prefix="fsync"
+        )
+        _sync_pool_pid = os.getpid()
+    futures = [_sync_pool.submit(sync, t) for t in targets]
+    concurrent.futures.wait(futures)
+    for f in futures:
+        f.result()
+
+
+def _read_files(paths: list[str], locations: list[str]) -> list[bytes]:
+    out: list[bytes] = []
+    for path, location in zip(paths, locations, strict=True):
+        try:
+            with open(path, "rb", buffering=0) as f:
+                out.append(f.read())
+        except FileNotFoundError:
+            raise BlobNotFound(f"no payload at {location}") from None
+    return out
 
 
 def _pid_alive(pid: int) -> bool:
@@ -120,7 +177,7 @@ class _FdJobs:
             finish()
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -139,7 +196,7 @@ class FileWriter(PayloadWriter):
         self._tmp = ""
         self._jobs: _FdJobs | None = None
         # Small chunks (an HTTP body arrives in pieces of a few KiB) are gathered so each
-        # thread hop writes at least CHUNK_SIZE bytes.
+        # thread hop writes at least CHUNK_SIZE bytes (larger pieces go as they come).
         self._buf = bytearray()
         self._written = 0
         self._done = False
@@ -165,8 +222,8 @@ class FileWriter(PayloadWriter):
     async def _flush(self) -> None:
         assert self._jobs is not None
         if self._buf:
-            data = bytes(self._buf)
-            self._buf.clear()
+            # Handed over, not copied: the thread owns this buffer until write() returns.
+            data, self._buf = self._buf, bytearray()
             await self._jobs.run(_write_all, data)
             self._written += len(data)
 
@@ -285,6 +342,78 @@ class FilePayloads(PayloadStore):
             raise
         return "/".join((*parts, name))
 
+    # many small payloads at once ----------------------------------------------------------
+    async def store_many(
+        self, user: str, namespace: str, items: list[tuple[str, bytes]]
+    ) -> list[str]:
+        """Commit many small payloads, each to a location of its own; return the locations.
+
+        The same guarantees as a writer's commit, per payload, at a fraction of the cost:
+        one thread hop for the whole run, each file fsynced once, and every directory that
+        gained an entry fsynced once at the end instead of once per payload. When this
+        returns, every payload is durable at its location. If it raises, none of the
+        locations it made is left behind.
+        """
+        for value in (user, namespace, *(blob_id for blob_id, _ in items)):
+            if not valid_id(value):
+                raise ValueError(f"not a valid name: {value!r}")
+        return await asyncio.to_thread(self._store_many_sync, user, namespace, items)
+
+    def _store_many_sync(self, user: str, namespace: str,
+                         items: list[tuple[str, bytes]]) -> list[str]:
+        temps: list[str] = []
+        fds: list[int] = []
+        finals: list[str] = []
+        try:
+            for _, data in items:
+                path, fd = self._new_temp()
+                temps.append(path)
+                fds.append(fd)
+                _write_all(fd, data)
+                if os.fstat(fd).st_size != len(data):
+                    raise OSError(errno.EIO, f"temp file is short of {len(data)} bytes")
+            # Concurrent fsyncs share the filesystem's journal commits: on a busy disk a
+            # run of them costs a fraction of the same fsyncs one after the other.
+            _fsync_all(os.fsync, fds)
+            dirty: set[str] = set()  # directories that gained an entry
+            locations: list[str] = []
+            for (blob_id, _), tmp in zip(items, temps, strict=True):
+                parts = shard_parts(user, namespace, blob_id)
+                shard = _makedirs(self.root, parts, dirty)
+                name = blob_id
+                while True:
+                    try:
+                        os.link(tmp, os.path.join(shard, name))
+                        break
+                    except FileExistsError:
+                        name = f"{blob_id}~{os.urandom(8).hex()}"
+                finals.append(os.path.join(shard, name))
+                dirty.add(shard)
+                locations.append("/".join((*parts, name)))
+            # Each directory once, however many entries it gained; all of them are durable
+            # before anyone indexes, so their order does not matter.
+            _fsync_all(_fsync_dir, list(dirty))
+            return locations
+        except BaseException:
+            for path in finals:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            for path in temps:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                _ACTIVE_TEMPS.discard(path)
+
+    async def read_many(self, locations: list[str]) -> list[bytes]:
+        """The whole payloads at ``locations``, in one thread hop (small ones: the caller
+        bounds their total). BlobNotFound if any is missing."""
+        paths = [self._path(location) for location in locations]
+        return await asyncio.to_thread(_read_files, paths, locations)
+
     # the interface ----------------------------------------------------------------------
     async def writer(self, user: str, namespace: str, blob_id: str) -> PayloadWriter:
         for value in (user, namespace, blob_id):
@@ -318,12 +447,17 @@ class FilePayloads(PayloadStore):
             pos = max(offset, 0)
             end = None if length is None else pos + max(length, 0)
             while end is None or pos < end:
-                want = CHUNK_SIZE if end is None else min(CHUNK_SIZE, end - pos)
-                chunk = await jobs.run(_pread, want, pos)
-                if not chunk:
+                want = READ_CHUNK if end is None else min(READ_CHUNK, end - pos)
+                block = await jobs.run(_pread, want, pos)
+                if not block:
                     break
-                pos += len(chunk)
-                yield chunk
+                pos += len(block)
+                if len(block) <= CHUNK_SIZE:
+                    yield block
+                    continue
+                view = memoryview(block)
+                for i in range(0, len(block), CHUNK_SIZE):
+                    yield bytes(view[i : i + CHUNK_SIZE])
         finally:
             jobs.close()
 

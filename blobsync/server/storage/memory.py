@@ -166,6 +166,13 @@ class MemoryIndex(MetadataIndex):
     async def list_deleted(self, user: str, namespace: str) -> list[str]:
         return list(self._tombstones.get((user, namespace), {}))
 
+    async def add_tombstone(self, user: str, namespace: str, blob_id: str) -> bool:
+        tombs = self._tombstones.setdefault((user, namespace), {})
+        if blob_id in self._blobs.get((user, namespace), {}) or blob_id in tombs:
+            return False
+        tombs[blob_id] = None
+        return True
+
     async def get_blobs(self, user: str, namespace: str, blob_ids: list[str]) -> list[BlobInfo]:
         rows = self._blobs.get((user, namespace), {})
         return [rows[bid] for bid in blob_ids if bid in rows]

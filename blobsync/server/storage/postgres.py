@@ -493,6 +493,20 @@ class PostgresIndex(MetadataIndex):
             rows = await conn.fetch(LIST_DELETED_QUERY, user, namespace)
         return [r["blob_id"] for r in rows]
 
+    async def add_tombstone(self, user: str, namespace: str, blob_id: str) -> bool:
+        async with self._connection() as conn:
+            # One statement, so an indexed id never gets a tombstone from here.
+            added = await conn.fetchval(
+                "INSERT INTO tombstones (user_id, namespace, blob_id)"
+                " SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM blobs"
+                " WHERE user_id = $1 AND namespace = $2 AND blob_id = $3)"
+                " ON CONFLICT (user_id, namespace, blob_id) DO NOTHING RETURNING true",
+                user,
+                namespace,
+                blob_id,
+            )
+        return bool(added)
+
     async def get_blobs(self, user: str, namespace: str, blob_ids: list[str]) -> list[BlobInfo]:
         if not blob_ids:
             return []

@@ -337,6 +337,65 @@ class SQLiteIndex(MetadataIndex):
             frozenset(flags), quota,
         )
 
+    async def insert_blobs(
+        self,
+        user: str,
+        namespace: str,
+        rows: list[tuple[str, int, bytes, str, frozenset[str]]],
+        quota: int = 0,
+    ) -> list[BlobInfo | BlobExists | QuotaExceeded]:
+        """Index a run of blobs, each with ``insert_blob``'s rules, in ONE transaction.
+
+        ``rows`` are (blob_id, size, tag, location, flags) of durable payloads. Returns one
+        outcome per row, in order: its BlobInfo, or BlobExists for an id already indexed.
+        The first row that would pass the quota gets QuotaExceeded and ends the run: the
+        list is then shorter than ``rows``, and the rows after it are not indexed. A stream
+        upload of many small blobs pays one commit instead of one per blob.
+        """
+
+        def tx(conn: sqlite3.Connection) -> list[BlobInfo | BlobExists | QuotaExceeded]:
+            # Inside BEGIN IMMEDIATE: no other process changes the usage meanwhile.
+            row = conn.execute("SELECT bytes FROM usage WHERE user = ?", (user,)).fetchone()
+            used = 0 if row is None else int(row[0])
+            added = 0
+            now = time.time()
+            out: list[BlobInfo | BlobExists | QuotaExceeded] = []
+            inserted: list[tuple[str, str, str]] = []
+            for blob_id, size, tag, location, flags in rows:
+                if quota > 0 and used + added + size > quota:
+                    out.append(QuotaExceeded(f"quota of {quota} bytes exceeded"))
+                    break
+                try:
+                    # A failed statement rolls back alone; the transaction goes on.
+                    cur = conn.execute(
+                        "INSERT INTO blobs (user, namespace, blob_id, size, tag, location, "
+                        "flags, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (user, namespace, blob_id, size, bytes(tag), location,
+                         flags_to_mask(flags), now),
+                    )
+                except sqlite3.IntegrityError:
+                    out.append(BlobExists(f"blob {blob_id} exists"))
+                    continue
+                seq = cur.lastrowid
+                assert seq is not None
+                added += size
+                inserted.append((user, namespace, blob_id))
+                out.append(BlobInfo(user, namespace, blob_id, size, bytes(tag),
+                                    frozenset(flags), seq, location))
+            if inserted:
+                conn.execute(
+                    "INSERT INTO usage VALUES (?, ?) "
+                    "ON CONFLICT (user) DO UPDATE SET bytes = bytes + excluded.bytes",
+                    (user, added),
+                )
+                conn.executemany(
+                    "DELETE FROM tombstones WHERE user = ? AND namespace = ? AND blob_id = ?",
+                    inserted,
+                )
+            return out
+
+        return await self._run(self._write, tx)
+
     async def insert_many(
         self, rows: Iterable[tuple[str, str, str, int, bytes, str, frozenset[str]]]
     ) -> int:
@@ -504,6 +563,22 @@ class SQLiteIndex(MetadataIndex):
             ]
 
         return await self._run(read)
+
+    async def add_tombstone(self, user: str, namespace: str, blob_id: str) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            if conn.execute(
+                "SELECT 1 FROM blobs WHERE user = ? AND namespace = ? AND blob_id = ?",
+                (user, namespace, blob_id),
+            ).fetchone():
+                return False
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO tombstones (user, namespace, blob_id, deleted) "
+                "VALUES (?, ?, ?, ?)",
+                (user, namespace, blob_id, time.time()),
+            )
+            return cur.rowcount > 0
+
+        return await self._run(self._write, tx)
 
     async def get_blobs(self, user: str, namespace: str, blob_ids: list[str]) -> list[BlobInfo]:
         def read() -> list[BlobInfo]:

@@ -1,0 +1,244 @@
+"""Prometheus metrics, served at ``GET /metrics`` on the local port.
+
+Three pieces: ``Metrics`` (the metric objects), ``metrics_middleware`` (requests, status,
+latency and bytes of every request of an app) and ``instrument_store`` (blobs stored,
+deleted and served, counted where they happen, whichever route or stream moved them).
+
+Labels stay bounded: the route is the route's pattern (``/blobs/{uuid}/{blob_id}``), never
+the path, so user names and blob ids never become label values.
+
+With ``--workers N`` every worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR``
+(prometheus_client's multiprocess mode, chosen when that variable is set before
+prometheus_client is imported: the master sets it before starting workers), and whichever
+worker answers ``/metrics`` sums them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+from blobsync.format.errors import BlobsyncError
+from blobsync.server.storage.base import BlobInfo
+from blobsync.server.storage.blobstore import BlobStore
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
+UNMATCHED = "unmatched"
+# Up to a few minutes: a large blob's upload is one request.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class Metrics:
+    """The metric objects of one server process.
+
+    Without multiprocess mode they live in a registry of their own, so that several servers
+    in one process (tests) count apart. In multiprocess mode the values live in files, and a
+    process must hold only one ``Metrics``: two would overwrite each other's counts.
+    """
+
+    def __init__(self, worker: int = 0) -> None:
+        self.worker = str(worker)
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "blobsync_http_requests", "HTTP requests answered, by route and status",
+            ["method", "route", "status"], registry=r,
+        )
+        self.errors = Counter(
+            "blobsync_http_errors",
+            "HTTP requests that failed: kind is client (4xx), server (5xx) or dropped "
+            "(the connection went away before the answer was sent)",
+            ["method", "route", "kind"], registry=r,
+        )
+        self.latency = Histogram(
+            "blobsync_http_request_duration_seconds",
+            "Time from the request's arrival to the end of its answer",
+            ["method", "route"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.bytes_in = Counter(
+            "blobsync_http_received_bytes", "Request body bytes received", ["route"],
+            registry=r,
+        )
+        self.bytes_out = Counter(
+            "blobsync_http_sent_bytes", "Response bytes sent, headers included", ["route"],
+            registry=r,
+        )
+        self.in_progress = Gauge(
+            "blobsync_http_requests_in_progress", "Requests being served now",
+            registry=r, multiprocess_mode="livesum",
+        )
+        self.worker_requests = Counter(
+            "blobsync_worker_requests", "Requests served by each worker process (--workers)",
+            ["worker"], registry=r,
+        )
+        self.blobs_stored = Counter(
+            "blobsync_blobs_stored", "Blobs stored (PUT, stream upload, incoming delivery)",
+            registry=r,
+        )
+        self.blob_bytes_stored = Counter(
+            "blobsync_blob_stored_bytes", "Sealed bytes of the blobs stored", registry=r,
+        )
+        self.blobs_deleted = Counter("blobsync_blobs_deleted", "Blobs deleted", registry=r)
+        self.blob_bytes_served = Counter(
+            "blobsync_blob_served_bytes", "Sealed bytes read out of the store for clients",
+            registry=r,
+        )
+        self.puts_refused = Counter(
+            "blobsync_blob_puts_refused",
+            "Blob writes refused, by reason (the error class: BlobExists, QuotaExceeded, "
+            "InvalidBlob, LimitExceeded, ...)",
+            ["reason"], registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format: of every worker in multiprocess mode, else of ours."""
+        if multiprocess_mode():
+            registry = CollectorRegistry()
+            prom_multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
+
+
+def _error_kind(status: int) -> str | None:
+    if status >= 500:
+        return "server"
+    if status >= 400:
+        return "client"
+    return None
+
+
+def metrics_middleware(metrics: Metrics) -> Middleware:
+    """Count every request of the app; install it outermost, so it sees the final status."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        method = request.method if request.method in METHODS else "other"
+        route = route_of(request)
+        status: int | None = None
+        metrics.in_progress.inc()
+        try:
+            resp = await handler(request)
+            status = resp.status
+            try:
+                # Sent here rather than after us, so that the latency and the byte count
+                # cover the whole answer. aiohttp's own prepare and write_eof then do
+                # nothing; a client gone meanwhile is what aiohttp would see too.
+                await resp.prepare(request)
+                await resp.write_eof()
+            except ConnectionError:
+                status = None
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            # Anything else escaping (a cancelled handler, a connection the handler cut)
+            # means no answer reached the client: status stays None, counted as dropped.
+            metrics.in_progress.dec()
+            metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+            metrics.requests.labels(method, route, str(status or "dropped")).inc()
+            metrics.worker_requests.labels(metrics.worker).inc()
+            kind = "dropped" if status is None else _error_kind(status)
+            if kind is not None:
+                metrics.errors.labels(method, route, kind).inc()
+            received = getattr(request.content, "total_bytes", 0)
+            if received:
+                metrics.bytes_in.labels(route).inc(received)
+            sent = request.writer.output_size if request.writer is not None else 0
+            if sent:
+                metrics.bytes_out.labels(route).inc(sent)
+
+    return middleware
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    # Reading the workers' files is disk work: keep it off the event loop.
+    body = await asyncio.to_thread(request.app[METRICS].render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def install(app: web.Application, metrics: Metrics, *, serve: bool = False) -> None:
+    """Count ``app``'s requests; with ``serve``, also answer ``GET /metrics`` on it."""
+    app[METRICS] = metrics
+    app.middlewares.insert(0, metrics_middleware(metrics))
+    if serve:
+        app.router.add_get("/metrics", metrics_handler, allow_head=False)
+
+
+_INSTRUMENTED = "_blobsync_metrics"
+
+
+def instrument_store(store: BlobStore, metrics: Metrics) -> None:
+    """Count the blobs ``store`` stores, deletes and serves. Idempotent per store.
+
+    The store is built by the storage factory, which knows nothing of metrics; wrapping its
+    three entry points here keeps it that way, and counts every route that uses them.
+    """
+    if getattr(store, _INSTRUMENTED, None) is not None:
+        return
+    put, delete, read = store.put, store.delete, store.read
+
+    async def counted_put(*args: Any, **kwargs: Any) -> BlobInfo:
+        try:
+            info = await put(*args, **kwargs)
+        except BlobsyncError as exc:
+            metrics.puts_refused.labels(type(exc).__name__).inc()
+            raise
+        metrics.blobs_stored.inc()
+        metrics.blob_bytes_stored.inc(info.size)
+        return info
+
+    async def counted_delete(*args: Any, **kwargs: Any) -> None:
+        await delete(*args, **kwargs)
+        metrics.blobs_deleted.inc()
+
+    async def counted_read(*args: Any, **kwargs: Any) -> tuple[BlobInfo, AsyncIterator[bytes]]:
+        info, chunks = await read(*args, **kwargs)
+        return info, _counting(chunks, metrics.blob_bytes_served)
+
+    store.put = counted_put  # type: ignore[method-assign]
+    store.delete = counted_delete  # type: ignore[method-assign]
+    store.read = counted_read  # type: ignore[method-assign]
+    setattr(store, _INSTRUMENTED, metrics)
+
+
+async def _counting(chunks: AsyncIterator[bytes], counter: Counter) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            counter.inc(len(chunk))
+            yield chunk
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
