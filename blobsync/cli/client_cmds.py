@@ -9,11 +9,7 @@ inside the commands so that ``blobsync --help`` stays quick.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
-import dataclasses
 import functools
-import logging
 import os
 import re
 import sys
@@ -43,6 +39,8 @@ PRIORITIES = ("low", "medium", "high", "urgent")
 FLAGS = ("PENDING", "PROCESSING", "PROCESSED", "FAILED")
 # Seconds put and sync keep retrying passing failures before leaving blobs pending.
 DEFAULT_MAX_WAIT = 60.0
+# sync leaves FAILED_* blobs alone unless given this.
+RETRY_FAILED_OPTION = "--retry-failed"
 
 Handler = Callable[[argparse.Namespace, Output], Awaitable[int]]
 
@@ -63,6 +61,8 @@ def _quiet_library_logs() -> None:
     """The library logs warnings (a retry, a blob that did not verify); without a handler
     Python would print them on stderr, breaking the one-line error contract. Seen with
     BLOBSYNC_DEBUG=1."""
+    import logging
+
     client_log = logging.getLogger("blobsync.client")
     if os.environ.get(DEBUG_ENV):
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
@@ -76,6 +76,8 @@ def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
+        import asyncio
+
         _quiet_library_logs()
         out = Output(bool(getattr(args, "json", False)))
         return guarded(lambda: asyncio.run(handler(args, out)), out.error)
@@ -85,6 +87,8 @@ def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
 
 def _settings(settings: Any, *, stream: bool = True, max_wait: float | None = None) -> Any:
     """The profile's ``settings`` with this command's overrides."""
+    import dataclasses
+
     changes: dict[str, Any] = {}
     if not stream:
         changes["stream"] = False
@@ -230,6 +234,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
     files = collect_files(args.paths)
     stored: list[dict[str, str]] = []
     left: set[str] = set()  # ours still waiting to be uploaded
+    refused: set[str] = set()  # ours the server refused (FAILED_UPLOAD)
     async with _manager(args, stream=not args.no_stream) as manager:
         # Store everything first, then upload in one pass: small blobs then share streams.
         for path in files:
@@ -248,12 +253,20 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             with Bars(bars_wanted(out.json_mode)) as bars:
                 uploaded = await manager.send_missing(namespace, progress=bars.callback)
             mine = {b["id"] for b in stored}
-            for status in (SyncStatus.PENDING_UPLOAD, SyncStatus.FAILED_UPLOAD):
-                left |= mine & set(await manager.local_list(namespace, status=status))
+            left |= mine & set(await manager.local_list(namespace,
+                                                        status=SyncStatus.PENDING_UPLOAD))
+            refused |= mine & set(await manager.local_list(namespace,
+                                                           status=SyncStatus.FAILED_UPLOAD))
     out.document(
         {"namespace": namespace, "blobs": stored, "uploaded": uploaded,
          "local_only": args.local_only}
     )
+    if refused:
+        raise CommandFailed(
+            f"{len(left) + len(refused)} of {len(stored)} blobs are stored here but not "
+            f"uploaded yet ({len(refused)} refused by the server: quota or size); "
+            f"'blobsync sync' will retry, with {RETRY_FAILED_OPTION} for the refused ones"
+        )
     if left:
         raise CommandFailed(
             f"{len(left)} of {len(stored)} blobs are stored here but not uploaded yet; "
@@ -267,6 +280,8 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
 
 async def _write_stdout(manager: Any, args: argparse.Namespace, out: Output,
                         namespace: str) -> int:
+    import base64
+
     sink = sys.stdout.buffer
     size = 0
     # open_stream fetches a blob that is only remote and verifies the whole blob before its
@@ -377,10 +392,21 @@ async def cmd_flags(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
+    from blobsync.client import SyncStatus
+
     namespace = _check_id(args.namespace, "namespace")
+    given_up = (SyncStatus.FAILED_UPLOAD, SyncStatus.FAILED_DOWNLOAD)
     async with _manager(args, stream=not args.no_stream) as manager:
+        retried = 0
+        if args.retry_failed:
+            retried = await manager.retry_failed(namespace)
         with Bars(bars_wanted(out.json_mode)) as bars:
             report = await manager.sync(namespace, progress=bars.callback)
+        # Blobs given up on before this run are left alone by sync: they count as a
+        # failure too, or a script would think everything is on the server.
+        still_failed: list[str] = []
+        for status in given_up:
+            still_failed += await manager.local_list(namespace, status=status)
     failed = _ids(report.failed)
     pending = _ids(getattr(report, "pending", []))
     summary = {
@@ -391,6 +417,8 @@ async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
         "deleted_remote": _count(report.deleted_remote),
         "failed": failed,
         "pending": pending,
+        "retried": retried,
+        "still_failed": sorted(still_failed),
     }
     out.line(
         f"downloaded {summary['downloaded']}, uploaded {summary['uploaded']}, "
@@ -400,7 +428,12 @@ async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     out.document(summary)
     if failed:
         shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
-        raise CommandFailed(f"{len(failed)} blobs failed to sync: {shown}")
+        raise CommandFailed(f"{len(failed)} blobs failed to sync: {shown}; once the cause "
+                            f"is fixed, 'blobsync sync {RETRY_FAILED_OPTION}' tries them again")
+    if still_failed:
+        shown = ", ".join(sorted(still_failed)[:5]) + (", ..." if len(still_failed) > 5 else "")
+        raise CommandFailed(f"{len(still_failed)} blobs failed earlier and were left alone: "
+                            f"{shown}; 'blobsync sync {RETRY_FAILED_OPTION}' tries them again")
     if pending:
         raise CommandFailed(f"{len(pending)} blobs are still waiting for a retry; "
                             "run 'blobsync sync' again later")
@@ -608,8 +641,13 @@ def register(subparsers: Any) -> None:
 
     p = add("sync", cmd_sync, "synchronize a namespace with the server",
             "Apply the server's deletions, then download what is missing here and upload "
-            "what is missing there. Exits 1 if some blobs failed.")
+            "what is missing there. Blobs that failed for good (refused by the server, or "
+            "failing verification three times) are left alone unless --retry-failed is "
+            "given. Exits 1 if some blobs failed, now or before.")
     _namespace_arg(p)
+    p.add_argument(RETRY_FAILED_OPTION, action="store_true",
+                   help="give the blobs marked FAILED_UPLOAD or FAILED_DOWNLOAD another try "
+                        "(after the quota was raised, say)")
     p.add_argument("--no-stream", action="store_true",
                    help="transfer one request per blob instead of batching in streams")
     _max_wait_arg(p)

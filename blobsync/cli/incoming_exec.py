@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 
@@ -17,7 +18,8 @@ class ExecFailed(Exception):
 
 @dataclass
 class ExecConsumer:
-    """Implements ``blobsync.client.IncomingConsumer`` (process, then save)."""
+    """Implements ``blobsync.client.IncomingStreamConsumer`` (process_stream, then save),
+    and the plain ``IncomingConsumer`` too."""
 
     command: str
     # In --json mode the command's stdout would break our JSON document, so it goes to
@@ -26,6 +28,13 @@ class ExecConsumer:
     outcomes: list[tuple[str, str]] = field(default_factory=list)
 
     async def process(self, blob_id: str, payload: bytes) -> int:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield payload
+
+        return await self.process_stream(blob_id, chunks(), len(payload))
+
+    async def process_stream(self, blob_id: str, chunks: AsyncIterator[bytes], size: int) -> int:
+        """The library calls this one: the message is piped in chunks, never held whole."""
         env = dict(os.environ, BLOBSYNC_BLOB_ID=blob_id)
         proc = await asyncio.create_subprocess_shell(
             self.command,
@@ -33,9 +42,20 @@ class ExecConsumer:
             stdout=2 if self.stdout_to_stderr else None,
             env=env,
         )
-        # communicate() copes with a command that exits without reading its stdin.
-        await proc.communicate(payload)
-        code = proc.returncode
+        assert proc.stdin is not None
+        try:
+            async for chunk in chunks:
+                proc.stdin.write(chunk)
+                await proc.stdin.drain()
+            proc.stdin.close()
+            await proc.stdin.wait_closed()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the command exited without reading all of its stdin: its status decides
+        except BaseException:
+            proc.kill()
+            await proc.wait()
+            raise
+        code = await proc.wait()
         if code != 0:
             self.outcomes.append((blob_id, f"FAILED (exit status {code})"))
             raise ExecFailed(f"{self.command!r} exited with status {code} for {blob_id}")

@@ -6,15 +6,27 @@ the payload to every registered consumer (process, then save); on success flags 
 [PROCESSED] and deletes it, on failure flags it [FAILED] so that it is not retried every
 round. Incoming blobs never enter the local store: once a consumer saved the result, the
 message itself is done.
+
+A message is downloaded and verified into an unnamed temporary file (O_TMPFILE where the
+system has it: nothing is left behind by a crash), never held twice. Consumers with a
+``process_stream`` method read it from there in chunks, whatever its size; the others
+get it whole as ``bytes``, one copy in memory, and so only up to MAX_INCOMING_SIZE: a
+larger message is flagged FAILED rather than blowing the memory bound (another device, or
+a streaming consumer, may take it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import IO, Protocol, runtime_checkable
 
-from blobsync.format import InvalidBlob, Opener
+from blobsync.format import SEAL_OVERHEAD, InvalidBlob, Opened, Opener
 
 from .errors import BlobNotFound, ClientError, PreconditionFailed, TransientError
 from .transport import Transport
@@ -22,9 +34,11 @@ from .transport import Transport
 log = logging.getLogger("blobsync.client.incoming")
 
 MX = "MX"
-# A delivered message is held whole for the consumers (their API takes bytes); the server
-# bounds blob sizes, and this bounds what a hostile server can make us hold.
-MAX_INCOMING_SIZE = 256 << 20
+# Largest message handed whole (bytes) to a consumer: with the process's own ~60 MB this
+# keeps within the 150 MB bound. Streaming consumers have no such limit.
+MAX_INCOMING_SIZE = 64 << 20
+# Bytes per read or write of the temporary file.
+_CHUNK = 1 << 20
 
 
 @runtime_checkable
@@ -38,6 +52,27 @@ class IncomingConsumer(Protocol):
         ...
 
 
+@runtime_checkable
+class IncomingStreamConsumer(Protocol):
+    """A consumer that takes the payload in chunks: messages of any size, little memory."""
+
+    async def process_stream(
+        self, blob_id: str, chunks: AsyncIterator[bytes], size: int
+    ) -> object:
+        """Read ``chunks`` (``size`` bytes in all) into a result; raise to fail."""
+        ...
+
+    async def save(self, blob_id: str, result: object) -> None:
+        ...
+
+
+Consumer = IncomingConsumer | IncomingStreamConsumer
+
+
+def _streams(consumer: object) -> bool:
+    return callable(getattr(consumer, "process_stream", None))
+
+
 @dataclass
 class IncomingReport:
     processed: int = 0
@@ -48,32 +83,98 @@ class IncomingReport:
     skipped_ids: list[str] = field(default_factory=list)
 
 
-async def fetch_payload(transport: Transport, secret: bytes, blob_id: str) -> tuple[bytes, bool]:
-    """Download and open one MX blob: (payload, external). External payloads come raw."""
-    parts: list[bytes] = []
-    total = 0
-    opener = Opener(secret, blob_id, parts.append)
-    async with transport.get_blob(MX, blob_id) as dl:
-        async for chunk in dl.chunks():
-            total += len(chunk)
-            if total > MAX_INCOMING_SIZE:
-                raise ClientError(f"incoming message {blob_id} is over {MAX_INCOMING_SIZE} bytes")
-            opener.feed(chunk)
-    opened = opener.finish()
-    return b"".join(parts), opened.external
+class TooLargeToHold(ClientError):
+    """A message over MAX_INCOMING_SIZE for a consumer that wants it whole."""
+
+
+async def fetch_payload_file(
+    transport: Transport,
+    secret: bytes,
+    blob_id: str,
+    tmp_dir: Path | None,
+    *,
+    max_size: int | None = None,
+) -> tuple[IO[bytes], Opened]:
+    """Download and open one MX blob into an unnamed temporary file (the caller closes
+    it). External payloads come raw. ``max_size`` refuses a larger payload early."""
+    f = await asyncio.to_thread(tempfile.TemporaryFile, dir=tmp_dir)
+    try:
+        pending = bytearray()
+        opener = Opener(secret, blob_id, pending.extend)
+        received = 0
+        limit = None if max_size is None else max_size + SEAL_OVERHEAD
+        async with transport.get_blob(MX, blob_id) as dl:
+            if limit is not None and dl.total is not None and dl.total > limit:
+                raise TooLargeToHold(f"incoming message {blob_id} is over {max_size} bytes")
+            async for chunk in dl.chunks():
+                received += len(chunk)
+                if limit is not None and received > limit:
+                    raise TooLargeToHold(f"incoming message {blob_id} is over {max_size} bytes")
+                opener.feed(chunk)
+                if len(pending) >= _CHUNK:
+                    data = bytes(pending)
+                    pending.clear()
+                    await asyncio.to_thread(f.write, data)
+        opened = opener.finish()
+        await asyncio.to_thread(f.write, bytes(pending))
+        await asyncio.to_thread(f.flush)
+        return f, opened
+    except BaseException:
+        f.close()
+        raise
+
+
+def _read_whole(f: IO[bytes], size: int) -> bytes:
+    """The file's ``size`` bytes as one bytes object: a single allocation, no join."""
+    f.seek(0)
+    data = f.read(size)
+    if len(data) != size:
+        raise ClientError("the incoming message changed on disk while it was read")
+    return data
+
+
+async def _chunks(f: IO[bytes], size: int) -> AsyncIterator[bytes]:
+    fd = f.fileno()
+    offset = 0
+    while offset < size:
+        data = await asyncio.to_thread(os.pread, fd, min(_CHUNK, size - offset), offset)
+        if not data:
+            raise ClientError("the incoming message changed on disk while it was read")
+        offset += len(data)
+        yield data
+
+
+async def _deliver(
+    consumers: list[Consumer], blob_id: str, f: IO[bytes], size: int
+) -> None:
+    """Hand one verified message to every consumer: process, then save."""
+    payload: bytes | None = None
+    for consumer in consumers:
+        if _streams(consumer):
+            result = await consumer.process_stream(  # type: ignore[union-attr]
+                blob_id, _chunks(f, size), size
+            )
+        else:
+            if payload is None:  # read once, shared by every consumer that wants bytes
+                payload = await asyncio.to_thread(_read_whole, f, size)
+            result = await consumer.process(blob_id, payload)  # type: ignore[union-attr]
+        await consumer.save(blob_id, result)
 
 
 async def process_incoming(
     transport: Transport,
     secret: bytes,
-    consumers: list[IncomingConsumer],
+    consumers: list[Consumer],
     *,
     limit: int = 100,
+    tmp_dir: Path | None = None,
 ) -> IncomingReport:
     if not consumers:
         # Without a consumer, "processed then deleted" would silently lose mail.
         raise ClientError("no incoming consumer is registered")
     report = IncomingReport()
+    # Consumers that want bytes bound what may be downloaded at all.
+    max_size = None if all(_streams(c) for c in consumers) else MAX_INCOMING_SIZE
     ids = await transport.list_blobs(MX, filter_flag="PENDING", order_by="date", limit=limit)
     for blob_id in ids:
         try:
@@ -83,10 +184,11 @@ async def process_incoming(
             report.skipped_ids.append(blob_id)
             continue
         try:
-            payload, _ = await fetch_payload(transport, secret, blob_id)
-            for consumer in consumers:
-                result = await consumer.process(blob_id, payload)
-                await consumer.save(blob_id, result)
+            f, opened = await fetch_payload_file(
+                transport, secret, blob_id, tmp_dir, max_size=max_size
+            )
+            with f:
+                await _deliver(consumers, blob_id, f, opened.size)
         except TransientError:
             # Not the message's fault: give it back so that a later round (or another
             # device) takes it, and stop this round, the server is not answering well.

@@ -13,9 +13,12 @@ between threads, and the event loop must not block on disk.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import hmac
 import os
+import re
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -60,6 +63,11 @@ CREATE INDEX IF NOT EXISTS blobs_work ON blobs (namespace, status, next_attempt)
 CREATE TABLE IF NOT EXISTS payloads (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
 SCHEMA_VERSION = "1"
+
+# Names this store gives files, so that a sweep never touches anything else in the home.
+_OUR_BLOB = re.compile(r"[0-9a-f]{40}")
+_OUR_PART = re.compile(r"[0-9a-f]{40}\.part")
+_OUR_TMP = re.compile(r"[0-9a-f]{32}\.tmp")
 
 _COLUMNS = (
     "id, namespace, blob_id, status, priority, size, sealed_size, location, inline, external, "
@@ -129,6 +137,7 @@ class LocalStore:
         self._db_key = db_key
         self._names_key = names_key
         self._conn: Any = None
+        self._lock_fd: int | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blobsync-db")
 
     # --- life cycle ----------------------------------------------------------------------
@@ -136,15 +145,28 @@ class LocalStore:
     async def open(self) -> None:
         self.blobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.tmp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        await self._run(self._open)
-        # Files being written when a process died are garbage; partial downloads (.part)
-        # are kept on purpose, a later attempt resumes them with Range.
-        for p in self.tmp_dir.glob("*.tmp"):
-            p.unlink(missing_ok=True)
+        self._lock_fd, alone = await asyncio.to_thread(_lock_dir, self.blobs_dir)
+        try:
+            await self._run(self._open, alone)
+            if alone:  # swept; now let others in (and know they are not alone)
+                await asyncio.to_thread(fcntl.flock, self._lock_fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise
 
-    def _open(self) -> None:
+    def _open(self, alone: bool) -> None:
+        # Created private before SQLite sees it: SQLite gives local.db-wal and -shm the
+        # mode of the database file, so they are never readable by others, not even once.
+        try:
+            os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
         conn = sqlcipher.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
         try:
+            # SQLCipher would print its own lines on stderr for a damaged or foreign file;
+            # the error raised below says it once, in our words.
+            conn.execute("PRAGMA cipher_log_level = NONE")
             conn.execute(f"PRAGMA key = \"x'{self._db_key.hex()}'\"")
             # The first real read is where a wrong key shows.
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -163,12 +185,74 @@ class LocalStore:
         )
         os.chmod(self.db_path, 0o600)
         self._conn = conn
+        # Sessions opened and not closed: a process died. Its debris (files moved into
+        # blobs/ before their row committed, temp files, partial downloads of blobs since
+        # deleted) is swept, but only by a process alone with the store: another one may
+        # be between writing a file and committing its row right now.
+        r = conn.execute("SELECT value FROM meta WHERE key = 'sessions'").fetchone()
+        sessions = int(r[0]) if r else 1  # a store from before the count: sweep once
+        if alone and sessions != 0:
+            self._sweep()
+            sessions = 0
+        self._set_sessions(sessions + 1)
+
+    def _set_sessions(self, n: int) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('sessions', ?)", (str(max(n, 0)),)
+        )
+
+    def _sweep(self) -> None:
+        """Remove files of ours that no row accounts for (see ``_open``)."""
+        located = {
+            r[0]
+            for r in self._conn.execute("SELECT location FROM blobs WHERE location IS NOT NULL")
+        }
+        waiting = {
+            f"{self.file_name(r[0], r[1])}.part"
+            for r in self._conn.execute(
+                "SELECT namespace, blob_id FROM blobs WHERE status IN (?, ?)",
+                (SyncStatus.PENDING_DOWNLOAD.value, SyncStatus.FAILED_DOWNLOAD.value),
+            )
+        }
+        stray: list[Path] = []
+        with os.scandir(self.blobs_dir) as subdirs:
+            for sub in subdirs:
+                if len(sub.name) == 2 and sub.is_dir(follow_symlinks=False):
+                    with os.scandir(sub.path) as files:
+                        stray += [
+                            Path(f.path) for f in files
+                            if _OUR_BLOB.fullmatch(f.name) and f.name.startswith(sub.name)
+                            and f.name not in located and f.is_file(follow_symlinks=False)
+                        ]
+        with os.scandir(self.tmp_dir) as files:
+            for f in files:
+                if (_OUR_TMP.fullmatch(f.name) or (
+                        _OUR_PART.fullmatch(f.name) and f.name not in waiting)):
+                    stray.append(Path(f.path))
+        _unlink_all(stray)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._run(self._conn.close)
-            self._conn = None
-        self._thread.shutdown(wait=True)
+        try:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+
+                def q() -> None:
+                    try:
+                        r = conn.execute("SELECT value FROM meta WHERE key = 'sessions'")
+                        row = r.fetchone()
+                        conn.execute(
+                            "INSERT OR REPLACE INTO meta (key, value) VALUES ('sessions', ?)",
+                            (str(max(int(row[0]) - 1, 0) if row else 0),),
+                        )
+                    finally:
+                        conn.close()
+
+                await self._run(q)
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the lock
+                self._lock_fd = None
+            self._thread.shutdown(wait=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -199,6 +283,15 @@ class LocalStore:
             (namespace, blob_id),
         ).fetchone()
         return Row.from_db(r) if r else None
+
+    async def get_many(self, namespace: str, blob_ids: Iterable[str]) -> dict[str, Row]:
+        """The rows of ``blob_ids`` that exist, by id, read in one go."""
+        ids = list(blob_ids)
+
+        def q() -> dict[str, Row]:
+            return {r.blob_id: r for r in (self._get(namespace, b) for b in ids) if r}
+
+        return await self._run(q)
 
     async def rows(
         self, namespace: str | None, statuses: Iterable[SyncStatus] | None = None
@@ -240,6 +333,19 @@ class LocalStore:
                 (namespace, *sts),
             ).fetchone()
             return r[0]
+
+        return await self._run(q)
+
+    async def size_stats(self, namespace: str, max_size: int) -> tuple[int, int]:
+        """(total, count) of the known sealed sizes up to ``max_size`` in ``namespace``."""
+
+        def q() -> tuple[int, int]:
+            r = self._conn.execute(
+                "SELECT coalesce(sum(sealed_size), 0), count(*) FROM blobs "
+                "WHERE namespace = ? AND sealed_size IS NOT NULL AND sealed_size <= ?",
+                (namespace, max_size),
+            ).fetchone()
+            return int(r[0]), int(r[1])
 
         return await self._run(q)
 
@@ -591,10 +697,16 @@ class LocalStore:
             yield chunk
 
     async def keep_file(self, namespace: str, blob_id: str, src: Path) -> str:
-        """Move a complete sealed file into blobs/; returns its location."""
-        location = self.file_name(namespace, blob_id)
-        dest = self.blob_path(location)
-        await asyncio.to_thread(_durable_move, src, dest)
+        """Move a complete sealed file into blobs/; returns its location.
+
+        Every file gets a name of its own, never derived from the blob: two writers of the
+        same blob (a get() and a stream download at once) each keep their copy under its
+        own name, the one whose row update wins stays, and the loser removes only its
+        own file. The name is random, so it tells nothing about namespace or id either.
+        """
+        del namespace, blob_id  # the name depends on neither, on purpose
+        location = secrets.token_hex(20)
+        await asyncio.to_thread(_durable_move, src, self.blob_path(location))
         return location
 
     async def check_integrity(self) -> list[str]:
@@ -622,6 +734,27 @@ class _Transaction:
 def _unlink_all(paths: list[Path]) -> None:
     for p in paths:
         p.unlink(missing_ok=True)
+
+
+def _lock_dir(path: Path) -> tuple[int, bool]:
+    """Lock the store: exclusive when no other process has it open (True: then, and only
+    then, sweeping debris is safe; the caller downgrades to shared after), else shared."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd, True
+        except BlockingIOError:
+            # Blocking: an exclusive holder only sweeps, which is quick.
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return fd, False
+        except OSError:
+            # No flock here (some network file systems): never sure to be alone, so
+            # never sweep; everything else works without the lock.
+            return fd, False
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _durable_move(src: Path, dest: Path) -> None:

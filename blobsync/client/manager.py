@@ -8,11 +8,11 @@ caller names; keys never leave this process, and neither reaches a log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 from blobsync.format import (
@@ -25,6 +25,7 @@ from blobsync.format import (
     valid_id,
 )
 
+from .destfile import DestFile
 from .errors import (
     AlreadyOnServer,
     AuthFailed,
@@ -34,7 +35,7 @@ from .errors import (
     TransientError,
     WrongPassphrase,
 )
-from .incoming import IncomingConsumer, IncomingReport, process_incoming
+from .incoming import IncomingConsumer, IncomingReport, IncomingStreamConsumer, process_incoming
 from .localstore import FileWriter, LocalStore, Row, read_file
 from .model import (
     HAS_PAYLOAD,
@@ -123,7 +124,8 @@ class BlobManager:
         settings = settings or ClientSettings()
         imported = load_raw_secret(secret_file) if secret_file is not None else None
         transport = _transport(server, user, token, settings)
-        created: list[Path] = []
+        created: list[Path] = []  # removed if init fails; never what was there before
+        uploaded = False
         try:
             await transport.info()  # ServerUnreachable before anything else
             await transport.check_auth()  # AuthFailed
@@ -133,18 +135,22 @@ class BlobManager:
             else:
                 secret = imported if imported is not None else generate_secret()
                 document = await asyncio.to_thread(encrypt_secret, secret, passphrase)
-                await _upload_secret(transport, document, secret, passphrase)
+                uploaded = await _upload_secret(transport, document, secret, passphrase)
             profile = Profile(home, server.rstrip("/"), user, token, settings.to_dict())
-            if not home.exists():
-                created.append(home)
-            created += [home / n for n in (CONFIG_NAME, SECRET_NAME, BLOBS_DIR, TMP_DIR)]
-            created += [home / f"{DB_NAME}{s}" for s in ("", "-wal", "-shm")]
+            layout = [home, *(home / n for n in (BLOBS_DIR, TMP_DIR, CONFIG_NAME, SECRET_NAME)),
+                      *(home / f"{DB_NAME}{s}" for s in ("", "-wal", "-shm"))]
+            created = [p for p in layout if not p.exists()]
             profile.create_dirs()
             write_private(profile.secret_path, document)
             profile.save()
             store = _store(profile, secret, settings)
             await store.open()
         except BaseException:
+            if uploaded:
+                # Ours and nobody else's yet: a later init must not be told that the
+                # server already holds a secret (for a passphrase nobody may remember).
+                with contextlib.suppress(Exception):
+                    await transport.delete_blob(SECRET_NAMESPACE, SECRET_BLOB_ID)
             await transport.close()
             _remove(created)
             raise
@@ -308,8 +314,9 @@ class BlobManager:
     ) -> bytes | None:
         """The plaintext: from the local store, else downloaded, verified and kept.
 
-        With ``dest`` the plaintext goes to that file (temp + rename: a blob that does not
-        verify leaves no file) and None is returned.
+        With ``dest`` the plaintext goes to that file, which appears (or is replaced) only
+        once the blob verified: until then it has no name, so a blob that does not verify,
+        or a crash, leaves nothing (destfile.py). None is returned.
         """
         _check_ids(namespace, blob_id)
         rank = priority_rank(priority)
@@ -428,6 +435,10 @@ class BlobManager:
         old = await self.store.drop_payload(namespace, blob_id, SyncStatus.PENDING_DELETE)
         if old is not None:
             await self.store.discard_files(old)
+        if self.engine.uploading(namespace, blob_id):
+            # A DELETE now could come before that upload lands, and the blob would be
+            # back. The upload sends the DELETE once done (else the next sync does).
+            return
         try:
             await self.transport.delete_blob(namespace, blob_id)
         except BlobNotFound:
@@ -590,12 +601,13 @@ class BlobManager:
 
     # --- incoming box --------------------------------------------------------------------
 
-    def register_consumer(self, consumer: IncomingConsumer) -> None:
+    def register_consumer(self, consumer: IncomingConsumer | IncomingStreamConsumer) -> None:
         self._consumers.append(consumer)
 
     async def process_incoming(self, *, limit: int = 100) -> IncomingReport:
         return await process_incoming(
-            self.transport, self._secret, list(self._consumers), limit=limit
+            self.transport, self._secret, list(self._consumers), limit=limit,
+            tmp_dir=self.store.tmp_dir,
         )
 
 
@@ -603,48 +615,51 @@ PENDING = (SyncStatus.PENDING_DOWNLOAD, SyncStatus.PENDING_UPLOAD, SyncStatus.PE
 
 
 class _PlainOut:
-    """Where get() puts plaintext: a list of parts, or a temp file renamed at the end."""
+    """Where get() puts plaintext: a list of parts, or a file that becomes ``dest`` only at
+    commit (unnamed until then: see destfile.py)."""
 
     def __init__(self, dest: Path | None, parts: list[bytes]) -> None:
         self.dest = dest
         self.parts = parts
-        self._tmp: Path | None = None
-        self._writer: FileWriter | None = None
+        self._file: DestFile | None = None
+
+    @contextlib.contextmanager
+    def _os_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise ClientError(f"cannot write {self.dest}: {exc.strerror or exc}") from None
 
     async def open(self) -> None:
         if self.dest is not None:
-            self._tmp = self.dest.with_name(f".{self.dest.name}.{uuid.uuid4().hex[:12]}.tmp")
-            try:
-                self._writer = await FileWriter(self._tmp).open()
-            except OSError as exc:
-                raise ClientError(f"cannot write {self.dest}: {exc.strerror}") from None
+            with self._os_errors():
+                self._file = await asyncio.to_thread(DestFile(self.dest).open)
 
     async def write(self, data: bytes) -> None:
-        if self._writer is not None:
-            await self._writer.write(data)
+        if self._file is not None:
+            with self._os_errors():
+                await self._file.write(data)
         else:
             self.parts.append(data)
 
     async def reset(self) -> None:
         """Forget what a download wrote: the plaintext will be read from the store."""
         self.parts.clear()
-        if self._writer is not None:
-            await self._writer.close()
-            self._writer = await FileWriter(self._tmp).open()  # type: ignore[arg-type]
+        if self._file is not None:
+            with self._os_errors():
+                await asyncio.to_thread(self._file.reset)
 
     async def commit(self) -> None:
-        if self._writer is not None:
-            await self._writer.close()
-            await asyncio.to_thread(os.replace, self._tmp, self.dest)  # type: ignore[arg-type]
-            self._writer = None
+        if self._file is not None:
+            with self._os_errors():
+                await asyncio.to_thread(self._file.commit)
+            self._file = None
 
     async def abort(self) -> None:
         self.parts.clear()
-        if self._writer is not None:
-            await self._writer.close()
-            self._writer = None
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
+        if self._file is not None:
+            file, self._file = self._file, None
+            await asyncio.to_thread(file.abort)
 
 
 def _check_ids(*ids: str) -> None:
@@ -703,11 +718,13 @@ async def _download_secret(transport: Transport) -> bytes:
 
 async def _upload_secret(
     transport: Transport, document: bytes, secret: bytes, passphrase: str
-) -> None:
+) -> bool:
+    """Store the encrypted secret on the server; True when this call stored it, False
+    when the server already held the same secret."""
     body = seal_external(SECRET_BLOB_ID, len(document)) + document
     try:
         await transport.put_blob(SECRET_NAMESPACE, SECRET_BLOB_ID, body, len(body))
-        return
+        return True
     except AlreadyOnServer:
         pass
     # Another device set the user up already. Going on with another secret would make
@@ -722,3 +739,4 @@ async def _upload_secret(
             "the server already holds a storage secret for this user: use recover to set "
             "up this device"
         )
+    return False

@@ -52,7 +52,7 @@ class Profile:
     home: Path
     server: str
     user: str
-    token: str
+    token: str = field(repr=False)  # a credential: never in tracebacks or debug output
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -7,10 +7,19 @@ schedule (persisted in the local store); ``run`` sleeps until the earliest one a
 again, until nothing is pending or ``max_sync_wait`` has passed.
 
 Sizes of blobs on the server are unknown until their first byte arrives (listings carry
-ids only). Unknown ones go into download streams; a frame announcing a blob larger than the
-stream threshold ends that stream at its header, the size is recorded, and the blob is
-fetched alone (with Range resume) in the next round. A stream also ends at a frame boundary
-once it carried ``stream_max_bytes``; the rest are asked again at once, without penalty.
+ids only). Unknown ones go into download streams, as many per request as
+``stream_max_bytes`` allows at the average size learned so far (from the blobs of the
+namespace in the store, then from every frame that arrives). A stream is always read to
+its end: the server sends exactly what was asked, so hanging up at a byte limit would
+only throw away what it already pushed into the socket, to be asked again. The one
+exception is a frame announcing a blob larger than the stream threshold (SPEC 7: large
+ones travel alone): the stream ends at its header, the size is recorded, the blob is
+fetched alone (with Range resume) in the next round and the others are asked again at
+once, without penalty.
+
+The engine knows which uploads are on their way. A delete() meanwhile leaves the row
+PENDING_DELETE and the upload sends the DELETE once it landed: a DELETE sent before would
+find nothing, and the upload would then bring the blob back.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from .errors import (
     MissingBlobs,
     RemoteError,
     StaleRange,
+    TooLarge,
     TransientError,
 )
 from .localstore import Attach, FileWriter, LocalStore, Row, read_file
@@ -65,6 +75,12 @@ PHASE_STATUS = {
 # one transaction per blob costs ~1 ms, which dominates for thousands of small blobs.
 FLUSH_COUNT = 256
 FLUSH_BYTES = 8 << 20
+
+# Sealed size assumed for a blob when nothing is known yet about the namespace (and at
+# most half of stream_max_bytes, so that a first stream asks for two blobs at least). It
+# sizes only the first download streams; a wrong guess costs no bytes, since streams are
+# read to the end, just a stream longer or shorter than stream_max_bytes.
+FIRST_SIZE_GUESS = 64 << 10
 
 PlaintextSink = Callable[[bytes], Awaitable[None]]
 
@@ -132,6 +148,9 @@ class SyncEngine:
         self.settings = settings
         self._secret = secret
         self._locks: dict[tuple[str, str], _KeyLock] = {}
+        self._uploading: dict[tuple[str, str], int] = {}  # uploads in flight, per blob
+        # Per namespace: (bytes, count) of the stream-sized blobs seen, to size requests.
+        self._sizes: dict[str, tuple[int, int]] = {}
 
     @property
     def stream_sealed_max(self) -> int:
@@ -163,7 +182,10 @@ class SyncEngine:
             elif st in (SyncStatus.PENDING_DOWNLOAD, SyncStatus.FAILED_DOWNLOAD) and not there:
                 (gone_here if row.blob_id in tombs else vanished).append(row.blob_id)
             elif st is SyncStatus.PENDING_DELETE and not there:
-                vanished.append(row.blob_id)  # nothing left to delete on the server
+                # Nothing left to delete on the server, unless an upload of it is still
+                # on its way: that upload deletes it once it landed.
+                if not self.uploading(namespace, row.blob_id):
+                    vanished.append(row.blob_id)
             elif st is SyncStatus.PENDING_UPLOAD and there and not self._small(row):
                 # Sending a large blob only to hear 409 wastes its whole size; small ones
                 # go anyway, the stream answers "existing" for the price of a header.
@@ -306,11 +328,72 @@ class SyncEngine:
     # --- downloads -----------------------------------------------------------------------
 
     async def _download_round(self, run: _Run, rows: list[Row]) -> None:
-        await self._pool(self._jobs(
-            rows,
-            lambda b: self._stream_download(run, b),
-            lambda r: self._single_download_job(run, r),
-        ))
+        if not self.settings.stream:
+            await self._pool([_bind(lambda r: self._single_download_job(run, r), r)
+                              for r in rows])
+            return
+        await self._seed_sizes(run.namespace)
+        small = deque(r for r in rows if self._small(r))
+        large = deque(r for r in rows if not self._small(r))
+
+        def next_job() -> Callable[[], Awaitable[None]] | None:
+            # Highest priority first between the heads of both queues (each is in order).
+            if large and not (small and _rank(small[0]) < _rank(large[0])):
+                return _bind(lambda r: self._single_download_job(run, r), large.popleft())
+            if small:
+                # Cut when a worker takes it, not beforehand: the size estimate improves
+                # with every stream that came in meanwhile.
+                return _bind(lambda b: self._stream_download(run, b), self._take_batch(small))
+            return None
+
+        await self._pool_pulling(next_job)
+
+    async def _pool_pulling(self, next_job: Callable[[], Callable[[], Awaitable[None]] | None]
+                            ) -> None:
+        """Like ``_pool``, but each worker asks ``next_job`` for its next job when free."""
+
+        async def worker() -> None:
+            while (job := next_job()) is not None:
+                await job()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(self.settings.concurrency):
+                    tg.create_task(worker())
+        except BaseExceptionGroup as eg:
+            raise eg.exceptions[0] from None
+
+    def _take_batch(self, queue: deque[Row]) -> list[Row]:
+        """The next download stream from the front of ``queue``: blobs of unknown size
+        count at the average learned so far."""
+        guess = self.size_estimate(queue[0].namespace)
+        batch: list[Row] = []
+        size = 0
+        while queue and len(batch) < self.settings.stream_max_count:
+            s = queue[0].sealed_size or guess
+            if batch and size + s > self.settings.stream_max_bytes:
+                break
+            batch.append(queue.popleft())
+            size += s
+        return batch
+
+    async def _seed_sizes(self, namespace: str) -> None:
+        if namespace not in self._sizes:
+            self._sizes[namespace] = await self.store.size_stats(
+                namespace, self.stream_sealed_max
+            )
+
+    def size_estimate(self, namespace: str) -> int:
+        """Average sealed size of the stream-sized blobs of ``namespace`` seen so far."""
+        total, n = self._sizes.get(namespace, (0, 0))
+        if n:
+            return max(1, total // n)
+        return max(1, min(FIRST_SIZE_GUESS, self.settings.stream_max_bytes // 2))
+
+    def learn_size(self, namespace: str, sealed_size: int) -> None:
+        if sealed_size <= self.stream_sealed_max:
+            total, n = self._sizes.get(namespace, (0, 0))
+            self._sizes[namespace] = (total + sealed_size, n + 1)
 
     async def _downloaded(self, run: _Run, blob_id: str, sealed_size: int) -> None:
         run.report.downloaded += 1
@@ -449,6 +532,10 @@ class SyncEngine:
                     await frames.feed(b"")
                     if not frames.ended:
                         raise StreamError("stream ended early")
+        except TooLarge:
+            # One of them is over what a stream frame can carry (4 GiB): each goes alone.
+            for r in rows:
+                await self._single_download_job(run, r)
         except MissingBlobs as exc:
             # Deleted since the listing: drop them; the rest are asked again at once.
             missing = [m for m in exc.missing if m in by_id]
@@ -503,15 +590,60 @@ class SyncEngine:
         else:
             await self._uploaded(run, [row])
 
+    def uploading(self, namespace: str, blob_id: str) -> bool:
+        """Whether an upload of this blob is on its way right now."""
+        return (namespace, blob_id) in self._uploading
+
+    def _flight(self, namespace: str, blob_ids: Iterable[str], step: int) -> None:
+        for b in blob_ids:
+            key = (namespace, b)
+            n = self._uploading.get(key, 0) + step
+            if n:
+                self._uploading[key] = n
+            else:
+                self._uploading.pop(key, None)
+
     async def upload(self, row: Row) -> None:
-        """PUT one blob as its sealed bytes lie in the store. A 409 counts as done."""
-        assert row.sealed_size is not None
-        self._check_payload(row)
-        body = self.store.read_sealed(row)
+        """PUT one blob as its sealed bytes lie in the store. A 409 counts as done.
+
+        A row that is no longer PENDING_UPLOAD when its turn comes (deleted meanwhile) is
+        not sent; one deleted while it was on its way is deleted on the server once it
+        landed (``delete()`` leaves that to us).
+        """
+        ns = row.namespace
+        self._flight(ns, [row.blob_id], +1)
         try:
-            await self.transport.put_blob(row.namespace, row.blob_id, body, row.sealed_size)
-        except AlreadyOnServer:
-            log.info("blob %s was already on the server", row.blob_id)
+            fresh = await self.store.get(ns, row.blob_id)
+            if fresh is None or fresh.status is not SyncStatus.PENDING_UPLOAD:
+                return
+            assert fresh.sealed_size is not None
+            self._check_payload(fresh)
+            body = self.store.read_sealed(fresh)
+            try:
+                await self.transport.put_blob(ns, fresh.blob_id, body, fresh.sealed_size)
+            except AlreadyOnServer:
+                log.info("blob %s was already on the server", fresh.blob_id)
+        finally:
+            self._flight(ns, [row.blob_id], -1)
+        await self._settle_deleted(ns, [row.blob_id])
+
+    async def _settle_deleted(self, namespace: str, blob_ids: list[str]) -> None:
+        """Delete on the server the blobs that were deleted here while being uploaded."""
+        rows = await self.store.get_many(namespace, blob_ids)
+        for b, r in rows.items():
+            if r.status is not SyncStatus.PENDING_DELETE or self.uploading(namespace, b):
+                continue
+            try:
+                await self.transport.delete_blob(namespace, b)
+            except BlobNotFound:
+                pass
+            except (TransientError, RemoteError) as exc:
+                log.info("delete of %s postponed: %s", b, exc)
+                await self.store.schedule_retry(
+                    namespace, [b], SyncStatus.PENDING_DELETE, delay=self.settings.retry_delay
+                )
+                continue
+            await self.store.remove_many(namespace, [b], only_if=[SyncStatus.PENDING_DELETE])
 
     def _check_payload(self, row: Row) -> None:
         """Check a payload file before sending it: a body that broke off midway would look
@@ -525,6 +657,20 @@ class SyncEngine:
                 raise ClientError(f"local payload of {row.blob_id} has the wrong size")
 
     async def _stream_upload(self, run: _Run, rows: list[Row]) -> None:
+        ns = run.namespace
+        ids = [r.blob_id for r in rows]
+        self._flight(ns, ids, +1)
+        try:
+            # As they are now: a row deleted since the round began is not sent.
+            fresh = await self.store.get_many(ns, ids)
+            rows = [fresh[b] for b in ids
+                    if b in fresh and fresh[b].status is SyncStatus.PENDING_UPLOAD]
+            await self._stream_upload_rows(run, rows)
+        finally:
+            self._flight(ns, ids, -1)
+        await self._settle_deleted(ns, ids)
+
+    async def _stream_upload_rows(self, run: _Run, rows: list[Row]) -> None:
         damaged = []
         for r in rows:
             try:
@@ -578,6 +724,12 @@ class SyncEngine:
         await self._pool([_bind(lambda r: self._delete_job(run, r), r) for r in rows])
 
     async def _delete_job(self, run: _Run, row: Row) -> None:
+        if self.uploading(run.namespace, row.blob_id):
+            # Its upload is still on its way and deletes it once it landed; look again
+            # later rather than spin on it.
+            await self._retry(run, [row], SyncStatus.PENDING_DELETE,
+                              ClientError("its upload is still on its way"))
+            return
         try:
             await self.transport.delete_blob(run.namespace, row.blob_id)
         except BlobNotFound:
@@ -602,7 +754,6 @@ class _FrameReader:
         self.reader = DownstreamReader(ids)
         self.settled = settled
         self.ended = False
-        self.received = 0  # sealed bytes of this stream so far
         self._blob: str | None = None
         self._opener: Opener | None = None
         self._bad = False
@@ -644,12 +795,12 @@ class _FrameReader:
         assert ev.blob_id is not None
         engine = self.engine
         if ev.size > engine.stream_sealed_max:
-            # Too large for a stream: learn its size, fetch it alone next round.
+            # Too large for a stream (SPEC 7): learn its size, fetch it alone next round.
             await self.store.update(self.run.namespace, ev.blob_id, sealed_size=ev.size)
             return True
-        if self.received and self.received + ev.size > engine.settings.stream_max_bytes:
-            return True
-        self.received += ev.size
+        # No hanging up at stream_max_bytes: the server already sends the rest, and it
+        # would have to send it again. Requests are sized instead (``_take_batch``).
+        engine.learn_size(self.run.namespace, ev.size)
         self._blob = ev.blob_id
         self._size = ev.size
         self._bad = False
@@ -729,6 +880,11 @@ def _discard(_: bytes) -> None:
 
 def _str_list(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _rank(row: Row) -> tuple[int, int]:
+    """Sort key: highest priority first, then oldest."""
+    return (-row.priority, row.id)
 
 
 def _bind(fn, arg):  # type: ignore[no-untyped-def]

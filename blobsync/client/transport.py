@@ -4,6 +4,10 @@ It moves sealed bytes only; it never sees a key or a plaintext. Statuses become 
 errors of ``errors.py`` in one place (``_raise_for``), and aiohttp's connection errors
 become ``ServerUnreachable`` (could not connect) or ``ConnectionLost`` (dropped midway),
 both transient, in another (``_mapped``).
+
+aiohttp (and yarl) are imported on the first request, not with this module: importing
+aiohttp costs ~0.3 s (it builds TLS contexts), which commands that never touch the
+network (``status``, a local ``get``) should not pay.
 """
 
 from __future__ import annotations
@@ -11,14 +15,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
-
-import aiohttp
-from yarl import URL
+from typing import TYPE_CHECKING, Any
 
 from blobsync.format import CHUNK_SIZE, b64url_decode, encode_upstream_header
 
@@ -37,6 +37,10 @@ from .errors import (
     TooLarge,
 )
 
+if TYPE_CHECKING:
+    import aiohttp
+    from yarl import URL
+
 log = logging.getLogger("blobsync.client.transport")
 
 # Error bodies are short JSON; never read more of one than this.
@@ -48,6 +52,8 @@ MAX_JSON_BODY = 64 << 20
 @contextmanager
 def _mapped(what: str) -> Iterator[None]:
     """Turn aiohttp's exceptions into the client's, naming what was being done."""
+    import aiohttp
+
     try:
         yield
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -94,27 +100,46 @@ class Transport:
         read_timeout: float = 60.0,
         ca_file: str | None = None,
     ) -> None:
-        self.base = URL(server.rstrip("/") + "/")
+        self._server = server.rstrip("/") + "/"
+        self._base: URL | None = None
         self.user = user
         self._auth = "Token " + base64.b64encode(f"{user}:{token}".encode()).decode()
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
-        self._ssl: ssl.SSLContext | bool = True
-        if ca_file:
-            self._ssl = ssl.create_default_context(cafile=ca_file)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._ca_file = ca_file
         self._session: aiohttp.ClientSession | None = None
 
     # --- session -------------------------------------------------------------------------
 
     @property
+    def base(self) -> URL:
+        if self._base is None:
+            from yarl import URL
+
+            self._base = URL(self._server)
+        return self._base
+
+    @base.setter
+    def base(self, url: URL) -> None:
+        self._base = url
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            import ssl
+
+            import aiohttp
+
+            tls: ssl.SSLContext | bool = True
+            if self._ca_file:
+                tls = ssl.create_default_context(cafile=self._ca_file)
             self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self._connect_timeout, sock_read=self._read_timeout
+                ),
                 auto_decompress=False,  # sealed bytes are what they are
                 headers={"Authorization": self._auth},
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32),
+                connector=aiohttp.TCPConnector(ssl=tls, limit=32),
             )
         return self._session
 
@@ -139,8 +164,9 @@ class Transport:
         doc: Any = None
         try:
             with _mapped(what):
-                body = await resp.content.read(MAX_ERROR_BODY)
-            doc = json.loads(body)
+                body = await _read_capped(resp, MAX_ERROR_BODY)
+            if body is not None:
+                doc = json.loads(body)
         except (ValueError, ClientError):
             pass
         message = doc.get("error") if isinstance(doc, dict) else None
@@ -168,8 +194,8 @@ class Transport:
 
     async def _json(self, resp: aiohttp.ClientResponse, what: str) -> Any:
         with _mapped(what):
-            body = await resp.content.read(MAX_JSON_BODY + 1)
-        if len(body) > MAX_JSON_BODY:
+            body = await _read_capped(resp, MAX_JSON_BODY)
+        if body is None:
             raise RemoteError(f"{what}: answer too long", resp.status)
         try:
             return json.loads(body)
@@ -336,6 +362,22 @@ class Transport:
         if not isinstance(stored, list) or not isinstance(existing, list):
             raise ServerError(f"{what}: answer lacks stored/existing lists", 502)
         return [str(s) for s in stored], [str(e) for e in existing]
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """The whole body, or None when it is longer than ``cap`` (then read no further).
+
+    A single ``content.read(n)`` returns only what has arrived so far: an answer that
+    comes in several TCP segments would be cut. So read chunk by chunk to the end.
+    """
+    if resp.content_length is not None and resp.content_length > cap:
+        return None
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > cap:
+            return None
+    return bytes(body)
 
 
 def _decode_tag(value: str | None) -> bytes | None:

@@ -10,8 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-
 from blobsync.client import BlobManager, SyncStatus
 from tests.client.conftest import PASSPHRASE, Account, fast_settings
 
@@ -124,10 +122,6 @@ async def test_errors_are_one_line(account: Account, tmp_path: Path) -> None:
     assert "lost" in one_line_error(rc, err_text, 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: SQLCipher logs its decryption errors on stderr (cipher_log_level WARN); a "
-    "damaged local.db gives four lines instead of one. localstore.py should run "
-    "PRAGMA cipher_log_level = NONE before the key"))
 async def test_damaged_local_database_is_one_line(account: Account) -> None:
     a = await home_with(account, "a")
     try:
@@ -142,10 +136,6 @@ async def test_damaged_local_database_is_one_line(account: Account) -> None:
     one_line_error(rc, err, 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a blob refused for quota (507) turns FAILED_UPLOAD; put says \"'blobsync sync' "
-    "will retry\" but sync leaves FAILED_* alone and exits 0, and the CLI has no way to "
-    "call retry_failed(): the blob never reaches the server"))
 async def test_sync_after_a_quota_refusal(account: Account, tmp_path: Path) -> None:
     home = tmp_path / "home-cli"
     proc = await asyncio.create_subprocess_exec(

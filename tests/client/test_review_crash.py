@@ -84,6 +84,21 @@ def files_under(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file())
 
 
+def plaintext_written(pid: int, out: Path) -> bool:
+    """Process ``pid`` has written bytes to a file in ``out``: one with a name, or one it
+    holds open without a name (O_TMPFILE, seen through /proc/PID/fd)."""
+    if any(p.stat().st_size for p in files_under(out)):
+        return True
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+            if target.startswith(f"{out}/") and os.stat(fd).st_size:
+                return True
+        except OSError:
+            continue  # closed meanwhile
+    return False
+
+
 async def test_kill_during_put_upload(account: Account, tmp_path: Path) -> None:
     data = os.urandom(12 << 20)
     src = tmp_path / "src.bin"
@@ -117,9 +132,7 @@ async def test_kill_during_put_upload(account: Account, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("die_before", [
     "keep_file",  # sealed into tmp/, not yet moved into blobs/
-    pytest.param("insert", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: put moves the sealed file into blobs/ before the row exists; a crash in "
-        "between leaves a stray file that nothing removes and check() reports forever"))),
+    "insert",
 ])
 async def test_kill_inside_put_leaves_the_blob_absent_and_no_debris(
     account: Account, tmp_path: Path, die_before: str
@@ -188,10 +201,6 @@ async def test_kill_during_sync_download_then_resume(account: Account, tmp_path:
             await b.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a stream download moves each verified file blob into blobs/ before the batch "
-    "commit; a crash in between, then a deletion on another device, leaves stray files "
-    "that nothing removes and check() reports forever"))
 async def test_kill_mid_stream_then_remote_delete_leaves_no_stray_file(
     account: Account, tmp_path: Path
 ) -> None:
@@ -260,9 +269,6 @@ async def test_kill_during_sync_upload_then_finish(account: Account, tmp_path: P
         await c.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: get(dest=...) writes unverified plaintext to a visible temp file beside dest "
-    "while downloading; a crash leaves it there (manager.py _PlainOut)"))
 async def test_kill_during_get_to_file_leaves_no_plaintext(
     account: Account, tmp_path: Path
 ) -> None:
@@ -278,8 +284,7 @@ async def test_kill_during_get_to_file_leaves_no_plaintext(
         hold = Hold(b"GET /blobs/alice/doc", after=3 << 20)
         relay.hold_down.append(hold)
         proc = await start_worker(op="get_dest", home=home, blob_id="doc", dest=out / "doc.txt")
-        await kill_when(proc, hold.reached, until=lambda: any(
-            p.stat().st_size for p in files_under(out)))
+        await kill_when(proc, hold.reached, until=lambda: plaintext_written(proc.pid, out))
         hold.release.set()
     leftovers = {p.name: p.read_bytes()[:64] for p in files_under(out)}
     assert leftovers == {}, leftovers

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.client.conftest import PASSPHRASE, Account
 from tests.helpers.servers import auth_header, make_service
@@ -18,10 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 LIMIT_KB = 150 * 1000  # as test_memory.py
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: incoming.fetch_payload keeps the message as a list of parts, then joins them: "
-    "two copies (peak ~200 MB for a 70 MiB message), and MAX_INCOMING_SIZE allows 256 "
-    "MiB (~570 MB): over the 150 MB bound"))
 async def test_a_large_incoming_message_stays_within_the_memory_bound(
     devices, account: Account
 ) -> None:

@@ -33,9 +33,6 @@ async def test_init_in_a_used_directory_keeps_its_files(account: Account, tmp_pa
     assert (home / "blobs" / "photo.jpg").read_bytes() == b"the user's photo"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: when init fails after creating the layout, manager.py _remove() rmtree's "
-    "home/tmp and home/blobs and unlinks local.db even when they existed before init"))
 async def test_failed_init_removes_only_what_it_created(account: Account, tmp_path: Path) -> None:
     home = tmp_path / "used"
     users_files(home)

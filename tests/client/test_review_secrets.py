@@ -136,9 +136,6 @@ async def test_reprs_hide_secrets(devices) -> None:
         assert secret.hex()[:16] not in text and repr(secret[:8])[2:-1] not in text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Profile is a plain dataclass: its repr (in tracebacks with locals, debuggers, "
-    "error reporters) shows the token; profile.py needs field(repr=False) on token"))
 async def test_profile_repr_hides_the_token(devices) -> None:
     a = await devices("a")
     assert a.profile.token not in repr(a.profile)
@@ -167,9 +164,6 @@ async def test_files_on_disk_are_private(devices) -> None:
     assert a._secret.hex()[:16] not in config and "passphrase" not in config.lower()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: on the first open SQLite creates local.db-wal and -shm with the umask's mode "
-    "(0644), before localstore.py chmods local.db; they stay 0644 until a later open"))
 async def test_database_side_files_are_private_from_the_start(devices) -> None:
     old = os.umask(0o022)
     try:
@@ -215,10 +209,6 @@ async def test_failed_verification_leaves_no_plaintext_anywhere(
     assert not [p for p in (b.profile.home / "blobs").rglob("*") if p.is_file()]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: get(dest) names its temp file '.<dest name>.<12 hex>.tmp', 18 bytes longer than "
-    "dest: a valid name over 237 bytes fails with 'File name too long' (manager.py "
-    "_PlainOut.open)"))
 async def test_get_to_a_file_with_a_long_valid_name(devices, tmp_path: Path) -> None:
     a = await devices("a")
     await a.put("x", b"data")

@@ -291,11 +291,6 @@ async def test_stream_requests_are_bounded_by_count_and_bytes(account: Account) 
         assert asked and all(1 <= len(ids) <= 4 for ids in asked)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: transport._json/_raise_for read JSON answers with one StreamReader.read(n), "
-    "which returns only what has arrived so far; an answer delivered in several TCP "
-    "segments is cut and taken for malformed JSON (ServerError), so stream uploads are "
-    "retried forever and listings fail"))
 async def test_answers_arriving_in_pieces_are_read_whole(account: Account) -> None:
     # ~16 KB JSON answers in 1400-byte pieces 5 ms apart, like a real network
     async with relay_to(account.server.url, fragment=1400, fragment_pause=0.005) as relay:
@@ -311,10 +306,6 @@ async def test_answers_arriving_in_pieces_are_read_whole(account: Account) -> No
             await a.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a stream download and a get() of the same file-sized blob race; the loser's "
-    "attach fails and it unlinks the shared payload path the winner just kept: the "
-    "blob stays SYNCED with no payload, unreadable, and sync never repairs it"))
 async def test_get_during_a_stream_download_of_the_same_blob(account: Account) -> None:
     a = await account.device("a")
     data = os.urandom(200_000)  # over inline_max (a file), under stream_threshold
@@ -337,10 +328,6 @@ async def test_get_during_a_stream_download_of_the_same_blob(account: Account) -
             await b.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: delete() during the upload of the same blob: the DELETE finds nothing (404), "
-    "the row is forgotten, then the upload lands; the next sync downloads the deleted "
-    "blob back (and every other device keeps it)"))
 async def test_delete_during_upload_does_not_resurrect(account: Account) -> None:
     async with relay_to(account.server.url) as relay:
         a = await device(account, "a", relay.url)
@@ -360,11 +347,6 @@ async def test_delete_during_upload_does_not_resurrect(account: Account) -> None
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PERF BUG: a download stream asks for up to stream_max_count ids of unknown size and "
-    "hangs up after stream_max_bytes; the server has meanwhile read and pushed megabytes "
-    "more into the socket, and the next stream asks for them again (~2.9x the data moved "
-    "with 2 MiB streams of 100 KB blobs). sync.py _stream_download/_FrameReader._start"))
 async def test_download_streams_do_not_move_much_more_than_the_data(account: Account) -> None:
     a = await account.device("a")
     try:

@@ -1,0 +1,36 @@
+"""`blobsync sync` and blobs the server refused: exit 1 until `--retry-failed` sends them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tests.client.conftest import Account
+from tests.client.test_review_cli import cli, home_with, one_line_error
+
+
+async def test_sync_names_and_retries_refused_blobs(account: Account, tmp_path: Path) -> None:
+    a = await home_with(account, "a")
+    home = a.profile.home
+    await a.close()
+    store = account.server.store
+    store.quota = await store.index.usage(account.user) + 50_000
+    src = tmp_path / "report.pdf"
+    src.write_bytes(os.urandom(100_000))
+    rc, _, err = await cli(home, "put", "--id", "report", str(src))
+    assert "--retry-failed" in one_line_error(rc, err, 1)
+    store.quota = 0  # space was freed
+    rc, out, err = await cli(home, "--json", "sync")
+    line = one_line_error(rc, err, 1)
+    assert "report" in line and "--retry-failed" in line
+    doc = json.loads(out)
+    assert doc["still_failed"] == ["report"] and doc["failed"] == [] and doc["retried"] == 0
+    rc, out, err = await cli(home, "--json", "sync", "--retry-failed")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert (doc["retried"], doc["uploaded"], doc["still_failed"]) == (1, 1, [])
+    rc, listed, _ = await cli(home, "ls", "--remote")
+    assert listed.decode().split() == ["report"]
+    rc, out, err = await cli(home, "sync")
+    assert rc == 0, err
