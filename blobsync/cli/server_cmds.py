@@ -155,14 +155,19 @@ def _read_demo(path: Path) -> tuple[str | None, str | None]:
 # --------------------------------------------------------------------------- users
 
 
-def cmd_user_add(args: argparse.Namespace) -> int:
+def _issue_token(args: argparse.Namespace, record: Callable[[Any, str], Awaitable[Any]]) -> int:
+    """Make a token, store only its hash through ``record(index, hash)``, print it alone."""
     from blobsync.server.auth import hash_token, new_token
 
-    uuid = _check_name(args.uuid, "uuid")
     token = new_token()
-    _with_index(args, lambda index: index.add_user(uuid, hash_token(token)))
+    _with_index(args, lambda index: record(index, hash_token(token)))
     _print(token)
     return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    uuid = _check_name(args.uuid, "uuid")
+    return _issue_token(args, lambda index, digest: index.add_user(uuid, digest))
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
@@ -178,26 +183,16 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_user_token(args: argparse.Namespace) -> int:
-    from blobsync.server.auth import hash_token, new_token
-
     uuid = _check_name(args.uuid, "uuid")
-    token = new_token()
-    _with_index(args, lambda index: index.set_user_token(uuid, hash_token(token)))
-    _print(token)
-    return 0
+    return _issue_token(args, lambda index, digest: index.set_user_token(uuid, digest))
 
 
 # --------------------------------------------------------------------------- services
 
 
 def cmd_service_add(args: argparse.Namespace) -> int:
-    from blobsync.server.auth import hash_token, new_token
-
     name = _check_name(args.name, "service name")
-    token = new_token()
-    _with_index(args, lambda index: index.add_service(name, hash_token(token)))
-    _print(token)
-    return 0
+    return _issue_token(args, lambda index, digest: index.add_service(name, digest))
 
 
 def cmd_service_list(args: argparse.Namespace) -> int:
