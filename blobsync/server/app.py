@@ -20,7 +20,7 @@ from aiohttp import web
 from blobsync.server.config import ConfigError, ServerConfig
 from blobsync.server.errors import error_middleware
 from blobsync.server.logs import ACCESS_LOGGER, AccessLogger
-from blobsync.server.metrics import Metrics, install, instrument_store
+from blobsync.server.metrics import Metrics, StoreMetrics, install
 from blobsync.server.openapi import build_openapi
 from blobsync.server.params import CONFIG, STORE
 from blobsync.server.routes_blobs import (
@@ -117,7 +117,7 @@ async def start_sites(
     """
     tls = ssl_context(config)
     metrics = Metrics(worker=worker)
-    instrument_store(store, metrics)
+    store.observer = StoreMetrics(metrics)  # counts what the store does, for /metrics
     public_app = make_public_app(store, config)
     install(public_app, metrics)
     local_app = make_local_app(store, config)

@@ -1,8 +1,9 @@
 """Prometheus metrics, served at ``GET /metrics`` on the local port.
 
 Three pieces: ``Metrics`` (the metric objects), ``metrics_middleware`` (requests, status,
-latency and bytes of every request of an app) and ``instrument_store`` (blobs stored,
-deleted and served, counted where they happen, whichever route or stream moved them).
+latency and bytes of every request of an app) and ``StoreMetrics``, the BlobStore observer
+that counts blobs stored, refused, deleted and served where they happen, whichever route or
+stream moved them.
 
 Labels stay bounded: the route is the route's pattern (``/blobs/{uuid}/{blob_id}``), never
 the path, so user names and blob ids never become label values.
@@ -18,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import (
@@ -34,7 +34,6 @@ from prometheus_client import multiprocess as prom_multiprocess
 
 from blobsync.format.errors import BlobsyncError
 from blobsync.server.storage.base import BlobInfo
-from blobsync.server.storage.blobstore import BlobStore
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
@@ -196,49 +195,26 @@ def install(app: web.Application, metrics: Metrics, *, serve: bool = False) -> N
         app.router.add_get("/metrics", metrics_handler, allow_head=False)
 
 
-_INSTRUMENTED = "_blobsync_metrics"
+class StoreMetrics:
+    """The ``StoreObserver`` that counts what a BlobStore stores, refuses, deletes and serves.
 
-
-def instrument_store(store: BlobStore, metrics: Metrics) -> None:
-    """Count the blobs ``store`` stores, deletes and serves. Idempotent per store.
-
-    The store is built by the storage factory, which knows nothing of metrics; wrapping its
-    three entry points here keeps it that way, and counts every route that uses them.
+    The store reports each of these itself, whichever route, stream or batch moved the
+    blob, so nothing is counted twice or missed; the storage factory that builds the
+    store knows nothing of metrics: ``start_sites`` sets ``store.observer`` to one of these.
     """
-    if getattr(store, _INSTRUMENTED, None) is not None:
-        return
-    put, delete, read = store.put, store.delete, store.read
 
-    async def counted_put(*args: Any, **kwargs: Any) -> BlobInfo:
-        try:
-            info = await put(*args, **kwargs)
-        except BlobsyncError as exc:
-            metrics.puts_refused.labels(type(exc).__name__).inc()
-            raise
-        metrics.blobs_stored.inc()
-        metrics.blob_bytes_stored.inc(info.size)
-        return info
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
 
-    async def counted_delete(*args: Any, **kwargs: Any) -> None:
-        await delete(*args, **kwargs)
-        metrics.blobs_deleted.inc()
+    def on_stored(self, info: BlobInfo) -> None:
+        self.metrics.blobs_stored.inc()
+        self.metrics.blob_bytes_stored.inc(info.size)
 
-    async def counted_read(*args: Any, **kwargs: Any) -> tuple[BlobInfo, AsyncIterator[bytes]]:
-        info, chunks = await read(*args, **kwargs)
-        return info, _counting(chunks, metrics.blob_bytes_served)
+    def on_refused(self, exc: BlobsyncError) -> None:
+        self.metrics.puts_refused.labels(type(exc).__name__).inc()
 
-    store.put = counted_put  # type: ignore[method-assign]
-    store.delete = counted_delete  # type: ignore[method-assign]
-    store.read = counted_read  # type: ignore[method-assign]
-    setattr(store, _INSTRUMENTED, metrics)
+    def on_deleted(self, info: BlobInfo) -> None:
+        self.metrics.blobs_deleted.inc()
 
-
-async def _counting(chunks: AsyncIterator[bytes], counter: Counter) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in chunks:
-            counter.inc(len(chunk))
-            yield chunk
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+    def on_served(self, nbytes: int) -> None:
+        self.metrics.blob_bytes_served.inc(nbytes)

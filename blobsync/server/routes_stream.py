@@ -37,7 +37,6 @@ from blobsync.format.stream import (
 )
 from blobsync.server.auth import authenticate_user
 from blobsync.server.errors import ApiError, cut_connection
-from blobsync.server.metrics import METRICS
 from blobsync.server.params import CONFIG, STORE, namespace, path_id, query_one, read_json_body
 from blobsync.server.storage.base import BlobExists, BlobInfo, QuotaExceeded, StorageError
 from blobsync.server.storage.blobstore import BATCH_BYTES, BATCH_COUNT, BlobStore, StreamBatch
@@ -94,6 +93,7 @@ async def download(request: web.Request, uuid: str, ns: str) -> web.StreamRespon
                         raise StorageError(f"{len(data)} bytes read, {info.size} indexed")
                     frames += (encode_frame_header(info.size, info.tag), data)
                 await resp.write(b"".join(frames))
+                store.observer.on_served(sum(info.size for info in group))
                 continue
             blob_id = ids[i]
             i += 1
@@ -129,6 +129,7 @@ async def _send_alone(resp: web.StreamResponse, store: BlobStore, info: BlobInfo
         async for chunk in chunks:
             sent += len(chunk)
             await resp.write(chunk)
+            store.observer.on_served(len(chunk))
         if sent != info.size:
             raise StorageError(f"{sent} bytes read, {info.size} indexed")
     finally:
@@ -196,7 +197,6 @@ class _Upload:
 
     def __init__(self, request: web.Request, uuid: str, ns: str) -> None:
         self.store = request.app[STORE]
-        self.metrics = request.app.get(METRICS)
         self.uuid = uuid
         self.ns = ns
         self.batch = self.store.batch(uuid, ns)
@@ -204,10 +204,11 @@ class _Upload:
         self.existing: list[str] = []
         self.current: str | None = None  # the blob being received, or the one that failed
 
-    def _exists(self, blob_id: str) -> None:
+    def _skipped(self, blob_id: str) -> None:
+        """A blob the header check found present: storage never sees it, so it is reported
+        to the store's observer here, as put and batches report theirs."""
         self.existing.append(blob_id)
-        if self.metrics is not None:  # as BlobStore.put's refusals are counted
-            self.metrics.puts_refused.labels(BlobExists.__name__).inc()
+        self.store.observer.on_refused(BlobExists(f"blob {blob_id} exists"))
 
     async def flush(self) -> None:
         """Store the waiting batch; raise QuotaExceeded (or a storage failure) naming the
@@ -221,13 +222,11 @@ class _Upload:
             self.current = waiting[0]
             raise
         for blob_id, outcome in outcomes:
+            # The store has reported each outcome to its observer already.
             if isinstance(outcome, BlobInfo):
                 self.stored.append(blob_id)
-                if self.metrics is not None:  # batches bypass the counting put
-                    self.metrics.blobs_stored.inc()
-                    self.metrics.blob_bytes_stored.inc(outcome.size)
             elif isinstance(outcome, BlobExists):
-                self._exists(blob_id)
+                self.existing.append(blob_id)
             else:
                 self.current = blob_id
                 raise outcome
@@ -239,7 +238,7 @@ class _Upload:
             assert isinstance(event, BlobStart) and event.blob_id is not None
             self.current = event.blob_id
             if event.blob_id in present:
-                self._exists(event.blob_id)  # its bytes are read and dropped
+                self._skipped(event.blob_id)  # its bytes are read and dropped
             elif self.batch.fits(event.size):
                 body = pump.blob_body()
                 try:
@@ -263,7 +262,7 @@ class _Upload:
             await self.store.put(self.uuid, self.ns, blob_id, body, size=size)
             self.stored.append(blob_id)
         except BlobExists:
-            self.existing.append(blob_id)  # counted by the instrumented put
+            self.existing.append(blob_id)  # reported by put to the store's observer
         finally:
             await body.aclose()  # type: ignore[attr-defined]
 

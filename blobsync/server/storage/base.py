@@ -143,6 +143,36 @@ class MetadataIndex(abc.ABC):
         user's usage, removes any tombstone of the id, and gives it the next ``seq``.
         """
 
+    async def insert_blobs(
+        self,
+        user: str,
+        namespace: str,
+        rows: list[tuple[str, int, bytes, str, frozenset[str]]],
+        quota: int = 0,
+    ) -> list[BlobInfo | BlobExists | QuotaExceeded]:
+        """Index a run of blobs with ``insert_blob``'s rules; backends do it in one transaction.
+
+        ``rows`` are (blob_id, size, tag, location, flags) of durable payloads. Returns one
+        outcome per row, in order: its BlobInfo, or BlobExists for an id already indexed
+        (or earlier in the run). The first row that would pass the quota gets QuotaExceeded
+        and ends the run: the list is then shorter than ``rows`` and the rest is not
+        indexed. This default goes row by row (one transaction each), with the same outcomes.
+        """
+        out: list[BlobInfo | BlobExists | QuotaExceeded] = []
+        for blob_id, size, tag, location, flags in rows:
+            try:
+                out.append(
+                    await self.insert_blob(
+                        user, namespace, blob_id, size, tag, location, flags=flags, quota=quota
+                    )
+                )
+            except BlobExists as exc:
+                out.append(exc)
+            except QuotaExceeded as exc:
+                out.append(exc)
+                break
+        return out
+
     @abc.abstractmethod
     async def get_blob(self, user: str, namespace: str, blob_id: str) -> BlobInfo | None: ...
 

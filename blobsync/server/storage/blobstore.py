@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from blobsync.format.errors import InvalidBlob, LimitExceeded, ProtocolError
+from blobsync.format.errors import BlobsyncError, InvalidBlob, LimitExceeded, ProtocolError
 from blobsync.format.preamble import MAX_HEAD_SIZE, TAG_SIZE, Scheme, SealedHead, parse_sealed_head
 
 from .base import (
@@ -38,6 +38,41 @@ BATCH_BYTES = 1 << 20
 BATCH_COUNT = 256
 
 Outcome = BlobInfo | BlobExists | QuotaExceeded
+
+
+class StoreObserver(Protocol):
+    """Told what a BlobStore did, whichever route or stream asked it (metrics listen here).
+
+    Called on the event loop right after the fact; it must be quick and must not raise.
+    """
+
+    def on_stored(self, info: BlobInfo) -> None:
+        """A blob is indexed: by ``put`` or in a batch."""
+
+    def on_refused(self, exc: BlobsyncError) -> None:
+        """A blob write was refused (BlobExists, QuotaExceeded, InvalidBlob, ...)."""
+
+    def on_deleted(self, info: BlobInfo) -> None:
+        """A blob's row is gone."""
+
+    def on_served(self, nbytes: int) -> None:
+        """``nbytes`` more sealed bytes were read out of the store for a client."""
+
+
+class NullObserver:
+    """The observer of a store nobody watches."""
+
+    def on_stored(self, info: BlobInfo) -> None:
+        pass
+
+    def on_refused(self, exc: BlobsyncError) -> None:
+        pass
+
+    def on_deleted(self, info: BlobInfo) -> None:
+        pass
+
+    def on_served(self, nbytes: int) -> None:
+        pass
 
 
 class _SealedCheck:
@@ -88,11 +123,14 @@ class BlobStore:
         *,
         quota: int = 0,
         max_blob_size: int | None = None,
+        observer: StoreObserver | None = None,
     ) -> None:
         self.index = index
         self.payloads = payloads
         self.quota = quota
         self.max_blob_size = max_blob_size
+        # Settable: the storage factory builds the store, the server wires its metrics.
+        self.observer: StoreObserver = observer if observer is not None else NullObserver()
         # Cleanups that outlive a cancelled put; close() waits for them.
         self._background: set[asyncio.Task[Any]] = set()
         # Committed here but not indexed yet: gc in this process never takes them.
@@ -126,6 +164,24 @@ class BlobStore:
         *,
         size: int | None = None,
         flags: frozenset[str] = frozenset(),
+    ) -> BlobInfo:
+        try:
+            info = await self._put(user, namespace, blob_id, chunks, size=size, flags=flags)
+        except BlobsyncError as exc:
+            self.observer.on_refused(exc)
+            raise
+        self.observer.on_stored(info)
+        return info
+
+    async def _put(
+        self,
+        user: str,
+        namespace: str,
+        blob_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        size: int | None,
+        flags: frozenset[str],
     ) -> BlobInfo:
         # Cheap refusals first, before a byte is stored (the index re-checks at the end).
         if await self.index.get_blob(user, namespace, blob_id) is not None:
@@ -246,11 +302,17 @@ class BlobStore:
                 for (blob_id, data, tag), location in zip(run, locations, strict=True)
             ]
             try:
-                outcomes = await self._insert_rows(user, namespace, rows)
+                outcomes = await self.index.insert_blobs(user, namespace, rows, quota=self.quota)
             except BaseException:
                 for (blob_id, _, _), location in zip(run, locations, strict=True):
                     await self._drop_unless_indexed(user, namespace, blob_id, location)
                 raise
+            # Reported before the payload deletes below, which may fail: the rows are in.
+            for outcome in outcomes:
+                if isinstance(outcome, BlobInfo):
+                    self.observer.on_stored(outcome)
+                else:
+                    self.observer.on_refused(outcome)
             for i, location in enumerate(locations):
                 if i >= len(outcomes) or not isinstance(outcomes[i], BlobInfo):
                     await self.payloads.delete(location)  # not ours: a row names another
@@ -284,28 +346,6 @@ class BlobStore:
             raise
         return locations
 
-    async def _insert_rows(
-        self, user: str, namespace: str, rows: list[tuple[str, int, bytes, str, frozenset[str]]]
-    ) -> list[Outcome]:
-        insert_blobs = getattr(self.index, "insert_blobs", None)
-        if insert_blobs is not None:
-            done: list[Outcome] = await insert_blobs(user, namespace, rows, quota=self.quota)
-            return done
-        # Any other index: row by row, with insert_blobs' outcomes.
-        out: list[Outcome] = []
-        for blob_id, size, tag, location, flags in rows:
-            try:
-                out.append(await self.index.insert_blob(
-                    user, namespace, blob_id, size, tag, location, flags=flags,
-                    quota=self.quota,
-                ))
-            except BlobExists as exc:
-                out.append(exc)
-            except QuotaExceeded as exc:
-                out.append(exc)
-                break
-        return out
-
     # reading ----------------------------------------------------------------------------
     async def read(
         self,
@@ -324,14 +364,15 @@ class BlobStore:
         try:
             first = await anext(chunks)
         except StopAsyncIteration:
-            return info, _chain(None, chunks)
-        return info, _chain(first, chunks)
+            return info, _chain(None, chunks, self.observer)
+        return info, _chain(first, chunks, self.observer)
 
     # deleting ---------------------------------------------------------------------------
     async def delete(self, user: str, namespace: str, blob_id: str) -> None:
         # Row first: from then on nobody can find the payload, so removing it is safe. A
         # crash in between leaves an orphan for gc, never a row without bytes.
         info = await self.index.delete_blob(user, namespace, blob_id)
+        self.observer.on_deleted(info)
         await self.payloads.delete(info.location)
 
     async def gc(self, grace_seconds: float = 3600) -> int:
@@ -358,11 +399,15 @@ class BlobStore:
         return removed
 
 
-async def _chain(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _chain(
+    first: bytes | None, rest: AsyncIterator[bytes], observer: StoreObserver
+) -> AsyncIterator[bytes]:
     try:
         if first is not None:
+            observer.on_served(len(first))
             yield first
             async for chunk in rest:
+                observer.on_served(len(chunk))
                 yield chunk
     finally:
         aclose = getattr(rest, "aclose", None)
@@ -412,11 +457,15 @@ class StreamBatch:
             raise ValueError(f"blob of {size} bytes does not fit a batch")
         check = _SealedCheck(blob_id, size, self.store.max_blob_size)
         buf = bytearray()
-        async for chunk in chunks:
-            if chunk:
-                check.feed(chunk)
-                buf += chunk
-        check.finish()
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    check.feed(chunk)
+                    buf += chunk
+            check.finish()
+        except BlobsyncError as exc:
+            self.store.observer.on_refused(exc)  # as put reports its refusals
+            raise
         self._waiting.append((blob_id, bytes(buf), check.tail))
         self._bytes += len(buf)
 

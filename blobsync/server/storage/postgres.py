@@ -397,6 +397,89 @@ class PostgresIndex(MetadataIndex):
         assert row is not None
         return _info(row)
 
+    async def insert_blobs(
+        self,
+        user: str,
+        namespace: str,
+        rows: list[tuple[str, int, bytes, str, frozenset[str]]],
+        quota: int = 0,
+    ) -> list[BlobInfo | BlobExists | QuotaExceeded]:
+        """``MetadataIndex.insert_blobs`` in one transaction, exact across processes."""
+        if not rows:
+            return []
+        ids = [r[0] for r in rows]
+        async with self._connection() as conn, conn.transaction():
+            # Stored order is the order of ``rows``; the inserts below go in id order.
+            seqs = sorted(
+                await conn.fetchval(
+                    "SELECT array_agg(nextval('blob_seq')) FROM generate_series(1, $1)",
+                    len(rows),
+                )
+            )
+            # Inserting in id order means two runs that share ids wait for each other in
+            # the same order, never in a cycle. DO NOTHING skips an id indexed already
+            # (or twice in the run: the first wins) and RETURNING names those that went in.
+            inserted = await conn.fetch(
+                "INSERT INTO blobs (user_id, namespace, blob_id, size, tag, flags, location,"
+                " seq) SELECT $1, $2, r.blob_id, r.size, r.tag,"
+                " string_to_array(r.flags, ','), r.location, r.seq"
+                " FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::text[], $7::text[],"
+                " $8::bigint[]) AS r(blob_id, size, tag, flags, location, seq)"
+                " ORDER BY r.blob_id, r.seq"
+                f" ON CONFLICT (user_id, namespace, blob_id) DO NOTHING RETURNING {_COLUMNS}",
+                user,
+                namespace,
+                ids,
+                [r[1] for r in rows],
+                [bytes(r[2]) for r in rows],
+                [",".join(_flag_list(r[4])) for r in rows],
+                [r[3] for r in rows],
+                seqs,
+            )
+            by_seq = {rec["seq"]: _info(rec) for rec in inserted}
+            # Locked after the blob rows, as insert_blob does, and held to the commit: this
+            # user's other writers, in any process, wait here, so the sum below is exact.
+            await conn.execute(
+                "INSERT INTO usage (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user
+            )
+            used = await conn.fetchval(
+                "SELECT bytes FROM usage WHERE user_id = $1 FOR UPDATE", user
+            )
+            out: list[BlobInfo | BlobExists | QuotaExceeded] = []
+            added = 0
+            for (blob_id, size, *_), seq in zip(rows, seqs, strict=True):
+                info = by_seq.pop(seq, None)
+                if info is None:
+                    out.append(BlobExists(f"blob {blob_id} exists"))
+                elif quota > 0 and used + added + size > quota:
+                    out.append(QuotaExceeded(f"quota of {quota} bytes exceeded"))
+                    by_seq[seq] = info  # with the rest of the run: taken out again below
+                    break
+                else:
+                    added += size
+                    out.append(info)
+            if by_seq:
+                await conn.execute(
+                    "DELETE FROM blobs WHERE user_id = $1 AND namespace = $2"
+                    " AND seq = ANY($3::bigint[])",
+                    user,
+                    namespace,
+                    list(by_seq),
+                )
+            kept = [o.blob_id for o in out if isinstance(o, BlobInfo)]
+            if kept:
+                await conn.execute(
+                    "DELETE FROM tombstones WHERE user_id = $1 AND namespace = $2"
+                    " AND blob_id = ANY($3::text[])",
+                    user,
+                    namespace,
+                    kept,
+                )
+                await conn.execute(
+                    "UPDATE usage SET bytes = bytes + $2 WHERE user_id = $1", user, added
+                )
+        return out
+
     async def get_blob(self, user: str, namespace: str, blob_id: str) -> BlobInfo | None:
         async with self._connection() as conn:
             row = await conn.fetchrow(
