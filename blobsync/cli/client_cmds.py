@@ -190,10 +190,6 @@ async def cmd_init(args: argparse.Namespace, out: Output) -> int:
 # --------------------------------------------------------------------------- put
 
 
-def _walk_error(err: OSError) -> None:
-    raise err
-
-
 def collect_files(paths: list[str]) -> list[Path]:
     """Regular files named or found under the named directories, in a stable order.
 
@@ -215,12 +211,15 @@ def collect_files(paths: list[str]) -> list[Path]:
 
 
 def _files_under(root: Path) -> Iterator[Path]:
-    for here, dirs, files in os.walk(root, onerror=_walk_error):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(here) / name
-            if path.is_file():
-                yield path
+    """Files first, then each subdirectory, in name order (as os.walk top-down); links to
+    directories are not followed. scandir's entries know their type without a stat per
+    file, which counts for tens of thousands of small files."""
+    with os.scandir(root) as it:
+        entries = list(it)
+    for name in sorted(e.name for e in entries if e.is_file()):
+        yield root / name
+    for name in sorted(e.name for e in entries if e.is_dir(follow_symlinks=False)):
+        yield from _files_under(root / name)
 
 
 async def cmd_put(args: argparse.Namespace, out: Output) -> int:
@@ -237,17 +236,20 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
     refused: set[str] = set()  # ours the server refused (FAILED_UPLOAD)
     async with _manager(args, stream=not args.no_stream) as manager:
         # Store everything first, then upload in one pass: small blobs then share streams.
-        for path in files:
-            blob_id = await manager.put(
-                args.id,
-                path,
-                namespace=namespace,
-                priority=args.priority,
-                local_only=args.local_only,
-                upload=False,
-            )
+        def kept(blob_id: str, path: Path) -> None:
             stored.append({"id": blob_id, "path": str(path)})
             out.line(f"{blob_id}\t{path}")
+
+        if args.id is not None:
+            kept(await manager.put(
+                args.id, files[0], namespace=namespace, priority=args.priority,
+                local_only=args.local_only, upload=False,
+            ), files[0])
+        else:  # many small files per transaction
+            await manager.put_many(
+                files, namespace=namespace, priority=args.priority,
+                local_only=args.local_only, stored=kept,
+            )
         uploaded = 0
         if stored and not args.local_only:
             with Bars(bars_wanted(out.json_mode)) as bars:

@@ -37,6 +37,8 @@ T = TypeVar("T")
 # Bytes per file read or write: few syscalls and executor hops, still small next to the
 # 150 MB memory bound even with several transfers at once.
 FILE_CHUNK = 1 << 20
+# Inline payloads read per query for a stream upload: few queries, bounded memory.
+INLINE_READ_BYTES = 4 << 20
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -115,6 +117,15 @@ class Attach:
     external: bool
     payload: bytes | None = None
     location: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A blob sealed in memory, to be kept inline: ``size`` is its plaintext size."""
+
+    blob_id: str
+    size: int
+    payload: bytes
 
 
 class LocalStore:
@@ -309,6 +320,57 @@ class LocalStore:
             args += [s.value for s in statuses]
         return [Row.from_db(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
 
+    async def statuses(self, namespace: str) -> tuple[set[str], dict[str, str]]:
+        """(every id, status value of those not SYNCED) in a namespace: the narrow read of
+        reconcile, which must stay cheap for 100,000 unchanged blobs. The ids come as one
+        string from the (namespace, blob_id) index, split in C: ~3x faster than a row per
+        blob. Ids holding the separator (never valid ones, but a server could list them)
+        make it read row by row. The statuses come from the ``blobs_work`` index, for the few rows
+        not SYNCED."""
+        others = [s.value for s in SyncStatus if s is not SyncStatus.SYNCED]
+
+        def q() -> tuple[set[str], dict[str, str]]:
+            conn = self._conn
+            conn.execute("BEGIN")  # one snapshot for the three reads
+            try:
+                return read(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        def read(conn: Any) -> tuple[set[str], dict[str, str]]:
+            joined, odd = conn.execute(
+                "SELECT group_concat(blob_id, char(10)), sum(instr(blob_id, char(10)) > 0) "
+                "FROM blobs WHERE namespace = ?",
+                (namespace,),
+            ).fetchone()
+            if odd:
+                ids = {r[0] for r in conn.execute(
+                    "SELECT blob_id FROM blobs WHERE namespace = ?", (namespace,)
+                )}
+            else:
+                ids = set(joined.split("\n")) if joined else set()
+            unsynced = dict(conn.execute(
+                "SELECT blob_id, status FROM blobs "
+                f"WHERE namespace = ? AND status IN ({','.join('?' * len(others))})",
+                (namespace, *others),
+            ).fetchall())
+            return ids, unsynced
+
+        return await self._run(q)
+
+    async def ids_larger(self, namespace: str, status: SyncStatus, sealed_max: int) -> set[str]:
+        """Ids in ``status`` whose sealed size is known and above ``sealed_max``."""
+
+        def q() -> set[str]:
+            cur = self._conn.execute(
+                "SELECT blob_id FROM blobs WHERE namespace = ? AND status = ? "
+                "AND sealed_size > ?",
+                (namespace, status.value, sealed_max),
+            )
+            return {r[0] for r in cur}
+
+        return await self._run(q)
+
     async def due(self, namespace: str, status: SyncStatus, now: float) -> list[Row]:
         """Rows in ``status`` whose next attempt has come, highest priority first."""
 
@@ -406,6 +468,34 @@ class LocalStore:
                 if payload is not None:
                     self._conn.execute(
                         "INSERT INTO payloads (id, data) VALUES (?, ?)", (cur.lastrowid, payload)
+                    )
+
+        await self._run(q)
+
+    async def insert_many(
+        self, namespace: str, status: SyncStatus, priority: int, items: list[Sealed]
+    ) -> None:
+        """``insert`` of many inline blobs in one transaction: all of them or none, and one
+        commit instead of one per blob. BlobExists (nothing inserted) if one is present."""
+
+        def q() -> None:
+            now = time.time()
+            conn = self._conn
+            with self._tx():
+                for it in items:
+                    try:
+                        cur = conn.execute(
+                            "INSERT INTO blobs (namespace, blob_id, status, priority, size, "
+                            "sealed_size, inline, created) VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
+                            (namespace, it.blob_id, status.value, priority, it.size,
+                             len(it.payload), now),
+                        )
+                    except sqlcipher.IntegrityError:
+                        raise BlobExists(
+                            f"blob {it.blob_id} already exists in namespace {namespace}"
+                        ) from None
+                    conn.execute(
+                        "INSERT INTO payloads (id, data) VALUES (?, ?)", (cur.lastrowid, it.payload)
                     )
 
         await self._run(q)
@@ -598,31 +688,44 @@ class LocalStore:
         """``attach_payload`` for many verified downloads in one transaction: one commit per
         batch instead of one per blob is what makes thousands of small blobs cheap."""
         waiting = (SyncStatus.PENDING_DOWNLOAD.value, SyncStatus.FAILED_DOWNLOAD.value)
+        synced = SyncStatus.SYNCED.value
 
         def q() -> list[bool]:
-            out = []
+            conn = self._conn
+            out: list[bool] = []
+            updates: list[tuple[Any, ...]] = []
+            payloads: list[tuple[int, bytes]] = []
             with self._tx():
+                # One lookup and two executemany for the batch, not three queries a blob.
+                found: dict[str, tuple[int, str]] = {}
+                ids = [it.blob_id for it in items]
+                for i in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+                    part = ids[i : i + 500]
+                    found.update((r[0], (r[1], r[2])) for r in conn.execute(
+                        "SELECT blob_id, id, status FROM blobs WHERE namespace = ? "
+                        f"AND blob_id IN ({','.join('?' * len(part))})",
+                        (namespace, *part),
+                    ))
                 for it in items:
-                    r = self._conn.execute(
-                        "SELECT id, status FROM blobs WHERE namespace = ? AND blob_id = ?",
-                        (namespace, it.blob_id),
-                    ).fetchone()
+                    r = found.get(it.blob_id)
                     if r is None or r[1] not in waiting:
                         out.append(False)
                         continue
-                    self._conn.execute(
-                        "UPDATE blobs SET status = ?, size = ?, sealed_size = ?, location = ?, "
-                        "inline = ?, external = ?, retries = 0, next_attempt = 0, "
-                        "verify_failures = 0, partial_tag = NULL WHERE id = ?",
-                        (SyncStatus.SYNCED.value, it.size, it.sealed_size, it.location,
-                         int(it.payload is not None), int(it.external), r[0]),
-                    )
+                    found[it.blob_id] = (r[0], synced)  # twice in a batch: kept once
+                    updates.append((synced, it.size, it.sealed_size, it.location,
+                                    int(it.payload is not None), int(it.external), r[0]))
                     if it.payload is not None:
-                        self._conn.execute(
-                            "INSERT OR REPLACE INTO payloads (id, data) VALUES (?, ?)",
-                            (r[0], it.payload),
-                        )
+                        payloads.append((r[0], it.payload))
                     out.append(True)
+                conn.executemany(
+                    "UPDATE blobs SET status = ?, size = ?, sealed_size = ?, location = ?, "
+                    "inline = ?, external = ?, retries = 0, next_attempt = 0, "
+                    "verify_failures = 0, partial_tag = NULL WHERE id = ?",
+                    updates,
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO payloads (id, data) VALUES (?, ?)", payloads
+                )
             return out
 
         return await self._run(q)
@@ -683,6 +786,47 @@ class LocalStore:
             return bytes(r[0])
 
         return await self._run(q)
+
+    async def read_inline_many(self, row_ids: list[int]) -> dict[int, bytes]:
+        """Inline payloads by row id, in one query; ClientError if one is missing."""
+
+        def q() -> dict[int, bytes]:
+            out: dict[int, bytes] = {}
+            for i in range(0, len(row_ids), 500):  # under SQLite's bound-parameter limit
+                part = row_ids[i : i + 500]
+                cur = self._conn.execute(
+                    f"SELECT id, data FROM payloads WHERE id IN ({','.join('?' * len(part))})",
+                    part,
+                )
+                out.update((r[0], bytes(r[1])) for r in cur)
+            if len(out) != len(set(row_ids)):
+                raise ClientError("local store: an inline payload is missing")
+            return out
+
+        return await self._run(q)
+
+    async def read_sealed_many(self, rows: list[Row]) -> AsyncIterator[bytes]:
+        """The sealed bytes of local blobs one after the other, in chunks: the inline
+        ones read many per query (one query per blob dominated stream uploads), at most
+        ``INLINE_READ_BYTES`` of them held at once."""
+        i = 0
+        while i < len(rows):
+            if not rows[i].inline:
+                async for chunk in self.read_sealed(rows[i]):
+                    yield chunk
+                i += 1
+                continue
+            group: list[Row] = []
+            size = 0
+            while i < len(rows) and rows[i].inline and (
+                not group or size + (rows[i].sealed_size or 0) <= INLINE_READ_BYTES
+            ):
+                group.append(rows[i])
+                size += rows[i].sealed_size or 0
+                i += 1
+            data = await self.read_inline_many([r.id for r in group])
+            for r in group:
+                yield data[r.id]
 
     async def read_sealed(self, row: Row) -> AsyncIterator[bytes]:
         """The sealed bytes of a local blob, in chunks."""
