@@ -577,31 +577,26 @@ class BlobManager:
     async def sync(
         self, namespace: str = "default", *, progress: ProgressCallback | None = None
     ) -> SyncReport:
-        _check_ids(namespace)
-        async with self._sync_lock:
-            report = SyncReport()
-            await self.engine.reconcile(namespace, report)
-            return await self.engine.run(namespace, PHASES, progress=progress, report=report)
+        return await self._reconcile_and_run(namespace, PHASES, progress)
 
     async def send_missing(
         self, namespace: str = "default", *, progress: ProgressCallback | None = None
     ) -> int:
-        _check_ids(namespace)
-        async with self._sync_lock:
-            report = SyncReport()
-            await self.engine.reconcile(namespace, report)
-            await self.engine.run(namespace, ["upload"], progress=progress, report=report)
-            return report.uploaded
+        return (await self._reconcile_and_run(namespace, ["upload"], progress)).uploaded
 
     async def fetch_missing(
         self, namespace: str = "default", *, progress: ProgressCallback | None = None
     ) -> int:
+        return (await self._reconcile_and_run(namespace, ["download"], progress)).downloaded
+
+    async def _reconcile_and_run(
+        self, namespace: str, phases: Iterable[str], progress: ProgressCallback | None
+    ) -> SyncReport:
         _check_ids(namespace)
         async with self._sync_lock:
             report = SyncReport()
             await self.engine.reconcile(namespace, report)
-            await self.engine.run(namespace, ["download"], progress=progress, report=report)
-            return report.downloaded
+            return await self.engine.run(namespace, phases, progress=progress, report=report)
 
     async def sync_progress(self, namespace: str | None = None) -> dict[SyncStatus, int]:
         return await self.store.counts(namespace)

@@ -276,6 +276,21 @@ class FileWriter(PayloadWriter):
         self._release()
 
 
+def _link_exclusive(tmp: str, shard: str, blob_id: str) -> str:
+    """Link ``tmp`` into ``shard`` under ``blob_id``, or ``blob_id~hex`` if that is taken.
+
+    os.link never replaces: another writer's bytes stay untouched. The index decides which
+    of us wins; the loser deletes its own location. Returns the name used.
+    """
+    name = blob_id
+    while True:
+        try:
+            os.link(tmp, os.path.join(shard, name))
+            return name
+        except FileExistsError:
+            name = f"{blob_id}~{os.urandom(8).hex()}"
+
+
 class FilePayloads(PayloadStore):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
@@ -325,15 +340,7 @@ class FilePayloads(PayloadStore):
 
     def _link_into_place(self, tmp: str, parts: tuple[str, ...], blob_id: str) -> str:
         shard = _makedirs_durable(self.root, parts)
-        name = blob_id
-        while True:
-            try:
-                os.link(tmp, os.path.join(shard, name))
-                break
-            except FileExistsError:
-                # Another writer owns this name; its bytes stay untouched. The index decides
-                # which of us wins; the loser deletes its own location.
-                name = f"{blob_id}~{os.urandom(8).hex()}"
+        name = _link_exclusive(tmp, shard, blob_id)
         try:
             _fsync_dir(shard)
         except BaseException:
@@ -380,13 +387,7 @@ class FilePayloads(PayloadStore):
             for (blob_id, _), tmp in zip(items, temps, strict=True):
                 parts = shard_parts(user, namespace, blob_id)
                 shard = _makedirs(self.root, parts, dirty)
-                name = blob_id
-                while True:
-                    try:
-                        os.link(tmp, os.path.join(shard, name))
-                        break
-                    except FileExistsError:
-                        name = f"{blob_id}~{os.urandom(8).hex()}"
+                name = _link_exclusive(tmp, shard, blob_id)
                 finals.append(os.path.join(shard, name))
                 dirty.add(shard)
                 locations.append("/".join((*parts, name)))
