@@ -13,6 +13,7 @@ import sys
 from typing import NoReturn
 
 from blobsync import __version__
+from blobsync.allocator import tune_allocator
 
 COMMAND_MODULES = ("blobsync.cli.server_cmds", "blobsync.cli.client_cmds")
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)

@@ -37,6 +37,8 @@ T = TypeVar("T")
 # Bytes per file read or write: few syscalls and executor hops, still small next to the
 # 150 MB memory bound even with several transfers at once.
 FILE_CHUNK = 1 << 20
+# Bytes written to a file between background flushes to disk (FileWriter).
+SYNC_EVERY = 32 << 20
 # Inline payloads read per query for a stream upload: few queries, bounded memory.
 INLINE_READ_BYTES = 4 << 20
 
@@ -932,13 +934,25 @@ async def read_file(path: Path, offset: int = 0) -> AsyncIterator[bytes]:
 
 
 class FileWriter:
-    """Buffered writes to a file from the event loop: one disk write per FILE_CHUNK."""
+    """Buffered writes to a file from the event loop: one thread hop per FILE_CHUNK.
+
+    Pieces are kept as given (no copying into a buffer) and written with one
+    ``writelines`` per hop; ``write`` takes ownership of what it is handed.
+
+    Every file written here is made durable before it is kept, and one fsync of a whole
+    large file at the end stalls for as long as the disk takes to absorb it (0.4 s for
+    1 GiB here). So every SYNC_EVERY bytes a flush to disk starts in the background, and
+    the disk works while the network delivers the rest.
+    """
 
     def __init__(self, path: Path, *, append: bool = False) -> None:
         self.path = path
         self._append = append
         self._f: Any = None
-        self._buf = bytearray()
+        self._pieces: list[bytes] = []
+        self._held = 0
+        self._unsynced = 0
+        self._sync: asyncio.Future[None] | None = None
         self.written = 0
 
     async def open(self) -> FileWriter:
@@ -948,16 +962,24 @@ class FileWriter:
         return self
 
     async def write(self, data: bytes) -> None:
-        self._buf += data
+        self._pieces.append(data if isinstance(data, bytes) else bytes(data))
+        self._held += len(data)
         self.written += len(data)
-        if len(self._buf) >= FILE_CHUNK:
+        if self._held >= FILE_CHUNK:
             await self.flush()
 
     async def flush(self) -> None:
-        if self._buf:
-            data = bytes(self._buf)
-            self._buf.clear()
-            await asyncio.to_thread(self._f.write, data)
+        if self._pieces:
+            pieces, self._pieces = self._pieces, []
+            self._unsynced += self._held
+            self._held = 0
+            await asyncio.to_thread(self._f.writelines, pieces)
+            if self._unsynced >= SYNC_EVERY and (self._sync is None or self._sync.done()):
+                self._unsynced = 0
+                self._f.flush()  # a no-op once pieces are large; fdatasync sees the bytes
+                self._sync = asyncio.ensure_future(
+                    asyncio.to_thread(os.fdatasync, self._f.fileno())
+                )
 
     async def close(self) -> None:
         if self._f is not None:
@@ -965,6 +987,10 @@ class FileWriter:
                 await self.flush()
             finally:
                 f, self._f = self._f, None
+                # The fd must outlive any flush still running on it.
+                sync, self._sync = self._sync, None
+                if sync is not None:
+                    await asyncio.gather(sync, return_exceptions=True)
                 await asyncio.to_thread(f.close)
 
 

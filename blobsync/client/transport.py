@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from blobsync.format import CHUNK_SIZE, b64url_decode, encode_upstream_header
+from blobsync.format import b64url_decode, encode_upstream_header
 
 from .errors import (
     AlreadyOnServer,
@@ -45,6 +45,9 @@ log = logging.getLogger("blobsync.client.transport")
 
 # Error bodies are short JSON; never read more of one than this.
 MAX_ERROR_BODY = 64 << 10
+# aiohttp's per-response read buffer: it stops reading the socket at twice this. Its 64 KiB
+# default means a pause and a resume per 128 KiB of a large download.
+READ_BUFFER = 1 << 20
 # JSON answers (listings of ids) can be long but not unbounded.
 MAX_JSON_BODY = 64 << 20
 
@@ -85,7 +88,9 @@ class Download:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         with _mapped("downloading"):
-            async for chunk in self._resp.content.iter_chunked(CHUNK_SIZE):
+            # Whatever has arrived, as it arrived: no splitting or joining into fixed sizes
+            # (the read buffer bounds a piece).
+            async for chunk in self._resp.content.iter_any():
                 yield chunk
 
 
@@ -138,6 +143,7 @@ class Transport:
                     total=None, sock_connect=self._connect_timeout, sock_read=self._read_timeout
                 ),
                 auto_decompress=False,  # sealed bytes are what they are
+                read_bufsize=READ_BUFFER,
                 headers={"Authorization": self._auth},
                 connector=aiohttp.TCPConnector(ssl=tls, limit=32),
             )
@@ -327,7 +333,7 @@ class Transport:
 
                 async def body() -> AsyncIterator[bytes]:
                     with _mapped(what):
-                        async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
+                        async for chunk in resp.content.iter_any():
                             yield chunk
 
                 yield body()

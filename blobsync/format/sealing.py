@@ -142,14 +142,27 @@ class Opener:
             raise
 
     def _feed(self, chunk: bytes | bytearray | memoryview) -> None:
-        self._buf += chunk
         if self._head is None:
+            self._buf += chunk
             head = parse_sealed_head(self._buf)
             if head is None:
                 return
             self._begin(head)
             del self._buf[: head.size]
-        self._drain(keep=TAG_SIZE if self._dec is not None else 0)
+            chunk = b""
+        # Only the last TAG_SIZE bytes seen are held back (they may be the tag); the bulk
+        # of a chunk goes to the cipher as a view, never through the buffer.
+        keep = TAG_SIZE if self._dec is not None else 0
+        if len(chunk) < keep:
+            self._buf += chunk
+            self._release(len(self._buf) - keep)
+            return
+        self._release(len(self._buf))
+        view = memoryview(chunk)
+        cut = len(view) - keep
+        if cut:
+            self._release_view(view[:cut])
+        self._buf += view[cut:]
 
     def _begin(self, head: SealedHead) -> None:
         pre = head.preamble
@@ -163,14 +176,17 @@ class Opener:
         # Set last: a head is only taken once everything about it checked out.
         self._head = head
 
-    def _drain(self, keep: int) -> None:
-        n = len(self._buf) - keep
+    def _release(self, n: int) -> None:
+        """Release the first ``n`` held bytes."""
         if n <= 0:
             return
         piece = bytes(self._buf[:n])
         del self._buf[:n]
-        self._size += n
-        self._sink(self._dec.update(piece) if self._dec is not None else piece)
+        self._release_view(memoryview(piece))
+
+    def _release_view(self, piece: memoryview) -> None:
+        self._size += len(piece)
+        self._sink(self._dec.update(piece) if self._dec is not None else bytes(piece))
 
     def finish(self) -> Opened:
         """Call once, at the end of input: verifies and reports, or raises InvalidBlob."""
@@ -183,7 +199,7 @@ class Opener:
             raise InvalidBlob("sealed blob: cut short inside its head")
         pre = self._head.preamble
         if self._dec is None:
-            self._drain(keep=0)
+            self._release(len(self._buf))
             if pre.content_size is not None and pre.content_size != self._size:
                 raise InvalidBlob(
                     f"external blob: {self._size} bytes, preamble says {pre.content_size}"

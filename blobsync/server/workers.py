@@ -274,9 +274,11 @@ def worker_main(config: ServerConfig, index: int, master: int, ready: Connection
     # it on once; a worker that got it twice would die in the middle of its shutdown.
     os.setpgid(0, 0)
     _die_with(master)
+    from blobsync.allocator import tune_allocator
     from blobsync.server.app import run_server
     from blobsync.server.logs import setup_logging
 
+    tune_allocator()
     setup_logging(config.log_level)
 
     async def on_ready(_store: Any, _sites: Any) -> None:

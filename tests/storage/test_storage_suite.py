@@ -11,6 +11,7 @@ import pytest
 from blobsync.format import InvalidBlob, LimitExceeded, ProtocolError, seal, seal_external
 from blobsync.format.limits import CHUNK_SIZE
 from blobsync.server.storage.base import (
+    READ_PIECE_MAX,
     BlobExists,
     BlobInfo,
     BlobNotFound,
@@ -485,9 +486,15 @@ async def test_read_ranges(store: BlobStore, sealed: Sealed) -> None:
     for offset, length in cases:
         want = data[offset:] if length is None else data[offset : offset + length]
         assert await read_all(store, "r", offset=offset, length=length) == want, (offset, length)
-    _, chunks = await store.read(U, NS, "r")
+
+
+async def test_read_streams_in_bounded_pieces(store: BlobStore, sealed: Sealed) -> None:
+    data = sealed("big", 2 * READ_PIECE_MAX + 5)
+    await put(store, "big", data)
+    _, chunks = await store.read(U, NS, "big")
     pieces = [c async for c in chunks]
-    assert max(len(p) for p in pieces) <= CHUNK_SIZE  # streamed, not whole
+    assert b"".join(pieces) == data
+    assert len(pieces) > 2 and max(len(p) for p in pieces) <= READ_PIECE_MAX
 
 
 async def test_reader_abandoned_midway(store: BlobStore, sealed: Sealed) -> None:

@@ -20,6 +20,10 @@ from enum import Enum
 
 from blobsync.format.errors import BlobsyncError
 
+# The largest piece PayloadStore.read yields: what one transfer holds, and big enough that
+# per-piece costs (a thread hop, a socket write) are small against the copying.
+READ_PIECE_MAX = 1 << 20
+
 FLAGS = frozenset({"PENDING", "PROCESSING", "PROCESSED", "FAILED"})
 
 
@@ -267,7 +271,8 @@ class PayloadStore(abc.ABC):
     def read(
         self, location: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        """Yield the bytes at ``location`` from ``offset``, ``length`` of them or to the end.
+        """Yield the bytes at ``location`` from ``offset``, ``length`` of them or to the end,
+        in pieces of at most READ_PIECE_MAX bytes.
 
         Raises BlobNotFound if nothing is there.
         """

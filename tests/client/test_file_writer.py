@@ -1,0 +1,47 @@
+"""FileWriter: pieces land in order, and large files start flushing to disk early."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from blobsync.client import localstore
+from blobsync.client.localstore import FileWriter
+
+
+async def test_pieces_land_in_order(tmp_path: Path) -> None:
+    pieces = [os.urandom(n) for n in (0, 1, 70_000, 1 << 20, 3, 2_000_000)]
+    w = await FileWriter(tmp_path / "f").open()
+    for p in pieces:
+        await w.write(p)
+    await w.close()
+    assert (tmp_path / "f").read_bytes() == b"".join(pieces)
+    assert w.written == sum(map(len, pieces))
+
+
+async def test_append_continues_a_partial(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"abc")
+    w = await FileWriter(tmp_path / "f", append=True).open()
+    assert w.written == 3
+    await w.write(bytearray(b"def"))  # not bytes: copied, so later changes do not leak in
+    await w.close()
+    assert (tmp_path / "f").read_bytes() == b"abcdef"
+
+
+async def test_background_flushes_start_and_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(localstore, "SYNC_EVERY", 1 << 20)
+    data = os.urandom(6 << 20)
+    w = await FileWriter(tmp_path / "f").open()
+    started = 0
+    for i in range(0, len(data), 100_000):
+        await w.write(data[i : i + 100_000])
+        if w._sync is not None:
+            started += 1
+    assert started, "no background flush was started"
+    await w.close()
+    assert w._sync is None  # awaited before the file was closed
+    assert (tmp_path / "f").read_bytes() == data
