@@ -223,7 +223,7 @@ def _files_under(root: Path) -> Iterator[Path]:
 
 
 async def cmd_put(args: argparse.Namespace, out: Output) -> int:
-    from blobsync.client import SyncStatus
+    from blobsync.client import SyncReport, SyncStatus
 
     namespace = _check_id(args.namespace, "namespace")
     if args.id is not None:
@@ -235,25 +235,30 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
     left: set[str] = set()  # ours still waiting to be uploaded
     refused: set[str] = set()  # ours the server refused (FAILED_UPLOAD)
     async with _manager(args, stream=not args.no_stream) as manager:
-        # Store everything first, then upload in one pass: small blobs then share streams.
         def kept(blob_id: str, path: Path) -> None:
             stored.append({"id": blob_id, "path": str(path)})
             out.line(f"{blob_id}\t{path}")
 
-        if args.id is not None:
-            kept(await manager.put(
-                args.id, files[0], namespace=namespace, priority=args.priority,
-                local_only=args.local_only, upload=False,
-            ), files[0])
-        else:  # many small files per transaction
-            await manager.put_many(
-                files, namespace=namespace, priority=args.priority,
-                local_only=args.local_only, stored=kept,
-            )
-        uploaded = 0
+        report = SyncReport()
+        with Bars(bars_wanted(out.json_mode) and not args.local_only) as bars:
+            if args.id is not None:
+                kept(await manager.put(
+                    args.id, files[0], namespace=namespace, priority=args.priority,
+                    local_only=args.local_only, upload=False,
+                ), files[0])
+            else:
+                # Many small files per transaction, each batch uploaded in a stream while
+                # the next ones are stored.
+                await manager.put_many(
+                    files, namespace=namespace, priority=args.priority,
+                    local_only=args.local_only, stored=kept, upload=True,
+                    progress=bars.callback, report=report,
+                )
+            uploaded = report.uploaded
+            if stored and not args.local_only:
+                # The rest: large files, and batches that failed to go in one piece.
+                uploaded += await manager.send_missing(namespace, progress=bars.callback)
         if stored and not args.local_only:
-            with Bars(bars_wanted(out.json_mode)) as bars:
-                uploaded = await manager.send_missing(namespace, progress=bars.callback)
             mine = {b["id"] for b in stored}
             left |= mine & set(await manager.local_list(namespace,
                                                         status=SyncStatus.PENDING_UPLOAD))

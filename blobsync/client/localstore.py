@@ -1,10 +1,13 @@
 """The local store: blob state and sealed payloads, encrypted at rest.
 
 State lives in a SQLCipher database keyed from secret[0:64]. A payload is the sealed blob,
-byte for byte what travels to the server: small ones sit inside the database (table
-``payloads``), large ones are files under ``blobs/`` named by a keyed HMAC of namespace and
-id, so that neither the database nor the directory shows ids in clear. Why the split and
-where it lies: docs/client.md, "Local store".
+byte for byte what travels to the server. Small ones are rows of a second database,
+attached to the first (``pl.payloads``, keyed by the row id of their blob); large ones are
+files under ``blobs/`` named by a keyed HMAC of namespace and id. Payloads are sealed
+already, so their database is plain SQLite, like the files: a second encryption cost more
+than the sealing itself and hid nothing more than the server sees. Namespaces, ids and
+states are only in the SQLCipher database. Why the split and where it lies:
+docs/client.md, "Local store".
 
 Every database call runs on one dedicated thread: SQLite connections are not to be shared
 between threads, and the event loop must not block on disk.
@@ -53,7 +56,7 @@ CREATE TABLE IF NOT EXISTS blobs (
     size INTEGER,                 -- plaintext (or external payload) size, once known
     sealed_size INTEGER,          -- once known
     location TEXT,                -- file name under blobs/ when the payload is a file
-    inline INTEGER NOT NULL DEFAULT 0,  -- 1: the payload is a row of `payloads`
+    inline INTEGER NOT NULL DEFAULT 0,  -- 1: the payload is a row of `pl.payloads`
     external INTEGER NOT NULL DEFAULT 0,
     retries INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL DEFAULT 0,
@@ -63,10 +66,16 @@ CREATE TABLE IF NOT EXISTS blobs (
     UNIQUE (namespace, blob_id)
 );
 CREATE INDEX IF NOT EXISTS blobs_work ON blobs (namespace, status, next_attempt);
--- Payloads apart from state, so that scanning state never drags payload pages along.
-CREATE TABLE IF NOT EXISTS payloads (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
-SCHEMA_VERSION = "1"
+# In the attached payload database: inline payloads by the row id of their blob.
+PAYLOAD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pl.payloads (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+"""
+# 2: inline payloads moved out of the SQLCipher database (which held them in 1).
+SCHEMA_VERSION = "2"
+
+# The payload database, next to the SQLCipher one.
+PAYLOADS_DB = "payloads.db"
 
 # Names this store gives files, so that a sweep never touches anything else in the home.
 _OUR_BLOB = re.compile(r"[0-9a-f]{40}")
@@ -140,10 +149,12 @@ class LocalStore:
         db_key: bytes,
         names_key: bytes,
         inline_max: int,
+        payloads_path: Path | None = None,
     ) -> None:
         if len(db_key) != 32:
             raise ValueError("db_key must be 32 bytes")
         self.db_path = db_path
+        self.payloads_path = payloads_path or db_path.with_name(PAYLOADS_DB)
         self.blobs_dir = blobs_dir
         self.tmp_dir = tmp_dir
         self.inline_max = inline_max
@@ -169,12 +180,13 @@ class LocalStore:
             raise
 
     def _open(self, alone: bool) -> None:
-        # Created private before SQLite sees it: SQLite gives local.db-wal and -shm the
-        # mode of the database file, so they are never readable by others, not even once.
-        try:
-            os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            pass
+        # Created private before SQLite sees them: SQLite gives -wal and -shm files the
+        # mode of their database file, so they are never readable by others, not even once.
+        for path in (self.db_path, self.payloads_path):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
         conn = sqlcipher.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
         try:
             # SQLCipher would print its own lines on stderr for a damaged or foreign file;
@@ -188,15 +200,21 @@ class LocalStore:
             raise ClientError(
                 f"{self.db_path} cannot be opened with this storage secret"
             ) from None
-        conn.execute("PRAGMA journal_mode = WAL")
-        # NORMAL in WAL mode: a power cut may lose the last commits, never consistency;
-        # a lost commit only means a blob is fetched or sent again.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(SCHEMA)
+        # An empty key: the payload database is not encrypted (its rows are sealed blobs).
+        conn.execute("ATTACH DATABASE ? AS pl KEY ''", (str(self.payloads_path),))
+        for schema in ("main", "pl"):
+            conn.execute(f"PRAGMA {schema}.journal_mode = WAL")
+            # NORMAL in WAL mode: a power cut may lose the last commits, never consistency;
+            # a lost commit only means a blob is fetched or sent again. The two databases
+            # may lose different commits: _sweep_payloads repairs that.
+            conn.execute(f"PRAGMA {schema}.synchronous = NORMAL")
+        conn.executescript(SCHEMA + PAYLOAD_SCHEMA)
         conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
         )
+        _move_payloads_out(conn)
         os.chmod(self.db_path, 0o600)
+        os.chmod(self.payloads_path, 0o600)
         self._conn = conn
         # Sessions opened and not closed: a process died. Its debris (files moved into
         # blobs/ before their row committed, temp files, partial downloads of blobs since
@@ -215,7 +233,9 @@ class LocalStore:
         )
 
     def _sweep(self) -> None:
-        """Remove files of ours that no row accounts for (see ``_open``)."""
+        """Remove files of ours that no row accounts for (see ``_open``), and repair rows
+        and inline payloads that a crash left apart."""
+        self._sweep_payloads()
         located = {
             r[0]
             for r in self._conn.execute("SELECT location FROM blobs WHERE location IS NOT NULL")
@@ -243,6 +263,31 @@ class LocalStore:
                         _OUR_PART.fullmatch(f.name) and f.name not in waiting)):
                     stray.append(Path(f.path))
         _unlink_all(stray)
+
+    def _sweep_payloads(self) -> None:
+        """A transaction spans both databases, but in WAL mode SQLite commits each on its
+        own: a crash (or a power cut, which may lose different commits in each) can keep
+        one half. A payload no row claims goes. A row that lost its payload is a blob
+        half-kept: one stored here and never uploaded is gone (as if its put had not
+        happened), one the server has is fetched again."""
+        conn = self._conn
+        with self._tx():
+            conn.execute(
+                "DELETE FROM pl.payloads WHERE id NOT IN "
+                "(SELECT id FROM main.blobs WHERE inline = 1)"
+            )
+            lost = "inline = 1 AND id NOT IN (SELECT id FROM pl.payloads)"
+            local = [SyncStatus.PENDING_UPLOAD, SyncStatus.FAILED_UPLOAD, SyncStatus.LOCAL_ONLY]
+            conn.execute(
+                f"DELETE FROM blobs WHERE {lost} AND status IN (?, ?, ?)",
+                [s.value for s in local],
+            )
+            conn.execute(
+                f"UPDATE blobs SET status = ?, retries = 0, next_attempt = 0 "
+                f"WHERE {lost} AND status = ?",
+                (SyncStatus.PENDING_DOWNLOAD.value, SyncStatus.SYNCED.value),
+            )
+            conn.execute(f"UPDATE blobs SET inline = 0 WHERE {lost}")
 
     async def close(self) -> None:
         try:
@@ -302,7 +347,16 @@ class LocalStore:
         ids = list(blob_ids)
 
         def q() -> dict[str, Row]:
-            return {r.blob_id: r for r in (self._get(namespace, b) for b in ids) if r}
+            out: dict[str, Row] = {}
+            for i in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+                part = ids[i : i + 500]
+                cur = self._conn.execute(
+                    f"SELECT {_COLUMNS} FROM blobs WHERE namespace = ? "
+                    f"AND blob_id IN ({','.join('?' * len(part))})",
+                    (namespace, *part),
+                )
+                out.update((row.blob_id, row) for row in map(Row.from_db, cur))
+            return out
 
         return await self._run(q)
 
@@ -321,6 +375,25 @@ class LocalStore:
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
             args += [s.value for s in statuses]
         return [Row.from_db(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+
+    async def with_status(
+        self, namespace: str, blob_ids: Iterable[str], status: SyncStatus
+    ) -> list[str]:
+        """Those of ``blob_ids`` whose row has ``status``: one narrow query, no rows built."""
+        ids = list(blob_ids)
+
+        def q() -> list[str]:
+            out: list[str] = []
+            for i in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+                part = ids[i : i + 500]
+                out += (r[0] for r in self._conn.execute(
+                    "SELECT blob_id FROM blobs WHERE namespace = ? AND status = ? "
+                    f"AND blob_id IN ({','.join('?' * len(part))})",
+                    (namespace, status.value, *part),
+                ))
+            return out
+
+        return await self._run(q)
 
     async def statuses(self, namespace: str) -> tuple[set[str], dict[str, str]]:
         """(every id, status value of those not SYNCED) in a namespace: the narrow read of
@@ -469,7 +542,7 @@ class LocalStore:
                     ) from None
                 if payload is not None:
                     self._conn.execute(
-                        "INSERT INTO payloads (id, data) VALUES (?, ?)", (cur.lastrowid, payload)
+                        "INSERT INTO pl.payloads (id, data) VALUES (?, ?)", (cur.lastrowid, payload)
                     )
 
         await self._run(q)
@@ -497,7 +570,8 @@ class LocalStore:
                             f"blob {it.blob_id} already exists in namespace {namespace}"
                         ) from None
                     conn.execute(
-                        "INSERT INTO payloads (id, data) VALUES (?, ?)", (cur.lastrowid, it.payload)
+                        "INSERT INTO pl.payloads (id, data) VALUES (?, ?)",
+                        (cur.lastrowid, it.payload),
                     )
 
         await self._run(q)
@@ -606,7 +680,8 @@ class LocalStore:
                 )
                 if payload is not None:
                     self._conn.execute(
-                        "INSERT OR REPLACE INTO payloads (id, data) VALUES (?, ?)", (r[0], payload)
+                        "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
+                        (r[0], payload),
                     )
                 return True
 
@@ -631,7 +706,7 @@ class LocalStore:
                     row = self._get(namespace, b)
                     if row is None or (allowed is not None and row.status not in allowed):
                         continue
-                    self._conn.execute("DELETE FROM payloads WHERE id = ?", (row.id,))
+                    self._conn.execute("DELETE FROM pl.payloads WHERE id = ?", (row.id,))
                     self._conn.execute("DELETE FROM blobs WHERE id = ?", (row.id,))
                     out.append(row)
             return out
@@ -726,7 +801,7 @@ class LocalStore:
                     updates,
                 )
                 conn.executemany(
-                    "INSERT OR REPLACE INTO payloads (id, data) VALUES (?, ?)", payloads
+                    "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)", payloads
                 )
             return out
 
@@ -741,7 +816,7 @@ class LocalStore:
                 row = self._get(namespace, blob_id)
                 if row is None:
                     return None
-                self._conn.execute("DELETE FROM payloads WHERE id = ?", (row.id,))
+                self._conn.execute("DELETE FROM pl.payloads WHERE id = ?", (row.id,))
                 self._conn.execute(
                     "UPDATE blobs SET status = ?, location = NULL, inline = 0, retries = 0, "
                     "next_attempt = 0, partial_tag = NULL WHERE id = ?",
@@ -759,7 +834,7 @@ class LocalStore:
                 row = self._get(namespace, blob_id)
                 if row is None:
                     return None
-                self._conn.execute("DELETE FROM payloads WHERE id = ?", (row.id,))
+                self._conn.execute("DELETE FROM pl.payloads WHERE id = ?", (row.id,))
                 self._conn.execute("DELETE FROM blobs WHERE id = ?", (row.id,))
                 return row
 
@@ -782,7 +857,9 @@ class LocalStore:
 
     async def read_inline(self, row_id: int) -> bytes:
         def q() -> bytes:
-            r = self._conn.execute("SELECT data FROM payloads WHERE id = ?", (row_id,)).fetchone()
+            r = self._conn.execute(
+                "SELECT data FROM pl.payloads WHERE id = ?", (row_id,)
+            ).fetchone()
             if r is None:
                 raise ClientError("local store: an inline payload is missing")
             return bytes(r[0])
@@ -797,7 +874,7 @@ class LocalStore:
             for i in range(0, len(row_ids), 500):  # under SQLite's bound-parameter limit
                 part = row_ids[i : i + 500]
                 cur = self._conn.execute(
-                    f"SELECT id, data FROM payloads WHERE id IN ({','.join('?' * len(part))})",
+                    f"SELECT id, data FROM pl.payloads WHERE id IN ({','.join('?' * len(part))})",
                     part,
                 )
                 out.update((r[0], bytes(r[1])) for r in cur)
@@ -992,6 +1069,23 @@ class FileWriter:
                 if sync is not None:
                     await asyncio.gather(sync, return_exceptions=True)
                 await asyncio.to_thread(f.close)
+
+
+def _move_payloads_out(conn: Any) -> None:
+    """Schema 1 kept inline payloads in the SQLCipher database: move them over, once."""
+    if not conn.execute(
+        "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'payloads'"
+    ).fetchone():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("INSERT OR REPLACE INTO pl.payloads SELECT id, data FROM main.payloads")
+        conn.execute("DROP TABLE main.payloads")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _open_private(path: Path, mode: str) -> Any:

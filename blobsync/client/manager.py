@@ -248,12 +248,21 @@ class BlobManager:
         priority: Priority = "medium",
         local_only: bool = False,
         stored: Callable[[str, Path], None] | None = None,
+        upload: bool = False,
+        progress: ProgressCallback | None = None,
+        report: SyncReport | None = None,
     ) -> list[str]:
-        """Seal files into the local store under new ids, uploading none of them (they
-        wait PENDING_UPLOAD for ``send_missing`` or a sync). Small files are read, sealed
+        """Seal files into the local store under new ids. Small files are read, sealed
         and kept many per transaction: one commit per blob is what made storing thousands
         of small files slow. Each batch is kept whole or not at all. ``stored(id, path)``
         is called for each file once it is kept. Returns the new ids, in order.
+
+        Without ``upload`` the blobs wait PENDING_UPLOAD for ``send_missing`` or a sync.
+        With it (and streams on), each batch of small blobs is stream-uploaded from memory
+        as soon as it is kept, while the next batches are read and sealed: at most
+        ``settings.concurrency`` batches in flight. What fails to go stays pending as in a
+        sync; large files are never uploaded here (``send_missing`` takes them).
+        ``report`` counts the uploads, ``progress`` follows them.
         """
         _check_ids(namespace)
         rank = priority_rank(priority)
@@ -261,6 +270,17 @@ class BlobManager:
         ids: list[str] = []
         batch: list[tuple[Path, int]] = []
         batch_bytes = 0
+        run = None
+        if upload and not local_only and self.settings.stream:
+            run = self.engine.upload_run(namespace, report or SyncReport(), progress)
+        uploads: set[asyncio.Task[None]] = set()
+
+        async def settle(at_most: int) -> None:
+            while len(uploads) > at_most:
+                done, _ = await asyncio.wait(uploads, return_when=asyncio.FIRST_COMPLETED)
+                uploads.difference_update(done)
+                for task in done:
+                    task.result()  # AuthFailed and bugs stop the put
 
         async def flush() -> None:
             nonlocal batch, batch_bytes
@@ -274,28 +294,39 @@ class BlobManager:
                 ids.append(it.blob_id)
                 if stored is not None:
                     stored(it.blob_id, path)
+            if run is not None:
+                await settle(self.settings.concurrency - 1)
+                sealed = {it.blob_id: it.payload for it in items}
+                uploads.add(asyncio.create_task(self.engine.upload_sealed(run, sealed)))
 
-        for p in paths:
-            path = Path(p)
-            try:
-                size = path.stat().st_size
-            except OSError as exc:
-                raise ClientError(f"cannot read {path}: {exc.strerror}") from None
-            if sealed_size(size) <= self.store.inline_max:
-                batch.append((path, size))
-                batch_bytes += size
-                if len(batch) >= PUT_BATCH_COUNT or batch_bytes >= PUT_BATCH_BYTES:
-                    await flush()
-                continue
-            await flush()  # ids stay in the order of the paths
-            blob_id = await self.put(
-                None, path, namespace=namespace, priority=priority, local_only=local_only,
-                upload=False,
-            )
-            ids.append(blob_id)
-            if stored is not None:
-                stored(blob_id, path)
-        await flush()
+        try:
+            for p in paths:
+                path = Path(p)
+                try:
+                    size = path.stat().st_size
+                except OSError as exc:
+                    raise ClientError(f"cannot read {path}: {exc.strerror}") from None
+                if sealed_size(size) <= self.store.inline_max:
+                    batch.append((path, size))
+                    batch_bytes += size
+                    if len(batch) >= PUT_BATCH_COUNT or batch_bytes >= PUT_BATCH_BYTES:
+                        await flush()
+                    continue
+                await flush()  # ids stay in the order of the paths
+                blob_id = await self.put(
+                    None, path, namespace=namespace, priority=priority,
+                    local_only=local_only, upload=False,
+                )
+                ids.append(blob_id)
+                if stored is not None:
+                    stored(blob_id, path)
+            await flush()
+            await settle(0)
+        finally:
+            # On failure: what is on its way stops; those blobs stay pending here.
+            for task in uploads:
+                task.cancel()
+            await asyncio.gather(*uploads, return_exceptions=True)
         return ids
 
     def _seal_small(self, files: list[tuple[Path, int]]) -> list[Sealed]:

@@ -5,7 +5,8 @@ Layout::
     home/               mode 0700
       config.json       server, user, token, settings (mode 0600: the token is a credential)
       secret.enc        the storage secret under the passphrase (mode 0600)
-      local.db          SQLCipher database: blob state and small sealed payloads
+      local.db          SQLCipher database: blob state (namespaces, ids, statuses)
+      payloads.db       plain SQLite: small sealed payloads (sealed already, like blobs/)
       blobs/ab/<name>   large sealed payloads; names are keyed HMACs, never blob ids
       tmp/              partial downloads (kept for Range resume) and files being written
 """

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -571,7 +571,7 @@ class SyncEngine:
     async def _upload_round(self, run: _Run, rows: list[Row]) -> None:
         await self._pool(self._jobs(
             rows,
-            lambda b: self._stream_upload(run, b),
+            lambda b: self._stream_upload(run, [r.blob_id for r in b]),
             lambda r: self._single_upload_job(run, r),
         ))
 
@@ -642,9 +642,8 @@ class SyncEngine:
 
     async def _settle_deleted(self, namespace: str, blob_ids: list[str]) -> None:
         """Delete on the server the blobs that were deleted here while being uploaded."""
-        rows = await self.store.get_many(namespace, blob_ids)
-        for b, r in rows.items():
-            if r.status is not SyncStatus.PENDING_DELETE or self.uploading(namespace, b):
+        for b in await self.store.with_status(namespace, blob_ids, SyncStatus.PENDING_DELETE):
+            if self.uploading(namespace, b):
                 continue
             try:
                 await self.transport.delete_blob(namespace, b)
@@ -669,21 +668,43 @@ class SyncEngine:
             if actual != row.sealed_size:
                 raise ClientError(f"local payload of {row.blob_id} has the wrong size")
 
-    async def _stream_upload(self, run: _Run, rows: list[Row]) -> None:
+    def upload_run(
+        self, namespace: str, report: SyncReport, progress: ProgressCallback | None = None
+    ) -> _Run:
+        """A run for ``upload_sealed``: one report and one progress bar over many calls."""
+        run = _Run(namespace, report)
+        run.trackers["upload"] = _Tracker("upload", progress)
+        return run
+
+    async def upload_sealed(self, run: _Run, sealed: dict[str, bytes]) -> None:
+        """Stream-upload blobs just stored here, from the sealed bytes the caller still
+        holds (``put_many`` uploading as it stores): the store is not read back. Blobs
+        that are not PENDING_UPLOAD by now are skipped; failures leave blobs pending or
+        failed exactly as a sync round would."""
+        await self._stream_upload(run, list(sealed), sealed, new=True)
+
+    async def _stream_upload(
+        self, run: _Run, ids: list[str], sealed: dict[str, bytes] | None = None,
+        *, new: bool = False,
+    ) -> None:
+        """``new``: the blobs are not in the run's progress yet."""
         ns = run.namespace
-        ids = [r.blob_id for r in rows]
         self._flight(ns, ids, +1)
         try:
             # As they are now: a row deleted since the round began is not sent.
             fresh = await self.store.get_many(ns, ids)
             rows = [fresh[b] for b in ids
                     if b in fresh and fresh[b].status is SyncStatus.PENDING_UPLOAD]
-            await self._stream_upload_rows(run, rows)
+            if new:
+                run.trackers["upload"].add(rows)
+            await self._stream_upload_rows(run, rows, sealed)
         finally:
             self._flight(ns, ids, -1)
         await self._settle_deleted(ns, ids)
 
-    async def _stream_upload_rows(self, run: _Run, rows: list[Row]) -> None:
+    async def _stream_upload_rows(
+        self, run: _Run, rows: list[Row], sealed: dict[str, bytes] | None = None
+    ) -> None:
         damaged = []
         for r in rows:
             try:
@@ -700,10 +721,12 @@ class SyncEngine:
             return
         items = [(r.blob_id, r.sealed_size or 0) for r in rows]
 
+        payloads = (
+            self.store.read_sealed_many(rows) if sealed is None
+            else _in_memory([sealed[r.blob_id] for r in rows])
+        )
         try:
-            stored, existing = await self.transport.stream_upload(
-                run.namespace, items, self.store.read_sealed_many(rows)
-            )
+            stored, existing = await self.transport.stream_upload(run.namespace, items, payloads)
         except TransientError as exc:
             await self._retry(run, rows, SyncStatus.PENDING_UPLOAD, exc)
             return
@@ -911,3 +934,8 @@ def _rank(row: Row) -> tuple[int, int]:
 def _bind(fn, arg):  # type: ignore[no-untyped-def]
     """A job closure with ``arg`` fixed now, not when the loop variable last changed."""
     return lambda: fn(arg)
+
+
+async def _in_memory(payloads: list[bytes]) -> AsyncIterator[bytes]:
+    for data in payloads:
+        yield data

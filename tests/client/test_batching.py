@@ -98,3 +98,35 @@ async def test_statuses_with_an_id_holding_the_separator(devices) -> None:
     assert known == {"a\nb", "c", "d"}
     assert unsynced == {"a\nb": "PENDING_DOWNLOAD", "c": "PENDING_DOWNLOAD",
                         "d": "PENDING_UPLOAD"}
+
+
+async def test_put_many_uploads_each_batch_as_it_is_stored(
+    devices, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(manager, "PUT_BATCH_COUNT", 4)
+    a = await devices("a", concurrency=2)
+    files = []
+    for i in range(11):
+        f = tmp_path / f"f{i}"
+        f.write_bytes(os.urandom(300_000 if i == 5 else 500 + i))  # one large, left behind
+        files.append(f)
+    report = SyncReport()
+    progress: list[object] = []
+    ids = await a.put_many(files, upload=True, report=report, progress=progress.append)
+    large = ids[5]
+    small = [b for b in ids if b != large]
+    assert report.uploaded == 10 and progress
+    assert sorted(await a.local_list(status=SyncStatus.SYNCED)) == sorted(small)
+    assert await a.local_list(status=SyncStatus.PENDING_UPLOAD) == [large]
+    assert sorted(await a.remote_list()) == sorted(small)  # there without a sync
+    assert await a.send_missing() == 1
+
+
+async def test_put_many_uploads_nothing_without_streams(devices, tmp_path: Path) -> None:
+    a = await devices("a", stream=False)
+    files = [tmp_path / f"f{i}" for i in range(3)]
+    for f in files:
+        f.write_bytes(b"small")
+    ids = await a.put_many(files, upload=True)
+    assert sorted(await a.local_list(status=SyncStatus.PENDING_UPLOAD)) == sorted(ids)
+    assert await a.remote_list() == []

@@ -1,0 +1,98 @@
+"""Inline payloads live in a plain SQLite database beside the SQLCipher one: what a crash
+between the two leaves is repaired, and stores of the first layout are moved over."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+from blobsync.client import BlobManager, SyncStatus
+from blobsync.client.localstore import PAYLOADS_DB
+from tests.client.conftest import PASSPHRASE
+
+
+def payload_ids(home: Path) -> set[int]:
+    conn = sqlite3.connect(home / PAYLOADS_DB)  # plain SQLite: no key needed
+    try:
+        return {r[0] for r in conn.execute("SELECT id FROM payloads")}
+    finally:
+        conn.close()
+
+
+async def test_payloads_are_plain_sqlite_and_private(devices) -> None:
+    a = await devices("a")
+    await a.put("small", b"x" * 100)
+    home = a.profile.home
+    assert len(payload_ids(home)) == 1
+    assert stat.S_IMODE((home / PAYLOADS_DB).stat().st_mode) == 0o600
+    assert b"x" * 50 not in (home / PAYLOADS_DB).read_bytes()  # sealed, not plaintext
+
+
+async def test_a_crash_between_the_two_databases_is_repaired(devices) -> None:
+    a = await devices("a")
+    await a.put("kept", b"kept here and uploaded")
+    await a.put("half-put", b"stored here, never uploaded", upload=False)
+    await a.put("half-synced", b"uploaded, then its local payload lost")
+    rows = await a.store.get_many("default", ["kept", "half-put", "half-synced"])
+    assert rows["half-synced"].status is SyncStatus.SYNCED
+    assert rows["half-put"].status is SyncStatus.PENDING_UPLOAD
+    home = a.profile.home
+    await a.store._run(a.store._set_sessions, 2)  # and another process died with it open
+    await a.close()
+    # What a crash between the commits of the two databases leaves: rows whose payload
+    # never landed, and a payload whose row never did.
+    conn = sqlite3.connect(home / PAYLOADS_DB)
+    conn.execute("DELETE FROM payloads WHERE id IN (?, ?)",
+                 (rows["half-put"].id, rows["half-synced"].id))
+    conn.execute("INSERT INTO payloads (id, data) VALUES (999999, x'00')")
+    conn.commit()
+    conn.close()
+
+    b = await BlobManager.open(home, passphrase=PASSPHRASE)
+    try:
+        after = await b.store.get_many("default", ["kept", "half-put", "half-synced"])
+        assert "half-put" not in after  # absent, as if its put never happened
+        assert after["half-synced"].status is SyncStatus.PENDING_DOWNLOAD
+        assert not after["half-synced"].inline
+        assert payload_ids(home) == {rows["kept"].id}
+        assert await b.get("kept") == b"kept here and uploaded"
+        assert await b.get("half-synced") == b"uploaded, then its local payload lost"
+    finally:
+        await b.close()
+
+
+async def test_a_store_of_the_first_layout_is_moved_over(devices) -> None:
+    a = await devices("a")
+    await a.put("old", b"kept inside the SQLCipher database", upload=False)
+    home = a.profile.home
+    row = await a.store.get("default", "old")
+    assert row is not None
+
+    def back_to_layout_1() -> None:
+        conn = a.store._conn
+        conn.execute("CREATE TABLE main.payloads (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
+        conn.execute("INSERT INTO main.payloads SELECT id, data FROM pl.payloads")
+        conn.execute("DELETE FROM pl.payloads")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+
+    await a.store._run(back_to_layout_1)
+    await a.close()
+    assert payload_ids(home) == set()
+
+    b = await BlobManager.open(home, passphrase=PASSPHRASE)
+    try:
+        assert await b.get("old") == b"kept inside the SQLCipher database"
+        assert payload_ids(home) == {row.id}
+
+        def layout() -> tuple[object, object]:
+            conn = b.store._conn
+            table = conn.execute(
+                "SELECT 1 FROM main.sqlite_master WHERE name = 'payloads'"
+            ).fetchone()
+            schema = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            return table, schema[0]
+
+        assert await b.store._run(layout) == (None, "2")
+    finally:
+        await b.close()
