@@ -272,7 +272,7 @@ def _store_options(payload: bool) -> argparse.ArgumentParser:
                         "postgresql://... or memory: (env BLOBSYNC_METADATA)")
     if payload:
         parent.add_argument("--payload", metavar="URL",
-                            help="payload store: unset for files in the data directory, "
+                            help="payload store: unset for SQLite and files in the data directory, "
                             "s3://bucket/prefix or memory: (env BLOBSYNC_PAYLOAD)")
     parent.add_argument("--config", metavar="FILE",
                         help="TOML file of settings (env BLOBSYNC_CONFIG)")

@@ -43,7 +43,7 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     metadata: str | None = None  # None: SQLite in the data dir; postgresql://...; memory:
-    payload: str | None = None  # None: files in the data dir; s3://bucket/prefix; memory:
+    payload: str | None = None  # None: SQLite and files in the data dir; s3://...; memory:
     log_level: str = "info"
     workers: int = 1  # server processes sharing the ports (SO_REUSEPORT); see workers.py
 

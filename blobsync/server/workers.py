@@ -14,7 +14,8 @@ The master process never serves. It
 
 Each worker binds the public and local ports with SO_REUSEPORT; the kernel spreads new
 connections over them. Workers share nothing but the store, which is built for it: SQLite
-in WAL mode with per-process temp dirs for payload files, or PostgreSQL and S3.
+in WAL mode (the index, and the small payloads) with per-process temp dirs for payload
+files, or PostgreSQL and S3.
 
 A worker that dies on its own (a crash, or a failure to start) brings the others down and
 the master exits 1: a supervisor (systemd, a container runtime) then restarts the whole,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.helpers.payloads import damage_payload, flip_byte, stored_location
+
 from .conftest import Device, assert_one_line_error
 from .test_cli_blobs import put_ids
 
@@ -45,11 +47,8 @@ def test_check_remote_downloads_and_verifies_the_servers_copies(
     src.write_bytes(b"fine here, damaged on the server")
     (blob_id,) = put_ids(ready_a.ok("put", str(src))).values()
     account = ready_a.account
-    # The server's file payload store keeps Soledad's sharded layout.
-    (stored,) = (account.server.data / "blobs" / account.user / "default").rglob(blob_id)
-    damaged = bytearray(stored.read_bytes())
-    damaged[-1] ^= 0x01  # the last byte of the tag
-    stored.write_bytes(bytes(damaged))
+    location = stored_location(account.server.data, account.user, "default", blob_id)
+    damage_payload(account.server.data, location, flip_byte(-1))  # the last byte of the tag
 
     assert ready_a.ok("check").strip() == "no problems found"  # the local copy is fine
     proc = ready_a.run("check", "--remote")

@@ -9,6 +9,7 @@ import pytest
 
 from blobsync.client import BlobManager, QuotaExceeded, SyncStatus
 from tests.client.conftest import PASSPHRASE, fast_settings
+from tests.helpers.payloads import damage_payload
 from tests.helpers.servers import make_user, running_server
 
 
@@ -60,8 +61,7 @@ async def test_check_finds_damaged_copies_here_and_there(devices, account) -> No
     await m.transport.delete_blob("default", "fine")  # behind the client's back
     await m.put("tampered", b"fine here, damaged on the server")
     info = await account.server.store.index.get_blob("alice", "default", "tampered")
-    stored = Path(account.server.store.payloads.root) / info.location
-    stored.write_bytes(stored.read_bytes()[:-1] + b"!")
+    damage_payload(account.server.config.data, info.location, lambda data: data[:-1] + b"!")
     problems = await m.check()
     assert not any("tampered" in p for p in problems)  # the local copy is fine
     problems = await m.check(remote=True)

@@ -16,16 +16,14 @@ from blobsync.server.config import ServerConfig
 from blobsync.server.storage.factory import make_store
 from tests.client.conftest import PASSPHRASE, fast_settings
 from tests.client.proxy import proxy_to
+from tests.helpers.payloads import damage_payload, flip_byte
 from tests.helpers.servers import make_user
 
 
 async def corrupt_on_server(server, blob_id: str, namespace: str = "default") -> None:
     """Flip one ciphertext byte of the stored payload (the tag stays as indexed)."""
     info = await server.store.index.get_blob("alice", namespace, blob_id)
-    path = Path(server.store.payloads.root) / info.location
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2 + 400] ^= 0x01
-    path.write_bytes(bytes(data))
+    damage_payload(server.config.data, info.location, flip_byte(info.size // 2 + 400))
 
 
 @pytest.mark.parametrize("stream", [True, False])

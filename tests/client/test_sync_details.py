@@ -74,7 +74,8 @@ async def test_server_holds_only_sealed_bytes(devices, account) -> None:
     marker = b"SERVER-MUST-NOT-SEE-" * 100
     await a.put("s", marker)
     await a.put("l", marker * 1000)
-    srv_root = Path(account.server.store.payloads.root)
+    srv_root = Path(account.server.config.data)  # payloads inline in SQLite and as files
+    assert (srv_root / "payloads.sqlite3").is_file()
     for p in srv_root.rglob("*"):
         if p.is_file():
             assert b"SERVER-MUST-NOT-SEE" not in p.read_bytes()

@@ -198,22 +198,37 @@ def test_admin_gc(tmp_path: Path) -> None:
     data = tmp_path / "d"
     ok_token(blobsync("user", "add", "alice", "--data", str(data)))
 
-    async def orphan() -> str:
-        # What a crash between payload commit and index insert leaves behind.
+    async def orphans() -> set[str]:
+        # What a crash between payload commit and index insert leaves behind: one payload
+        # inline in SQLite, one large enough to be a file.
         store = make_store(str(data), None, None)
         await store.open()
         try:
-            writer = await store.payloads.writer("alice", "default", "orphan")
-            await writer.write(sealed("orphan"))
-            return await writer.commit()
+            made = set()
+            for blob_id, size in (("small", 100), ("large", 300_000)):
+                writer = await store.payloads.writer("alice", "default", blob_id)
+                await writer.write(sealed(blob_id, size))
+                made.add(await writer.commit())
+            return made
         finally:
             await store.close()
 
-    location = asyncio.run(orphan())
+    async def stored() -> set[str]:
+        store = make_store(str(data), None, None)
+        await store.open()
+        try:
+            return {location async for location, _ in store.payloads.locations()}
+        finally:
+            await store.close()
+
+    made = asyncio.run(orphans())
+    assert any(loc.startswith("db:") for loc in made)
+    assert any((data / "blobs" / loc).is_file() for loc in made)
     assert blobsync("admin", "gc", "--data", str(data)).stdout.strip() == "0"  # within grace
+    assert asyncio.run(stored()) == made
     out = blobsync("admin", "gc", "--grace", "0", "--data", str(data))
-    assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
-    assert not (data / "blobs" / location).exists()
+    assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr
+    assert asyncio.run(stored()) == set()
     assert blobsync("admin", "gc", "--grace", "0", "--data", str(data)).stdout.strip() == "0"
 
 

@@ -18,6 +18,8 @@ from blobsync.server.storage.blobstore import BlobStore
 from blobsync.server.storage.files import FilePayloads
 from blobsync.server.storage.memory import MemoryIndex, MemoryPayloads
 from blobsync.server.storage.sqlite import SQLiteIndex
+from blobsync.server.storage.sqlitepayloads import SQLitePayloads
+from blobsync.server.storage.tiered import TieredPayloads
 from tests.harness.stores import postgres_s3_store
 
 StoreFactory = Callable[[Path, pytest.FixtureRequest], Awaitable[BlobStore]]
@@ -31,9 +33,17 @@ async def sqlite_files_store(tmp_path: Path, request: pytest.FixtureRequest) -> 
     return BlobStore(SQLiteIndex(tmp_path / "index.sqlite3"), FilePayloads(tmp_path / "blobs"))
 
 
+async def sqlite_tiered_store(tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
+    payloads = TieredPayloads(
+        SQLitePayloads(tmp_path / "payloads.sqlite3"), FilePayloads(tmp_path / "blobs")
+    )
+    return BlobStore(SQLiteIndex(tmp_path / "index.sqlite3"), payloads)
+
+
 BACKENDS: dict[str, StoreFactory] = {
     "memory": memory_store,
     "sqlite-files": sqlite_files_store,
+    "sqlite-tiered": sqlite_tiered_store,
     "postgres-s3": postgres_s3_store,
 }
 

@@ -23,6 +23,7 @@ from blobsync.server.storage.base import (
 )
 from blobsync.server.storage.blobstore import BlobStore
 from blobsync.server.storage.files import FilePayloads
+from blobsync.server.storage.tiered import TieredPayloads
 
 U, NS = "alice", "default"
 Sealed = Callable[..., bytes]
@@ -58,10 +59,11 @@ async def locations(store: BlobStore) -> set[str]:
 
 def stray_temps(store: BlobStore) -> list[str]:
     """Temp files a backend keeps outside its committed locations."""
-    if isinstance(store.payloads, FilePayloads):
-        return [
-            os.path.join(d, f) for d, _, files in os.walk(store.payloads.tmp_root) for f in files
-        ]
+    payloads = store.payloads
+    if isinstance(payloads, TieredPayloads):
+        payloads = payloads.files
+    if isinstance(payloads, FilePayloads):
+        return [os.path.join(d, f) for d, _, files in os.walk(payloads.tmp_root) for f in files]
     return []
 
 

@@ -32,11 +32,17 @@ def make_index(data_dir: str, metadata: str | None) -> MetadataIndex:
 
 
 def make_payloads(data_dir: str, payload: str | None) -> PayloadStore:
-    """None: files under ``data_dir/blobs``; ``memory:``; or ``s3://bucket/prefix``."""
+    """None: tiered in ``data_dir``, payloads up to INLINE_MAX in ``payloads.sqlite3`` and
+    larger ones as files under ``blobs``; ``memory:``; or ``s3://bucket/prefix``."""
     if payload is None:
         from .files import FilePayloads
+        from .sqlitepayloads import SQLitePayloads
+        from .tiered import TieredPayloads
 
-        return FilePayloads(os.path.join(data_dir, "blobs"))
+        return TieredPayloads(
+            SQLitePayloads(os.path.join(data_dir, "payloads.sqlite3")),
+            FilePayloads(os.path.join(data_dir, "blobs")),
+        )
     if payload == MEMORY:
         from .memory import MemoryPayloads
 
@@ -50,7 +56,9 @@ def make_payloads(data_dir: str, payload: str | None) -> PayloadStore:
         except ImportError as exc:
             raise ValueError(f"S3 payloads are not available: {exc}") from exc
         return S3Payloads(bucket, prefix.strip("/"))
-    raise ValueError("payload must be unset (files in the data dir), 'memory:' or s3://bucket/prefix")
+    raise ValueError(
+        "payload must be unset (SQLite and files in the data dir), 'memory:' or s3://bucket/prefix"
+    )
 
 
 def make_store(

@@ -1,0 +1,341 @@
+"""Small payloads as rows of one SQLite file: a batch of them is one transaction, one fsync.
+
+Files cost a create, an fsync and a link (and a directory fsync) per payload; a stream
+upload of thousands of 10 KB blobs spends most of its time there. Here a whole run is one
+``BEGIN IMMEDIATE ... COMMIT``, and with ``synchronous=FULL`` the commit is durable when it
+returns (the index can use NORMAL: a lost index commit loses a row, but a payload committed
+here is about to be named by a row, so it must never be lost).
+
+- A location is ``db:`` and 32 random hex digits. No file location can start so (file
+  locations are ids joined by ``/``, and ids never hold ``:``), so a tiered store tells
+  the two apart by the prefix alone. The primary key refuses a second writer of a name.
+- WAL mode and a busy timeout, as the index: server workers share the file, readers never
+  wait for the writer, a writer waits for the write lock instead of failing.
+- Two connections, each in a thread of its own (sqlite3 blocks, the event loop must not):
+  one writes, one reads, so downloads do not queue behind the fsyncs of uploads. Each call
+  is one job in its thread, so no transaction spans an await.
+- Payloads are held whole in memory while they pass: only small ones belong here
+  (``max_size``); the writer refuses more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from blobsync.format.errors import LimitExceeded
+from blobsync.format.limits import valid_id
+
+from .base import READ_PIECE_MAX, BlobNotFound, PayloadStore, PayloadWriter
+from .blobstore import BATCH_BLOB_MAX
+from .files import _fsync_dir
+from .sqlite import _IN_BATCH, BUSY_TIMEOUT_MS
+
+T = TypeVar("T")
+
+PREFIX = "db:"
+
+# The largest payload kept inline: every blob a stream upload batches (BATCH_BLOB_MAX)
+# goes in as one row of a batch's transaction; larger ones are better off as files.
+INLINE_MAX = BATCH_BLOB_MAX
+
+SCHEMA_VERSION = 1
+# A rowid table, not WITHOUT ROWID: SQLite advises against the latter for rows this large.
+SCHEMA = """CREATE TABLE payloads (
+    location TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    mtime REAL NOT NULL
+)"""
+
+# Rows per query when listing for gc: bounds memory whatever the table holds.
+LIST_PAGE = 1000
+
+
+def new_location() -> str:
+    return PREFIX + secrets.token_hex(16)
+
+
+def is_inline(location: str) -> bool:
+    return location.startswith(PREFIX)
+
+
+def _check_location(location: str) -> None:
+    if not is_inline(location):
+        raise ValueError(f"not a SQLite payload location: {location!r}")
+
+
+def _check_names(*values: str) -> None:
+    # The names are not stored, but a store refuses what FilePayloads would refuse.
+    for value in values:
+        if not valid_id(value):
+            raise ValueError(f"not a valid name: {value!r}")
+
+
+class _DbThread:
+    """One SQLite connection, created and used only in one thread of its own."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.conn: sqlite3.Connection | None = None
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise RuntimeError("SQLitePayloads is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(func, *args))
+
+    async def open(self, path: str) -> None:
+        if self._executor is not None:
+            return
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=self._name
+        )
+        try:
+            await self.run(self._connect, path)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _connect(self, path: str) -> None:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, the module adds nothing.
+        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise RuntimeError(f"SQLite at {path} refused WAL mode ({mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+
+    def db(self) -> sqlite3.Connection:
+        assert self.conn is not None
+        return self.conn
+
+    def write(self, func: Callable[..., T], *args: Any) -> T:
+        """Run ``func(conn, *args)`` in one BEGIN IMMEDIATE transaction (in the thread)."""
+        conn = self.db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = func(conn, *args)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            await self.run(self._disconnect)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _disconnect(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    # Inside BEGIN IMMEDIATE: when N workers start at once, one creates, the rest find it.
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"payload database schema version {version} is newer than this blobsync "
+            f"({SCHEMA_VERSION})"
+        )
+    if version == 0:
+        conn.execute(SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[str, bytes, float]]) -> None:
+    conn.executemany("INSERT INTO payloads (location, data, mtime) VALUES (?, ?, ?)", rows)
+
+
+class InlineWriter(PayloadWriter):
+    """Buffers one small payload in memory; ``commit`` stores it as one row."""
+
+    def __init__(self, store: SQLitePayloads) -> None:
+        self._store = store
+        self._buf: bytearray | None = bytearray()
+
+    def fits(self, more: int) -> bool:
+        """Whether ``more`` bytes can still be added without passing ``max_size``."""
+        return self._buf is not None and len(self._buf) + more <= self._store.max_size
+
+    def take(self) -> bytes:
+        """Hand over what was written and end this writer (a tiered writer spills it)."""
+        if self._buf is None:
+            raise RuntimeError("take after commit or abort")
+        data, self._buf = bytes(self._buf), None
+        return data
+
+    async def write(self, chunk: bytes) -> None:
+        if self._buf is None:
+            raise RuntimeError("write after commit or abort")
+        if not self.fits(len(chunk)):
+            raise LimitExceeded(f"payload is larger than {self._store.max_size} bytes")
+        self._buf += chunk
+
+    async def commit(self) -> str:
+        if self._buf is None:
+            raise RuntimeError("commit after commit or abort")
+        [location] = await self._store._store_all([bytes(self._buf)])
+        self._buf = None
+        return location
+
+    async def abort(self) -> None:
+        # After a commit the location belongs to the caller, who deletes it if needed.
+        self._buf = None
+
+
+class SQLitePayloads(PayloadStore):
+    def __init__(self, path: str | os.PathLike[str], max_size: int = INLINE_MAX) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.max_size = max_size
+        self._writes = _DbThread("sqlite-payloads-w")
+        self._reads = _DbThread("sqlite-payloads-r")
+
+    # housekeeping -----------------------------------------------------------------------
+    async def open(self) -> None:
+        parent = os.path.dirname(self.path)
+        created = not os.path.exists(self.path)
+        await asyncio.to_thread(os.makedirs, parent, 0o700, True)
+        try:
+            await self._writes.open(self.path)
+            await self._writes.run(self._writes.write, _migrate)
+            if created:
+                # The file's directory entry must survive a power cut like its contents.
+                await asyncio.to_thread(_fsync_dir, parent)
+            await self._reads.open(self.path)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        try:
+            await self._reads.close()
+        finally:
+            await self._writes.close()
+
+    # writing ----------------------------------------------------------------------------
+    async def _store_all(self, payloads: list[bytes]) -> list[str]:
+        """Each payload to a fresh location, all in ONE transaction, durable on return."""
+        now = time.time()
+        rows = [(new_location(), data, now) for data in payloads]
+        # A name collision (2^-128) fails the INSERT and rolls back the whole run: nothing
+        # of it is left, as when the disk fails.
+        await self._writes.run(self._writes.write, _insert, rows)
+        return [location for location, _, _ in rows]
+
+    async def writer(self, user: str, namespace: str, blob_id: str) -> InlineWriter:
+        _check_names(user, namespace, blob_id)
+        return InlineWriter(self)
+
+    async def store_many(
+        self, user: str, namespace: str, items: list[tuple[str, bytes]]
+    ) -> list[str]:
+        """Commit many small payloads, each to a location of its own, in one transaction;
+        return the locations in order. All are durable when this returns; if it raises,
+        none is left."""
+        _check_names(user, namespace, *(blob_id for blob_id, _ in items))
+        too_big = [blob_id for blob_id, data in items if len(data) > self.max_size]
+        if too_big:
+            raise LimitExceeded(f"payload of {too_big[0]} is larger than {self.max_size} bytes")
+        if not items:
+            return []
+        return await self._store_all([data for _, data in items])
+
+    # reading ----------------------------------------------------------------------------
+    async def read_many(self, locations: list[str]) -> list[bytes]:
+        """The whole payloads at ``locations``, in order, in one query per 500 distinct
+        locations. BlobNotFound if any is missing."""
+        for location in locations:
+            _check_location(location)
+
+        def query() -> dict[str, bytes]:
+            found: dict[str, bytes] = {}
+            unique = list(dict.fromkeys(locations))
+            for i in range(0, len(unique), _IN_BATCH):
+                batch = unique[i : i + _IN_BATCH]
+                marks = ",".join("?" * len(batch))
+                for location, data in self._reads.db().execute(
+                    f"SELECT location, data FROM payloads WHERE location IN ({marks})", batch
+                ):
+                    found[location] = bytes(data)
+            return found
+
+        found = await self._reads.run(query)
+        missing = [location for location in locations if location not in found]
+        if missing:
+            raise BlobNotFound(f"no payload at {missing[0]}")
+        return [found[location] for location in locations]
+
+    async def read(
+        self, location: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        _check_location(location)
+        # Clamped as FilePayloads clamps: a negative offset or length counts as zero.
+        start = max(offset, 0)
+        want = None if length is None else max(length, 0)
+
+        def query() -> bytes | None:
+            # substr on a BLOB counts bytes, from 1; past the end it gives an empty blob,
+            # and for an empty blob NULL. A NULL length reads to the end.
+            row = self._reads.db().execute(
+                "SELECT substr(data, ?, coalesce(?, length(data))) FROM payloads "
+                "WHERE location = ?",
+                (start + 1, want, location),
+            ).fetchone()
+            if row is None:
+                return None
+            return b"" if row[0] is None else bytes(row[0])
+
+        data = await self._reads.run(query)
+        if data is None:
+            raise BlobNotFound(f"no payload at {location}")
+        for pos in range(0, len(data), READ_PIECE_MAX):
+            yield data[pos : pos + READ_PIECE_MAX]  # the whole of it is not copied
+
+    # deleting and listing ---------------------------------------------------------------
+    async def delete(self, location: str) -> None:
+        _check_location(location)
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM payloads WHERE location = ?", (location,))
+
+        await self._writes.run(self._writes.write, tx)
+
+    async def locations(self) -> AsyncIterator[tuple[str, float]]:
+        # Page by key: each query is short, so a long gc never holds a read snapshot open
+        # (which would stop WAL checkpoints) nor the whole listing in memory.
+        after = ""
+        while True:
+            page: list[tuple[str, float]] = await self._reads.run(
+                lambda a=after: self._reads.db().execute(
+                    "SELECT location, mtime FROM payloads WHERE location > ? "
+                    "ORDER BY location LIMIT ?",
+                    (a, LIST_PAGE),
+                ).fetchall()
+            )
+            for location, mtime in page:
+                yield location, float(mtime)
+            if len(page) < LIST_PAGE:
+                return
+            after = page[-1][0]
