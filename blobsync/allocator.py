@@ -16,7 +16,6 @@ Only glibc has mallopt; anywhere else this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 # mallopt parameter numbers, from glibc's <malloc.h>
@@ -38,12 +37,10 @@ def tune_allocator() -> bool:
         return True
     if not sys.platform.startswith("linux"):
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # The symbols the interpreter already has (libc's among them): find_library
+        # would run ldconfig, 16 ms of every command's start.
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False  # not glibc (musl has no mallopt)
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

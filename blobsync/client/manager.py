@@ -65,7 +65,7 @@ from .secrets import (
 )
 from .settings import ClientSettings
 from .sync import PHASES, SyncEngine
-from .transport import Transport
+from .transport import Transport, load_http_stack
 
 log = logging.getLogger("blobsync.client")
 
@@ -167,7 +167,12 @@ class BlobManager:
         profile = Profile.load(home)
         settings = settings or profile.client_settings()
         document = profile.secret_path.read_bytes()
-        secret = await asyncio.to_thread(decrypt_secret, document, passphrase)
+        unlocking = asyncio.get_running_loop().run_in_executor(
+            None, decrypt_secret, document, passphrase
+        )
+        # scrypt leaves the GIL free: the HTTP stack loads meanwhile, not after it.
+        load_http_stack()
+        secret = await unlocking
         store = _store(profile, secret, settings)
         await store.open()
         transport = _transport(profile.server, profile.user, profile.token, settings)

@@ -5,9 +5,10 @@ errors of ``errors.py`` in one place (``_raise_for``), and aiohttp's connection 
 become ``ServerUnreachable`` (could not connect) or ``ConnectionLost`` (dropped midway),
 both transient, in another (``_mapped``).
 
-aiohttp (and yarl) are imported on the first request, not with this module: importing
-aiohttp costs ~0.3 s (it builds TLS contexts), which commands that never touch the
-network (``status``, a local ``get``) should not pay.
+aiohttp (and yarl) are not imported with this module: importing aiohttp costs ~0.2 s (it
+builds TLS contexts). ``BlobManager.open`` loads it (``load_http_stack``) while the
+passphrase KDF runs in a thread, which hides most of it; a BlobManager made otherwise
+loads it on its first request.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ MAX_ERROR_BODY = 64 << 10
 READ_BUFFER = 1 << 20
 # JSON answers (listings of ids) can be long but not unbounded.
 MAX_JSON_BODY = 64 << 20
+
+
+def load_http_stack() -> None:
+    """Import aiohttp now (0.2 s, a third of it building SSL contexts) rather than at the
+    first request: BlobManager.open does it while the passphrase KDF runs in a thread."""
+    import aiohttp  # noqa: F401
 
 
 @contextmanager
