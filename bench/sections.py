@@ -95,6 +95,15 @@ class Context:
         return f
 
 
+def quiesce() -> None:
+    """Start a measured step with no dirty pages left by the one before (or by writing the
+    data set): the kernel writing them back meanwhile would steal CPU and disk from the
+    step, more or less depending on what came before it. Every step of either tool gets
+    it."""
+    os.sync()
+    time.sleep(0.5)
+
+
 def _device(ctx: Context, server: ServerProc, token: str, name: str, *, user: str = "bench",
             recover: bool = False, secret_file: Path | None = None) -> Path:
     home = ctx.work / name
@@ -117,6 +126,7 @@ def _put(ctx: Context, server: ServerProc, home: Path, src: Path, ns: str, flags
     ``id<TAB>path`` line (printed as each blob is stored locally; small blobs upload while
     later ones are stored, so this is the upload's tail, not the whole upload)."""
     stats: dict[str, Any] = {}
+    quiesce()
     with server.watch(stats, ctx.profile(profile)):
         m = cli(home, "put", str(src), "-n", ns, *flags).check()
     stored = [t for t, line in m.lines if "\t" in line]
@@ -136,6 +146,7 @@ def _put(ctx: Context, server: ServerProc, home: Path, src: Path, ns: str, flags
 def _sync(ctx: Context, server: ServerProc, home: Path, ns: str, flags: list[str],
           expected: int | None, profile: str | None) -> tuple[dict[str, Any], Measured]:
     stats: dict[str, Any] = {}
+    quiesce()
     with server.watch(stats, ctx.profile(profile) if profile else None):
         m = cli(home, "--json", "sync", "-n", ns, *flags).check()
     doc = json.loads(m.stdout)
@@ -227,6 +238,7 @@ def peer(ctx: Context) -> dict[str, Any]:
     rc = RclonePeer(root)
     try:
         def step(what: str, src: str, dst: str) -> dict[str, Any]:
+            quiesce()
             rc.reset_peak()
             m = rc.copy(src, dst)
             return {"seconds": round(m.seconds, 3), "client_peak_rss_mb": _mb(m.max_rss_kib),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -93,10 +95,14 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     if only_flags:
         info = await _existing(store.index, uuid, ns, blob_id)
         return web.json_response(sorted(info.flags))
+    file: BinaryIO | None = None
     for _ in range(_READ_ATTEMPTS):
         info = await _existing(store.index, uuid, ns, blob_id)
         rng = parse_range(request.headers.get("Range"), info.size)
         offset, length = (rng.start, rng.length) if rng else (0, info.size)
+        file = await store.open_file(info.location)
+        if file is not None:
+            break
         read_info, chunks = await store.read(uuid, ns, blob_id, offset, length)
         if read_info.location == info.location:
             break
@@ -110,6 +116,12 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     resp.headers["Accept-Ranges"] = "bytes"
     if rng:
         resp.headers["Content-Range"] = rng.content_range(info.size)
+    if file is not None:
+        try:
+            return await send_file(request, resp, file, offset, length)
+        finally:
+            file.close()
+            store.served(length)
     return await send_chunks(request, resp, chunks, length)
 
 
@@ -167,6 +179,31 @@ async def _aclose(chunks: AsyncIterator[bytes]) -> None:
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+async def send_file(
+    request: web.Request, resp: web.StreamResponse, file: BinaryIO, offset: int, expected: int
+) -> web.StreamResponse:
+    """Send ``expected`` bytes of ``file`` from ``offset`` with sendfile(2): no copy through
+    Python, and the loop waits on the socket (back-pressure). asyncio falls back to reads
+    and writes where sendfile cannot go (TLS). Failures end as in ``send_chunks``."""
+    await resp.prepare(request)
+    transport = request.transport
+    if transport is None:  # the client left before the body
+        return resp
+    try:
+        sent = await asyncio.get_running_loop().sendfile(transport, file, offset, expected)
+    except Exception as exc:  # noqa: BLE001 - any failure mid-body ends the same way
+        log.warning("cutting %s: %s", request.rel_url.raw_path, exc)
+        cut_connection(request)
+        return resp
+    if sent != expected:
+        log.warning("cutting %s: %d bytes sent, %d expected",
+                    request.rel_url.raw_path, sent, expected)
+        cut_connection(request)
+        return resp
+    await resp.write_eof()
+    return resp
 
 
 async def send_chunks(

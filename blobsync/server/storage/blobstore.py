@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from blobsync.format.errors import BlobsyncError, InvalidBlob, LimitExceeded, ProtocolError
 from blobsync.format.preamble import MAX_HEAD_SIZE, TAG_SIZE, Scheme, SealedHead, parse_sealed_head
@@ -366,6 +366,25 @@ class BlobStore:
         except StopAsyncIteration:
             return info, _chain(None, chunks, self.observer)
         return info, _chain(first, chunks, self.observer)
+
+    async def open_file(self, location: str) -> BinaryIO | None:
+        """The payload at ``location`` as an open file, when the payload store keeps it as
+        one (``file_path``); None otherwise, or when it is gone (replaced or deleted since
+        the lookup: the caller then reads through ``read``, which sorts that out). An open
+        file keeps its bytes even if the payload is deleted meanwhile, and a location is
+        never reused, so what it holds is the payload the lookup named."""
+        file_path = getattr(self.payloads, "file_path", None)
+        path = file_path(location) if file_path is not None else None
+        if path is None:
+            return None
+        try:
+            return await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:
+            return None
+
+    def served(self, nbytes: int) -> None:
+        """Count bytes a route sent from an ``open_file`` file (``read`` counts its own)."""
+        self.observer.on_served(nbytes)
 
     # deleting ---------------------------------------------------------------------------
     async def delete(self, user: str, namespace: str, blob_id: str) -> None:

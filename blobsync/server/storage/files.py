@@ -423,6 +423,11 @@ class FilePayloads(PayloadStore):
         await w._start()
         return w
 
+    def file_path(self, location: str) -> str:
+        """The file holding a committed payload: a GET sends it with sendfile(2), the
+        kernel copying page cache to socket, instead of through Python in chunks."""
+        return self._path(location)
+
     def _path(self, location: str) -> str:
         parts = location.split("/")
         # Locations come from our own index, but a path must never leave the root.

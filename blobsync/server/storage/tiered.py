@@ -121,6 +121,10 @@ class TieredPayloads(PayloadStore):
     ) -> AsyncIterator[bytes]:
         return self._tier(location).read(location, offset, length)
 
+    def file_path(self, location: str) -> str | None:
+        """The file holding a payload, for the ones kept as files (see FilePayloads)."""
+        return None if is_inline(location) else self.files.file_path(location)
+
     async def delete(self, location: str) -> None:
         await self._tier(location).delete(location)
 
