@@ -202,12 +202,17 @@ class LocalStore:
             ) from None
         # An empty key: the payload database is not encrypted (its rows are sealed blobs).
         conn.execute("ATTACH DATABASE ? AS pl KEY ''", (str(self.payloads_path),))
-        for schema in ("main", "pl"):
-            conn.execute(f"PRAGMA {schema}.journal_mode = WAL")
-            # NORMAL in WAL mode: a power cut may lose the last commits, never consistency;
-            # a lost commit only means a blob is fetched or sent again. The two databases
-            # may lose different commits: _sweep_payloads repairs that.
-            conn.execute(f"PRAGMA {schema}.synchronous = NORMAL")
+        conn.execute("PRAGMA main.journal_mode = WAL")
+        # NORMAL in WAL mode: a power cut may lose the last commits, never consistency;
+        # a lost commit only means a blob is fetched or sent again. The two databases
+        # may lose different commits: _sweep_payloads repairs that.
+        conn.execute("PRAGMA main.synchronous = NORMAL")
+        # Payloads are written once and mostly in bulk: a rollback journal writes their
+        # pages once, where WAL writes them twice (log, then checkpoint). 10,000 payloads
+        # of 10 KB in 22 commits took 0.23 s against 0.43 s here; FULL keeps a power cut
+        # from ever damaging the file, for ~0.4 ms more per commit.
+        conn.execute("PRAGMA pl.journal_mode = TRUNCATE")
+        conn.execute("PRAGMA pl.synchronous = FULL")
         conn.executescript(SCHEMA + PAYLOAD_SCHEMA)
         conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
@@ -265,11 +270,11 @@ class LocalStore:
         _unlink_all(stray)
 
     def _sweep_payloads(self) -> None:
-        """A transaction spans both databases, but in WAL mode SQLite commits each on its
-        own: a crash (or a power cut, which may lose different commits in each) can keep
-        one half. A payload no row claims goes. A row that lost its payload is a blob
-        half-kept: one stored here and never uploaded is gone (as if its put had not
-        happened), one the server has is fetched again."""
+        """A transaction spans both databases, but with the main one in WAL mode SQLite
+        commits each on its own: a crash (or a power cut, which may lose the main one's
+        last commits) can keep one half. A payload no row claims goes. A row that lost its
+        payload is a blob half-kept: one stored here and never uploaded is gone (as if its
+        put had not happened), one the server has is fetched again."""
         conn = self._conn
         with self._tx():
             conn.execute(

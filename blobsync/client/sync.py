@@ -44,6 +44,7 @@ from blobsync.format import (
     Opener,
     StreamEnd,
     StreamError,
+    check_sealed,
 )
 from blobsync.format.stream import NEED_DATA
 
@@ -837,25 +838,26 @@ class _FrameReader:
         self._blob = ev.blob_id
         self._size = ev.size
         self._bad = False
-        self._opener = Opener(engine._secret, ev.blob_id, _discard)
         if ev.size <= self.store.inline_max:
-            self._buf, self._file = bytearray(), None
+            # Held whole anyway: checked in one call at its end (check_sealed).
+            self._opener, self._buf, self._file = None, bytearray(), None
         else:
+            self._opener = Opener(engine._secret, ev.blob_id, _discard)
             self._buf, self._file = None, await FileWriter(self.store.temp_path()).open()
         return False
 
     async def _data(self, data: bytes) -> None:
         if self._bad:
             return
+        if self._buf is not None:
+            self._buf += data
+            return
         try:
             self._opener.feed(data)  # type: ignore[union-attr]
         except InvalidBlob:
             self._bad = True
             return
-        if self._buf is not None:
-            self._buf += data
-        else:
-            await self._file.write(data)  # type: ignore[union-attr]
+        await self._file.write(data)  # type: ignore[union-attr]
 
     async def _end(self) -> None:
         blob_id = self._blob
@@ -863,7 +865,10 @@ class _FrameReader:
         opened: Opened | None = None
         if not self._bad:
             try:
-                opened = self._opener.finish()  # type: ignore[union-attr]
+                if self._buf is not None:
+                    opened = check_sealed(self.engine._secret, blob_id, self._buf)
+                else:
+                    opened = self._opener.finish()  # type: ignore[union-attr]
             except InvalidBlob:
                 opened = None
         self.settled.add(blob_id)

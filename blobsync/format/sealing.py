@@ -11,9 +11,11 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import InvalidBlob
 from .keys import blob_key, check_secret, rounded_size
@@ -69,10 +71,10 @@ class Sealer:
             IMMUTABLE_REVISION,
             rounded_size(size),
         )
-        raw = self.preamble.encode()
+        self._raw = self.preamble.encode()
         self._head = self.preamble.encode_b64() + b" "
-        self._enc = Cipher(algorithms.AES(blob_key(secret, blob_id)), modes.GCM(iv)).encryptor()
-        self._enc.authenticate_additional_data(raw)
+        self._key = blob_key(secret, blob_id)
+        self._enc: Any = None  # made by start(): seal() never needs one
         self._started = False
 
     @property
@@ -80,6 +82,8 @@ class Sealer:
         return sealed_size(self.size)
 
     def start(self) -> bytes:
+        self._enc = Cipher(algorithms.AES(self._key), modes.GCM(self.preamble.iv)).encryptor()
+        self._enc.authenticate_additional_data(self._raw)
         self._started = True
         return self._head
 
@@ -217,9 +221,10 @@ class Opener:
 
 
 def seal(secret: bytes, blob_id: str, plaintext: bytes) -> bytes:
-    """Seal a whole plaintext in memory; for small blobs and tests."""
+    """Seal a whole plaintext in memory, in one call to the cipher: the same bytes as a
+    Sealer fed the whole, at a fraction of the per-blob cost (puts of small files)."""
     s = Sealer(secret, blob_id, len(plaintext))
-    return s.start() + s.update(plaintext) + s.finish()
+    return s._head + AESGCM(s._key).encrypt(s.preamble.iv, plaintext, s._raw)
 
 
 def open_sealed(secret: bytes | None, blob_id: str, sealed: bytes) -> bytes:
@@ -229,6 +234,35 @@ def open_sealed(secret: bytes | None, blob_id: str, sealed: bytes) -> bytes:
     opener.feed(sealed)
     opener.finish()
     return b"".join(parts)
+
+
+def check_sealed(secret: bytes | None, blob_id: str, sealed: bytes | bytearray) -> Opened:
+    """Verify a whole sealed blob held in memory, keeping no plaintext; raises InvalidBlob.
+
+    Reports what an Opener fed the same bytes reports, and refuses what it refuses, in one
+    call to the cipher: for the thousands of small blobs of a stream download, the
+    streaming Opener's per-blob setup cost more than the decryption."""
+    head = parse_sealed_head(sealed)
+    if head is None:
+        raise InvalidBlob("sealed blob: cut short inside its head")
+    pre = head.preamble
+    pre.check(blob_id)
+    body = memoryview(sealed)[head.size :]
+    if pre.scheme is not Scheme.SYMKEY:
+        if pre.content_size is not None and pre.content_size != len(body):
+            raise InvalidBlob(
+                f"external blob: {len(body)} bytes, preamble says {pre.content_size}"
+            )
+        return Opened(pre, len(body), external=True)
+    if secret is None:
+        raise InvalidBlob("symkey blob but no secret to open it")
+    if len(body) < TAG_SIZE:
+        raise InvalidBlob("sealed blob: cut short before its tag")
+    try:
+        AESGCM(blob_key(secret, blob_id)).decrypt(pre.iv, body, head.raw_preamble)
+    except InvalidTag:
+        raise InvalidBlob("sealed blob: tag does not verify") from None
+    return Opened(pre, len(body) - TAG_SIZE, external=False)
 
 
 def seal_external(blob_id: str, payload_size: int, timestamp: int | None = None) -> bytes:
