@@ -7,9 +7,10 @@ mapping costs page faults: measured here, a 1 GiB download spent 1.0 s more in t
 (3.7 s against 2.7 s) than with the thresholds below.
 
 Raising the mmap threshold to 4 MiB keeps those buffers in the heap, and a 32 MiB trim
-threshold keeps the freed ones there for reuse. The price is at most that much freed
-memory held; the 1 GiB transfers of the benchmark peak at ~78 MB client RSS and ~52 MB
-server RSS with it (docs/performance.md).
+threshold keeps the freed ones there for reuse. The price is freed memory held: up to
+the trim threshold at the top of the main heap, and what thread arenas keep (glibc trims
+those by other rules). Measured with it, the 1 GiB transfers of the benchmark peak at
+~78 MB client RSS and ~52 MB server RSS (docs/performance.md).
 
 Only glibc has mallopt; anywhere else this does nothing.
 """

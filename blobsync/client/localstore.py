@@ -16,6 +16,7 @@ between threads, and the event loop must not block on disk.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import fcntl
 import hashlib
 import hmac
@@ -200,6 +201,27 @@ class LocalStore:
             raise ClientError(
                 f"{self.db_path} cannot be opened with this storage secret"
             ) from None
+        try:
+            self._prepare(conn)
+            self._conn = conn
+            # Sessions opened and not closed: a process died. Its debris (files moved into
+            # blobs/ before their row committed, temp files, partial downloads of blobs
+            # since deleted) is swept, but only by a process alone with the store: another
+            # one may be between writing a file and committing its row right now.
+            r = conn.execute("SELECT value FROM meta WHERE key = 'sessions'").fetchone()
+            sessions = int(r[0]) if r else 1  # a store from before the count: sweep once
+            if alone and sessions != 0:
+                self._sweep()
+                sessions = 0
+            else:
+                self._drop_payloads_past_rows()
+            self._set_sessions(sessions + 1)
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+
+    def _prepare(self, conn: Any) -> None:
         # An empty key: the payload database is not encrypted (its rows are sealed blobs).
         conn.execute("ATTACH DATABASE ? AS pl KEY ''", (str(self.payloads_path),))
         conn.execute("PRAGMA main.journal_mode = WAL")
@@ -220,17 +242,19 @@ class LocalStore:
         _move_payloads_out(conn)
         os.chmod(self.db_path, 0o600)
         os.chmod(self.payloads_path, 0o600)
-        self._conn = conn
-        # Sessions opened and not closed: a process died. Its debris (files moved into
-        # blobs/ before their row committed, temp files, partial downloads of blobs since
-        # deleted) is swept, but only by a process alone with the store: another one may
-        # be between writing a file and committing its row right now.
-        r = conn.execute("SELECT value FROM meta WHERE key = 'sessions'").fetchone()
-        sessions = int(r[0]) if r else 1  # a store from before the count: sweep once
-        if alone and sessions != 0:
-            self._sweep()
-            sessions = 0
-        self._set_sessions(sessions + 1)
+
+    def _drop_payloads_past_rows(self) -> None:
+        """Payloads with ids past every row id the state database ever gave out: left by a
+        power cut that took the state database's last commits (NORMAL) but not the payload
+        database's (FULL), which also took the sessions count that would have asked for a
+        sweep. Row ids would be handed out again, onto those payloads. Two lookups by
+        primary key and a range delete: cheap enough for every open, alone or not."""
+        with self._tx():
+            self._conn.execute(
+                "DELETE FROM pl.payloads WHERE id > max("
+                "coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = 'blobs'), 0), "
+                "coalesce((SELECT max(id) FROM main.blobs), 0))"
+            )
 
     def _set_sessions(self, n: int) -> None:
         self._conn.execute(
@@ -547,7 +571,10 @@ class LocalStore:
                     ) from None
                 if payload is not None:
                     self._conn.execute(
-                        "INSERT INTO pl.payloads (id, data) VALUES (?, ?)", (cur.lastrowid, payload)
+                        # OR REPLACE: a payload already at a new row's id is an orphan
+                        # (_drop_payloads_past_rows), never a live one.
+                        "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
+                        (cur.lastrowid, payload),
                     )
 
         await self._run(q)
@@ -575,7 +602,7 @@ class LocalStore:
                             f"blob {it.blob_id} already exists in namespace {namespace}"
                         ) from None
                     conn.execute(
-                        "INSERT INTO pl.payloads (id, data) VALUES (?, ?)",
+                        "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
                         (cur.lastrowid, it.payload),
                     )
 
@@ -1034,7 +1061,9 @@ class FileWriter:
         self._pieces: list[bytes] = []
         self._held = 0
         self._unsynced = 0
-        self._sync: asyncio.Future[None] | None = None
+        # A concurrent future, not an asyncio one: whatever happens to the coroutine that
+        # waits for it, the thread that closes the file waits for it first.
+        self._sync: concurrent.futures.Future[None] | None = None
         self.written = 0
 
     async def open(self) -> FileWriter:
@@ -1057,23 +1086,39 @@ class FileWriter:
             self._held = 0
             await asyncio.to_thread(self._f.writelines, pieces)
             if self._unsynced >= SYNC_EVERY and (self._sync is None or self._sync.done()):
+                if self._sync is not None:
+                    done, self._sync = self._sync, None
+                    done.result()  # a flush to disk that failed fails the write, once
                 self._unsynced = 0
                 self._f.flush()  # a no-op once pieces are large; fdatasync sees the bytes
-                self._sync = asyncio.ensure_future(
-                    asyncio.to_thread(os.fdatasync, self._f.fileno())
-                )
+                self._sync = _FLUSHES.submit(os.fdatasync, self._f.fileno())
 
     async def close(self) -> None:
+        """Write what is held and close; raises the error of a background flush, if any:
+        the file is then not what it should be."""
         if self._f is not None:
             try:
                 await self.flush()
             finally:
                 f, self._f = self._f, None
-                # The fd must outlive any flush still running on it.
                 sync, self._sync = self._sync, None
-                if sync is not None:
-                    await asyncio.gather(sync, return_exceptions=True)
-                await asyncio.to_thread(f.close)
+                await asyncio.to_thread(_close_after, f, sync)
+
+
+# Background flushes to disk of FileWriter files (few at a time: they wait on the disk).
+_FLUSHES = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="blobsync-flush")
+
+
+def _close_after(f: Any, sync: concurrent.futures.Future[None] | None) -> None:
+    """Close ``f`` once the flush running on its fd (if any) is over, then report how that
+    flush went. The fd must outlive it: closed earlier, its number could be reused."""
+    try:
+        if sync is not None:
+            concurrent.futures.wait([sync])
+    finally:
+        f.close()
+    if sync is not None:
+        sync.result()
 
 
 def _move_payloads_out(conn: Any) -> None:
@@ -1082,15 +1127,23 @@ def _move_payloads_out(conn: Any) -> None:
         "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'payloads'"
     ).fetchone():
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute("INSERT OR REPLACE INTO pl.payloads SELECT id, data FROM main.payloads")
-        conn.execute("DROP TABLE main.payloads")
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    # Two transactions, each writing one database: SQLite does not commit one spanning
+    # both atomically (the main database is in WAL mode), and a copy rolled back after
+    # its DROP committed would lose every payload. A crash between the two leaves both
+    # copies, and the first step can run again.
+    for steps in (
+        [("INSERT OR REPLACE INTO pl.payloads SELECT id, data FROM main.payloads", ())],
+        [("DROP TABLE main.payloads", ()),
+         ("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))],
+    ):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in steps:
+                conn.execute(sql, args)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
 
 def _open_private(path: Path, mode: str) -> Any:

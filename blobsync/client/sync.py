@@ -678,17 +678,29 @@ class SyncEngine:
         return run
 
     async def upload_sealed(self, run: _Run, sealed: dict[str, bytes]) -> None:
-        """Stream-upload blobs just stored here, from the sealed bytes the caller still
-        holds (``put_many`` uploading as it stores): the store is not read back. Blobs
-        that are not PENDING_UPLOAD by now are skipped; failures leave blobs pending or
-        failed exactly as a sync round would."""
-        await self._stream_upload(run, list(sealed), sealed, new=True)
+        """Upload blobs just stored here, from the sealed bytes the caller still holds
+        (``put_many`` uploading as it stores): the store is not read back. The stream
+        limits of the settings hold as in a sync round; blobs that are not PENDING_UPLOAD
+        by now are skipped; failures leave blobs pending or failed as a round would."""
+        ns = run.namespace
+        ids = list(sealed)
+        self._flight(ns, ids, +1)
+        try:
+            fresh = await self.store.get_many(ns, ids)
+            rows = [fresh[b] for b in ids
+                    if b in fresh and fresh[b].status is SyncStatus.PENDING_UPLOAD]
+            run.trackers["upload"].add(rows)
+            streamed = self.settings.stream
+            for batch in self._batches([r for r in rows if streamed and self._small(r)]):
+                await self._stream_upload_rows(run, batch, sealed)
+            for r in rows:
+                if not (streamed and self._small(r)):
+                    await self._single_upload_job(run, r)
+        finally:
+            self._flight(ns, ids, -1)
+        await self._settle_deleted(ns, ids)
 
-    async def _stream_upload(
-        self, run: _Run, ids: list[str], sealed: dict[str, bytes] | None = None,
-        *, new: bool = False,
-    ) -> None:
-        """``new``: the blobs are not in the run's progress yet."""
+    async def _stream_upload(self, run: _Run, ids: list[str]) -> None:
         ns = run.namespace
         self._flight(ns, ids, +1)
         try:
@@ -696,9 +708,7 @@ class SyncEngine:
             fresh = await self.store.get_many(ns, ids)
             rows = [fresh[b] for b in ids
                     if b in fresh and fresh[b].status is SyncStatus.PENDING_UPLOAD]
-            if new:
-                run.trackers["upload"].add(rows)
-            await self._stream_upload_rows(run, rows, sealed)
+            await self._stream_upload_rows(run, rows)
         finally:
             self._flight(ns, ids, -1)
         await self._settle_deleted(ns, ids)

@@ -102,7 +102,14 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         offset, length = (rng.start, rng.length) if rng else (0, info.size)
         file = await store.open_file(info.location)
         if file is not None:
-            break
+            # File locations are reused after a delete and a new PUT of the id: the file
+            # opened is the one looked up only if the row still names it, unchanged.
+            again = await store.index.get_blob(uuid, ns, blob_id)
+            if again is not None and (again.location, again.tag) == (info.location, info.tag):
+                break
+            file.close()
+            file = None
+            continue
         read_info, chunks = await store.read(uuid, ns, blob_id, offset, length)
         if read_info.location == info.location:
             break
@@ -118,10 +125,10 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         resp.headers["Content-Range"] = rng.content_range(info.size)
     if file is not None:
         try:
-            return await send_file(request, resp, file, offset, length)
+            store.served(await send_file(request, resp, file, offset, length))
         finally:
             file.close()
-            store.served(length)
+        return resp
     return await send_chunks(request, resp, chunks, length)
 
 
@@ -183,27 +190,28 @@ async def _aclose(chunks: AsyncIterator[bytes]) -> None:
 
 async def send_file(
     request: web.Request, resp: web.StreamResponse, file: BinaryIO, offset: int, expected: int
-) -> web.StreamResponse:
+) -> int:
     """Send ``expected`` bytes of ``file`` from ``offset`` with sendfile(2): no copy through
     Python, and the loop waits on the socket (back-pressure). asyncio falls back to reads
-    and writes where sendfile cannot go (TLS). Failures end as in ``send_chunks``."""
+    and writes where sendfile cannot go (TLS). Failures end as in ``send_chunks``.
+    Returns the bytes sent."""
     await resp.prepare(request)
     transport = request.transport
     if transport is None:  # the client left before the body
-        return resp
+        return 0
     try:
         sent = await asyncio.get_running_loop().sendfile(transport, file, offset, expected)
     except Exception as exc:  # noqa: BLE001 - any failure mid-body ends the same way
         log.warning("cutting %s: %s", request.rel_url.raw_path, exc)
         cut_connection(request)
-        return resp
+        return 0
     if sent != expected:
         log.warning("cutting %s: %d bytes sent, %d expected",
                     request.rel_url.raw_path, sent, expected)
         cut_connection(request)
-        return resp
+        return sent
     await resp.write_eof()
-    return resp
+    return sent
 
 
 async def send_chunks(

@@ -45,3 +45,24 @@ async def test_background_flushes_start_and_finish(
     await w.close()
     assert w._sync is None  # awaited before the file was closed
     assert (tmp_path / "f").read_bytes() == data
+
+
+async def test_a_failed_background_flush_fails_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fails a flush: the file is not what it should be, so close() says so
+    (and the fd is closed all the same)."""
+    monkeypatch.setattr(localstore, "SYNC_EVERY", 1 << 20)
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    w = await FileWriter(tmp_path / "f").open()
+    f = w._f
+    with pytest.raises(OSError, match="Input/output"):
+        for _ in range(4):
+            await w.write(os.urandom(1 << 20))
+        await w.close()
+    await w.close()  # closing again is harmless
+    assert f.closed

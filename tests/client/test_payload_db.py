@@ -96,3 +96,69 @@ async def test_a_store_of_the_first_layout_is_moved_over(devices) -> None:
         assert await b.store._run(layout) == (None, "2")
     finally:
         await b.close()
+
+
+async def test_a_power_cut_that_took_the_state_databases_last_commits(
+    tmp_path: Path,
+) -> None:
+    """The state database (synchronous=NORMAL) lost its last commits, the payload database
+    (FULL) kept them: row ids, and the sessions count asking for a sweep, went back. The
+    payloads past every row id must not block the ids handed out again."""
+    import shutil
+
+    from blobsync.client.localstore import LocalStore, Sealed
+
+    def store() -> LocalStore:
+        return LocalStore(tmp_path / "local.db", tmp_path / "blobs", tmp_path / "tmp",
+                          db_key=b"k" * 32, names_key=b"n" * 32, inline_max=64 << 10)
+
+    def items(prefix: str, n: int) -> list[Sealed]:
+        return [Sealed(f"{prefix}{i}", 10, bytes([i]) * 800) for i in range(n)]
+
+    s = store()
+    await s.open()
+    await s.insert_many("default", SyncStatus.PENDING_UPLOAD, 1, items("kept", 2))
+    await s.close()
+    shutil.copy(tmp_path / "local.db", tmp_path / "before.db")
+    s = store()
+    await s.open()
+    await s.insert_many("default", SyncStatus.PENDING_UPLOAD, 1, items("lost", 3))
+    await s.close()
+    shutil.copy(tmp_path / "before.db", tmp_path / "local.db")  # the power cut
+    assert len(payload_ids(tmp_path)) == 5
+
+    s = store()
+    await s.open()
+    try:
+        assert len(payload_ids(tmp_path)) == 2  # the three orphans went at open
+        await s.insert_many("default", SyncStatus.PENDING_UPLOAD, 1, items("new", 3))
+        rows = await s.get_many("default", ["kept0", "kept1", "new0", "new1", "new2"])
+        assert len(rows) == 5
+        for blob_id, row in rows.items():
+            n = int(blob_id[-1])
+            assert await s.read_inline(row.id) == bytes([n]) * 800
+    finally:
+        await s.close()
+
+
+async def test_a_migration_cut_between_its_two_steps_finishes(devices) -> None:
+    a = await devices("a")
+    await a.put("old", b"in both databases after the first step", upload=False)
+    home = a.profile.home
+
+    def after_first_step() -> None:
+        conn = a.store._conn
+        conn.execute("CREATE TABLE main.payloads (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
+        conn.execute("INSERT INTO main.payloads SELECT id, data FROM pl.payloads")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+
+    await a.store._run(after_first_step)
+    await a.close()
+    b = await BlobManager.open(home, passphrase=PASSPHRASE)
+    try:
+        assert await b.get("old") == b"in both databases after the first step"
+        gone = await b.store._run(lambda: b.store._conn.execute(
+            "SELECT 1 FROM main.sqlite_master WHERE name = 'payloads'").fetchone())
+        assert gone is None
+    finally:
+        await b.close()

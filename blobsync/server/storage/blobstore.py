@@ -371,8 +371,9 @@ class BlobStore:
         """The payload at ``location`` as an open file, when the payload store keeps it as
         one (``file_path``); None otherwise, or when it is gone (replaced or deleted since
         the lookup: the caller then reads through ``read``, which sorts that out). An open
-        file keeps its bytes even if the payload is deleted meanwhile, and a location is
-        never reused, so what it holds is the payload the lookup named."""
+        file keeps its bytes even if the payload is deleted meanwhile. File locations are
+        reused after a delete and a new PUT of the same id, though: the caller checks that
+        the row still names this location with the same tag once the file is open."""
         file_path = getattr(self.payloads, "file_path", None)
         path = file_path(location) if file_path is not None else None
         if path is None:

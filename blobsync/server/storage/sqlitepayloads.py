@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import os
 import secrets
@@ -217,6 +218,11 @@ class SQLitePayloads(PayloadStore):
         parent = os.path.dirname(self.path)
         created = not os.path.exists(self.path)
         await asyncio.to_thread(os.makedirs, parent, 0o700, True)
+        if created:
+            # Private like the payload files, before SQLite makes it (its -wal and -shm
+            # take the mode of the database file).
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             await self._writes.open(self.path)
             await self._writes.run(self._writes.write, _migrate)
