@@ -25,7 +25,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -376,16 +376,11 @@ class LocalStore:
         ids = list(blob_ids)
 
         def q() -> dict[str, Row]:
-            out: dict[str, Row] = {}
-            for i in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
-                part = ids[i : i + 500]
-                cur = self._conn.execute(
-                    f"SELECT {_COLUMNS} FROM blobs WHERE namespace = ? "
-                    f"AND blob_id IN ({','.join('?' * len(part))})",
-                    (namespace, *part),
-                )
-                out.update((row.blob_id, row) for row in map(Row.from_db, cur))
-            return out
+            rows = self._select_in(
+                f"SELECT {_COLUMNS} FROM blobs WHERE namespace = ? AND blob_id IN ({{}})",
+                (namespace,), ids,
+            )
+            return {row.blob_id: row for row in map(Row.from_db, rows)}
 
         return await self._run(q)
 
@@ -412,15 +407,11 @@ class LocalStore:
         ids = list(blob_ids)
 
         def q() -> list[str]:
-            out: list[str] = []
-            for i in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
-                part = ids[i : i + 500]
-                out += (r[0] for r in self._conn.execute(
-                    "SELECT blob_id FROM blobs WHERE namespace = ? AND status = ? "
-                    f"AND blob_id IN ({','.join('?' * len(part))})",
-                    (namespace, status.value, *part),
-                ))
-            return out
+            return [r[0] for r in self._select_in(
+                "SELECT blob_id FROM blobs WHERE namespace = ? AND status = ? "
+                "AND blob_id IN ({})",
+                (namespace, status.value), ids,
+            )]
 
         return await self._run(q)
 
@@ -806,15 +797,13 @@ class LocalStore:
             payloads: list[tuple[int, bytes]] = []
             with self._tx():
                 # One lookup and two executemany for the batch, not three queries a blob.
-                found: dict[str, tuple[int, str]] = {}
-                ids = [it.blob_id for it in items]
-                for i in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
-                    part = ids[i : i + 500]
-                    found.update((r[0], (r[1], r[2])) for r in conn.execute(
+                found: dict[str, tuple[int, str]] = {
+                    r[0]: (r[1], r[2]) for r in self._select_in(
                         "SELECT blob_id, id, status FROM blobs WHERE namespace = ? "
-                        f"AND blob_id IN ({','.join('?' * len(part))})",
-                        (namespace, *part),
-                    ))
+                        "AND blob_id IN ({})",
+                        (namespace,), [it.blob_id for it in items],
+                    )
+                }
                 for it in items:
                     r = found.get(it.blob_id)
                     if r is None or r[1] not in waiting:
@@ -882,6 +871,13 @@ class LocalStore:
             paths.append(self.blob_path(row.location))
         await asyncio.to_thread(_unlink_all, paths)
 
+    def _select_in(self, sql: str, args: tuple[Any, ...], keys: list[Any]) -> Iterator[Any]:
+        """The rows of ``sql`` (its ``{}`` standing for the placeholders of ``keys``), a
+        query per 500 keys: under SQLite's bound-parameter limit."""
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            yield from self._conn.execute(sql.format(",".join("?" * len(part))), (*args, *part))
+
     def _tx(self) -> _Transaction:
         return _Transaction(self._conn)
 
@@ -902,14 +898,9 @@ class LocalStore:
         """Inline payloads by row id, in one query; ClientError if one is missing."""
 
         def q() -> dict[int, bytes]:
-            out: dict[int, bytes] = {}
-            for i in range(0, len(row_ids), 500):  # under SQLite's bound-parameter limit
-                part = row_ids[i : i + 500]
-                cur = self._conn.execute(
-                    f"SELECT id, data FROM pl.payloads WHERE id IN ({','.join('?' * len(part))})",
-                    part,
-                )
-                out.update((r[0], bytes(r[1])) for r in cur)
+            out = {r[0]: bytes(r[1]) for r in self._select_in(
+                "SELECT id, data FROM pl.payloads WHERE id IN ({})", (), row_ids
+            )}
             if len(out) != len(set(row_ids)):
                 raise ClientError("local store: an inline payload is missing")
             return out

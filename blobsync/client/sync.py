@@ -682,25 +682,14 @@ class SyncEngine:
         (``put_many`` uploading as it stores): the store is not read back. The stream
         limits of the settings hold as in a sync round; blobs that are not PENDING_UPLOAD
         by now are skipped; failures leave blobs pending or failed as a round would."""
-        ns = run.namespace
-        ids = list(sealed)
-        self._flight(ns, ids, +1)
-        try:
-            fresh = await self.store.get_many(ns, ids)
-            rows = [fresh[b] for b in ids
-                    if b in fresh and fresh[b].status is SyncStatus.PENDING_UPLOAD]
-            run.trackers["upload"].add(rows)
-            streamed = self.settings.stream
-            for batch in self._batches([r for r in rows if streamed and self._small(r)]):
-                await self._stream_upload_rows(run, batch, sealed)
-            for r in rows:
-                if not (streamed and self._small(r)):
-                    await self._single_upload_job(run, r)
-        finally:
-            self._flight(ns, ids, -1)
-        await self._settle_deleted(ns, ids)
+        await self._stream_upload(run, list(sealed), sealed)
 
-    async def _stream_upload(self, run: _Run, ids: list[str]) -> None:
+    async def _stream_upload(
+        self, run: _Run, ids: list[str], sealed: dict[str, bytes] | None = None
+    ) -> None:
+        """Upload ``ids`` in streams within the limits, any too large for one alone. With
+        ``sealed`` (upload_sealed), their bytes come from it and they are new to the run's
+        progress; a round's batches are within the limits and its progress has them."""
         ns = run.namespace
         self._flight(ns, ids, +1)
         try:
@@ -708,7 +697,14 @@ class SyncEngine:
             fresh = await self.store.get_many(ns, ids)
             rows = [fresh[b] for b in ids
                     if b in fresh and fresh[b].status is SyncStatus.PENDING_UPLOAD]
-            await self._stream_upload_rows(run, rows)
+            if sealed is not None:
+                run.trackers["upload"].add(rows)
+            streamed = self.settings.stream
+            for batch in self._batches([r for r in rows if streamed and self._small(r)]):
+                await self._stream_upload_rows(run, batch, sealed)
+            for r in rows:
+                if not (streamed and self._small(r)):
+                    await self._single_upload_job(run, r)
         finally:
             self._flight(ns, ids, -1)
         await self._settle_deleted(ns, ids)

@@ -100,16 +100,9 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         info = await _existing(store.index, uuid, ns, blob_id)
         rng = parse_range(request.headers.get("Range"), info.size)
         offset, length = (rng.start, rng.length) if rng else (0, info.size)
-        file = await store.open_file(info.location)
+        file = await store.open_file(info)
         if file is not None:
-            # File locations are reused after a delete and a new PUT of the id: the file
-            # opened is the one looked up only if the row still names it, unchanged.
-            again = await store.index.get_blob(uuid, ns, blob_id)
-            if again is not None and (again.location, again.tag) == (info.location, info.tag):
-                break
-            file.close()
-            file = None
-            continue
+            break
         read_info, chunks = await store.read(uuid, ns, blob_id, offset, length)
         if read_info.location == info.location:
             break

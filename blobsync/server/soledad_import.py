@@ -36,6 +36,7 @@ from blobsync.format.limits import CHUNK_SIZE, valid_id
 
 from .storage.base import FLAGS, BlobExists
 from .storage.blobstore import BlobStore
+from .storage.files import files_below
 
 SOLEDAD_DEFAULT_DIR = "default"  # fs_backend: ``namespace = namespace or 'default'``
 FLAGS_SUFFIX = ".flags"
@@ -128,30 +129,24 @@ def scan_user(
 ) -> dict[str, _Namespace]:
     """Everything below one user dir, by namespace. Symlinks and odd files are skipped."""
     spaces: dict[str, _Namespace] = {}
-    for dirpath, _dirs, files in os.walk(user_dir):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
+    for path, st in files_below(user_dir):
+        rel = tuple(Path(os.path.relpath(path, user_dir)).parts)
+        found = classify(rel, namespace_default) if stat.S_ISREG(st.st_mode) else None
+        if found is None:
+            skipped.append(Problem(path, "not a blob, flags or deletion file of Soledad"))
+            continue
+        namespace, blob_id, kind = found
+        space = spaces.setdefault(namespace, _Namespace())
+        if kind == "blob":
+            if blob_id in space.blobs:
+                # Two layouts merged into one namespace: keep the first, report the other.
+                skipped.append(Problem(path, f"second copy of {blob_id} in {namespace}"))
                 continue
-            rel = tuple(Path(os.path.relpath(path, user_dir)).parts)
-            found = classify(rel, namespace_default) if stat.S_ISREG(st.st_mode) else None
-            if found is None:
-                skipped.append(Problem(path, "not a blob, flags or deletion file of Soledad"))
-                continue
-            namespace, blob_id, kind = found
-            space = spaces.setdefault(namespace, _Namespace())
-            if kind == "blob":
-                if blob_id in space.blobs:
-                    # Two layouts merged into one namespace: keep the first, report the other.
-                    skipped.append(Problem(path, f"second copy of {blob_id} in {namespace}"))
-                    continue
-                space.blobs[blob_id] = (path, st.st_mtime)
-            elif kind == "flags":
-                space.flags.add(blob_id)
-            else:
-                space.deleted[blob_id] = max(st.st_mtime, space.deleted.get(blob_id, 0.0))
+            space.blobs[blob_id] = (path, st.st_mtime)
+        elif kind == "flags":
+            space.flags.add(blob_id)
+        else:
+            space.deleted[blob_id] = max(st.st_mtime, space.deleted.get(blob_id, 0.0))
     return spaces
 
 

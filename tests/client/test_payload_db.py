@@ -20,6 +20,17 @@ def payload_ids(home: Path) -> set[int]:
         conn.close()
 
 
+def back_to_layout_1(store: object, move: bool) -> None:
+    """The payloads into the SQLCipher database, as schema 1 kept them; ``move``: gone
+    from the payload database too (else a copy stays there)."""
+    conn = store._conn  # type: ignore[attr-defined]
+    conn.execute("CREATE TABLE main.payloads (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
+    conn.execute("INSERT INTO main.payloads SELECT id, data FROM pl.payloads")
+    if move:
+        conn.execute("DELETE FROM pl.payloads")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+
+
 async def test_payloads_are_plain_sqlite_and_private(devices) -> None:
     a = await devices("a")
     await a.put("small", b"x" * 100)
@@ -69,14 +80,7 @@ async def test_a_store_of_the_first_layout_is_moved_over(devices) -> None:
     row = await a.store.get("default", "old")
     assert row is not None
 
-    def back_to_layout_1() -> None:
-        conn = a.store._conn
-        conn.execute("CREATE TABLE main.payloads (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
-        conn.execute("INSERT INTO main.payloads SELECT id, data FROM pl.payloads")
-        conn.execute("DELETE FROM pl.payloads")
-        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
-
-    await a.store._run(back_to_layout_1)
+    await a.store._run(back_to_layout_1, a.store, True)
     await a.close()
     assert payload_ids(home) == set()
 
@@ -146,13 +150,8 @@ async def test_a_migration_cut_between_its_two_steps_finishes(devices) -> None:
     await a.put("old", b"in both databases after the first step", upload=False)
     home = a.profile.home
 
-    def after_first_step() -> None:
-        conn = a.store._conn
-        conn.execute("CREATE TABLE main.payloads (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
-        conn.execute("INSERT INTO main.payloads SELECT id, data FROM pl.payloads")
-        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
-
-    await a.store._run(after_first_step)
+    # As a migration cut after its copy and before its DROP leaves it.
+    await a.store._run(back_to_layout_1, a.store, False)
     await a.close()
     b = await BlobManager.open(home, passphrase=PASSPHRASE)
     try:

@@ -367,21 +367,27 @@ class BlobStore:
             return info, _chain(None, chunks, self.observer)
         return info, _chain(first, chunks, self.observer)
 
-    async def open_file(self, location: str) -> BinaryIO | None:
-        """The payload at ``location`` as an open file, when the payload store keeps it as
-        one (``file_path``); None otherwise, or when it is gone (replaced or deleted since
-        the lookup: the caller then reads through ``read``, which sorts that out). An open
-        file keeps its bytes even if the payload is deleted meanwhile. File locations are
-        reused after a delete and a new PUT of the same id, though: the caller checks that
-        the row still names this location with the same tag once the file is open."""
+    async def open_file(self, info: BlobInfo) -> BinaryIO | None:
+        """The payload of ``info`` as an open file, when the payload store keeps it as one
+        (``file_path``), for a route to send with sendfile. None otherwise, or when it is
+        gone or replaced since ``info`` was looked up: the caller then reads through
+        ``read``, which sorts that out. An open file keeps its bytes even if the payload
+        is deleted meanwhile; but file locations are reused after a delete and a new PUT
+        of the same id, so the file is the one looked up only if the row still names it
+        with the same tag once it is open."""
         file_path = getattr(self.payloads, "file_path", None)
-        path = file_path(location) if file_path is not None else None
+        path = file_path(info.location) if file_path is not None else None
         if path is None:
             return None
         try:
-            return await asyncio.to_thread(open, path, "rb")
+            file = await asyncio.to_thread(open, path, "rb")
         except FileNotFoundError:
             return None
+        now = await self.index.get_blob(info.user, info.namespace, info.blob_id)
+        if now is None or (now.location, now.tag) != (info.location, info.tag):
+            file.close()
+            return None
+        return file
 
     def served(self, nbytes: int) -> None:
         """Count bytes a route sent from an ``open_file`` file (``read`` counts its own)."""

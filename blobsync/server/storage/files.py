@@ -21,7 +21,7 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +53,23 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def files_below(top: str | os.PathLike[str]) -> Iterator[tuple[str, os.stat_result]]:
+    """Every file below ``top`` with its lstat (links not followed); one that vanishes
+    while the walk goes is left out."""
+    for dirpath, _dirs, files in os.walk(top):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            try:
+                yield path, os.lstat(path)
+            except FileNotFoundError:
+                continue
+
+
 def _makedirs_durable(root: str, parts: tuple[str, ...]) -> str:
     """Create ``root/parts...``; fsync the parent of every dir created so it survives."""
-    path = root
-    for part in parts:
-        parent, path = path, os.path.join(path, part)
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            continue
+    dirty: set[str] = set()
+    path = _makedirs(root, parts, dirty)
+    for parent in dirty:
         _fsync_dir(parent)
     return path
 
@@ -489,17 +497,11 @@ class FilePayloads(PayloadStore):
 
     def _walk(self, top: Path) -> list[tuple[str, float]]:
         found: list[tuple[str, float]] = []
-        for dirpath, _dirs, files in os.walk(top):
-            for name in files:
-                path = os.path.join(dirpath, name)
-                try:
-                    st = os.lstat(path)
-                except FileNotFoundError:
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                rel = os.path.relpath(path, self.root).replace(os.sep, "/")
-                # ctime moves when the file is linked into place, so it is the commit time
-                # even for an upload whose last write was long ago.
-                found.append((rel, max(st.st_mtime, st.st_ctime)))
+        for path, st in files_below(top):
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+            # ctime moves when the file is linked into place, so it is the commit time even
+            # for an upload whose last write was long ago.
+            found.append((rel, max(st.st_mtime, st.st_ctime)))
         return found

@@ -13,13 +13,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import functools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from .base import (
@@ -35,6 +32,7 @@ from .base import (
     UserExists,
     UserNotFound,
 )
+from .sqlitethread import SQLiteThread
 
 T = TypeVar("T")
 
@@ -43,7 +41,6 @@ T = TypeVar("T")
 FLAG_BITS = {"PENDING": 1, "PROCESSING": 2, "PROCESSED": 4, "FAILED": 8}
 assert set(FLAG_BITS) == FLAGS
 
-BUSY_TIMEOUT_MS = 30_000
 # SQLite limits host parameters per statement (32766 in recent builds, 999 in old ones).
 _IN_BATCH = 500
 
@@ -113,62 +110,17 @@ def _row_to_info(row: tuple[Any, ...]) -> BlobInfo:
 class SQLiteIndex(MetadataIndex):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
-
-    # the thread -------------------------------------------------------------------------
-    async def _run(self, func: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise RuntimeError("SQLiteIndex is not open")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(func, *args))
-
-    def _db(self) -> sqlite3.Connection:
-        assert self._conn is not None
-        return self._conn
-
-    def _write(self, func: Callable[..., T], *args: Any) -> T:
-        """Run ``func(conn, *args)`` in one BEGIN IMMEDIATE transaction (in the db thread)."""
-        conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = func(conn, *args)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+        self._thread = SQLiteThread(self.path, synchronous="NORMAL", name="sqlite-index")
+        self._run = self._thread.run
+        self._db = self._thread.db
+        self._write = self._thread.write
 
     async def open(self) -> None:
-        if self._executor is not None:
-            return
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="sqlite-index"
-        )
+        await self._thread.open()
         try:
-            await self._run(self._open_sync)
+            await self._run(self._write, self._migrate)
         except BaseException:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise
-
-    def _open_sync(self) -> None:
-        parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, the module adds nothing.
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise RuntimeError(f"SQLite at {self.path} refused WAL mode ({mode})")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn = conn
-            self._write(self._migrate)
-        except BaseException:
-            self._conn = None
-            conn.close()
+            await self._thread.close()
             raise
 
     @staticmethod
@@ -192,18 +144,7 @@ class SQLiteIndex(MetadataIndex):
             conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
 
     async def close(self) -> None:
-        if self._executor is None:
-            return
-        try:
-            await self._run(self._close_sync)
-        finally:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-
-    def _close_sync(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        await self._thread.close()
 
     async def schema_version(self) -> int:
         row = await self._run(

@@ -21,15 +21,13 @@ here is about to be named by a row, so it must never be lost).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import functools
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import TypeVar
 
 from blobsync.format.errors import LimitExceeded
 from blobsync.format.limits import valid_id
@@ -37,7 +35,8 @@ from blobsync.format.limits import valid_id
 from .base import READ_PIECE_MAX, BlobNotFound, PayloadStore, PayloadWriter
 from .blobstore import BATCH_BLOB_MAX
 from .files import _fsync_dir
-from .sqlite import _IN_BATCH, BUSY_TIMEOUT_MS
+from .sqlite import _IN_BATCH
+from .sqlitethread import SQLiteThread
 
 T = TypeVar("T")
 
@@ -77,79 +76,6 @@ def _check_names(*values: str) -> None:
     for value in values:
         if not valid_id(value):
             raise ValueError(f"not a valid name: {value!r}")
-
-
-class _DbThread:
-    """One SQLite connection, created and used only in one thread of its own."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self.conn: sqlite3.Connection | None = None
-
-    async def run(self, func: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise RuntimeError("SQLitePayloads is not open")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(func, *args))
-
-    async def open(self, path: str) -> None:
-        if self._executor is not None:
-            return
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=self._name
-        )
-        try:
-            await self.run(self._connect, path)
-        except BaseException:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise
-
-    def _connect(self, path: str) -> None:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, the module adds nothing.
-        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise RuntimeError(f"SQLite at {path} refused WAL mode ({mode})")
-            conn.execute("PRAGMA synchronous = FULL")
-        except BaseException:
-            conn.close()
-            raise
-        self.conn = conn
-
-    def db(self) -> sqlite3.Connection:
-        assert self.conn is not None
-        return self.conn
-
-    def write(self, func: Callable[..., T], *args: Any) -> T:
-        """Run ``func(conn, *args)`` in one BEGIN IMMEDIATE transaction (in the thread)."""
-        conn = self.db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = func(conn, *args)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
-
-    async def close(self) -> None:
-        if self._executor is None:
-            return
-        try:
-            await self.run(self._disconnect)
-        finally:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-
-    def _disconnect(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -210,8 +136,8 @@ class SQLitePayloads(PayloadStore):
     def __init__(self, path: str | os.PathLike[str], max_size: int = INLINE_MAX) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.max_size = max_size
-        self._writes = _DbThread("sqlite-payloads-w")
-        self._reads = _DbThread("sqlite-payloads-r")
+        self._writes = SQLiteThread(self.path, synchronous="FULL", name="sqlite-payloads-w")
+        self._reads = SQLiteThread(self.path, synchronous="FULL", name="sqlite-payloads-r")
 
     # housekeeping -----------------------------------------------------------------------
     async def open(self) -> None:
@@ -224,12 +150,12 @@ class SQLitePayloads(PayloadStore):
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            await self._writes.open(self.path)
+            await self._writes.open()
             await self._writes.run(self._writes.write, _migrate)
             if created:
                 # The file's directory entry must survive a power cut like its contents.
                 await asyncio.to_thread(_fsync_dir, parent)
-            await self._reads.open(self.path)
+            await self._reads.open()
         except BaseException:
             await self.close()
             raise

@@ -1,0 +1,95 @@
+"""One SQLite connection in a thread of its own, for the server's SQLite databases.
+
+sqlite3 blocks, and the event loop must not: every call runs in the connection's thread,
+one at a time, so a connection is never shared between threads and no transaction spans
+an await. WAL mode (server workers share the files; readers never wait for the writer)
+and a busy timeout (a writer waits for the write lock instead of failing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import os
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+class SQLiteThread:
+    def __init__(self, path: str, *, synchronous: str, name: str) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._name = name
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise RuntimeError(f"{self._name}: the database is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(func, *args))
+
+    def db(self) -> sqlite3.Connection:
+        assert self._conn is not None
+        return self._conn
+
+    def write(self, func: Callable[..., T], *args: Any) -> T:
+        """Run ``func(conn, *args)`` in one BEGIN IMMEDIATE transaction (in the thread)."""
+        conn = self.db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = func(conn, *args)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=self._name
+        )
+        try:
+            await self.run(self._connect)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _connect(self) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, the module adds nothing.
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise RuntimeError(f"SQLite at {self.path} refused WAL mode ({mode})")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            await self.run(self._disconnect)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
