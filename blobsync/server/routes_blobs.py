@@ -198,12 +198,7 @@ async def send_file(
         log.warning("cutting %s: %s", request.rel_url.raw_path, exc)
         cut_connection(request)
         return 0
-    if sent != expected:
-        log.warning("cutting %s: %d bytes sent, %d expected",
-                    request.rel_url.raw_path, sent, expected)
-        cut_connection(request)
-        return sent
-    await resp.write_eof()
+    await _end_body(request, resp, sent, expected)
     return sent
 
 
@@ -232,10 +227,18 @@ async def send_chunks(
         return resp
     finally:
         await _aclose(chunks)
+    await _end_body(request, resp, sent, expected)
+    return resp
+
+
+async def _end_body(
+    request: web.Request, resp: web.StreamResponse, sent: int, expected: int
+) -> None:
+    """End a body that went out whole; cut one that did not, so that the client sees it
+    short against its Content-Length, never a wrong one."""
     if sent != expected:
-        log.warning("cutting %s: %d bytes read, %d expected",
+        log.warning("cutting %s: %d bytes sent, %d expected",
                     request.rel_url.raw_path, sent, expected)
         cut_connection(request)
-        return resp
+        return
     await resp.write_eof()
-    return resp
