@@ -10,6 +10,10 @@ Scripts branch on these codes, so they are part of the interface (docs/cli.md li
 4     the server could not be reached (refused, DNS, TLS, timeout, dropped connection)
 5     verification: a blob failed its tag or preamble check (``check`` problems too)
 6     no such blob, neither on this device nor on the server
+7     incomplete: some files were skipped
+8     no space left on device
+9     the profile is in use by another process
+10    the id is taken by another blob on the server
 130   interrupted (Ctrl-C)
 141   stdout closed early (a pipe into ``head``)
 ====  =========================================================================
@@ -28,12 +32,17 @@ EXIT_AUTH = 3
 EXIT_UNREACHABLE = 4
 EXIT_VERIFY = 5
 EXIT_NOT_FOUND = 6
+EXIT_INCOMPLETE = 7
+EXIT_NO_SPACE = 8
+EXIT_PROFILE_BUSY = 9
+EXIT_ID_TAKEN = 10
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 EXIT_CODES_HELP = (
     "exit codes: 0 ok, 1 error, 2 usage, 3 wrong token or passphrase, "
-    "4 server unreachable, 5 verification failed, 6 no such blob, 130 interrupted"
+    "4 server unreachable, 5 verification failed, 6 no such blob, 7 incomplete, "
+    "8 no space left, 9 profile in use, 10 id taken, 130 interrupted"
 )
 
 # Set BLOBSYNC_DEBUG=1 to see the traceback of an unexpected error instead of one line.
@@ -102,6 +111,9 @@ def _client_error_code(exc: BaseException) -> int:
         ("ServerUnreachable", EXIT_UNREACHABLE),
         ("ConnectionLost", EXIT_UNREACHABLE),
         ("BlobNotFound", EXIT_NOT_FOUND),
+        ("NoSpace", EXIT_NO_SPACE),
+        ("ProfileBusy", EXIT_PROFILE_BUSY),
+        ("IdTaken", EXIT_ID_TAKEN),
     ]
     for name, code in table:
         cls = getattr(client_errors, name, None)

@@ -91,5 +91,17 @@ class MissingBlobs(RemoteError):
         self.missing = missing
 
 
+class NoSpace(ClientError):
+    """The local disk is full (ENOSPC, or SQLite's "database or disk is full")."""
+
+
+class ProfileBusy(ClientError):
+    """Another process holds the profile's writer lock."""
+
+
+class IdTaken(ClientError):
+    """The server holds a different blob under the id this device tried to upload."""
+
+
 class StaleRange(ClientError):
     """A partial download no longer matches the blob on the server; start over."""
