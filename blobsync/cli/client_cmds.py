@@ -21,6 +21,7 @@ from typing import Any
 from .failures import (
     DEBUG_ENV,
     EXIT_CODES_HELP,
+    EXIT_ID_TAKEN,
     EXIT_OK,
     EXIT_VERIFY,
     CommandFailed,
@@ -257,7 +258,9 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             uploaded = report.uploaded
             if stored and not args.local_only:
                 # The rest: large files, and batches that failed to go in one piece.
-                uploaded += await manager.send_missing(namespace, progress=bars.callback)
+                uploaded += await manager.send_missing(
+                    namespace, progress=bars.callback, report=report
+                )
         if stored and not args.local_only:
             mine = {b["id"] for b in stored}
             left |= mine & set(await manager.local_list(namespace,
@@ -268,6 +271,9 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
         {"namespace": namespace, "blobs": stored, "uploaded": uploaded,
          "local_only": args.local_only}
     )
+    taken = refused & set(report.taken)
+    if taken and taken == refused and not left:
+        raise CommandFailed(_taken_message(sorted(taken)), EXIT_ID_TAKEN)
     if refused:
         raise CommandFailed(
             f"{len(left) + len(refused)} of {len(stored)} blobs are stored here but not "
@@ -280,6 +286,13 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             "'blobsync sync' will retry"
         )
     return EXIT_OK
+
+
+def _taken_message(ids: list[str]) -> str:
+    if len(ids) == 1:
+        return f"id {ids[0]} is taken by another blob on the server"
+    shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+    return f"{len(ids)} ids are taken by other blobs on the server: {shown}"
 
 
 # --------------------------------------------------------------------------- get
@@ -433,6 +446,11 @@ async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
         f"{summary['deleted_remote']}, failed {len(failed)}"
     )
     out.document(summary)
+    taken = sorted(set(failed) & set(_ids(getattr(report, "taken", []))))
+    if failed and len(taken) == len(set(failed)) and not still_failed and not pending:
+        # Only id conflicts this run: their own code, so a script can tell them apart.
+        raise CommandFailed(f"{_taken_message(taken)} (left FAILED_UPLOAD here)",
+                            EXIT_ID_TAKEN)
     if failed:
         shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
         raise CommandFailed(f"{len(failed)} blobs failed to sync: {shown}; once the cause "
@@ -473,13 +491,21 @@ def _status_name(status: Any) -> str:
 
 async def cmd_check(args: argparse.Namespace, out: Output) -> int:
     async with _manager(args) as manager:
-        problems = [str(p) for p in await manager.check(remote=args.remote)]
+        found = await manager.check(remote=args.remote, repair=args.repair)
+    problems = [str(p) for p in found]
+    repaired = [str(p) for p in found if getattr(p, "repaired", False)]
     for problem in problems:
         out.line(problem)
-    out.document({"remote": args.remote, "problems": problems, "ok": not problems})
-    if problems:
-        raise CommandFailed(f"check found {len(problems)} problem(s)", EXIT_VERIFY)
-    out.line("no problems found")
+    out.document({"remote": args.remote, "problems": problems, "ok": not problems,
+                  "repaired": repaired})
+    if len(problems) > len(repaired):
+        extra = f", {len(repaired)} repaired" if repaired else ""
+        raise CommandFailed(f"check found {len(problems)} problem(s){extra}", EXIT_VERIFY)
+    if repaired:
+        out.line(f"repaired {len(repaired)} problem(s): run 'blobsync sync' to download "
+                 "those blobs again")
+    else:
+        out.line("no problems found")
     return EXIT_OK
 
 
@@ -667,9 +693,12 @@ def register(subparsers: Any) -> None:
     p = add("check", cmd_check, "verify every local blob (and with --remote, the server's)",
             "Verify the tag of every blob on this device; with --remote also compare the "
             "local and remote listings and download and verify every remote blob. Prints "
-            "each problem and exits 5 if there is any.")
+            "each problem and exits 5 if there is any (with --repair: any left unrepaired).")
     p.add_argument("--remote", action="store_true",
                    help="also check the server's blobs against this device")
+    p.add_argument("--repair", action="store_true",
+                   help="put every synced blob whose local copy is missing or damaged back "
+                        "to be downloaded at the next sync")
 
     incoming = subparsers.add_parser(
         "incoming", parents=[common], help="the incoming box (namespace MX)",

@@ -7,6 +7,7 @@ stem from a passing condition (the server down, a dropped connection, a 5xx) der
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from blobsync.format.errors import BlobsyncError
@@ -93,6 +94,20 @@ class MissingBlobs(RemoteError):
 
 class NoSpace(ClientError):
     """The local disk is full (ENOSPC, or SQLite's "database or disk is full")."""
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full: an OSError ENOSPC (or EDQUOT, a full quota
+    reads the same to a person), or SQLite's SQLITE_FULL, whose only trace in Python is
+    its message."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "database or disk is full" in str(exc)
+
+
+def no_space(exc: BaseException, where: str) -> NoSpace:
+    """The one-line NoSpace for a disk-full ``exc`` met while writing ``where``."""
+    return NoSpace(f"no space left on device ({where})")
 
 
 class ProfileBusy(ClientError):

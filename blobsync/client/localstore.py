@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -33,7 +34,7 @@ from typing import Any, TypeVar
 
 from sqlcipher3 import dbapi2 as sqlcipher
 
-from .errors import BlobExists, ClientError
+from .errors import BlobExists, ClientError, is_no_space, no_space
 from .model import HAS_PAYLOAD, SyncStatus
 
 T = TypeVar("T")
@@ -163,6 +164,8 @@ class LocalStore:
         self._names_key = names_key
         self._conn: Any = None
         self._lock_fd: int | None = None
+        # A commit failed midway (a full disk, say): the two databases may disagree.
+        self._torn = False
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blobsync-db")
 
     # --- life cycle ----------------------------------------------------------------------
@@ -325,6 +328,10 @@ class LocalStore:
 
                 def q() -> None:
                     try:
+                        if self._torn:
+                            # Leave the session counted, as a crash would: the next open
+                            # alone sweeps (_sweep_payloads) what the failed commit split.
+                            return
                         r = conn.execute("SELECT value FROM meta WHERE key = 'sessions'")
                         row = r.fetchone()
                         conn.execute(
@@ -342,7 +349,12 @@ class LocalStore:
             self._thread.shutdown(wait=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        except (sqlcipher.OperationalError, OSError) as exc:
+            if is_no_space(exc):
+                raise no_space(exc, str(self.db_path.parent)) from None
+            raise
 
     # --- names ---------------------------------------------------------------------------
 
@@ -684,31 +696,8 @@ class LocalStore:
         Only a row still waiting for its payload takes it, so a blob deleted while it was
         on its way is not brought back. Returns whether the payload was kept.
         """
-        waiting = (SyncStatus.PENDING_DOWNLOAD.value, SyncStatus.FAILED_DOWNLOAD.value)
-
-        def q() -> bool:
-            with self._tx():
-                r = self._conn.execute(
-                    "SELECT id, status FROM blobs WHERE namespace = ? AND blob_id = ?",
-                    (namespace, blob_id),
-                ).fetchone()
-                if r is None or r[1] not in waiting:
-                    return False
-                self._conn.execute(
-                    "UPDATE blobs SET status = ?, size = ?, sealed_size = ?, location = ?, "
-                    "inline = ?, external = ?, retries = 0, next_attempt = 0, "
-                    "verify_failures = 0, partial_tag = NULL WHERE id = ?",
-                    (SyncStatus.SYNCED.value, size, sealed_size, location,
-                     int(payload is not None), int(external), r[0]),
-                )
-                if payload is not None:
-                    self._conn.execute(
-                        "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
-                        (r[0], payload),
-                    )
-                return True
-
-        return await self._run(q)
+        item = Attach(blob_id, size, sealed_size, external, payload=payload, location=location)
+        return (await self.attach_many(namespace, [item]))[0]
 
     async def remove_many(
         self,
@@ -785,35 +774,51 @@ class LocalStore:
         return await self._run(q)
 
     async def attach_many(self, namespace: str, items: list[Attach]) -> list[bool]:
-        """``attach_payload`` for many verified downloads in one transaction: one commit per
-        batch instead of one per blob is what makes thousands of small blobs cheap."""
+        """``attach_payload`` for many verified downloads: one commit per batch instead of
+        one per blob is what makes thousands of small blobs cheap.
+
+        Two transactions, payloads first: SQLite commits a transaction over both databases
+        one database after the other (the main one is in WAL mode: no super-journal), the
+        main one first. A disk full while the payload database committed left rows SYNCED
+        without their payload. So the payloads are committed (FULL) before any row says
+        SYNCED; a crash between the two leaves payloads no row claims, which the sweep
+        drops and the next download replaces. Files were made durable by ``keep_file``.
+        """
         waiting = (SyncStatus.PENDING_DOWNLOAD.value, SyncStatus.FAILED_DOWNLOAD.value)
         synced = SyncStatus.SYNCED.value
 
+        def waiting_rows() -> dict[str, int]:
+            # One lookup for the batch, not one query a blob.
+            return {
+                r[0]: r[1] for r in self._select_in(
+                    "SELECT blob_id, id, status FROM blobs WHERE namespace = ? "
+                    "AND blob_id IN ({})",
+                    (namespace,), [it.blob_id for it in items],
+                ) if r[2] in waiting
+            }
+
         def q() -> list[bool]:
             conn = self._conn
+            before = waiting_rows()
+            written = {before[it.blob_id]: it.payload for it in items
+                       if it.payload is not None and it.blob_id in before}
+            if written:
+                with self._tx():
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
+                        list(written.items()),
+                    )
             out: list[bool] = []
             updates: list[tuple[Any, ...]] = []
-            payloads: list[tuple[int, bytes]] = []
             with self._tx():
-                # One lookup and two executemany for the batch, not three queries a blob.
-                found: dict[str, tuple[int, str]] = {
-                    r[0]: (r[1], r[2]) for r in self._select_in(
-                        "SELECT blob_id, id, status FROM blobs WHERE namespace = ? "
-                        "AND blob_id IN ({})",
-                        (namespace,), [it.blob_id for it in items],
-                    )
-                }
+                found = waiting_rows()  # another process may have moved some meanwhile
                 for it in items:
-                    r = found.get(it.blob_id)
-                    if r is None or r[1] not in waiting:
+                    row_id = found.pop(it.blob_id, None)  # twice in a batch: kept once
+                    if row_id is None or (it.payload is not None and row_id not in written):
                         out.append(False)
                         continue
-                    found[it.blob_id] = (r[0], synced)  # twice in a batch: kept once
                     updates.append((synced, it.size, it.sealed_size, it.location,
-                                    int(it.payload is not None), int(it.external), r[0]))
-                    if it.payload is not None:
-                        payloads.append((r[0], it.payload))
+                                    int(it.payload is not None), int(it.external), row_id))
                     out.append(True)
                 conn.executemany(
                     "UPDATE blobs SET status = ?, size = ?, sealed_size = ?, location = ?, "
@@ -821,12 +826,49 @@ class LocalStore:
                     "verify_failures = 0, partial_tag = NULL WHERE id = ?",
                     updates,
                 )
-                conn.executemany(
-                    "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)", payloads
-                )
+                # Payloads written for rows that stopped waiting, unless such a row took
+                # a payload of its own meanwhile (same id, same verified blob).
+                unclaimed = set(written) - {u[-1] for u in updates}
+                if unclaimed:
+                    conn.executemany(
+                        "DELETE FROM pl.payloads WHERE id = ? AND id NOT IN "
+                        "(SELECT id FROM main.blobs WHERE inline = 1)",
+                        [(i,) for i in unclaimed],
+                    )
             return out
 
         return await self._run(q)
+
+    async def refetch(self, rows: list[Row]) -> list[Row]:
+        """Rows still SYNCED whose local payload is missing or damaged go back to
+        PENDING_DOWNLOAD, their payload forgotten: the next sync fetches them again.
+        Returns the rows moved (their files are removed here)."""
+        synced = SyncStatus.SYNCED.value
+
+        def q() -> list[Row]:
+            conn = self._conn
+            moved: list[Row] = []
+            with self._tx():
+                for row in rows:
+                    if conn.execute(
+                        "UPDATE blobs SET status = ?, location = NULL, inline = 0, "
+                        "retries = 0, next_attempt = 0, verify_failures = 0, "
+                        "partial_tag = NULL WHERE id = ? AND status = ?",
+                        (SyncStatus.PENDING_DOWNLOAD.value, row.id, synced),
+                    ).rowcount:
+                        moved.append(row)
+            # The row no longer claims the payload: what is left of it goes, on its own.
+            with self._tx():
+                conn.executemany(
+                    "DELETE FROM pl.payloads WHERE id = ?", [(r.id,) for r in moved]
+                )
+            return moved
+
+        moved = await self._run(q)
+        await asyncio.to_thread(
+            _unlink_all, [self.blob_path(r.location) for r in moved if r.location]
+        )
+        return moved
 
     async def drop_payload(self, namespace: str, blob_id: str, status: SyncStatus) -> Row | None:
         """Forget the payload but keep the row in ``status`` (PENDING_DELETE). Returns the
@@ -879,7 +921,10 @@ class LocalStore:
             yield from self._conn.execute(sql.format(",".join("?" * len(part))), (*args, *part))
 
     def _tx(self) -> _Transaction:
-        return _Transaction(self._conn)
+        return _Transaction(self._conn, self._commit_failed)
+
+    def _commit_failed(self) -> None:
+        self._torn = True
 
     # --- payloads ------------------------------------------------------------------------
 
@@ -942,6 +987,23 @@ class LocalStore:
         async for chunk in read_file(self.blob_path(row.location)):
             yield chunk
 
+    async def tail(self, row: Row, n: int) -> bytes:
+        """The last ``n`` bytes of a local sealed blob (its tag), read alone."""
+        if row.inline:
+
+            def q() -> bytes:
+                r = self._conn.execute(
+                    "SELECT substr(data, ?) FROM pl.payloads WHERE id = ?", (-n, row.id)
+                ).fetchone()
+                if r is None:
+                    raise ClientError("local store: an inline payload is missing")
+                return bytes(r[0])
+
+            return await self._run(q)
+        if not row.location:
+            raise ClientError(f"blob {row.blob_id} has no local payload")
+        return await asyncio.to_thread(_read_tail, self.blob_path(row.location), n)
+
     async def keep_file(self, namespace: str, blob_id: str, src: Path) -> str:
         """Move a complete sealed file into blobs/; returns its location.
 
@@ -952,7 +1014,8 @@ class LocalStore:
         """
         del namespace, blob_id  # the name depends on neither, on purpose
         location = secrets.token_hex(20)
-        await asyncio.to_thread(_durable_move, src, self.blob_path(location))
+        with _disk_full_is_no_space(self.blobs_dir):
+            await asyncio.to_thread(_durable_move, src, self.blob_path(location))
         return location
 
     async def check_integrity(self) -> list[str]:
@@ -965,16 +1028,43 @@ class LocalStore:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (the connection is in autocommit)."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (the connection is in autocommit).
 
-    def __init__(self, conn: Any) -> None:
+    A COMMIT that fails (a full disk) may have committed one database and not the other
+    (see ``_sweep_payloads``): ``on_commit_failure`` is told, and the transaction is
+    rolled back if SQLite left it open, so that the connection stays usable."""
+
+    def __init__(self, conn: Any, on_commit_failure: Callable[[], None]) -> None:
         self._conn = conn
+        self._on_commit_failure = on_commit_failure
 
     def __enter__(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is not None:
+            self._conn.execute("ROLLBACK")
+            return
+        try:
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._on_commit_failure()
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlcipher.Error):
+                    self._conn.execute("ROLLBACK")
+            raise
+
+
+@contextlib.contextmanager
+def _disk_full_is_no_space(where: Path) -> Iterator[None]:
+    """ENOSPC while writing under ``where`` becomes NoSpace: one line for a person, and an
+    error the sync engine does not mistake for a passing one."""
+    try:
+        yield
+    except OSError as exc:
+        if is_no_space(exc):
+            raise no_space(exc, str(where)) from None
+        raise
 
 
 def _unlink_all(paths: list[Path]) -> None:
@@ -1013,6 +1103,15 @@ def _durable_move(src: Path, dest: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _read_tail(path: Path, n: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - n))
+            return f.read(n)
+    except FileNotFoundError:
+        raise ClientError(f"local payload file {path.name} is missing") from None
 
 
 async def read_file(path: Path, offset: int = 0) -> AsyncIterator[bytes]:
@@ -1059,7 +1158,8 @@ class FileWriter:
 
     async def open(self) -> FileWriter:
         mode = "ab" if self._append else "wb"
-        self._f = await asyncio.to_thread(_open_private, self.path, mode)
+        with _disk_full_is_no_space(self.path.parent):
+            self._f = await asyncio.to_thread(_open_private, self.path, mode)
         self.written = self._f.tell()
         return self
 
@@ -1071,6 +1171,10 @@ class FileWriter:
             await self.flush()
 
     async def flush(self) -> None:
+        with _disk_full_is_no_space(self.path.parent):
+            await self._flush()
+
+    async def _flush(self) -> None:
         if self._pieces:
             pieces, self._pieces = self._pieces, []
             self._unsynced += self._held
@@ -1093,7 +1197,8 @@ class FileWriter:
             finally:
                 f, self._f = self._f, None
                 sync, self._sync = self._sync, None
-                await asyncio.to_thread(_close_after, f, sync)
+                with _disk_full_is_no_space(self.path.parent):
+                    await asyncio.to_thread(_close_after, f, sync)
 
 
 # Background flushes to disk of FileWriter files (few at a time: they wait on the disk).

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from pathlib import Path
 
 from blobsync.format import (
+    TAG_SIZE,
     InvalidBlob,
     Opener,
     Sealer,
@@ -616,9 +617,15 @@ class BlobManager:
         return await self._reconcile_and_run(namespace, PHASES, progress)
 
     async def send_missing(
-        self, namespace: str = "default", *, progress: ProgressCallback | None = None
+        self,
+        namespace: str = "default",
+        *,
+        progress: ProgressCallback | None = None,
+        report: SyncReport | None = None,
     ) -> int:
-        return (await self._reconcile_and_run(namespace, ["upload"], progress)).uploaded
+        """Upload what is pending; returns how many went. ``report`` (when given) also
+        gets the failures, ``taken`` among them."""
+        return (await self._reconcile_and_run(namespace, ["upload"], progress, report)).uploaded
 
     async def fetch_missing(
         self, namespace: str = "default", *, progress: ProgressCallback | None = None
@@ -626,11 +633,15 @@ class BlobManager:
         return (await self._reconcile_and_run(namespace, ["download"], progress)).downloaded
 
     async def _reconcile_and_run(
-        self, namespace: str, phases: Iterable[str], progress: ProgressCallback | None
+        self,
+        namespace: str,
+        phases: Iterable[str],
+        progress: ProgressCallback | None,
+        report: SyncReport | None = None,
     ) -> SyncReport:
         _check_ids(namespace)
         async with self._sync_lock:
-            report = SyncReport()
+            report = report if report is not None else SyncReport()
             await self.engine.reconcile(namespace, report)
             return await self.engine.run(namespace, phases, progress=progress, report=report)
 
@@ -653,27 +664,60 @@ class BlobManager:
             n += row.status in moves
         return n
 
-    async def check(self, *, remote: bool = False) -> list[str]:
+    async def check(self, *, remote: bool = False, repair: bool = False) -> list[str]:
         """Problems, one line each: database integrity, local copies that do not verify,
         missing or stray files, blobs given up, and with ``remote`` disagreements with
-        the server."""
-        problems = [f"database: {p}" for p in await self.store.check_integrity()]
+        the server (a listing, and for every blob verified here a ranged GET of the
+        server's tag: another blob under the same id shows there).
+
+        With ``repair`` every SYNCED blob whose local bytes are missing or damaged goes
+        back to PENDING_DOWNLOAD, for the next sync to fetch; its line says so, and is a
+        ``CheckProblem`` whose ``repaired`` is true. A blob never uploaded has no other
+        copy: its line says it is lost."""
+        problems: list[str] = [
+            CheckProblem(f"database: {p}") for p in await self.store.check_integrity()
+        ]
         rows = await self.store.rows(None)
         referenced = {r.location for r in rows if r.location}
+        verified: dict[tuple[str, str], Row] = {}  # SYNCED and verified here
+        found: list[tuple[Row, str]] = []  # in the order of the rows
         for row in rows:
-            name = f"{row.namespace}/{row.blob_id}"
             if row.has_payload:
                 try:
                     await self._open_local(row, None)
                 except InvalidBlob as exc:
-                    problems.append(f"{name}: local copy does not verify ({exc})")
+                    found.append((row, f"local copy does not verify ({exc})"))
                 except ClientError as exc:
-                    problems.append(f"{name}: {exc}")
+                    found.append((row, str(exc)))
+                else:
+                    if row.status is SyncStatus.SYNCED:
+                        verified[(row.namespace, row.blob_id)] = row
             if row.status in (SyncStatus.FAILED_DOWNLOAD, SyncStatus.FAILED_UPLOAD):
-                problems.append(f"{name}: {row.status.value}")
+                found.append((row, row.status.value))
+        damaged = [r for r, _ in found if r.has_payload]
+        moved: set[int] = set()
+        if repair:
+            moved = {r.id for r in await self.store.refetch(damaged)}
+            referenced -= {r.location for r in damaged if r.id in moved}
+        for row, reason in found:
+            line = f"{row.namespace}/{row.blob_id}: {reason}"
+            if row.id in moved:
+                problems.append(CheckProblem(
+                    f"{line}; repaired: it is downloaded again at the next sync",
+                    repaired=True,
+                ))
+            elif repair and row.has_payload and row.status is not SyncStatus.SYNCED:
+                problems.append(CheckProblem(
+                    f"{line}; lost: it was never uploaded, so no other copy exists "
+                    f"('blobsync rm {row.blob_id}' forgets it)"
+                ))
+            else:
+                problems.append(CheckProblem(line))
         for path in await asyncio.to_thread(lambda: list(self.store.blobs_dir.rglob("*"))):
             if path.is_file() and path.name not in referenced:
-                problems.append(f"stray file {path.relative_to(self.profile.home)}")
+                problems.append(
+                    CheckProblem(f"stray file {path.relative_to(self.profile.home)}")
+                )
         if remote:
             by_ns: dict[str, dict[str, Row]] = {}
             for row in rows:
@@ -683,14 +727,32 @@ class BlobManager:
                 there = set(listed)
                 for blob_id, row in local.items():
                     if row.status is SyncStatus.SYNCED and blob_id not in there:
-                        problems.append(f"{ns}/{blob_id}: SYNCED here but not on the server")
+                        problems.append(
+                            CheckProblem(f"{ns}/{blob_id}: SYNCED here but not on the server")
+                        )
                 for blob_id in sorted(there - set(local)):
-                    problems.append(f"{ns}/{blob_id}: on the server, not known here (sync)")
+                    problems.append(
+                        CheckProblem(f"{ns}/{blob_id}: on the server, not known here (sync)")
+                    )
                 for blob_id in listed:
-                    reason = await self._verify_remote(ns, blob_id)
+                    mine = verified.get((ns, blob_id))
+                    if mine is not None:
+                        reason = await self._compare_remote(mine)
+                    else:
+                        reason = await self._verify_remote(ns, blob_id)
                     if reason:
-                        problems.append(f"{ns}/{blob_id}: the server's copy {reason}")
+                        problems.append(CheckProblem(f"{ns}/{blob_id}: the server's copy {reason}"))
         return problems
+
+    async def _compare_remote(self, row: Row) -> str | None:
+        """The server's tag against the verified local copy's: 16 bytes instead of the
+        whole blob. Only when they differ is the server's copy downloaded, to tell a
+        damaged copy from another blob under the same id."""
+        theirs = await self.transport.blob_tail(row.namespace, row.blob_id)
+        if theirs is None or theirs == await self.store.tail(row, TAG_SIZE):
+            return None  # None: deleted since the listing
+        reason = await self._verify_remote(row.namespace, row.blob_id)
+        return reason or "is another blob under the same id (this device holds other bytes)"
 
     async def _verify_remote(self, namespace: str, blob_id: str) -> str | None:
         """Download the server's copy and open it, keeping nothing; a reason if it fails."""
@@ -719,6 +781,17 @@ class BlobManager:
 
 
 PENDING = (SyncStatus.PENDING_DOWNLOAD, SyncStatus.PENDING_UPLOAD, SyncStatus.PENDING_DELETE)
+
+
+class CheckProblem(str):
+    """One line of ``check``; ``repaired`` when ``check(repair=True)`` fixed it."""
+
+    repaired: bool
+
+    def __new__(cls, text: str, *, repaired: bool = False) -> CheckProblem:
+        self = super().__new__(cls, text)
+        self.repaired = repaired
+        return self
 
 
 class _PlainOut:

@@ -46,6 +46,8 @@ class SyncReport:
     deleted_remote: int = 0
     failed: list[str] = field(default_factory=list)  # ids that ended FAILED_* in this run
     pending: list[str] = field(default_factory=list)  # still waiting (max_sync_wait passed)
+    # Of ``failed``: ids the server holds another blob under (SPEC 7, a 409 conflict).
+    taken: list[str] = field(default_factory=list)
 
 
 @dataclass

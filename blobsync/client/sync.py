@@ -35,6 +35,7 @@ from typing import Any
 
 from blobsync.format import (
     SEAL_OVERHEAD,
+    TAG_SIZE,
     BlobData,
     BlobEnd,
     BlobStart,
@@ -53,6 +54,7 @@ from .errors import (
     AuthFailed,
     BlobNotFound,
     ClientError,
+    IdTaken,
     MissingBlobs,
     RemoteError,
     StaleRange,
@@ -214,8 +216,14 @@ class SyncEngine:
                 status=SyncStatus.PENDING_UPLOAD, retries=0, next_attempt=0,
             )
         if already:
+            # The same sealed blob (an upload that went through unseen) or another one
+            # under the same id (SPEC 7): the tags tell, for 16 bytes each.
+            rows = await self.store.get_many(namespace, already)
+            same = await self._settle_existing(
+                namespace, report, [rows[b] for b in already if b in rows], None
+            )
             await self.store.set_many(
-                namespace, already, [SyncStatus.PENDING_UPLOAD],
+                namespace, [r.blob_id for r in same], [SyncStatus.PENDING_UPLOAD],
                 status=SyncStatus.SYNCED, retries=0, next_attempt=0,
             )
         new = remote - known - tombs
@@ -564,8 +572,10 @@ class SyncEngine:
             rest = [by_id[b] for b in ids if b not in settled]
             await self._retry(run, rest, SyncStatus.PENDING_DOWNLOAD, exc)
         finally:
-            await frames.flush()
-            await frames.discard()  # a blob cut short leaves no temp file behind
+            try:
+                await frames.flush()
+            finally:
+                await frames.discard()  # a blob cut short leaves no temp file behind
 
     # --- uploads -------------------------------------------------------------------------
 
@@ -595,6 +605,8 @@ class SyncEngine:
             raise
         except ClientError as exc:
             log.warning("upload of %s failed: %s", row.blob_id, exc)
+            if isinstance(exc, IdTaken):
+                run.report.taken.append(row.blob_id)
             await self.store.update(
                 run.namespace, row.blob_id, only_if=[SyncStatus.PENDING_UPLOAD],
                 status=SyncStatus.FAILED_UPLOAD,
@@ -636,10 +648,60 @@ class SyncEngine:
             try:
                 await self.transport.put_blob(ns, fresh.blob_id, body, fresh.sealed_size)
             except AlreadyOnServer:
+                if not await self.same_on_server(fresh):
+                    raise _id_taken(fresh.blob_id) from None
                 log.info("blob %s was already on the server", fresh.blob_id)
         finally:
             self._flight(ns, [row.blob_id], -1)
         await self._settle_deleted(ns, [row.blob_id])
+
+    async def same_on_server(self, row: Row) -> bool:
+        """Whether the server holds this very sealed blob under the row's id (SPEC 7, on a
+        409): its last 16 bytes, the tag, against the local copy's. TransientError when
+        it left the server meanwhile: the upload is tried again."""
+        theirs = await self.transport.blob_tail(row.namespace, row.blob_id)
+        if theirs is None:
+            raise TransientError(f"blob {row.blob_id} left the server while being compared")
+        return theirs == await self.store.tail(row, TAG_SIZE)
+
+    async def _settle_existing(
+        self, namespace: str, report: SyncReport, rows: list[Row], run: _Run | None
+    ) -> list[Row]:
+        """Rows whose id the server already holds: returns those that are the same blob
+        (done); another blob under the id turns FAILED_UPLOAD and is reported taken; a
+        comparison that failed for a passing reason leaves the row pending, retried."""
+        same: list[Row] = []
+        for r in rows:
+            try:
+                if await self.same_on_server(r):
+                    same.append(r)
+                    continue
+            except TransientError as exc:
+                log.info("blob %s will be retried: %s", r.blob_id, exc)
+                await self.store.schedule_retry(
+                    namespace, [r.blob_id], SyncStatus.PENDING_UPLOAD,
+                    delay=self.settings.retry_delay,
+                )
+                continue
+            except ClientError as exc:  # the local copy is unreadable: not the same
+                log.warning("blob %s cannot be compared: %s", r.blob_id, exc)
+                await self._upload_failed(namespace, report, r, run)
+                continue
+            log.warning("%s", _id_taken(r.blob_id))
+            report.taken.append(r.blob_id)
+            await self._upload_failed(namespace, report, r, run)
+        return same
+
+    async def _upload_failed(
+        self, namespace: str, report: SyncReport, row: Row, run: _Run | None
+    ) -> None:
+        if await self.store.update(
+            namespace, row.blob_id, only_if=[SyncStatus.PENDING_UPLOAD],
+            status=SyncStatus.FAILED_UPLOAD,
+        ):
+            report.failed.append(row.blob_id)
+        if run is not None:
+            run.trackers["upload"].dropped(row.blob_id)
 
     async def _settle_deleted(self, namespace: str, blob_ids: list[str]) -> None:
         """Delete on the server the blobs that were deleted here while being uploaded."""
@@ -744,14 +806,23 @@ class SyncEngine:
             # done, the rest go one by one so that each blob gets its own answer.
             log.info("stream upload refused (%s); sending one by one", exc)
             detail = exc.detail if isinstance(exc, RemoteError) else {}
-            kept = set(_str_list(detail.get("stored"))) | set(_str_list(detail.get("existing")))
+            kept = set(_str_list(detail.get("stored")))
+            there = set(_str_list(detail.get("existing"))) - kept
             await self._uploaded(run, [r for r in rows if r.blob_id in kept])
+            await self._uploaded(run, await self._settle_existing(
+                run.namespace, run.report, [r for r in rows if r.blob_id in there], run
+            ))
             for r in rows:
-                if r.blob_id not in kept:
+                if r.blob_id not in kept | there:
                     await self._single_upload_job(run, r)
             return
         ok = set(stored) | set(existing)
-        await self._uploaded(run, [r for r in rows if r.blob_id in ok])
+        await self._uploaded(run, [r for r in rows if r.blob_id in set(stored)])
+        # The server had these ids already: the same blob, or another one (SPEC 7).
+        await self._uploaded(run, await self._settle_existing(
+            run.namespace, run.report,
+            [r for r in rows if r.blob_id in set(existing) - set(stored)], run,
+        ))
         lost = [r for r in rows if r.blob_id not in ok]
         if lost:
             await self._retry(
@@ -931,6 +1002,10 @@ async def _gather(*aws: Awaitable[Any]) -> list[Any]:
 
 def _discard(_: bytes) -> None:
     pass
+
+
+def _id_taken(blob_id: str) -> IdTaken:
+    return IdTaken(f"id {blob_id} is taken by another blob on the server")
 
 
 def _str_list(value: object) -> list[str]:

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from blobsync.format import b64url_decode, encode_upstream_header
+from blobsync.format import TAG_SIZE, b64url_decode, encode_upstream_header
 
 from .errors import (
     AlreadyOnServer,
@@ -321,6 +321,22 @@ class Transport:
                 if resp.status == 206:
                     start, total = _content_range(resp.headers.get("Content-Range"), what)
                 yield Download(resp.status, start, total, tag, resp)
+
+    async def blob_tail(self, namespace: str, blob_id: str, n: int = TAG_SIZE) -> bytes | None:
+        """The last ``n`` bytes of the sealed blob as the server stores it (a suffix
+        Range): its tag, for telling whether two sealed blobs are the same without moving
+        either. None when the server does not hold the blob."""
+        what = f"reading the tag of {blob_id}"
+        url = self._blobs(blob_id, namespace=namespace)
+        with _mapped(what):
+            async with self.session.get(url, headers={"Range": f"bytes=-{n}"}) as resp:
+                if resp.status == 404:
+                    return None
+                await self._raise_for(resp, what)
+                body = await _read_capped(resp, n)
+        if resp.status != 206 or body is None:
+            raise ServerError(f"{what}: the server ignored the byte range", 502)
+        return body
 
     # --- streams -------------------------------------------------------------------------
 

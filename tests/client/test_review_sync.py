@@ -12,10 +12,11 @@ import time
 import pytest
 
 from blobsync.client import BlobManager, ConnectionLost, SyncStatus
+from blobsync.client.errors import IdTaken
 from blobsync.format import InvalidBlob
 from tests.client.conftest import PASSPHRASE, Account, fast_settings
 from tests.client.review_relay import Hold, relay_to
-from tests.client.test_resilience import corrupt_on_server
+from tests.client.test_resilience import copy_sealed, corrupt_on_server
 
 
 async def device(account: Account, name: str, url: str, **settings: object) -> BlobManager:
@@ -224,6 +225,10 @@ async def test_passing_failures_follow_the_retry_schedule(account: Account) -> N
 
 
 async def test_upload_of_what_the_server_has_marks_synced(account: Account) -> None:
+    # Updated for issue 10 item 3 (SPEC 7): a 409 counts as done only for the same sealed
+    # blob. It used to hold other bytes on b (then b held other blobs than the server
+    # under the same ids, silently); now b holds a's very sealed blobs, as after an upload
+    # whose answer was lost. Other bytes: test_upload_conflicts_fail_with_id_taken.
     a = await account.device("a")
     await a.put("big", os.urandom(3 << 20))
     await a.put("s1", b"small on the server")
@@ -231,9 +236,8 @@ async def test_upload_of_what_the_server_has_marks_synced(account: Account) -> N
     async with relay_to(account.server.url) as relay:
         b = await device(account, "b", relay.url)
         try:
-            await b.put("big", os.urandom(3 << 20), upload=False)
-            await b.put("s1", b"small here", upload=False)
-            await b.put("s2", b"small here too", upload=False)
+            for blob_id in ("big", "s1", "s2"):
+                await copy_sealed(a, b, blob_id)
             first = len(relay.requests)
             report = await b.sync()
             assert report.failed == [] and report.pending == []
@@ -246,12 +250,43 @@ async def test_upload_of_what_the_server_has_marks_synced(account: Account) -> N
             assert sorted(await b.remote_list()) == ["big", "s1", "s2"]
             # a plain PUT answered 409
             await a.put("p", b"first")
-            await b.put("p", b"second")
+            await copy_sealed(a, b, "p")
+            await b._upload_now(await b.store.get("default", "p"))
             assert await b.status("p") is SyncStatus.SYNCED
             assert len([r for r in relay.lines() if r.startswith("PUT /blobs/alice/p?")]) == 1
         finally:
             await b.close()
             await a.close()
+
+
+async def test_upload_conflicts_fail_with_id_taken(account: Account) -> None:
+    """Another blob under an id the server holds: never SYNCED (SPEC 7), whichever way
+    it would have gone up: a large one seen in the listing, small ones in a stream, a
+    plain PUT."""
+    a = await account.device("a")
+    await a.put("big", os.urandom(3 << 20))
+    await a.put("s1", b"small on the server")
+    await a.put("s2", b"another small on the server")
+    b = await account.device("b")
+    try:
+        await b.put("big", os.urandom(3 << 20), upload=False)
+        await b.put("s1", b"small here", upload=False)
+        await b.put("s2", b"small here too", upload=False)
+        await b.put("fresh", b"a new one", upload=False)
+        report = await b.sync()
+        assert sorted(report.failed) == ["big", "s1", "s2"]
+        assert sorted(report.taken) == ["big", "s1", "s2"]
+        assert report.uploaded == 1  # fresh
+        for blob_id in ("big", "s1", "s2"):
+            assert await b.status(blob_id) is SyncStatus.FAILED_UPLOAD
+        await a.put("p", b"first")
+        with pytest.raises(IdTaken, match="id p is taken by another blob on the server"):
+            await b.put("p", b"second")
+        assert await b.status("p") is SyncStatus.FAILED_UPLOAD
+        assert await a.get("p") == b"first"  # the server's blob is untouched
+    finally:
+        await b.close()
+        await a.close()
 
 
 async def test_stream_requests_are_bounded_by_count_and_bytes(account: Account) -> None:
