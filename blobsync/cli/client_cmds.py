@@ -447,7 +447,8 @@ async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     )
     out.document(summary)
     taken = sorted(set(failed) & set(_ids(getattr(report, "taken", []))))
-    if failed and len(taken) == len(set(failed)) and not still_failed and not pending:
+    earlier = set(still_failed) - set(failed)
+    if failed and len(taken) == len(set(failed)) and not earlier and not pending:
         # Only id conflicts this run: their own code, so a script can tell them apart.
         raise CommandFailed(f"{_taken_message(taken)} (left FAILED_UPLOAD here)",
                             EXIT_ID_TAKEN)
