@@ -164,7 +164,8 @@ class LocalStore:
         self._names_key = names_key
         self._conn: Any = None
         self._lock_fd: int | None = None
-        # A commit failed midway (a full disk, say): the two databases may disagree.
+        # A commit failed midway, or the disk was full: the two databases may disagree,
+        # or files may lie in blobs/ that no row claims. Closed as after a crash.
         self._torn = False
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blobsync-db")
 
@@ -330,7 +331,7 @@ class LocalStore:
                     try:
                         if self._torn:
                             # Leave the session counted, as a crash would: the next open
-                            # alone sweeps (_sweep_payloads) what the failed commit split.
+                            # alone sweeps what the failure left apart (``_sweep``).
                             return
                         r = conn.execute("SELECT value FROM meta WHERE key = 'sessions'")
                         row = r.fetchone()
@@ -353,6 +354,7 @@ class LocalStore:
             return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
         except (sqlcipher.OperationalError, OSError) as exc:
             if is_no_space(exc):
+                self._torn = True
                 raise no_space(exc, str(self.db_path.parent)) from None
             raise
 
@@ -1014,8 +1016,12 @@ class LocalStore:
         """
         del namespace, blob_id  # the name depends on neither, on purpose
         location = secrets.token_hex(20)
-        with _disk_full_is_no_space(self.blobs_dir):
-            await asyncio.to_thread(_durable_move, src, self.blob_path(location))
+        try:
+            with _disk_full_is_no_space(self.blobs_dir):
+                await asyncio.to_thread(_durable_move, src, self.blob_path(location))
+        except BaseException:
+            self._torn = True
+            raise
         return location
 
     async def check_integrity(self) -> list[str]:
