@@ -497,8 +497,10 @@ async def cmd_check(args: argparse.Namespace, out: Output) -> int:
     repaired = [str(p) for p in found if getattr(p, "repaired", False)]
     for problem in problems:
         out.line(problem)
-    out.document({"remote": args.remote, "problems": problems, "ok": not problems,
-                  "repaired": repaired})
+    doc: dict[str, Any] = {"remote": args.remote, "problems": problems, "ok": not problems}
+    if args.repair:
+        doc["repaired"] = repaired
+    out.document(doc)
     if len(problems) > len(repaired):
         extra = f", {len(repaired)} repaired" if repaired else ""
         raise CommandFailed(f"check found {len(problems)} problem(s){extra}", EXIT_VERIFY)
