@@ -679,7 +679,8 @@ def register(subparsers: Any) -> None:
             "Apply the server's deletions, then download what is missing here and upload "
             "what is missing there. Blobs that failed for good (refused by the server, or "
             "failing verification three times) are left alone unless --retry-failed is "
-            "given. Exits 1 if some blobs failed, now or before.")
+            "given. Exits 1 if some blobs failed, now or before; 10 if the only failures of "
+            "this run are ids the server holds under other blobs.")
     _namespace_arg(p)
     p.add_argument(RETRY_FAILED_OPTION, action="store_true",
                    help="give the blobs marked FAILED_UPLOAD or FAILED_DOWNLOAD another try "
@@ -695,8 +696,9 @@ def register(subparsers: Any) -> None:
 
     p = add("check", cmd_check, "verify every local blob (and with --remote, the server's)",
             "Verify the tag of every blob on this device; with --remote also compare the "
-            "local and remote listings and download and verify every remote blob. Prints "
-            "each problem and exits 5 if there is any (with --repair: any left unrepaired).")
+            "local and remote listings and each remote blob's tag with the local copy's "
+            "(remote blobs not verified here are downloaded and verified). Prints each "
+            "problem and exits 5 if there is any (with --repair: any left unrepaired).")
     p.add_argument("--remote", action="store_true",
                    help="also check the server's blobs against this device")
     p.add_argument("--repair", action="store_true",
