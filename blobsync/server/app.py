@@ -19,6 +19,7 @@ from aiohttp import web
 
 from blobsync.server.config import ConfigError, ServerConfig
 from blobsync.server.errors import error_middleware
+from blobsync.server.expect import expect_handler
 from blobsync.server.logs import ACCESS_LOGGER, AccessLogger
 from blobsync.server.metrics import Metrics, StoreMetrics, install
 from blobsync.server.openapi import build_openapi
@@ -28,11 +29,12 @@ from blobsync.server.routes_blobs import (
     get_blob,
     list_blobs,
     put_blob,
+    put_checks,
     server_info,
     set_flags,
 )
-from blobsync.server.routes_incoming import deliver
-from blobsync.server.routes_stream import stream
+from blobsync.server.routes_incoming import deliver, deliver_checks
+from blobsync.server.routes_stream import stream, stream_checks
 from blobsync.server.storage.blobstore import BlobStore
 
 log = logging.getLogger("blobsync.server")
@@ -61,16 +63,19 @@ def make_public_app(store: BlobStore, config: ServerConfig) -> web.Application:
     r.add_get("/openapi.json", _openapi, allow_head=False)
     r.add_get("/blobs/{uuid}", list_blobs, allow_head=False)
     r.add_get("/blobs/{uuid}/{blob_id}", get_blob, allow_head=False)
-    r.add_put("/blobs/{uuid}/{blob_id}", put_blob)
+    # Uploads answer `Expect: 100-continue` only once their checks have passed (expect.py).
+    r.add_put("/blobs/{uuid}/{blob_id}", put_blob, expect_handler=expect_handler(put_checks))
     r.add_post("/blobs/{uuid}/{blob_id}", set_flags)
     r.add_delete("/blobs/{uuid}/{blob_id}", delete_blob)
-    r.add_post("/stream/{uuid}", stream)
+    r.add_post("/stream/{uuid}", stream, expect_handler=expect_handler(stream_checks))
     return app
 
 
 def make_local_app(store: BlobStore, config: ServerConfig) -> web.Application:
     app = _base_app(store, config)
-    app.router.add_put("/incoming/{uuid}/{blob_id}", deliver)
+    app.router.add_put(
+        "/incoming/{uuid}/{blob_id}", deliver, expect_handler=expect_handler(deliver_checks)
+    )
     return app
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from aiohttp import web
 
 from blobsync import __version__
-from blobsync.format.errors import LimitExceeded
 from blobsync.format.limits import MAX_FRAME_SIZE, MAX_ID_LENGTH, MAX_JSON_HEADER
 from blobsync.format.preamble import b64url_encode
 from blobsync.server.auth import authenticate_user
 from blobsync.server.errors import ApiError, cut_connection
+from blobsync.server.expect import before_body, check_room
 from blobsync.server.params import (
     CONFIG,
     STORE,
@@ -125,19 +126,34 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     return await send_chunks(request, resp, chunks, length)
 
 
-async def put_blob(request: web.Request) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class _PutTarget:
+    uuid: str
+    ns: str
+    blob_id: str
+    size: int | None  # as declared; None for a chunked body
+
+
+async def put_checks(request: web.Request) -> _PutTarget:
+    """What a PUT is refused for before its body is read (and before it is invited)."""
     store = request.app[STORE]
     uuid = path_id(request, "uuid")
     blob_id = path_id(request, "blob_id")
     ns = namespace(request)
     await authenticate_user(request, store.index, uuid)
     size = request.content_length
-    if size is not None and store.max_blob_size and size > store.max_blob_size:
-        raise LimitExceeded(f"blob of {size} bytes is over the {store.max_blob_size}-byte limit")
+    if size is not None:
+        await check_room(store, uuid, ns, blob_id, size)
+    return _PutTarget(uuid, ns, blob_id, size)
+
+
+async def put_blob(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    t = await before_body(request, put_checks)
     info = await store.put(
-        uuid, ns, blob_id, request.content.iter_chunked(BODY_CHUNK), size=size
+        t.uuid, t.ns, t.blob_id, request.content.iter_chunked(BODY_CHUNK), size=t.size
     )
-    return web.json_response({"blob_id": blob_id, "size": info.size})
+    return web.json_response({"blob_id": t.blob_id, "size": info.size})
 
 
 async def set_flags(request: web.Request) -> web.Response:

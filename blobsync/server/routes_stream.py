@@ -37,6 +37,7 @@ from blobsync.format.stream import (
 )
 from blobsync.server.auth import authenticate_user
 from blobsync.server.errors import ApiError, cut_connection
+from blobsync.server.expect import before_body
 from blobsync.server.params import CONFIG, STORE, namespace, path_id, query_one, read_json_body
 from blobsync.server.storage.base import BlobExists, BlobInfo, QuotaExceeded, StorageError
 from blobsync.server.storage.blobstore import BATCH_BYTES, BATCH_COUNT, BlobStore, StreamBatch
@@ -46,13 +47,31 @@ log = logging.getLogger("blobsync.server")
 DIRECTIONS = ("download", "upload")
 
 
-async def stream(request: web.Request) -> web.StreamResponse:
+async def stream_checks(request: web.Request) -> tuple[str, str, str]:
+    """What a stream is refused for before its body is read (and before it is invited):
+    (uuid, namespace, direction). An upload's quota is checked once its header, in the
+    body, has told the sizes of its blobs."""
     uuid = path_id(request, "uuid")
     ns = namespace(request)
     direction = query_one(request, "direction")
     if direction not in DIRECTIONS:
         raise ApiError(400, "direction must be download or upload")
     await authenticate_user(request, request.app[STORE].index, uuid)
+    declared = request.content_length
+    if direction == "download":
+        if declared is not None and declared > MAX_JSON_HEADER:
+            raise LimitExceeded(
+                f"JSON body of {declared} bytes is over the {MAX_JSON_HEADER}-byte limit"
+            )
+    else:
+        limit = request.app[CONFIG].stream_limit
+        if declared is not None and limit and declared > limit:
+            raise LimitExceeded(f"stream of {declared} bytes is over the {limit}-byte limit")
+    return uuid, ns, direction
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    uuid, ns, direction = await before_body(request, stream_checks)
     if direction == "download":
         return await download(request, uuid, ns)
     return await upload(request, uuid, ns)
@@ -269,10 +288,7 @@ class _Upload:
 
 async def upload(request: web.Request, uuid: str, ns: str) -> web.Response:
     store = request.app[STORE]
-    limit = request.app[CONFIG].stream_limit
-    declared = request.content_length
-    if declared is not None and limit and declared > limit:
-        raise LimitExceeded(f"stream of {declared} bytes is over the {limit}-byte limit")
+    limit = request.app[CONFIG].stream_limit  # a declared size over it: see stream_checks
     reader = UpstreamReader(MAX_JSON_HEADER, store.max_blob_size, limit)
     up = _Upload(request, uuid, ns)
     pump = _Pump(reader, request.content, on_idle=up.flush)
