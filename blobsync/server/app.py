@@ -12,12 +12,12 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from blobsync.server.config import ConfigError, ServerConfig
+from blobsync.server.config import ConfigError, ServerConfig, describe, exposure_warnings
 from blobsync.server.errors import error_middleware
 from blobsync.server.expect import expect_handler
 from blobsync.server.logs import ACCESS_LOGGER, AccessLogger
@@ -175,11 +175,18 @@ async def run_server(
     try:
         sites = await start_sites(store, config, reuse_port=reuse_port, worker=worker or 0)
         try:
-            who = "" if worker is None else f" (worker {worker}, pid {os.getpid()})"
-            log.info("public API on %s, incoming box on %s%s", sites.url, sites.local_url, who)
-            if on_ready is not None:
-                await on_ready(store, sites)
-            await _wait_for_signal()
+            # Caught from before the ready line: whoever reads it may stop us at once.
+            with _stop_signals() as stop:
+                who = "" if worker is None else f" (worker {worker}, pid {os.getpid()})"
+                if not worker:  # once, not once per worker
+                    log.info("%s", describe(config))
+                    for warning in exposure_warnings(config):
+                        log.warning("%s", warning)
+                log.info("public API on %s, incoming box on %s%s",
+                         sites.url, sites.local_url, who)
+                if on_ready is not None:
+                    await on_ready(store, sites)
+                await stop.wait()
             log.info("shutting down")
         finally:
             await sites.stop()
@@ -187,14 +194,16 @@ async def run_server(
         await store.close()
 
 
-async def _wait_for_signal() -> None:
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[asyncio.Event]:
+    """An event that SIGTERM or SIGINT sets, while the block runs."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in signals:
             with contextlib.suppress(Exception):

@@ -22,6 +22,8 @@ from blobsync.server.params import STORE, path_id
 from blobsync.server.storage.base import UserNotFound
 
 INCOMING_SERVICE = "incoming"
+# Every service name some endpoint accepts: `blobsync service add` refuses any other.
+SERVICES = (INCOMING_SERVICE,)
 INCOMING_NAMESPACE = "MX"
 INCOMING_FLAGS = frozenset({"PENDING"})
 
