@@ -60,8 +60,13 @@ def expect_handler(check: Check[Any]) -> ExpectHandler:
         except Exception as exc:  # noqa: BLE001 - the route raises it, in the middlewares
             request[_OUTCOME] = _Outcome(error=exc)
             return
+        try:
+            await request.writer.write(_CONTINUE)
+        except ConnectionError as exc:
+            # Gone already: escaping from here, aiohttp would log it with a traceback.
+            request[_OUTCOME] = _Outcome(error=exc)
+            return
         request[_OUTCOME] = _Outcome(value=value)
-        await request.writer.write(_CONTINUE)
         # The interim answer is not part of the response the logs and metrics count.
         request.writer.output_size = 0
 
