@@ -26,14 +26,21 @@ DEMO_FILE = "demo-user.txt"
 
 
 class CommandError(BlobsyncError):
-    pass
+    exit_code = 1
+
+
+class UsageError(CommandError):
+    """An argument the command parses but cannot take: exit 2, as argparse's own errors."""
+
+    exit_code = 2
 
 
 # --------------------------------------------------------------------------- plumbing
 
 
 def _guard(body: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Every failure is one line on stderr and exit 1; never a traceback."""
+    """Every failure is one line on stderr and exit 1 (2 for a usage error); never a
+    traceback."""
 
     def run(args: argparse.Namespace) -> int:
         try:
@@ -45,6 +52,7 @@ def _guard(body: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             if isinstance(exc, OSError) and exc.filename:
                 message = f"{message}: {exc.filename}"
             _error(message)
+            return getattr(exc, "exit_code", 1)
         except Exception as exc:  # noqa: BLE001 - the contract is one line, no traceback
             _error(f"unexpected {type(exc).__name__}: {exc}")
         return 1
@@ -191,7 +199,12 @@ def cmd_user_token(args: argparse.Namespace) -> int:
 
 
 def cmd_service_add(args: argparse.Namespace) -> int:
+    from blobsync.server.routes_incoming import SERVICES
+
     name = _check_name(args.name, "service name")
+    if name not in SERVICES:
+        # A token for a name no endpoint accepts would only ever get 403s.
+        raise UsageError(f"unknown service {name!r}: the server uses {', '.join(SERVICES)}")
     return _issue_token(args, lambda index, digest: index.add_service(name, digest))
 
 
@@ -335,7 +348,8 @@ def register(subparsers: Any) -> None:
     service = subparsers.add_parser("service", help="manage local service tokens")
     service_sub = _subcommands(service)
     p = service_sub.add_parser("add", parents=[index_only],
-                               help="add a service (or replace its token); print the token")
+                               help="add a service (or replace its token); print the token. "
+                               "The server uses one: incoming")
     p.add_argument("name")
     p.set_defaults(func=_guard(cmd_service_add))
     p = service_sub.add_parser("list", parents=[index_only], help="print every service")

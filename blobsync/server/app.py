@@ -12,13 +12,14 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from blobsync.server.config import ConfigError, ServerConfig
+from blobsync.server.config import ConfigError, ServerConfig, describe, exposure_warnings
 from blobsync.server.errors import error_middleware
+from blobsync.server.expect import expect_handler
 from blobsync.server.logs import ACCESS_LOGGER, AccessLogger
 from blobsync.server.metrics import Metrics, StoreMetrics, install
 from blobsync.server.openapi import build_openapi
@@ -28,11 +29,12 @@ from blobsync.server.routes_blobs import (
     get_blob,
     list_blobs,
     put_blob,
+    put_checks,
     server_info,
     set_flags,
 )
-from blobsync.server.routes_incoming import deliver
-from blobsync.server.routes_stream import stream
+from blobsync.server.routes_incoming import deliver, deliver_checks
+from blobsync.server.routes_stream import stream, stream_checks
 from blobsync.server.storage.blobstore import BlobStore
 
 log = logging.getLogger("blobsync.server")
@@ -61,16 +63,19 @@ def make_public_app(store: BlobStore, config: ServerConfig) -> web.Application:
     r.add_get("/openapi.json", _openapi, allow_head=False)
     r.add_get("/blobs/{uuid}", list_blobs, allow_head=False)
     r.add_get("/blobs/{uuid}/{blob_id}", get_blob, allow_head=False)
-    r.add_put("/blobs/{uuid}/{blob_id}", put_blob)
+    # Uploads answer `Expect: 100-continue` only once their checks have passed (expect.py).
+    r.add_put("/blobs/{uuid}/{blob_id}", put_blob, expect_handler=expect_handler(put_checks))
     r.add_post("/blobs/{uuid}/{blob_id}", set_flags)
     r.add_delete("/blobs/{uuid}/{blob_id}", delete_blob)
-    r.add_post("/stream/{uuid}", stream)
+    r.add_post("/stream/{uuid}", stream, expect_handler=expect_handler(stream_checks))
     return app
 
 
 def make_local_app(store: BlobStore, config: ServerConfig) -> web.Application:
     app = _base_app(store, config)
-    app.router.add_put("/incoming/{uuid}/{blob_id}", deliver)
+    app.router.add_put(
+        "/incoming/{uuid}/{blob_id}", deliver, expect_handler=expect_handler(deliver_checks)
+    )
     return app
 
 
@@ -170,11 +175,18 @@ async def run_server(
     try:
         sites = await start_sites(store, config, reuse_port=reuse_port, worker=worker or 0)
         try:
-            who = "" if worker is None else f" (worker {worker}, pid {os.getpid()})"
-            log.info("public API on %s, incoming box on %s%s", sites.url, sites.local_url, who)
-            if on_ready is not None:
-                await on_ready(store, sites)
-            await _wait_for_signal()
+            # Caught from before the ready line: whoever reads it may stop us at once.
+            with _stop_signals() as stop:
+                who = "" if worker is None else f" (worker {worker}, pid {os.getpid()})"
+                if not worker:  # once, not once per worker
+                    log.info("%s", describe(config))
+                    for warning in exposure_warnings(config):
+                        log.warning("%s", warning)
+                log.info("public API on %s, incoming box on %s%s",
+                         sites.url, sites.local_url, who)
+                if on_ready is not None:
+                    await on_ready(store, sites)
+                await stop.wait()
             log.info("shutting down")
         finally:
             await sites.stop()
@@ -182,14 +194,16 @@ async def run_server(
         await store.close()
 
 
-async def _wait_for_signal() -> None:
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[asyncio.Event]:
+    """An event that SIGTERM or SIGINT sets, while the block runs."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in signals:
             with contextlib.suppress(Exception):

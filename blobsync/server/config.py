@@ -9,12 +9,14 @@ command line, ``BLOBSYNC_MAX_BLOB_SIZE`` in the environment and ``max_blob_size`
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from blobsync.format.errors import BlobsyncError
 
@@ -150,3 +152,76 @@ def load_config(
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("tls_cert and tls_key go together: give both or neither")
     return config
+
+
+# Query parameters of a store URL that may carry a secret (libpq's password, keys).
+_SECRET_PARAMS = re.compile(r"pass|secret|key|token|credential", re.IGNORECASE)
+_MASK = "***"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (and any secret-looking query parameter) masked."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _ = userinfo.partition(":")
+        if parts.scheme.startswith("s3"):
+            user = _MASK  # an access key id: half of a credential
+        netloc = f"{user}{':' + _MASK if sep else ''}@{hostport}"
+    query = "&".join(
+        f"{k}={_MASK}" if _SECRET_PARAMS.search(k) else (f"{k}={v}" if sep else k)
+        for k, sep, v in (p.partition("=") for p in parts.query.split("&") if p)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _size(n: int) -> str:
+    if n == 0:
+        return "unlimited"
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n} bytes"
+
+
+def describe(config: ServerConfig) -> str:
+    """The settings in effect, on one line for the start-up log; never a secret."""
+    data = os.path.abspath(config.data)
+    metadata = redact_url(config.metadata) if config.metadata else "SQLite in the data dir"
+    payload = (redact_url(config.payload) if config.payload
+               else "SQLite and files in the data dir")
+    tls = "on" if config.tls_cert else "off"
+    return (
+        f"settings: data {data}; metadata {metadata}; payload {payload}; "
+        f"quota {_size(config.quota)}; max blob size {_size(config.max_blob_size)}; "
+        f"max stream size {_size(config.max_stream_size)}; TLS {tls}; "
+        f"workers {config.workers}; public {config.host}:{config.port}; "
+        f"incoming box {config.local_host}:{config.local_port}"
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # all interfaces (""), or a name that may resolve to any of them
+
+
+def exposure_warnings(config: ServerConfig) -> list[str]:
+    """What the operator should hear about addresses reachable beyond this machine."""
+    warnings = []
+    if config.tls_cert is None and not _loopback(config.host):
+        warnings.append(
+            f"the public API listens on {config.host or 'all interfaces'} without TLS: tokens "
+            "and blobs cross the network in clear; give --tls-cert and --tls-key, or keep it "
+            "on loopback behind a TLS proxy"
+        )
+    if not _loopback(config.local_host):
+        warnings.append(
+            f"the incoming box listens on {config.local_host or 'all interfaces'}, in plain "
+            "HTTP: keep it on loopback or a private network"
+        )
+    return warnings

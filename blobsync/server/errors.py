@@ -62,9 +62,44 @@ def cut_connection(request: web.Request) -> None:
     """Drop the connection: the only honest answer once a response has started."""
     transport = request.transport
     if transport is not None:
+        # What still waits in the transport's buffer is dropped with it: it was never
+        # sent, so the access log and the metrics must not count it.
+        if request.writer is not None:
+            request.writer.output_size -= transport.get_write_buffer_size()
         transport.abort()
     if request.protocol is not None:
         request.protocol.force_close()
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def log_client_gone(request: web.Request, detail: str = "") -> None:
+    """The one line a client that went away is worth: INFO, never a traceback."""
+    log.info("client went away: %s %s%s", request.method, request.rel_url.raw_path, detail)
+
+
+def end_cut(
+    request: web.Request, cause: BaseException | str, sent: int, expected: int, where: str = ""
+) -> None:
+    """Cut a response whose body could not go out whole, and say so in one line: INFO when
+    the client went away (nothing to fix on the server), WARNING when the server failed."""
+    if isinstance(cause, ConnectionError) or client_gone(request):
+        log_client_gone(request, f" after {sent} of {expected} body bytes")
+    else:
+        log.warning("cutting %s %s after %d of %d body bytes%s: %s", request.method,
+                    request.rel_url.raw_path, sent, expected, where, cause)
+    cut_connection(request)
+
+
+async def write_body(request: web.Request, resp: web.StreamResponse, data: bytes) -> None:
+    """``resp.write``, refused up front once the client has gone: aiohttp would count the
+    bytes as sent before finding the transport closed."""
+    if client_gone(request):
+        raise ConnectionResetError("the client went away")
+    await resp.write(data)
 
 
 def _close_if_body_unread(request: web.Request, resp: web.StreamResponse) -> None:
@@ -104,6 +139,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         resp = json_error(400, f"malformed request body: {exc.message}")
     except ConnectionError:
         # The client went away; nobody reads this answer, but the access log gets a line.
+        log_client_gone(request)
         resp = json_error(400, "connection lost")
         resp.force_close()
         return resp

@@ -28,10 +28,21 @@ class AccessLogger(AbstractAccessLogger):
             request.method,
             request.rel_url.raw_path,
             response.status,
-            response.body_length,
+            sent_bytes(request),
             time * 1000,
             request.get(USER, "-"),
         )
+
+
+def sent_bytes(request: BaseRequest) -> int:
+    """The bytes of the answer handed to the operating system, headers included.
+
+    aiohttp's writer counts what goes through it; the routes add what sendfile(2) sent
+    past it and take off what a cut connection dropped unsent (routes_blobs, errors). A
+    response's ``body_length`` would miss both, and stays 0 for a response cut short.
+    """
+    writer = request.writer
+    return writer.output_size if writer is not None else 0
 
 
 class _RedactParserErrors(logging.Filter):

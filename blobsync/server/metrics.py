@@ -33,6 +33,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prom_multiprocess
 
 from blobsync.format.errors import BlobsyncError
+from blobsync.server.logs import sent_bytes
 from blobsync.server.storage.base import BlobInfo
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -174,7 +175,7 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
             received = getattr(request.content, "total_bytes", 0)
             if received:
                 metrics.bytes_in.labels(route).inc(received)
-            sent = request.writer.output_size if request.writer is not None else 0
+            sent = sent_bytes(request)
             if sent:
                 metrics.bytes_out.labels(route).inc(sent)
 

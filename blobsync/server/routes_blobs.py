@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from aiohttp import web
 
 from blobsync import __version__
-from blobsync.format.errors import LimitExceeded
 from blobsync.format.limits import MAX_FRAME_SIZE, MAX_ID_LENGTH, MAX_JSON_HEADER
 from blobsync.format.preamble import b64url_encode
 from blobsync.server.auth import authenticate_user
-from blobsync.server.errors import ApiError, cut_connection
+from blobsync.server.errors import ApiError, client_gone, end_cut, write_body
+from blobsync.server.expect import before_body, check_room
 from blobsync.server.params import (
     CONFIG,
     STORE,
@@ -100,7 +101,10 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         info = await _existing(store.index, uuid, ns, blob_id)
         rng = parse_range(request.headers.get("Range"), info.size)
         offset, length = (rng.start, rng.length) if rng else (0, info.size)
-        file = await store.open_file(info)
+        # sendfile(2) cannot encrypt: under TLS asyncio would copy through Python anyway,
+        # and past a client that went away it writes on, warning once per write. The
+        # store's chunks go through aiohttp's writer instead, which stops at once.
+        file = None if request.secure else await store.open_file(info)
         if file is not None:
             break
         read_info, chunks = await store.read(uuid, ns, blob_id, offset, length)
@@ -125,19 +129,34 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     return await send_chunks(request, resp, chunks, length)
 
 
-async def put_blob(request: web.Request) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class _PutTarget:
+    uuid: str
+    ns: str
+    blob_id: str
+    size: int | None  # as declared; None for a chunked body
+
+
+async def put_checks(request: web.Request) -> _PutTarget:
+    """What a PUT is refused for before its body is read (and before it is invited)."""
     store = request.app[STORE]
     uuid = path_id(request, "uuid")
     blob_id = path_id(request, "blob_id")
     ns = namespace(request)
     await authenticate_user(request, store.index, uuid)
     size = request.content_length
-    if size is not None and store.max_blob_size and size > store.max_blob_size:
-        raise LimitExceeded(f"blob of {size} bytes is over the {store.max_blob_size}-byte limit")
+    if size is not None:
+        await check_room(store, uuid, ns, blob_id, size)
+    return _PutTarget(uuid, ns, blob_id, size)
+
+
+async def put_blob(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    t = await before_body(request, put_checks)
     info = await store.put(
-        uuid, ns, blob_id, request.content.iter_chunked(BODY_CHUNK), size=size
+        t.uuid, t.ns, t.blob_id, request.content.iter_chunked(BODY_CHUNK), size=t.size
     )
-    return web.json_response({"blob_id": blob_id, "size": info.size})
+    return web.json_response({"blob_id": t.blob_id, "size": info.size})
 
 
 async def set_flags(request: web.Request) -> web.Response:
@@ -185,19 +204,27 @@ async def send_file(
     request: web.Request, resp: web.StreamResponse, file: BinaryIO, offset: int, expected: int
 ) -> int:
     """Send ``expected`` bytes of ``file`` from ``offset`` with sendfile(2): no copy through
-    Python, and the loop waits on the socket (back-pressure). asyncio falls back to reads
-    and writes where sendfile cannot go (TLS). Failures end as in ``send_chunks``.
-    Returns the bytes sent."""
+    Python, and the loop waits on the socket (back-pressure). Failures end as in
+    ``send_chunks``. Returns the bytes sent."""
     await resp.prepare(request)
-    transport = request.transport
-    if transport is None:  # the client left before the body
+    if client_gone(request):
+        end_cut(request, "before the body", 0, expected)
         return 0
+    # asyncio leaves the file's position past what it sent, even when it fails: from
+    # ``offset``, the position tells how much went out.
+    file.seek(offset)
+    failure: BaseException | None = None
     try:
-        sent = await asyncio.get_running_loop().sendfile(transport, file, offset, expected)
+        await asyncio.get_running_loop().sendfile(request.transport, file, offset, expected)
     except Exception as exc:  # noqa: BLE001 - any failure mid-body ends the same way
-        log.warning("cutting %s: %s", request.rel_url.raw_path, exc)
-        cut_connection(request)
-        return 0
+        failure = exc
+    sent = file.tell() - offset
+    # These bytes never went through aiohttp's writer, whose count the access log and the
+    # metrics read: add them there.
+    request.writer.output_size += sent
+    if failure is not None:
+        end_cut(request, failure, sent, expected)
+        return sent
     await _end_body(request, resp, sent, expected)
     return sent
 
@@ -217,13 +244,13 @@ async def send_chunks(
     try:
         await resp.prepare(request)
         async for chunk in chunks:
-            sent += len(chunk)
-            if sent > expected:
+            if sent + len(chunk) > expected:
+                sent += len(chunk)  # more than the index says: cut below
                 break
-            await resp.write(chunk)
+            await write_body(request, resp, chunk)
+            sent += len(chunk)
     except Exception as exc:  # noqa: BLE001 - any failure mid-body ends the same way
-        log.warning("cutting %s after %d bytes: %s", request.rel_url.raw_path, sent, exc)
-        cut_connection(request)
+        end_cut(request, exc, sent, expected)
         return resp
     finally:
         await _aclose(chunks)
@@ -237,8 +264,6 @@ async def _end_body(
     """End a body that went out whole; cut one that did not, so that the client sees it
     short against its Content-Length, never a wrong one."""
     if sent != expected:
-        log.warning("cutting %s: %d bytes sent, %d expected",
-                    request.rel_url.raw_path, sent, expected)
-        cut_connection(request)
+        end_cut(request, "the store gave another size than its index", sent, expected)
         return
     await resp.write_eof()

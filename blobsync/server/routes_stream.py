@@ -36,7 +36,8 @@ from blobsync.format.stream import (
     encode_frame_header,
 )
 from blobsync.server.auth import authenticate_user
-from blobsync.server.errors import ApiError, cut_connection
+from blobsync.server.errors import ApiError, end_cut, write_body
+from blobsync.server.expect import before_body
 from blobsync.server.params import CONFIG, STORE, namespace, path_id, query_one, read_json_body
 from blobsync.server.storage.base import BlobExists, BlobInfo, QuotaExceeded, StorageError
 from blobsync.server.storage.blobstore import BATCH_BYTES, BATCH_COUNT, BlobStore, StreamBatch
@@ -46,13 +47,31 @@ log = logging.getLogger("blobsync.server")
 DIRECTIONS = ("download", "upload")
 
 
-async def stream(request: web.Request) -> web.StreamResponse:
+async def stream_checks(request: web.Request) -> tuple[str, str, str]:
+    """What a stream is refused for before its body is read (and before it is invited):
+    (uuid, namespace, direction). An upload's quota is checked once its header, in the
+    body, has told the sizes of its blobs."""
     uuid = path_id(request, "uuid")
     ns = namespace(request)
     direction = query_one(request, "direction")
     if direction not in DIRECTIONS:
         raise ApiError(400, "direction must be download or upload")
     await authenticate_user(request, request.app[STORE].index, uuid)
+    declared = request.content_length
+    if direction == "download":
+        if declared is not None and declared > MAX_JSON_HEADER:
+            raise LimitExceeded(
+                f"JSON body of {declared} bytes is over the {MAX_JSON_HEADER}-byte limit"
+            )
+    else:
+        limit = request.app[CONFIG].stream_limit
+        if declared is not None and limit and declared > limit:
+            raise LimitExceeded(f"stream of {declared} bytes is over the {limit}-byte limit")
+    return uuid, ns, direction
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    uuid, ns, direction = await before_body(request, stream_checks)
     if direction == "download":
         return await download(request, uuid, ns)
     return await upload(request, uuid, ns)
@@ -73,9 +92,11 @@ async def download(request: web.Request, uuid: str, ns: str) -> web.StreamRespon
     resp = web.StreamResponse(status=200)
     resp.content_type = "application/octet-stream"
     # A known length lets the client tell a cut stream from a complete one.
-    resp.content_length = sum(FRAME_HEADER_SIZE + infos[i].size for i in ids)
+    total = sum(FRAME_HEADER_SIZE + infos[i].size for i in ids)
+    resp.content_length = total
     read_many = getattr(store.payloads, "read_many", None)
     blob_id = None
+    out = _Body(request, resp)
     try:
         await resp.prepare(request)
         i = 0
@@ -92,18 +113,31 @@ async def download(request: web.Request, uuid: str, ns: str) -> web.StreamRespon
                         blob_id = info.blob_id
                         raise StorageError(f"{len(data)} bytes read, {info.size} indexed")
                     frames += (encode_frame_header(info.size, info.tag), data)
-                await resp.write(b"".join(frames))
+                await out.write(b"".join(frames))
                 store.observer.on_served(sum(info.size for info in group))
                 continue
             blob_id = ids[i]
             i += 1
-            await _send_alone(resp, store, infos[blob_id])
+            await _send_alone(out, store, infos[blob_id])
     except Exception as exc:  # noqa: BLE001 - headers are out: cutting is the only answer
-        log.warning("cutting stream of %s at blob %r: %s", uuid, blob_id, exc)
-        cut_connection(request)
+        end_cut(request, exc, out.sent, total, f" (stream of {uuid} at blob "
+                f"{blob_id!r})")
         return resp
     await resp.write_eof()
     return resp
+
+
+class _Body:
+    """A download's body as it goes out, counted."""
+
+    def __init__(self, request: web.Request, resp: web.StreamResponse) -> None:
+        self.request = request
+        self.resp = resp
+        self.sent = 0
+
+    async def write(self, data: bytes) -> None:
+        await write_body(self.request, self.resp, data)
+        self.sent += len(data)
 
 
 def _small_run(ids: list[str], start: int, infos: dict[str, BlobInfo]) -> list[BlobInfo]:
@@ -119,8 +153,8 @@ def _small_run(ids: list[str], start: int, infos: dict[str, BlobInfo]) -> list[B
     return group
 
 
-async def _send_alone(resp: web.StreamResponse, store: BlobStore, info: BlobInfo) -> None:
-    await resp.write(encode_frame_header(info.size, info.tag))
+async def _send_alone(out: _Body, store: BlobStore, info: BlobInfo) -> None:
+    await out.write(encode_frame_header(info.size, info.tag))
     # Straight from the payload store: the rows are in hand, and a payload deleted since
     # then raises or comes up short, which cuts the stream.
     chunks = store.payloads.read(info.location, 0, info.size)
@@ -128,7 +162,7 @@ async def _send_alone(resp: web.StreamResponse, store: BlobStore, info: BlobInfo
         sent = 0
         async for chunk in chunks:
             sent += len(chunk)
-            await resp.write(chunk)
+            await out.write(chunk)
             store.observer.on_served(len(chunk))
         if sent != info.size:
             raise StorageError(f"{sent} bytes read, {info.size} indexed")
@@ -269,10 +303,7 @@ class _Upload:
 
 async def upload(request: web.Request, uuid: str, ns: str) -> web.Response:
     store = request.app[STORE]
-    limit = request.app[CONFIG].stream_limit
-    declared = request.content_length
-    if declared is not None and limit and declared > limit:
-        raise LimitExceeded(f"stream of {declared} bytes is over the {limit}-byte limit")
+    limit = request.app[CONFIG].stream_limit  # a declared size over it: see stream_checks
     reader = UpstreamReader(MAX_JSON_HEADER, store.max_blob_size, limit)
     up = _Upload(request, uuid, ns)
     pump = _Pump(reader, request.content, on_idle=up.flush)
