@@ -335,9 +335,21 @@ async def cmd_get(args: argparse.Namespace, out: Output) -> int:
         with Bars(bars_wanted(out.json_mode)) as bars:
             bars.bytes_task(f"get {args.blob_id[:12]}")
             await manager.get(args.blob_id, namespace=namespace, dest=dest)
-    out.document({"id": args.blob_id, "namespace": namespace, "path": str(dest),
-                  "size": dest.stat().st_size})
+        if out.json_mode:
+            out.document({"id": args.blob_id, "namespace": namespace, "path": str(dest),
+                          "size": await _plain_size(manager, namespace, args.blob_id, dest)})
     return EXIT_OK
+
+
+async def _plain_size(manager: Any, namespace: str, blob_id: str, dest: Path) -> int | None:
+    """The size get -o wrote: the file's, unless dest is a device or a FIFO, whose size
+    says nothing; then the blob's, as the local store knows it."""
+    import stat
+
+    if stat.S_ISREG(dest.stat().st_mode):
+        return dest.stat().st_size
+    row = await manager.store.get(namespace, blob_id)
+    return row.size if row is not None else None
 
 
 # --------------------------------------------------------------------------- ls, rm, flags

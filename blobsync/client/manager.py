@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import shutil
 import uuid
@@ -25,13 +26,15 @@ from blobsync.format import (
     valid_id,
 )
 
-from .destfile import DestFile
+from .destfile import DestFile, Target, ThroughFile
+from .destfile import resolve as resolve_dest
 from .errors import (
     AlreadyOnServer,
     AuthFailed,
     BlobExists,
     BlobNotFound,
     ClientError,
+    NoSpace,
     TransientError,
     WrongPassphrase,
 )
@@ -428,12 +431,21 @@ class BlobManager:
 
         With ``dest`` the plaintext goes to that file, which appears (or is replaced) only
         once the blob verified: until then it has no name, so a blob that does not verify,
-        or a crash, leaves nothing (destfile.py). None is returned.
+        or a crash, leaves nothing (destfile.py). A new file follows the umask, a replaced
+        one keeps its mode; a symlink is followed. A character or block device or a FIFO
+        is written through, and only after the whole blob verified. None is returned.
         """
         _check_ids(namespace, blob_id)
         rank = priority_rank(priority)
         parts: list[bytes] = []
-        out = _PlainOut(Path(dest) if dest is not None else None, parts)
+        target: Target | None = None
+        if dest is not None:
+            with _writing(Path(dest)):
+                target = await asyncio.to_thread(resolve_dest, Path(dest))
+            if target.through:
+                await self._get_through(namespace, blob_id, rank, Path(dest), target.path)
+                return None
+        out = _PlainOut(Path(dest) if dest is not None else None, target, parts)
         await out.open()
         try:
             row = await self._ensure_local(namespace, blob_id, rank, out)
@@ -445,6 +457,35 @@ class BlobManager:
             await out.abort()
             raise
         return None if dest is not None else b"".join(parts)
+
+    async def _get_through(
+        self, namespace: str, blob_id: str, rank: int, dest: Path, path: Path
+    ) -> None:
+        """get() into a device or FIFO: nothing can be taken back once written there, so
+        the blob is kept in the store and verified whole first, then read out again."""
+        sink = ThroughFile(path)
+        with _writing(dest):
+            # Opened first, as cp does: no download for a destination that cannot be
+            # written. A FIFO waits here for its reader.
+            await sink.open()
+        try:
+            row = await self._ensure_local(namespace, blob_id, rank, None)
+            if row is None:
+                row = await self._row(namespace, blob_id)
+            await self._open_local(row, None)  # the verify pass: nothing written yet
+
+            async def write(data: bytes) -> None:
+                with _writing(dest):
+                    await sink.write(data)
+
+            with _writing(dest):
+                await sink.begin()
+            # Opener.finish() refuses the blob again should the file have changed since.
+            await self._open_local(row, write)
+            with _writing(dest):
+                await sink.finish()
+        finally:
+            sink.close()
 
     async def _ensure_local(
         self, namespace: str, blob_id: str, rank: int, out: _PlainOut | None
@@ -721,26 +762,42 @@ class BlobManager:
 PENDING = (SyncStatus.PENDING_DOWNLOAD, SyncStatus.PENDING_UPLOAD, SyncStatus.PENDING_DELETE)
 
 
+@contextlib.contextmanager
+def _writing(dest: Path) -> Iterator[None]:
+    """OSErrors of writing get()'s ``dest`` as one line naming it; a full disk as NoSpace."""
+    try:
+        yield
+    except OSError as exc:
+        what = exc.strerror or str(exc) or type(exc).__name__
+        if exc.filename is not None and str(exc.filename) != str(dest):
+            what = f"{what}: {exc.filename}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(f"no space left on device (writing {dest}: {what})") from None
+        raise ClientError(f"cannot write {dest}: {what}") from None
+
+
 class _PlainOut:
     """Where get() puts plaintext: a list of parts, or a file that becomes ``dest`` only at
-    commit (unnamed until then: see destfile.py)."""
+    commit (unnamed until then: see destfile.py). ``target`` says where the file goes
+    (a symlink's target) and its mode."""
 
-    def __init__(self, dest: Path | None, parts: list[bytes]) -> None:
+    def __init__(self, dest: Path | None, target: Target | None, parts: list[bytes]) -> None:
         self.dest = dest
+        self.target = target
         self.parts = parts
         self._file: DestFile | None = None
 
-    @contextlib.contextmanager
-    def _os_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except OSError as exc:
-            raise ClientError(f"cannot write {self.dest}: {exc.strerror or exc}") from None
+    def _os_errors(self) -> contextlib.AbstractContextManager[None]:
+        assert self.dest is not None
+        return _writing(self.dest)
 
     async def open(self) -> None:
         if self.dest is not None:
+            target = self.target or Target(self.dest, False, 0o600)
             with self._os_errors():
-                self._file = await asyncio.to_thread(DestFile(self.dest).open)
+                self._file = await asyncio.to_thread(
+                    DestFile(target.path, target.mode, target.owner).open
+                )
 
     async def write(self, data: bytes) -> None:
         if self._file is not None:
