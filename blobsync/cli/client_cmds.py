@@ -25,9 +25,10 @@ from .failures import (
     EXIT_VERIFY,
     CommandFailed,
     UsageError,
+    classify,
     guarded,
 )
-from .output import Output, table
+from .output import Output, table, writing_stdout
 from .passphrase import read_passphrase
 from .progress import Bars, bars_wanted
 
@@ -285,11 +286,26 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
 # --------------------------------------------------------------------------- get
 
 
+class _Stdout:
+    """sys.stdout.buffer whose OSErrors name stdout (a full disk: exit 8, saying where)."""
+
+    def __init__(self) -> None:
+        self._raw = sys.stdout.buffer
+
+    def write(self, data: bytes) -> None:
+        with writing_stdout():
+            self._raw.write(data)
+
+    def flush(self) -> None:
+        with writing_stdout():
+            self._raw.flush()
+
+
 async def _write_stdout(manager: Any, args: argparse.Namespace, out: Output,
                         namespace: str) -> int:
     import base64
 
-    sink = sys.stdout.buffer
+    sink = _Stdout()
     size = 0
     # open_stream fetches a blob that is only remote and verifies the whole blob before its
     # first chunk; writing nothing before that chunk means a missing blob, or one that
@@ -389,8 +405,17 @@ async def cmd_rm(args: argparse.Namespace, out: Output) -> int:
     namespace = _check_id(args.namespace, "namespace")
     _check_id(args.blob_id, "blob id")
     async with _manager(args) as manager:
-        await manager.delete(args.blob_id, namespace=namespace)
-    out.document({"id": args.blob_id, "namespace": namespace, "deleted": True})
+        postponed = await manager.delete(args.blob_id, namespace=namespace)
+    out.document({"id": args.blob_id, "namespace": namespace, "deleted": True,
+                  "queued": postponed is not None})
+    if postponed is not None:
+        # Deleted here, not yet on the server: as put, say so and exit as for the cause
+        # (4 when the server could not be reached), so a script does not take it as done.
+        code, reason = classify(postponed)
+        raise CommandFailed(
+            f"blob {args.blob_id} is deleted here; the server was not told ({reason}): "
+            "the deletion is queued and will reach the server at the next sync", code,
+        )
     return EXIT_OK
 
 

@@ -569,29 +569,34 @@ class BlobManager:
         if pending:
             yield bytes(pending)
 
-    async def delete(self, blob_id: str, *, namespace: str = "default") -> None:
+    async def delete(
+        self, blob_id: str, *, namespace: str = "default"
+    ) -> TransientError | None:
         """Delete locally and on the server. If the server cannot be reached the blob stays
-        PENDING_DELETE and the next sync finishes the job."""
+        PENDING_DELETE and the next sync finishes the job: then the passing error that
+        postponed the DELETE is returned (not raised: the local part is done). None when
+        nothing is left to do, or an upload in flight here sends the DELETE once landed."""
         _check_ids(namespace, blob_id)
         row = await self.store.get(namespace, blob_id)
         if row is not None and row.status is SyncStatus.LOCAL_ONLY:
             await self.store.remove(namespace, blob_id)
-            return
+            return None
         if row is None:
             try:
                 await self.transport.delete_blob(namespace, blob_id)
             except BlobNotFound:
                 raise BlobNotFound(f"blob {blob_id} not found (namespace {namespace})") from None
-            except TransientError:
+            except TransientError as exc:
                 await self.store.insert(namespace, blob_id, SyncStatus.PENDING_DELETE)
-            return
+                return exc
+            return None
         old = await self.store.drop_payload(namespace, blob_id, SyncStatus.PENDING_DELETE)
         if old is not None:
             await self.store.discard_files(old)
         if self.engine.uploading(namespace, blob_id):
             # A DELETE now could come before that upload lands, and the blob would be
             # back. The upload sends the DELETE once done (else the next sync does).
-            return
+            return None
         try:
             await self.transport.delete_blob(namespace, blob_id)
         except BlobNotFound:
@@ -601,8 +606,9 @@ class BlobManager:
             await self.store.schedule_retry(
                 namespace, [blob_id], SyncStatus.PENDING_DELETE, delay=self.settings.retry_delay
             )
-            return
+            return exc
         await self.store.remove_many(namespace, [blob_id], only_if=[SyncStatus.PENDING_DELETE])
+        return None
 
     async def status(self, blob_id: str, *, namespace: str = "default") -> SyncStatus | None:
         """The local sync status of one blob; None when the store does not know it."""
@@ -771,7 +777,9 @@ def _writing(dest: Path) -> Iterator[None]:
         what = exc.strerror or str(exc) or type(exc).__name__
         if exc.filename is not None and str(exc.filename) != str(dest):
             what = f"{what}: {exc.filename}"
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno == errno.ENOSPC:
+            raise NoSpace(f"no space left on device (writing {dest})") from None
+        if exc.errno == errno.EDQUOT:
             raise NoSpace(f"no space left on device (writing {dest}: {what})") from None
         raise ClientError(f"cannot write {dest}: {what}") from None
 
