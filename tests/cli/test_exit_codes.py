@@ -11,6 +11,7 @@ import re
 import sqlite3
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from blobsync.cli.main import build_parser
 from blobsync.client import errors as client_errors
 from blobsync.format import InvalidBlob
 from blobsync.server.auth import hash_token, new_token
+from tests.helpers.special_files import char_device
 
 from .conftest import ROOT, Device, assert_one_line_error, free_port
 
@@ -227,14 +229,6 @@ def test_a_revoked_token_is_exit_3(ready_a: Device, tmp_path: Path) -> None:
         assert_one_line_error(ready_a.run(*args), 3)
 
 
-def char_device(path: Path, major: int, minor: int) -> Path:
-    """Our own copy of a device node: a regression can only break this one."""
-    if os.geteuid() != 0:
-        pytest.skip("making a character device with mknod needs root")
-    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-    return path
-
-
 def test_a_full_disk_is_exit_8(ready_a: Device, tmp_path: Path) -> None:
     src = tmp_path / "data.bin"
     src.write_bytes(os.urandom(200_000))
@@ -254,8 +248,6 @@ def test_a_full_disk_is_exit_8(ready_a: Device, tmp_path: Path) -> None:
 
 
 def ready_a_command(device: Device) -> list[str]:
-    import sys
-
     return [sys.executable, "-m", "blobsync", "--home", str(device.home)]
 
 
