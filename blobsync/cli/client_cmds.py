@@ -647,10 +647,12 @@ def register(subparsers: Any) -> None:
     p = add("get", cmd_get, "write a blob's content to a file or stdout",
             "Write the verified content of a blob, from this device or else downloaded. "
             "A blob that fails verification is never written: with -o the file is not "
-            "created.")
+            "created. As with cp, a file is created or replaced atomically (a new one "
+            "follows the umask), a symlink is followed, and a device or FIFO is written "
+            "through, only once the blob verified.")
     p.add_argument("blob_id", metavar="ID", help="the blob id")
     p.add_argument("-o", "--output", metavar="FILE",
-                   help="write to FILE, atomically (default or '-': stdout)")
+                   help="write to FILE (default or '-': stdout)")
     _namespace_arg(p)
 
     p = add("ls", cmd_ls, "list blob ids",
@@ -671,7 +673,8 @@ def register(subparsers: Any) -> None:
 
     p = add("rm", cmd_rm, "delete a blob here and on the server",
             "Delete a blob on this device and on the server; other devices delete it at "
-            "their next sync.")
+            "their next sync. With the server unreachable the deletion is queued for the "
+            "next sync, and the command says so and exits 4.")
     p.add_argument("blob_id", metavar="ID", help="the blob id")
     _namespace_arg(p)
 
