@@ -308,3 +308,15 @@ def test_a_full_profile_disk_is_exit_8(ready_a: Device, small_tmpfs: Path,
     # Not asserted: that the store is whole after this one. Today it is not (rows whose
     # inline payload is missing: a WAL commit across the two attached databases is not
     # atomic); that belongs to the full-disk handling of the store, not to the exit code.
+
+
+def test_get_onto_a_full_disk_is_exit_8_and_leaves_nothing(
+    ready_a: Device, small_tmpfs: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(4 << 20))  # larger than the whole tmpfs
+    blob_id = ready_a.ok("put", str(src)).split("\t")[0]
+    dest = small_tmpfs / "out.bin"
+    line = assert_one_line_error(ready_a.run("get", blob_id, "-o", str(dest)), 8)
+    assert line == f"blobsync: error: no space left on device (writing {dest})"
+    assert os.listdir(small_tmpfs) == []  # neither the file nor a temporary
