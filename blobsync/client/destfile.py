@@ -12,8 +12,8 @@ Renaming over a character device, a FIFO or a block device would replace it with
 regular file (``/dev/null`` as a 0600 file breaks the whole machine), so those are
 written through, as ``cp`` and ``curl -o`` do: ``ThroughFile``. Nothing may reach them
 before the blob verified, which is the caller's part (``BlobManager.get`` verifies the
-whole blob first). A symlink is followed: the file it finally names is replaced, the
-symlink stays; a dangling one is refused, as ``cp`` refuses it.
+whole blob first, and only then opens them). A symlink is followed: the file it finally
+names is replaced, the symlink stays; a dangling one is refused, as ``cp`` refuses it.
 """
 
 from __future__ import annotations
@@ -218,8 +218,8 @@ class DestFile:
 class ThroughFile:
     """A device or FIFO (or a file reachable only through a /proc link) written in place.
 
-    The caller opens it, verifies the blob, calls ``begin`` and only then writes: a blob
-    that fails verification leaves nothing in it. The descriptor is non-blocking where it
+    The caller verifies the blob and only then opens this: a blob that fails
+    verification leaves it untouched. The descriptor is non-blocking where it
     can be, so a FIFO whose reader stalls never holds up the event loop or Ctrl-C.
     """
 
@@ -231,8 +231,8 @@ class ThroughFile:
         self._buf = bytearray()
 
     async def open(self) -> ThroughFile:
-        # No O_TRUNC: a device ignores it, and a regular file is truncated in begin(),
-        # once the blob verified.
+        # No O_TRUNC: a device ignores it, and only fstat tells whether the file opened is
+        # regular (a /proc link's target, or a path swapped since resolve()).
         flags = os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK
         while True:
             try:
@@ -251,15 +251,12 @@ class ThroughFile:
                 # Disk writes cannot wait for readiness: make them plain blocking writes.
                 self._blocking = True
                 fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            if self._regular:
+                await asyncio.to_thread(os.ftruncate, fd, 0)
         except BaseException:
             self.close()
             raise
         return self
-
-    async def begin(self) -> None:
-        """The blob verified: from here on its plaintext may reach the file."""
-        if self._regular:
-            await asyncio.to_thread(os.ftruncate, self._fd, 0)  # type: ignore[arg-type]
 
     async def write(self, data: bytes) -> None:
         self._buf += data
@@ -291,6 +288,16 @@ class ThroughFile:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+
+
+def release_reader(path: Path) -> None:
+    """If ``path`` is a FIFO with a reader waiting, give that reader EOF: open it for
+    writing without waiting and close it. Nothing else happens, and nothing is raised."""
+    try:
+        if stat.S_ISFIFO(os.stat(path).st_mode):
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError:
+        pass  # no reader (ENXIO), or gone: nobody to release
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -26,7 +26,7 @@ from blobsync.format import (
     valid_id,
 )
 
-from .destfile import DestFile, Target, ThroughFile
+from .destfile import DestFile, Target, ThroughFile, release_reader
 from .destfile import resolve as resolve_dest
 from .errors import (
     AlreadyOnServer,
@@ -463,23 +463,25 @@ class BlobManager:
     ) -> None:
         """get() into a device or FIFO: nothing can be taken back once written there, so
         the blob is kept in the store and verified whole first, then read out again."""
-        sink = ThroughFile(path)
-        with _writing(dest):
-            # Opened first, as cp does: no download for a destination that cannot be
-            # written. A FIFO waits here for its reader.
-            await sink.open()
         try:
+            # Before ``path`` is even opened: a missing blob or a server error fails at
+            # once instead of first waiting for a FIFO's reader, as cp checks its source.
             row = await self._ensure_local(namespace, blob_id, rank, None)
             if row is None:
                 row = await self._row(namespace, blob_id)
-            await self._open_local(row, None)  # the verify pass: nothing written yet
+            await self._open_local(row, None)  # the verify pass
+        except BaseException:
+            release_reader(path)  # a reader waiting on the FIFO gets EOF, not a hang
+            raise
+        sink = ThroughFile(path)
+        with _writing(dest):
+            await sink.open()  # a FIFO waits here for its reader
 
-            async def write(data: bytes) -> None:
-                with _writing(dest):
-                    await sink.write(data)
-
+        async def write(data: bytes) -> None:
             with _writing(dest):
-                await sink.begin()
+                await sink.write(data)
+
+        try:
             # Opener.finish() refuses the blob again should the file have changed since.
             await self._open_local(row, write)
             with _writing(dest):

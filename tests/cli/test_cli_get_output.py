@@ -73,6 +73,23 @@ def test_a_forged_blob_never_reaches_a_fifo(ready_a: Device, tmp_path: Path) -> 
     assert stat.S_ISFIFO(os.lstat(reader.path).st_mode)
 
 
+def test_a_missing_blob_fails_at_once_without_waiting_for_a_reader(
+    ready_a: Device, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # no reader: a get that opened it first would wait here forever
+    assert_one_line_error(ready_a.run("get", "no-such-blob", "-o", str(fifo)), 6)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    # A reader that is waiting is let go (EOF) rather than left hanging.
+    reader = FifoReader(tmp_path / "out" / "fifo", tmp_path / "keep")
+    try:
+        proc = ready_a.run("get", "no-such-blob", "-o", str(reader.path))
+    finally:
+        got = reader.stop()
+    assert_one_line_error(proc, 6)
+    assert got == b""
+
+
 def test_ctrl_c_while_a_fifo_waits_for_its_reader(ready_a: Device, tmp_path: Path) -> None:
     """Under a real terminal: ^C while get -o waits for a reader is exit 130, one error
     line, and the FIFO is still a FIFO (it was never replaced)."""
