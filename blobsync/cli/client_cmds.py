@@ -26,9 +26,10 @@ from .failures import (
     EXIT_VERIFY,
     CommandFailed,
     UsageError,
+    classify,
     guarded,
 )
-from .output import Output, table
+from .output import Output, table, writing_stdout
 from .passphrase import read_passphrase
 from .progress import Bars, bars_wanted
 
@@ -298,11 +299,26 @@ def _taken_message(ids: list[str]) -> str:
 # --------------------------------------------------------------------------- get
 
 
+class _Stdout:
+    """sys.stdout.buffer whose OSErrors name stdout (a full disk: exit 8, saying where)."""
+
+    def __init__(self) -> None:
+        self._raw = sys.stdout.buffer
+
+    def write(self, data: bytes) -> None:
+        with writing_stdout():
+            self._raw.write(data)
+
+    def flush(self) -> None:
+        with writing_stdout():
+            self._raw.flush()
+
+
 async def _write_stdout(manager: Any, args: argparse.Namespace, out: Output,
                         namespace: str) -> int:
     import base64
 
-    sink = sys.stdout.buffer
+    sink = _Stdout()
     size = 0
     # open_stream fetches a blob that is only remote and verifies the whole blob before its
     # first chunk; writing nothing before that chunk means a missing blob, or one that
@@ -348,9 +364,21 @@ async def cmd_get(args: argparse.Namespace, out: Output) -> int:
         with Bars(bars_wanted(out.json_mode)) as bars:
             bars.bytes_task(f"get {args.blob_id[:12]}")
             await manager.get(args.blob_id, namespace=namespace, dest=dest)
-    out.document({"id": args.blob_id, "namespace": namespace, "path": str(dest),
-                  "size": dest.stat().st_size})
+        if out.json_mode:
+            out.document({"id": args.blob_id, "namespace": namespace, "path": str(dest),
+                          "size": await _plain_size(manager, namespace, args.blob_id, dest)})
     return EXIT_OK
+
+
+async def _plain_size(manager: Any, namespace: str, blob_id: str, dest: Path) -> int | None:
+    """The size get -o wrote: the file's, unless dest is a device or a FIFO, whose size
+    says nothing; then the blob's, as the local store knows it."""
+    import stat
+
+    if stat.S_ISREG(dest.stat().st_mode):
+        return dest.stat().st_size
+    row = await manager.store.get(namespace, blob_id)
+    return row.size if row is not None else None
 
 
 # --------------------------------------------------------------------------- ls, rm, flags
@@ -390,8 +418,17 @@ async def cmd_rm(args: argparse.Namespace, out: Output) -> int:
     namespace = _check_id(args.namespace, "namespace")
     _check_id(args.blob_id, "blob id")
     async with _manager(args) as manager:
-        await manager.delete(args.blob_id, namespace=namespace)
-    out.document({"id": args.blob_id, "namespace": namespace, "deleted": True})
+        postponed = await manager.delete(args.blob_id, namespace=namespace)
+    out.document({"id": args.blob_id, "namespace": namespace, "deleted": True,
+                  "queued": postponed is not None})
+    if postponed is not None:
+        # Deleted here, not yet on the server: as put, say so and exit as for the cause
+        # (4 when the server could not be reached), so a script does not take it as done.
+        code, reason = classify(postponed)
+        raise CommandFailed(
+            f"blob {args.blob_id} is deleted here; the server was not told ({reason}): "
+            "the deletion is queued and will reach the server at the next sync", code,
+        )
     return EXIT_OK
 
 
@@ -639,10 +676,12 @@ def register(subparsers: Any) -> None:
     p = add("get", cmd_get, "write a blob's content to a file or stdout",
             "Write the verified content of a blob, from this device or else downloaded. "
             "A blob that fails verification is never written: with -o the file is not "
-            "created.")
+            "created. As with cp, a file is created or replaced atomically (a new one "
+            "follows the umask), a symlink is followed, and a device or FIFO is written "
+            "through, only once the blob verified.")
     p.add_argument("blob_id", metavar="ID", help="the blob id")
     p.add_argument("-o", "--output", metavar="FILE",
-                   help="write to FILE, atomically (default or '-': stdout)")
+                   help="write to FILE (default or '-': stdout)")
     _namespace_arg(p)
 
     p = add("ls", cmd_ls, "list blob ids",
@@ -663,7 +702,8 @@ def register(subparsers: Any) -> None:
 
     p = add("rm", cmd_rm, "delete a blob here and on the server",
             "Delete a blob on this device and on the server; other devices delete it at "
-            "their next sync.")
+            "their next sync. With the server unreachable the deletion is queued for the "
+            "next sync, and the command says so and exits 4.")
     p.add_argument("blob_id", metavar="ID", help="the blob id")
     _namespace_arg(p)
 

@@ -1,26 +1,13 @@
 """Exit codes of the ``blobsync`` client commands and the one place errors become them.
 
-Scripts branch on these codes, so they are part of the interface (docs/cli.md lists them):
-
-====  =========================================================================
-0     success
-1     any other error (remote refusal, local file problem, failed sync entries)
-2     usage: a wrong option or argument
-3     authentication: the server refused the token, or the passphrase is wrong
-4     the server could not be reached (refused, DNS, TLS, timeout, dropped connection)
-5     verification: a blob failed its tag or preamble check (``check`` problems too)
-6     no such blob, neither on this device nor on the server
-7     incomplete: some files were skipped
-8     no space left on device
-9     the profile is in use by another process
-10    the id is taken by another blob on the server
-130   interrupted (Ctrl-C)
-141   stdout closed early (a pipe into ``head``)
-====  =========================================================================
+Scripts branch on these codes, so they are part of the interface. Their one table is in
+docs/cli.md ("Errors and exit codes"); tests/cli/test_exit_codes.py holds the constants
+below, ``EXIT_CODES_HELP`` and that table to the same codes.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -42,8 +29,16 @@ EXIT_BROKEN_PIPE = 141
 EXIT_CODES_HELP = (
     "exit codes: 0 ok, 1 error, 2 usage, 3 wrong token or passphrase, "
     "4 server unreachable, 5 verification failed, 6 no such blob, 7 incomplete, "
-    "8 no space left, 9 profile in use, 10 id taken, 130 interrupted"
+    "8 no space left, 9 profile in use, 10 id taken, 130 interrupted, "
+    "141 output closed early"
 )
+
+# OSError numbers that mean the disk (or the user's share of it) is full.
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# SQLite's text for SQLITE_FULL, as sqlite3 and sqlcipher3 both report it.
+_SQLITE_FULL_TEXT = "database or disk is full"
+_SQLITE_FULL = 13
+NO_SPACE = "no space left on device"
 
 # Set BLOBSYNC_DEBUG=1 to see the traceback of an unexpected error instead of one line.
 DEBUG_ENV = "BLOBSYNC_DEBUG"
@@ -74,7 +69,48 @@ def _os_error_message(exc: OSError) -> str:
 
 
 def classify(exc: BaseException) -> tuple[int, str]:
-    """The exit code and the one-line message for ``exc``."""
+    """The exit code and the one-line message for ``exc``.
+
+    An error that would be a plain 1 but stems from a full disk anywhere in its chain
+    (ENOSPC, SQLite's "database or disk is full") is 8: a full disk must read the same
+    whichever layer met it.
+    """
+    code, message = _classify(exc)
+    if code == EXIT_ERROR:
+        full = _no_space(exc)
+        if full is not None:
+            return EXIT_NO_SPACE, f"{NO_SPACE} ({full})" if full else NO_SPACE
+    return code, message
+
+
+def _no_space(exc: BaseException) -> str | None:
+    """What ran out of space ("" when unknown), if ``exc`` or an error it came from is a
+    full disk; None if none is."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_SPACE_ERRNOS:
+            parts = [] if current.errno == errno.ENOSPC else [current.strerror or ""]
+            if current.filename is not None:
+                parts.append(str(current.filename))
+            return ": ".join(p for p in parts if p)
+        if _is_sqlite_full(current):
+            return f"local database: {_SQLITE_FULL_TEXT}"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _is_sqlite_full(exc: BaseException) -> bool:
+    # sqlite3 and sqlcipher3 are told apart by module, not imported: either may be absent.
+    if not type(exc).__module__.startswith(("sqlite3", "sqlcipher3")):
+        return False
+    if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+        return True
+    return _SQLITE_FULL_TEXT in str(exc)
+
+
+def _classify(exc: BaseException) -> tuple[int, str]:
     # Imported here so that `blobsync --help` does not pay for the client library.
     from blobsync.format.errors import BlobsyncError, InvalidBlob
 

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
+
+
+@contextlib.contextmanager
+def writing_stdout() -> Iterator[None]:
+    """Name stdout in its OSErrors: "no space left on device (stdout)" says where, where a
+    bare ENOSPC would not. OSError() picks the subclass by errno, so EPIPE stays a
+    BrokenPipeError (exit 141)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, "stdout") from exc
 
 
 class Output:
@@ -21,14 +36,16 @@ class Output:
 
     def line(self, text: str) -> None:
         if not self.json_mode:
-            sys.stdout.write(text + "\n")
-            sys.stdout.flush()
+            with writing_stdout():
+                sys.stdout.write(text + "\n")
+                sys.stdout.flush()
 
     def document(self, data: dict[str, Any]) -> None:
         if self.json_mode:
-            sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
-            sys.stdout.flush()
-            self._document_written = True
+            self._document_written = True  # even if it fails: no error document after it
+            with writing_stdout():
+                sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
+                sys.stdout.flush()
 
     def error(self, code: int, message: str) -> None:
         """In JSON mode a failed command still leaves a parseable answer on stdout."""

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from sqlcipher3 import dbapi2 as sqlcipher
 
-from .errors import BlobExists, ClientError, is_no_space, no_space
+from .errors import BlobExists, ClientError, NoSpace, is_no_space, no_space
 from .model import HAS_PAYLOAD, SyncStatus
 
 T = TypeVar("T")
@@ -78,6 +78,9 @@ SCHEMA_VERSION = "2"
 
 # The payload database, next to the SQLCipher one.
 PAYLOADS_DB = "payloads.db"
+# Less free room than this when the database fails to open reads as a full disk: SQLite's
+# -shm file grows in 32 KiB steps.
+_SHM_ROOM = 64 << 10
 
 # Names this store gives files, so that a sweep never touches anything else in the home.
 _OUR_BLOB = re.compile(r"[0-9a-f]{40}")
@@ -118,6 +121,16 @@ class Row:
             r[0], r[1], r[2], SyncStatus(r[3]), r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9]),
             r[10], r[11], r[12], r[13], r[14],
         )
+
+
+def _no_room(path: Path) -> bool:
+    """Whether the file system of ``path`` has less room than SQLite's -shm file takes."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use the reserve
+    return blocks * st.f_frsize < _SHM_ROOM
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +213,12 @@ class LocalStore:
             conn.execute(f"PRAGMA key = \"x'{self._db_key.hex()}'\"")
             # The first real read is where a wrong key shows.
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlcipher.DatabaseError:
+        except sqlcipher.DatabaseError as exc:
             conn.close()
+            if _no_room(self.db_path):
+                # SQLite says "disk I/O error" when it cannot grow its -shm file: that is
+                # a full disk, not a wrong secret.
+                raise NoSpace(f"no space left on device (opening {self.db_path}: {exc})") from None
             raise ClientError(
                 f"{self.db_path} cannot be opened with this storage secret"
             ) from None

@@ -26,7 +26,8 @@ from blobsync.format import (
     valid_id,
 )
 
-from .destfile import DestFile
+from .destfile import DestFile, Target, ThroughFile, release_reader
+from .destfile import resolve as resolve_dest
 from .errors import (
     AlreadyOnServer,
     AuthFailed,
@@ -35,6 +36,8 @@ from .errors import (
     ClientError,
     TransientError,
     WrongPassphrase,
+    is_no_space,
+    no_space,
 )
 from .incoming import IncomingConsumer, IncomingReport, IncomingStreamConsumer, process_incoming
 from .localstore import FileWriter, LocalStore, Row, Sealed, read_file
@@ -429,12 +432,21 @@ class BlobManager:
 
         With ``dest`` the plaintext goes to that file, which appears (or is replaced) only
         once the blob verified: until then it has no name, so a blob that does not verify,
-        or a crash, leaves nothing (destfile.py). None is returned.
+        or a crash, leaves nothing (destfile.py). A new file follows the umask, a replaced
+        one keeps its mode; a symlink is followed. A character or block device or a FIFO
+        is written through, and only after the whole blob verified. None is returned.
         """
         _check_ids(namespace, blob_id)
         rank = priority_rank(priority)
         parts: list[bytes] = []
-        out = _PlainOut(Path(dest) if dest is not None else None, parts)
+        target: Target | None = None
+        if dest is not None:
+            with _writing(Path(dest)):
+                target = await asyncio.to_thread(resolve_dest, Path(dest))
+            if target.through:
+                await self._get_through(namespace, blob_id, rank, Path(dest), target.path)
+                return None
+        out = _PlainOut(Path(dest) if dest is not None else None, target, parts)
         await out.open()
         try:
             row = await self._ensure_local(namespace, blob_id, rank, out)
@@ -446,6 +458,37 @@ class BlobManager:
             await out.abort()
             raise
         return None if dest is not None else b"".join(parts)
+
+    async def _get_through(
+        self, namespace: str, blob_id: str, rank: int, dest: Path, path: Path
+    ) -> None:
+        """get() into a device or FIFO: nothing can be taken back once written there, so
+        the blob is kept in the store and verified whole first, then read out again."""
+        try:
+            # Before ``path`` is even opened: a missing blob or a server error fails at
+            # once instead of first waiting for a FIFO's reader, as cp checks its source.
+            row = await self._ensure_local(namespace, blob_id, rank, None)
+            if row is None:
+                row = await self._row(namespace, blob_id)
+            await self._open_local(row, None)  # the verify pass
+        except BaseException:
+            release_reader(path)  # a reader waiting on the FIFO gets EOF, not a hang
+            raise
+        sink = ThroughFile(path)
+        with _writing(dest):
+            await sink.open()  # a FIFO waits here for its reader
+
+        async def write(data: bytes) -> None:
+            with _writing(dest):
+                await sink.write(data)
+
+        try:
+            # Opener.finish() refuses the blob again should the file have changed since.
+            await self._open_local(row, write)
+            with _writing(dest):
+                await sink.finish()
+        finally:
+            sink.close()
 
     async def _ensure_local(
         self, namespace: str, blob_id: str, rank: int, out: _PlainOut | None
@@ -529,29 +572,34 @@ class BlobManager:
         if pending:
             yield bytes(pending)
 
-    async def delete(self, blob_id: str, *, namespace: str = "default") -> None:
+    async def delete(
+        self, blob_id: str, *, namespace: str = "default"
+    ) -> TransientError | None:
         """Delete locally and on the server. If the server cannot be reached the blob stays
-        PENDING_DELETE and the next sync finishes the job."""
+        PENDING_DELETE and the next sync finishes the job: then the passing error that
+        postponed the DELETE is returned (not raised: the local part is done). None when
+        nothing is left to do, or an upload in flight here sends the DELETE once landed."""
         _check_ids(namespace, blob_id)
         row = await self.store.get(namespace, blob_id)
         if row is not None and row.status is SyncStatus.LOCAL_ONLY:
             await self.store.remove(namespace, blob_id)
-            return
+            return None
         if row is None:
             try:
                 await self.transport.delete_blob(namespace, blob_id)
             except BlobNotFound:
                 raise BlobNotFound(f"blob {blob_id} not found (namespace {namespace})") from None
-            except TransientError:
+            except TransientError as exc:
                 await self.store.insert(namespace, blob_id, SyncStatus.PENDING_DELETE)
-            return
+                return exc
+            return None
         old = await self.store.drop_payload(namespace, blob_id, SyncStatus.PENDING_DELETE)
         if old is not None:
             await self.store.discard_files(old)
         if self.engine.uploading(namespace, blob_id):
             # A DELETE now could come before that upload lands, and the blob would be
             # back. The upload sends the DELETE once done (else the next sync does).
-            return
+            return None
         try:
             await self.transport.delete_blob(namespace, blob_id)
         except BlobNotFound:
@@ -561,8 +609,9 @@ class BlobManager:
             await self.store.schedule_retry(
                 namespace, [blob_id], SyncStatus.PENDING_DELETE, delay=self.settings.retry_delay
             )
-            return
+            return exc
         await self.store.remove_many(namespace, [blob_id], only_if=[SyncStatus.PENDING_DELETE])
+        return None
 
     async def status(self, blob_id: str, *, namespace: str = "default") -> SyncStatus | None:
         """The local sync status of one blob; None when the store does not know it."""
@@ -794,26 +843,42 @@ class CheckProblem(str):
         return self
 
 
+@contextlib.contextmanager
+def _writing(dest: Path) -> Iterator[None]:
+    """OSErrors of writing get()'s ``dest`` as one line naming it; a full disk as NoSpace."""
+    try:
+        yield
+    except OSError as exc:
+        what = exc.strerror or str(exc) or type(exc).__name__
+        if exc.filename is not None and str(exc.filename) != str(dest):
+            what = f"{what}: {exc.filename}"
+        if is_no_space(exc):
+            raise no_space(exc, f"writing {dest}") from None
+        raise ClientError(f"cannot write {dest}: {what}") from None
+
+
 class _PlainOut:
     """Where get() puts plaintext: a list of parts, or a file that becomes ``dest`` only at
-    commit (unnamed until then: see destfile.py)."""
+    commit (unnamed until then: see destfile.py). ``target`` says where the file goes
+    (a symlink's target) and its mode."""
 
-    def __init__(self, dest: Path | None, parts: list[bytes]) -> None:
+    def __init__(self, dest: Path | None, target: Target | None, parts: list[bytes]) -> None:
         self.dest = dest
+        self.target = target
         self.parts = parts
         self._file: DestFile | None = None
 
-    @contextlib.contextmanager
-    def _os_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except OSError as exc:
-            raise ClientError(f"cannot write {self.dest}: {exc.strerror or exc}") from None
+    def _os_errors(self) -> contextlib.AbstractContextManager[None]:
+        assert self.dest is not None
+        return _writing(self.dest)
 
     async def open(self) -> None:
         if self.dest is not None:
+            target = self.target or Target(self.dest, False, 0o600)
             with self._os_errors():
-                self._file = await asyncio.to_thread(DestFile(self.dest).open)
+                self._file = await asyncio.to_thread(
+                    DestFile(target.path, target.mode, target.owner).open
+                )
 
     async def write(self, data: bytes) -> None:
         if self._file is not None:
