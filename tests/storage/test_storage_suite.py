@@ -268,6 +268,31 @@ async def test_quota_race_lets_exactly_what_fits(store: BlobStore, sealed: Seale
     assert await locations(store) == {r.location for r in stored}
 
 
+async def test_existing_id_is_blob_exists_before_quota(store: BlobStore, sealed: Sealed) -> None:
+    """An id that exists AND whose size would pass the quota is BlobExists (409) on every
+    backend, alone or in a batch: the id is checked before the quota (SPEC 9's order)."""
+    a = sealed("a", 1000)
+    info = await put(store, "a", a)
+    store.quota = len(a) + 10  # any second blob of this size passes the quota
+    tag = b"t" * 16
+    with pytest.raises(BlobExists):
+        await store.index.insert_blob(U, NS, "a", len(a), tag, "nowhere", quota=store.quota)
+    outcomes = await store.index.insert_blobs(
+        U, NS, [("a", len(a), tag, "nowhere", frozenset()),
+                ("n", 5, tag, "nowhere-n", frozenset())], quota=store.quota
+    )
+    assert [type(o) for o in outcomes] == [BlobExists, BlobInfo]
+    await store.index.delete_blob(U, NS, "n")  # its payload was never stored
+    # The same through a stream upload's batch, payloads and all.
+    batch = store.batch(U, NS)
+    await batch.receive("a", chunked(a), len(a))
+    got = await batch.flush()
+    assert [(b, type(o)) for b, o in got] == [("a", BlobExists)]
+    assert await store.index.get_blob(U, NS, "a") == info
+    assert await store.index.usage(U) == len(a)
+    assert await locations(store) == {info.location}
+
+
 # tombstones ---------------------------------------------------------------------------
 async def test_tombstones(store: BlobStore, sealed: Sealed) -> None:
     for bid in ("a", "b", "c"):

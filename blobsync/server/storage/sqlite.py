@@ -288,10 +288,11 @@ class SQLiteIndex(MetadataIndex):
         """Index a run of blobs, each with ``insert_blob``'s rules, in ONE transaction.
 
         ``rows`` are (blob_id, size, tag, location, flags) of durable payloads. Returns one
-        outcome per row, in order: its BlobInfo, or BlobExists for an id already indexed.
-        The first row that would pass the quota gets QuotaExceeded and ends the run: the
-        list is then shorter than ``rows``, and the rows after it are not indexed. A stream
-        upload of many small blobs pays one commit instead of one per blob.
+        outcome per row, in order: its BlobInfo, or BlobExists for an id already indexed
+        (whatever the quota: the id is checked first). The first row that would pass the
+        quota gets QuotaExceeded and ends the run: the list is then shorter than ``rows``,
+        and the rows after it are not indexed. A stream upload of many small blobs pays one
+        commit instead of one per blob.
         """
 
         def tx(conn: sqlite3.Connection) -> list[BlobInfo | BlobExists | QuotaExceeded]:
@@ -303,9 +304,6 @@ class SQLiteIndex(MetadataIndex):
             out: list[BlobInfo | BlobExists | QuotaExceeded] = []
             inserted: list[tuple[str, str, str]] = []
             for blob_id, size, tag, location, flags in rows:
-                if quota > 0 and used + added + size > quota:
-                    out.append(QuotaExceeded(f"quota of {quota} bytes exceeded"))
-                    break
                 try:
                     # A failed statement rolls back alone; the transaction goes on.
                     cur = conn.execute(
@@ -315,10 +313,15 @@ class SQLiteIndex(MetadataIndex):
                          flags_to_mask(flags), now),
                     )
                 except sqlite3.IntegrityError:
+                    # Before the quota, as in every backend (409 before 507: SPEC 9).
                     out.append(BlobExists(f"blob {blob_id} exists"))
                     continue
                 seq = cur.lastrowid
                 assert seq is not None
+                if quota > 0 and used + added + size > quota:
+                    conn.execute("DELETE FROM blobs WHERE seq = ?", (seq,))
+                    out.append(QuotaExceeded(f"quota of {quota} bytes exceeded"))
+                    break
                 added += size
                 inserted.append((user, namespace, blob_id))
                 out.append(BlobInfo(user, namespace, blob_id, size, bytes(tag),
