@@ -34,6 +34,7 @@ from blobsync.server.routes_blobs import (
 from blobsync.server.routes_incoming import deliver
 from blobsync.server.routes_stream import stream
 from blobsync.server.storage.blobstore import BlobStore
+from blobsync.server.storage.sweep import Sweeper
 
 log = logging.getLogger("blobsync.server")
 
@@ -167,19 +168,32 @@ async def run_server(
         quota=config.quota, max_blob_size=config.blob_limit,
     )
     await store.open()
+    sweeper = _sweeper(store, config, worker)
     try:
         sites = await start_sites(store, config, reuse_port=reuse_port, worker=worker or 0)
         try:
             who = "" if worker is None else f" (worker {worker}, pid {os.getpid()})"
             log.info("public API on %s, incoming box on %s%s", sites.url, sites.local_url, who)
+            if sweeper is not None:
+                sweeper.start()
             if on_ready is not None:
                 await on_ready(store, sites)
             await _wait_for_signal()
             log.info("shutting down")
         finally:
+            if sweeper is not None:
+                await sweeper.stop()
             await sites.stop()
     finally:
         await store.close()
+
+
+def _sweeper(store: BlobStore, config: ServerConfig, worker: int | None) -> Sweeper | None:
+    """The sweep of orphan payloads (storage/sweep.py): one per server, so in worker 0
+    only of ``--workers N`` (the others share its storage); none if the interval is 0."""
+    if config.sweep_interval <= 0 or (worker or 0) != 0:
+        return None
+    return Sweeper(store, config.sweep_interval, config.sweep_grace)
 
 
 async def _wait_for_signal() -> None:

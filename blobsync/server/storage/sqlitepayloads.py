@@ -16,17 +16,24 @@ here is about to be named by a row, so it must never be lost).
   is one job in its thread, so no transaction spans an await.
 - Payloads are held whole in memory while they pass: only small ones belong here
   (``max_size``); the writer refuses more.
+- Space comes back: the file uses incremental auto-vacuum, so deleted payloads leave free
+  pages that ``reclaim`` (the server's sweep, not each delete: deletes stay cheap) cuts
+  off, after packing rows again when deletions left pages mostly empty; all of it in
+  short write transactions, so uploads interleave. A file made by an older blobsync is
+  converted once, by one VACUUM when a server opens it.
+- Deletes commit with ``synchronous=NORMAL``: one lost in a power cut leaves an orphan
+  payload, which the sweep removes; a payload insert must survive, a delete need not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 from blobsync.format.errors import LimitExceeded
@@ -39,6 +46,8 @@ from .sqlite import _IN_BATCH
 from .sqlitethread import SQLiteThread
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 PREFIX = "db:"
 
@@ -56,6 +65,17 @@ SCHEMA = """CREATE TABLE payloads (
 
 # Rows per query when listing for gc: bounds memory whatever the table holds.
 LIST_PAGE = 1000
+
+# Pages ``reclaim`` frees per write transaction (16 MiB of 4 KiB pages): each step holds
+# the write lock briefly, so uploads go on between steps.
+RECLAIM_STEP_PAGES = 4096
+
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental
+
+# Below this share of payload bytes in the pages in use, reclaim packs the rows again.
+COMPACT_BELOW = 0.6
+# Rows moved per write transaction when packing (at most INLINE_MAX bytes each).
+COMPACT_STEP_ROWS = 256
 
 
 def new_location() -> str:
@@ -89,6 +109,41 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if version == 0:
         conn.execute(SCHEMA)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _vacuum_step(conn: sqlite3.Connection) -> int:
+    """Cut up to RECLAIM_STEP_PAGES free pages off the file; return how many went."""
+    before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    if before == 0:
+        return 0
+    # Its own transaction (autocommit), through executescript: the sqlite3 module steps
+    # a PRAGMA that returns no rows once, and each step frees one page.
+    conn.executescript(f"PRAGMA incremental_vacuum({RECLAIM_STEP_PAGES})")
+    after = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    return max(before - after, 0)
+
+
+def _compact_step(conn: sqlite3.Connection, done: int, top: int) -> int:
+    """Move the next COMPACT_STEP_ROWS rows with a rowid in (done, top] past the end of
+    the table, where they are packed tight; return the last rowid moved (or ``top``).
+
+    A new rowid is a delete and an insert in the b-tree: the row lands on the table's
+    last page, and the part-full page it left empties as its neighbours follow. Rows get
+    rowids above every current one, so they never meet one not yet moved; rows inserted
+    meanwhile are above ``top`` too. Locations, and so readers, see no change.
+    """
+    row = conn.execute(
+        "SELECT rowid FROM payloads WHERE rowid > ? AND rowid <= ? ORDER BY rowid "
+        "LIMIT 1 OFFSET ?",
+        (done, top, COMPACT_STEP_ROWS - 1),
+    ).fetchone()
+    upto = top if row is None else int(row[0])
+    end = int(conn.execute("SELECT max(rowid) FROM payloads").fetchone()[0] or 0)
+    conn.execute(
+        "UPDATE payloads SET rowid = rowid - ? + ? WHERE rowid > ? AND rowid <= ?",
+        (done, end, done, upto),
+    )
+    return upto
 
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple[str, bytes, float]]) -> None:
@@ -136,29 +191,91 @@ class SQLitePayloads(PayloadStore):
     def __init__(self, path: str | os.PathLike[str], max_size: int = INLINE_MAX) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.max_size = max_size
-        self._writes = SQLiteThread(self.path, synchronous="FULL", name="sqlite-payloads-w")
+        self._writes = SQLiteThread(
+            self.path, synchronous="FULL", name="sqlite-payloads-w", incremental_vacuum=True
+        )
         self._reads = SQLiteThread(self.path, synchronous="FULL", name="sqlite-payloads-r")
 
     # housekeeping -----------------------------------------------------------------------
     async def open(self) -> None:
-        parent = os.path.dirname(self.path)
-        created = not os.path.exists(self.path)
-        await asyncio.to_thread(os.makedirs, parent, 0o700, True)
-        if created:
-            # Private like the payload files, before SQLite makes it (its -wal and -shm
-            # take the mode of the database file).
-            with contextlib.suppress(FileExistsError):
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            await self._writes.open()
+            await self._writes.open()  # creates the file 0600, its directory 0700
             await self._writes.run(self._writes.write, _migrate)
-            if created:
+            if self._writes.created:
                 # The file's directory entry must survive a power cut like its contents.
-                await asyncio.to_thread(_fsync_dir, parent)
+                await asyncio.to_thread(_fsync_dir, os.path.dirname(self.path))
+            await self._writes.run(self._convert_to_incremental)
             await self._reads.open()
         except BaseException:
             await self.close()
             raise
+
+    def _convert_to_incremental(self) -> None:
+        """A payload database made before incremental auto-vacuum: one VACUUM makes it so
+        (the connection asked for it already; only a VACUUM applies it to a used file)."""
+        conn = self._writes.db()
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL:
+            return
+        log.info("payload database %s: converting to incremental auto-vacuum, once "
+                 "(a VACUUM: it rewrites the file)", self.path)
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def reclaim(self) -> int:
+        """Give the space of deleted payloads back to the filesystem; return the bytes.
+
+        Deleting small rows leaves pages part-full, which no vacuum gives back: when live
+        payloads fill less than COMPACT_BELOW of the pages in use, the rows are first
+        packed again, moved to the end of the table in steps of COMPACT_STEP_ROWS (each a
+        short write transaction, so uploads interleave), and the location index rebuilt.
+        Then the free pages are cut off the file, RECLAIM_STEP_PAGES per transaction, and
+        a checkpoint moves all of it into the file and empties the -wal.
+        """
+        pages_before, page_size = await self._writes.run(self._page_count)
+        if await self._reads.run(self._fill) < COMPACT_BELOW:
+            await self._compact()
+        while await self._writes.run(self._vacuum_step) >= RECLAIM_STEP_PAGES:
+            pass
+        await self._writes.run(self._checkpoint)
+        pages_after, _ = await self._writes.run(self._page_count)
+        return max(pages_before - pages_after, 0) * page_size
+
+    def _page_count(self) -> tuple[int, int]:
+        conn = self._writes.db()
+        return (int(conn.execute("PRAGMA page_count").fetchone()[0]),
+                int(conn.execute("PRAGMA page_size").fetchone()[0]))
+
+    def _fill(self) -> float:
+        """Payload bytes over the bytes of the pages in use (1.0 for an empty database)."""
+        conn = self._reads.db()
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        # length() of a BLOB comes from the row header: no overflow page is read.
+        live = float(conn.execute("SELECT total(length(data)) FROM payloads").fetchone()[0])
+        used = (pages - free) * size
+        return 1.0 if live == 0 or used == 0 else live / used
+
+    async def _compact(self) -> None:
+        top = await self._reads.run(
+            lambda: self._reads.db().execute("SELECT max(rowid) FROM payloads").fetchone()[0]
+        )
+        done = 0
+        while top is not None and done < top:
+            done = await self._writes.run(self._unsynced, _compact_step, done, top)
+        await self._writes.run(self._unsynced, lambda c: c.execute("REINDEX payloads"))
+
+    def _vacuum_step(self) -> int:
+        conn = self._writes.db()
+        conn.execute("PRAGMA synchronous = NORMAL")  # see _unsynced
+        try:
+            return _vacuum_step(conn)
+        finally:
+            conn.execute("PRAGMA synchronous = FULL")
+
+    def _checkpoint(self) -> None:
+        self._writes.db().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     async def close(self) -> None:
         try:
@@ -247,12 +364,33 @@ class SQLitePayloads(PayloadStore):
 
     # deleting and listing ---------------------------------------------------------------
     async def delete(self, location: str) -> None:
-        _check_location(location)
+        await self.delete_many([location])
+
+    async def delete_many(self, locations: list[str]) -> None:
+        """Remove the payloads at ``locations`` in one transaction; missing ones are no
+        error."""
+        for location in locations:
+            _check_location(location)
+        if not locations:
+            return
 
         def tx(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM payloads WHERE location = ?", (location,))
+            conn.executemany(
+                "DELETE FROM payloads WHERE location = ?", [(loc,) for loc in locations]
+            )
 
-        await self._writes.run(self._writes.write, tx)
+        await self._writes.run(self._unsynced, tx)
+
+    def _unsynced(self, tx: Callable[..., T], *args: object) -> T:
+        """``tx(conn, *args)`` in a write transaction whose commit does not wait for the
+        disk: for changes whose loss in a power cut costs space, never a payload (deletes,
+        moves of rows and pages, which are atomic all the same)."""
+        conn = self._writes.db()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            return self._writes.write(tx, *args)
+        finally:
+            conn.execute("PRAGMA synchronous = FULL")
 
     async def locations(self) -> AsyncIterator[tuple[str, float]]:
         # Page by key: each query is short, so a long gc never holds a read snapshot open
