@@ -114,13 +114,18 @@ class SQLiteIndex(MetadataIndex):
         self._run = self._thread.run
         self._db = self._thread.db
         self._write = self._thread.write
+        # gc's full listing of locations on a connection of its own: it neither waits for
+        # nor holds up the requests queued on the main one (a row insert waiting for the
+        # write lock, say), and a WAL reader never blocks the writer.
+        self._scan = SQLiteThread(self.path, synchronous="NORMAL", name="sqlite-index-scan")
 
     async def open(self) -> None:
         await self._thread.open()
         try:
             await self._run(self._write, self._migrate)
+            await self._scan.open()
         except BaseException:
-            await self._thread.close()
+            await self.close()
             raise
 
     @staticmethod
@@ -144,7 +149,10 @@ class SQLiteIndex(MetadataIndex):
             conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
 
     async def close(self) -> None:
-        await self._thread.close()
+        try:
+            await self._scan.close()
+        finally:
+            await self._thread.close()
 
     async def schema_version(self) -> int:
         row = await self._run(
@@ -551,6 +559,6 @@ class SQLiteIndex(MetadataIndex):
 
     async def all_locations(self) -> set[str]:
         def read() -> set[str]:
-            return {r[0] for r in self._db().execute("SELECT location FROM blobs")}
+            return {r[0] for r in self._scan.db().execute("SELECT location FROM blobs")}
 
-        return await self._run(read)
+        return await self._scan.run(read)
