@@ -562,6 +562,39 @@ async def test_gc_takes_orphans_only(store: BlobStore, sealed: Sealed) -> None:
     assert await store.gc(grace_seconds=0) == 0
 
 
+async def test_sweep_takes_old_orphans_and_spares_writes_under_way(
+    store: BlobStore, sealed: Sealed
+) -> None:
+    """The server's sweep on every backend: orphans older than the grace go, a younger
+    one stays, and a put under way here is spared even with a grace of 0 (whatever it
+    has stored so far, and its payload once committed)."""
+    w = await store.payloads.writer(U, NS, "orphan")
+    await w.write(sealed("orphan"))
+    orphan = await w.commit()
+    await asyncio.sleep(0.05)  # the put below starts after the orphan's commit
+
+    body = sealed("live", 3 * CHUNK_SIZE)
+    resume = asyncio.Event()
+
+    async def held_chunks() -> AsyncIterator[bytes]:
+        yield body[:CHUNK_SIZE]
+        await resume.wait()
+        yield body[CHUNK_SIZE:]
+
+    live = asyncio.ensure_future(store.put(U, NS, "live", held_chunks(), size=len(body)))
+    await asyncio.sleep(0.05)
+    report = await store.sweep(3600)
+    assert (report.removed, report.spared) == (0, 1)
+    report = await store.sweep(0)
+    assert (report.removed, report.spared) == (1, 0)
+    assert orphan not in await locations(store)
+    resume.set()
+    info = await live
+    assert await read_all(store, "live") == body
+    assert (await store.sweep(0)).removed == 0
+    assert await locations(store) == {info.location}
+
+
 async def test_writers_of_one_id_get_distinct_locations(store: BlobStore) -> None:
     w1 = await store.payloads.writer(U, NS, "x")
     w2 = await store.payloads.writer(U, NS, "x")
