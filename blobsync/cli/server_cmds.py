@@ -220,7 +220,7 @@ def cmd_admin_gc(args: argparse.Namespace) -> int:
         store = make_store(config.data, config.metadata, config.payload)
         await store.open()
         try:
-            return await store.gc(args.grace)
+            return (await store.sweep(args.grace)).removed  # and gives the space back
         finally:
             await store.close()
 

@@ -55,13 +55,17 @@ PREFIX = "db:"
 # goes in as one row of a batch's transaction; larger ones are better off as files.
 INLINE_MAX = BATCH_BLOB_MAX
 
-SCHEMA_VERSION = 1
-# A rowid table, not WITHOUT ROWID: SQLite advises against the latter for rows this large.
+SCHEMA_VERSION = 2
+# Version 1. A rowid table, not WITHOUT ROWID: SQLite advises against the latter for rows
+# this large.
 SCHEMA = """CREATE TABLE payloads (
     location TEXT PRIMARY KEY,
     data BLOB NOT NULL,
     mtime REAL NOT NULL
 )"""
+# Version 2: the payload bytes stored, kept by every insert and delete in its transaction,
+# so that reclaim knows how full the pages are without reading them all.
+TOTALS = "CREATE TABLE totals (id INTEGER PRIMARY KEY CHECK (id = 1), bytes INTEGER NOT NULL)"
 
 # Rows per query when listing for gc: bounds memory whatever the table holds.
 LIST_PAGE = 1000
@@ -108,6 +112,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
         )
     if version == 0:
         conn.execute(SCHEMA)
+    if version < 2:
+        conn.execute(TOTALS)
+        conn.execute("INSERT INTO totals SELECT 1, coalesce(sum(length(data)), 0) FROM payloads")
+    if version < SCHEMA_VERSION:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -148,6 +156,18 @@ def _compact_step(conn: sqlite3.Connection, done: int, top: int) -> int:
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple[str, bytes, float]]) -> None:
     conn.executemany("INSERT INTO payloads (location, data, mtime) VALUES (?, ?, ?)", rows)
+    conn.execute("UPDATE totals SET bytes = bytes + ?", (sum(len(d) for _, d, _ in rows),))
+
+
+def _delete(conn: sqlite3.Connection, locations: list[str]) -> None:
+    gone = 0
+    for location in locations:
+        for (size,) in conn.execute(
+            "DELETE FROM payloads WHERE location = ? RETURNING length(data)", (location,)
+        ).fetchall():
+            gone += int(size)
+    if gone:
+        conn.execute("UPDATE totals SET bytes = bytes - ?", (gone,))
 
 
 class InlineWriter(PayloadWriter):
@@ -252,8 +272,7 @@ class SQLitePayloads(PayloadStore):
         pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
         free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
         size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        # length() of a BLOB comes from the row header: no overflow page is read.
-        live = float(conn.execute("SELECT total(length(data)) FROM payloads").fetchone()[0])
+        live = float(conn.execute("SELECT bytes FROM totals").fetchone()[0])
         used = (pages - free) * size
         return 1.0 if live == 0 or used == 0 else live / used
 
@@ -374,12 +393,7 @@ class SQLitePayloads(PayloadStore):
         if not locations:
             return
 
-        def tx(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "DELETE FROM payloads WHERE location = ?", [(loc,) for loc in locations]
-            )
-
-        await self._writes.run(self._unsynced, tx)
+        await self._writes.run(self._unsynced, _delete, locations)
 
     def _unsynced(self, tx: Callable[..., T], *args: object) -> T:
         """``tx(conn, *args)`` in a write transaction whose commit does not wait for the
