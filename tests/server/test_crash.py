@@ -162,6 +162,9 @@ def start_held(url: str, token: str, bodies: dict[str, tuple[bytes, int]]) -> li
     socks = [start_upload(url, path, token, body[:cut], len(body))
              for path, (body, cut) in bodies.items()]
     time.sleep(1)  # a lookup takes a millisecond; a body on loopback, a few
+    # The index's jobs run in order on its one thread: once a lookup asked after theirs
+    # is answered, theirs are too (reads pass the write lock: WAL).
+    assert call("GET", f"{url}/blobs/alice", "alice", token)[0] == 200
     return socks
 
 
@@ -275,7 +278,7 @@ def test_background_sweep_spares_live_uploads_and_removes_old_orphans(tmp_path: 
         socks.append(sock)
         seen = sweeps()
         time.sleep(1)
-        assert sweeps() >= seen + 3
+        assert sweeps() >= seen + 2
         sock.sendall(big[400_000:])
         assert response_status(sock) == 200
 
@@ -298,7 +301,7 @@ def test_background_sweep_spares_live_uploads_and_removes_old_orphans(tmp_path: 
             wait_until(lambda: payload_count(data) == committed + 4)
             seen = sweeps()
             time.sleep(3)  # older than the grace now: only the in-process record saves them
-            assert sweeps() >= seen + 10
+            assert sweeps() >= seen + 5
             assert payload_count(data) == committed + 4
         assert response_status(held) == 200
         assert response_status(stream) == 200
