@@ -84,7 +84,7 @@ def _with_index(args: argparse.Namespace, job: Callable[[Any], Awaitable[T]]) ->
 
     config = _config(args)
     if config.metadata is None:
-        os.makedirs(config.data, exist_ok=True)
+        os.makedirs(config.data, mode=0o700, exist_ok=True)
 
     async def run() -> T:
         index = make_index(config.data, config.metadata)
@@ -139,8 +139,9 @@ async def _demo_user(data_dir: str, store: Any, sites: Any) -> None:
         await store.index.add_user(uuid, hash_token(token))
     elif user.token_hash != hash_token(token):
         await store.index.set_user_token(uuid, hash_token(token))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file an older blobsync made 0644 holds the token too
     with os.fdopen(fd, "w") as f:
         f.write(f"uuid={uuid}\ntoken={token}\n")
     _print(f"demo user:  {uuid}")
@@ -232,7 +233,7 @@ def cmd_admin_gc(args: argparse.Namespace) -> int:
         store = make_store(config.data, config.metadata, config.payload)
         await store.open()
         try:
-            return await store.gc(args.grace)
+            return (await store.sweep(args.grace)).removed  # and gives the space back
         finally:
             await store.close()
 
@@ -324,6 +325,11 @@ def register(subparsers: Any) -> None:
                         help="debug, info (default), warning or error")
     server.add_argument("--workers", metavar="N",
                         help="server processes sharing the ports (SO_REUSEPORT), default 1")
+    server.add_argument("--sweep-interval", dest="sweep_interval", metavar="SECONDS",
+                        help="sweep orphan payloads at start-up and this often, 0 never "
+                        "(default 3600; 15m, 1h, 2d also work)")
+    server.add_argument("--sweep-grace", dest="sweep_grace", metavar="SECONDS",
+                        help="spare orphan payloads younger than this (default 3600)")
     # `make run` only: create (or reuse) a demo user and print a client command.
     server.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(func=_guard(cmd_server))

@@ -36,6 +36,7 @@ from blobsync.server.routes_blobs import (
 from blobsync.server.routes_incoming import deliver, deliver_checks
 from blobsync.server.routes_stream import stream, stream_checks
 from blobsync.server.storage.blobstore import BlobStore
+from blobsync.server.storage.sweep import Sweeper
 
 log = logging.getLogger("blobsync.server")
 
@@ -172,6 +173,7 @@ async def run_server(
         quota=config.quota, max_blob_size=config.blob_limit,
     )
     await store.open()
+    sweeper = _sweeper(store, config, worker)
     try:
         sites = await start_sites(store, config, reuse_port=reuse_port, worker=worker or 0)
         try:
@@ -184,14 +186,26 @@ async def run_server(
                         log.warning("%s", warning)
                 log.info("public API on %s, incoming box on %s%s",
                          sites.url, sites.local_url, who)
+                if sweeper is not None:
+                    sweeper.start()
                 if on_ready is not None:
                     await on_ready(store, sites)
                 await stop.wait()
             log.info("shutting down")
         finally:
+            if sweeper is not None:
+                await sweeper.stop()
             await sites.stop()
     finally:
         await store.close()
+
+
+def _sweeper(store: BlobStore, config: ServerConfig, worker: int | None) -> Sweeper | None:
+    """The sweep of orphan payloads (storage/sweep.py): one per server, so in worker 0
+    only of ``--workers N`` (the others share its storage); none if the interval is 0."""
+    if config.sweep_interval <= 0 or (worker or 0) != 0:
+        return None
+    return Sweeper(store, config.sweep_interval, config.sweep_grace)
 
 
 @contextlib.contextmanager

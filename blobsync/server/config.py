@@ -28,6 +28,13 @@ DEFAULT_MAX_BLOB_SIZE = 1 << 32
 DEFAULT_MAX_STREAM_SIZE = 1 << 30
 
 
+# An hour between sweeps: orphans come only from crashes, and reclaiming space is cheap.
+DEFAULT_SWEEP_INTERVAL = 3600.0
+# An orphan younger than this may be an upload another process has committed but not yet
+# indexed; an hour covers the slowest S3 multipart upload of a 4 GiB blob at 1.2 MB/s.
+DEFAULT_SWEEP_GRACE = 3600.0
+
+
 class ConfigError(BlobsyncError):
     pass
 
@@ -48,6 +55,10 @@ class ServerConfig:
     payload: str | None = None  # None: SQLite and files in the data dir; s3://...; memory:
     log_level: str = "info"
     workers: int = 1  # server processes sharing the ports (SO_REUSEPORT); see workers.py
+    # The sweep (orphan payloads, space of deleted ones): at start-up, then every
+    # sweep_interval seconds (0: never); spares orphans younger than sweep_grace seconds.
+    sweep_interval: float = DEFAULT_SWEEP_INTERVAL
+    sweep_grace: float = DEFAULT_SWEEP_GRACE
 
     @property
     def blob_limit(self) -> int | None:
@@ -65,10 +76,30 @@ KEYS = tuple(f.name for f in fields(ServerConfig))
 _PORTS = {"port", "local_port"}
 _COUNTS = {"workers"}
 _SIZES = {"quota", "max_blob_size", "max_stream_size"}
+_DURATIONS = {"sweep_interval", "sweep_grace"}
 _OPTIONAL = {"tls_cert", "tls_key", "metadata", "payload"}
 _LEVELS = {"debug", "info", "warning", "error"}
 _SIZE = re.compile(r"(\d+)\s*([kmgt]i?b?)?", re.IGNORECASE)
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object, key: str = "duration") -> float:
+    """Seconds from a number or a string like ``90``, ``1.5``, ``30s``, ``15m``, ``1h``,
+    ``2d``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration in seconds, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
+        seconds = float(m.group(1)) * _SECONDS[m.group(2).lower()]
+    else:
+        raise ConfigError(f"{key}: expected a duration in seconds (or 15m, 1h, 2d), got "
+                          f"{value!r}")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigError(f"{key}: must be a finite number of seconds, not negative")
+    return seconds
 
 
 def parse_size(value: object, key: str = "size") -> int:
@@ -90,6 +121,8 @@ def parse_size(value: object, key: str = "size") -> int:
 def _convert(key: str, value: object) -> object:
     if key in _SIZES:
         return parse_size(value, key)
+    if key in _DURATIONS:
+        return parse_duration(value, key)
     if key in _PORTS:
         try:
             port = int(value)  # type: ignore[call-overload]
@@ -192,12 +225,14 @@ def describe(config: ServerConfig) -> str:
     payload = (redact_url(config.payload) if config.payload
                else "SQLite and files in the data dir")
     tls = "on" if config.tls_cert else "off"
+    sweep = (f"every {config.sweep_interval:g} s, grace {config.sweep_grace:g} s"
+             if config.sweep_interval > 0 else "off")
     return (
         f"settings: data {data}; metadata {metadata}; payload {payload}; "
         f"quota {_size(config.quota)}; max blob size {_size(config.max_blob_size)}; "
         f"max stream size {_size(config.max_stream_size)}; TLS {tls}; "
         f"workers {config.workers}; public {config.host}:{config.port}; "
-        f"incoming box {config.local_host}:{config.local_port}"
+        f"incoming box {config.local_host}:{config.local_port}; orphan sweep {sweep}"
     )
 
 

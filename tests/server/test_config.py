@@ -94,3 +94,24 @@ def test_bad_files(tmp_path: Path) -> None:
     typed.write_text("host = 5\n")
     with pytest.raises(ConfigError, match="host"):
         load_config({}, {}, str(typed))
+
+
+def test_sweep_settings(tmp_path: Path) -> None:
+    c = load_config({}, {})
+    assert (c.sweep_interval, c.sweep_grace) == (3600.0, 3600.0)  # on by default
+    toml = tmp_path / "server.toml"
+    toml.write_text('sweep-interval = "15m"\nsweep_grace = 90\n')
+    c = load_config({}, {"BLOBSYNC_CONFIG": str(toml)})
+    assert (c.sweep_interval, c.sweep_grace) == (900.0, 90.0)
+    c = load_config({"sweep_grace": "0.5"}, {"BLOBSYNC_SWEEP_INTERVAL": "2h",
+                                              "BLOBSYNC_CONFIG": str(toml)})
+    assert (c.sweep_interval, c.sweep_grace) == (7200.0, 0.5)
+    assert load_config({"sweep_interval": "0"}, {}).sweep_interval == 0  # off
+    for bad in ("-1", "soon", "1w", "", "nan", "inf"):
+        with pytest.raises(ConfigError, match="sweep_interval"):
+            load_config({"sweep_interval": bad}, {})
+    with pytest.raises(ConfigError, match="sweep_grace"):
+        load_config({}, {"BLOBSYNC_SWEEP_GRACE": "true"})
+    with pytest.raises(ConfigError, match="sweep_grace"):
+        toml.write_text("sweep_grace = true\n")
+        load_config({}, {}, str(toml))

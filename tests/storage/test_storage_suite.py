@@ -268,6 +268,31 @@ async def test_quota_race_lets_exactly_what_fits(store: BlobStore, sealed: Seale
     assert await locations(store) == {r.location for r in stored}
 
 
+async def test_existing_id_is_blob_exists_before_quota(store: BlobStore, sealed: Sealed) -> None:
+    """An id that exists AND whose size would pass the quota is BlobExists (409) on every
+    backend, alone or in a batch: the id is checked before the quota (SPEC 9's order)."""
+    a = sealed("a", 1000)
+    info = await put(store, "a", a)
+    store.quota = len(a) + 10  # any second blob of this size passes the quota
+    tag = b"t" * 16
+    with pytest.raises(BlobExists):
+        await store.index.insert_blob(U, NS, "a", len(a), tag, "nowhere", quota=store.quota)
+    outcomes = await store.index.insert_blobs(
+        U, NS, [("a", len(a), tag, "nowhere", frozenset()),
+                ("n", 5, tag, "nowhere-n", frozenset())], quota=store.quota
+    )
+    assert [type(o) for o in outcomes] == [BlobExists, BlobInfo]
+    await store.index.delete_blob(U, NS, "n")  # its payload was never stored
+    # The same through a stream upload's batch, payloads and all.
+    batch = store.batch(U, NS)
+    await batch.receive("a", chunked(a), len(a))
+    got = await batch.flush()
+    assert [(b, type(o)) for b, o in got] == [("a", BlobExists)]
+    assert await store.index.get_blob(U, NS, "a") == info
+    assert await store.index.usage(U) == len(a)
+    assert await locations(store) == {info.location}
+
+
 # tombstones ---------------------------------------------------------------------------
 async def test_tombstones(store: BlobStore, sealed: Sealed) -> None:
     for bid in ("a", "b", "c"):
@@ -535,6 +560,39 @@ async def test_gc_takes_orphans_only(store: BlobStore, sealed: Sealed) -> None:
     assert orphan not in await locations(store)
     assert await read_all(store, "kept") == kept
     assert await store.gc(grace_seconds=0) == 0
+
+
+async def test_sweep_takes_old_orphans_and_spares_writes_under_way(
+    store: BlobStore, sealed: Sealed
+) -> None:
+    """The server's sweep on every backend: orphans older than the grace go, a younger
+    one stays, and a put under way here is spared even with a grace of 0 (whatever it
+    has stored so far, and its payload once committed)."""
+    w = await store.payloads.writer(U, NS, "orphan")
+    await w.write(sealed("orphan"))
+    orphan = await w.commit()
+    await asyncio.sleep(0.05)  # the put below starts after the orphan's commit
+
+    body = sealed("live", 3 * CHUNK_SIZE)
+    resume = asyncio.Event()
+
+    async def held_chunks() -> AsyncIterator[bytes]:
+        yield body[:CHUNK_SIZE]
+        await resume.wait()
+        yield body[CHUNK_SIZE:]
+
+    live = asyncio.ensure_future(store.put(U, NS, "live", held_chunks(), size=len(body)))
+    await asyncio.sleep(0.05)
+    report = await store.sweep(3600)
+    assert (report.removed, report.spared) == (0, 1)
+    report = await store.sweep(0)
+    assert (report.removed, report.spared) == (1, 0)
+    assert orphan not in await locations(store)
+    resume.set()
+    info = await live
+    assert await read_all(store, "live") == body
+    assert (await store.sweep(0)).removed == 0
+    assert await locations(store) == {info.location}
 
 
 async def test_writers_of_one_id_get_distinct_locations(store: BlobStore) -> None:

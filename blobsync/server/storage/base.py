@@ -7,8 +7,9 @@ operations the routes call; the routes never touch an implementation directly.
 Write order, for every backend: the payload goes to a location no other writer can use and
 is made durable; only then is the index row inserted, in one transaction that enforces id
 uniqueness and the quota. The loser of a race deletes its own payload. A crash between the
-two leaves an orphan payload that no row names: invisible, and collected by ``gc``.
-Deletion removes the row first, then the payload.
+two leaves an orphan payload that no row names: invisible, and removed by the sweep
+(``BlobStore.sweep``, at server start-up and on a schedule) or ``admin gc``, once older than
+a grace period. Deletion removes the row first, then the payload.
 """
 
 from __future__ import annotations
@@ -158,9 +159,11 @@ class MetadataIndex(abc.ABC):
 
         ``rows`` are (blob_id, size, tag, location, flags) of durable payloads. Returns one
         outcome per row, in order: its BlobInfo, or BlobExists for an id already indexed
-        (or earlier in the run). The first row that would pass the quota gets QuotaExceeded
-        and ends the run: the list is then shorter than ``rows`` and the rest is not
-        indexed. This default goes row by row (one transaction each), with the same outcomes.
+        (or earlier in the run), even when its size would also pass the quota: every
+        backend checks the id before the quota (409 before 507, SPEC 9). The first row that
+        would pass the quota gets QuotaExceeded and ends the run: the list is then shorter
+        than ``rows`` and the rest is not indexed. This default goes row by row (one
+        transaction each), with the same outcomes.
         """
         out: list[BlobInfo | BlobExists | QuotaExceeded] = []
         for blob_id, size, tag, location, flags in rows:
@@ -281,6 +284,24 @@ class PayloadStore(abc.ABC):
     async def delete(self, location: str) -> None:
         """Remove the payload; no error if it is already gone."""
 
+    async def delete_many(self, locations: list[str]) -> None:
+        """Remove several payloads (gc); backends that can do it in one go override this."""
+        for location in locations:
+            await self.delete(location)
+
+    async def reclaim(self) -> int:
+        """Give back to the filesystem the space deletions freed; return how many bytes.
+
+        Called by the sweep, never per delete, so that deletes stay cheap. Nothing to do
+        for stores whose deletes free their space themselves (files, S3).
+        """
+        return 0
+
     @abc.abstractmethod
     def locations(self) -> AsyncIterator[tuple[str, float]]:
-        """Every committed location with its modification time (Unix seconds), for gc."""
+        """Every committed location with its modification time (Unix seconds), for gc.
+
+        The time is never earlier than the start of the write that made the payload: the
+        sweep spares payloads younger than a grace period, and the writes under way in its
+        own process by their start time.
+        """

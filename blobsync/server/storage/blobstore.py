@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from blobsync.format.errors import BlobsyncError, InvalidBlob, LimitExceeded, ProtocolError
@@ -38,6 +40,9 @@ BATCH_BYTES = 1 << 20
 BATCH_COUNT = 256
 
 Outcome = BlobInfo | BlobExists | QuotaExceeded
+
+# Orphans gc deletes per call of PayloadStore.delete_many (one SQLite transaction each).
+GC_DELETE_BATCH = 500
 
 
 class StoreObserver(Protocol):
@@ -135,6 +140,13 @@ class BlobStore:
         self._background: set[asyncio.Task[Any]] = set()
         # Committed here but not indexed yet: gc in this process never takes them.
         self._unindexed: set[str] = set()
+        # Start times of the writes under way here, from before their first payload byte
+        # to the end of their index insert: gc spares every payload younger than the
+        # oldest, so a payload committed (or about to be) by this process is never an
+        # orphan to it, whatever the grace. Other processes are covered by the grace alone.
+        self._writes: dict[int, float] = {}
+        self._write_ids = itertools.count()
+        self._handed_off: set[int] = set()  # writes that a task running on will end
 
     async def open(self) -> None:
         await self.index.open()
@@ -183,15 +195,45 @@ class BlobStore:
         size: int | None,
         flags: frozenset[str],
     ) -> BlobInfo:
-        # Cheap refusals first, before a byte is stored (the index re-checks at the end).
-        if await self.index.get_blob(user, namespace, blob_id) is not None:
-            raise BlobExists(f"blob {blob_id} exists")
+        token = self._write_begins()
+        try:
+            return await self._put_tracked(user, namespace, blob_id, chunks, size, flags, token)
+        except BaseException:
+            # A commit or an insert that runs on past a cancel ends the write itself.
+            if token not in self._handed_off:
+                self._write_ends(token)
+            raise
+
+    def _write_begins(self) -> int:
+        token = next(self._write_ids)
+        self._writes[token] = time.time()
+        return token
+
+    def _write_ends(self, token: int) -> None:
+        self._writes.pop(token, None)
+        self._handed_off.discard(token)
+
+    async def _put_tracked(
+        self,
+        user: str,
+        namespace: str,
+        blob_id: str,
+        chunks: AsyncIterable[bytes],
+        size: int | None,
+        flags: frozenset[str],
+        token: int,
+    ) -> BlobInfo:
+        # Cheap refusals first, before a byte is stored (the index re-checks at the end),
+        # in the one order of every backend and route: size (413), id (409), quota (507).
         if size is not None:
             if size < 0:
                 raise ProtocolError(f"size {size} is negative")
             if self.max_blob_size is not None and size > self.max_blob_size:
                 raise LimitExceeded(f"blob is larger than the limit of {self.max_blob_size} bytes")
-            if self.quota > 0 and await self.index.usage(user) + size > self.quota:
+        if await self.index.get_blob(user, namespace, blob_id) is not None:
+            raise BlobExists(f"blob {blob_id} exists")
+        if size is not None and self.quota > 0:
+            if await self.index.usage(user) + size > self.quota:
                 raise QuotaExceeded(f"quota of {self.quota} bytes exceeded")
 
         check = _SealedCheck(blob_id, size, self.max_blob_size)
@@ -205,16 +247,13 @@ class BlobStore:
         except BaseException:
             await writer.abort()
             raise
-        location = await self._commit(writer)
+        location = await self._commit(writer, token)
         self._unindexed.add(location)
-        try:
-            return await self._insert(
-                user, namespace, blob_id, check.received, check.tail, location, flags
-            )
-        finally:
-            self._unindexed.discard(location)
+        return await self._insert(
+            user, namespace, blob_id, check.received, check.tail, location, flags, token
+        )
 
-    async def _commit(self, writer: PayloadWriter) -> str:
+    async def _commit(self, writer: PayloadWriter, token: int) -> str:
         task = asyncio.ensure_future(writer.commit())
         try:
             return await asyncio.shield(task)
@@ -222,10 +261,20 @@ class BlobStore:
             # The commit runs on; whatever it ends with must not stay visible.
             def settle(t: asyncio.Future[str]) -> None:
                 if not t.cancelled() and t.exception() is None:
-                    self._spawn(lambda: self.payloads.delete(t.result()))
+                    location = t.result()
+
+                    async def drop() -> None:
+                        try:
+                            await self.payloads.delete(location)
+                        finally:
+                            self._write_ends(token)
+
+                    self._spawn(drop)
                 else:
+                    self._write_ends(token)
                     self._spawn(writer.abort)
 
+            self._handed_off.add(token)
             task.add_done_callback(settle)
             raise
         except BaseException:
@@ -241,6 +290,7 @@ class BlobStore:
         tag: bytes,
         location: str,
         flags: frozenset[str],
+        token: int,
     ) -> BlobInfo:
         task = asyncio.ensure_future(
             self.index.insert_blob(
@@ -248,6 +298,13 @@ class BlobStore:
                 quota=self.quota,
             )
         )
+
+        def indexed(_: object) -> None:
+            # Row in or refused: from now on gc may judge the payload by the index alone.
+            self._unindexed.discard(location)
+            self._write_ends(token)
+
+        task.add_done_callback(indexed)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -258,6 +315,8 @@ class BlobStore:
                     self._spawn(lambda: self._drop_unless_indexed(user, namespace, blob_id,
                                                                   location))
 
+            if not task.done():
+                self._handed_off.add(token)  # ``indexed`` ends the write
             task.add_done_callback(settle)
             raise
         except (BlobExists, QuotaExceeded):
@@ -294,6 +353,15 @@ class BlobStore:
     ) -> list[Outcome]:
         """Payloads of ``run`` ((blob_id, sealed, tag), checked) durable first, then their
         rows in one transaction; payloads whose row did not go in are deleted."""
+        token = self._write_begins()  # this task runs to its end, cancelled caller or not
+        try:
+            return await self._store_run_tracked(user, namespace, run)
+        finally:
+            self._write_ends(token)
+
+    async def _store_run_tracked(
+        self, user: str, namespace: str, run: list[tuple[str, bytes, bytes]]
+    ) -> list[Outcome]:
         locations = await self._store_payloads(user, namespace, run)
         self._unindexed.update(locations)
         try:
@@ -404,25 +472,49 @@ class BlobStore:
     async def gc(self, grace_seconds: float = 3600) -> int:
         """Delete payloads no row names, older than ``grace_seconds``; return how many.
 
-        The grace covers puts between commit and index insert in other processes.
+        The grace covers puts between commit and index insert in other processes; the
+        writes under way in this one are spared whatever their age (``_writes``).
         """
-        cutoff = time.time() - grace_seconds
+        removed, _ = await self._collect(grace_seconds)
+        return removed
+
+    async def _collect(self, grace_seconds: float) -> tuple[int, int]:
+        """gc's work: (orphans removed, orphans spared as too young)."""
+        cutoff = min([time.time(), *self._writes.values()]) - max(grace_seconds, 0.0)
         indexed = await self.index.all_locations()
-        candidates = [
-            location
-            async for location, mtime in self.payloads.locations()
-            if mtime <= cutoff and location not in indexed and location not in self._unindexed
-        ]
+        candidates: list[str] = []
+        spared = 0
+        async for location, mtime in self.payloads.locations():
+            if location in indexed or location in self._unindexed:
+                continue
+            if mtime <= cutoff:
+                candidates.append(location)
+            else:
+                spared += 1
         if not candidates:
-            return 0
+            return 0, spared
         # Look again: a row inserted while we walked must save its payload.
         indexed = await self.index.all_locations()
-        removed = 0
-        for location in candidates:
-            if location not in indexed and location not in self._unindexed:
-                await self.payloads.delete(location)
-                removed += 1
-        return removed
+        doomed = [loc for loc in candidates if loc not in indexed and loc not in self._unindexed]
+        for i in range(0, len(doomed), GC_DELETE_BATCH):
+            await self.payloads.delete_many(doomed[i : i + GC_DELETE_BATCH])
+        return len(doomed), spared
+
+    async def sweep(self, grace_seconds: float) -> SweepReport:
+        """Remove orphan payloads older than ``grace_seconds`` (as ``gc``), then give the
+        space deletions freed back to the filesystem (``PayloadStore.reclaim``)."""
+        started = time.monotonic()
+        removed, spared = await self._collect(grace_seconds)
+        reclaimed = await self.payloads.reclaim()
+        return SweepReport(removed, spared, reclaimed, time.monotonic() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    removed: int  # orphan payloads deleted
+    spared: int  # orphan payloads younger than the grace: maybe uploads under way elsewhere
+    reclaimed: int  # bytes given back to the filesystem
+    seconds: float
 
 
 async def _chain(

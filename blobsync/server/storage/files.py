@@ -28,6 +28,7 @@ from typing import Any
 from blobsync.format.limits import CHUNK_SIZE, valid_id
 
 from .base import BlobNotFound, PayloadStore, PayloadWriter
+from .modes import DIR_MODE, FILE_MODE, private_dir, tighten
 
 TMP_DIR = ".tmp"
 
@@ -53,10 +54,14 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def files_below(top: str | os.PathLike[str]) -> Iterator[tuple[str, os.stat_result]]:
+def files_below(
+    top: str | os.PathLike[str], on_dir: Callable[[str], None] | None = None
+) -> Iterator[tuple[str, os.stat_result]]:
     """Every file below ``top`` with its lstat (links not followed); one that vanishes
-    while the walk goes is left out."""
+    while the walk goes is left out. ``on_dir`` is called with each directory, top too."""
     for dirpath, _dirs, files in os.walk(top):
+        if on_dir is not None:
+            on_dir(dirpath)
         for name in files:
             path = os.path.join(dirpath, name)
             try:
@@ -308,7 +313,8 @@ class FilePayloads(PayloadStore):
         await asyncio.to_thread(self._open_sync)
 
     def _open_sync(self) -> None:
-        os.makedirs(self.tmp_root, mode=0o700, exist_ok=True)
+        private_dir(self.root)  # and the data dir above it, if it is new
+        private_dir(self.tmp_root)
         me = os.getpid()
         for entry in os.scandir(self.tmp_root):
             try:
@@ -475,6 +481,18 @@ class FilePayloads(PayloadStore):
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(os.unlink, path)
 
+    async def delete_many(self, locations: list[str]) -> None:
+        """Remove several payloads in one thread hop (gc)."""
+        paths = [self._path(location) for location in locations]
+
+        def unlink_all() -> None:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+        if paths:
+            await asyncio.to_thread(unlink_all)
+
     async def locations(self) -> AsyncIterator[tuple[str, float]]:
         # One thread hop per first-level shard dir bounds memory to one shard's listing.
         tops = await asyncio.to_thread(self._shard_tops)
@@ -497,9 +515,15 @@ class FilePayloads(PayloadStore):
 
     def _walk(self, top: Path) -> list[tuple[str, float]]:
         found: list[tuple[str, float]] = []
-        for path, st in files_below(top):
+        # gc walks every shard anyway: it also tightens what an older blobsync left open
+        # (the server's start-up sweep so brings an old data dir to 0700/0600).
+        tighten(top.parent.parent, DIR_MODE)  # user dir
+        tighten(top.parent, DIR_MODE)  # namespace dir
+        for path, st in files_below(top, on_dir=lambda d: tighten(d, DIR_MODE)):
             if not stat.S_ISREG(st.st_mode):
                 continue
+            if stat.S_IMODE(st.st_mode) & ~FILE_MODE:
+                tighten(path, FILE_MODE)
             rel = os.path.relpath(path, self.root).replace(os.sep, "/")
             # ctime moves when the file is linked into place, so it is the commit time even
             # for an upload whose last write was long ago.

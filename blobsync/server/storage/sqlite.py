@@ -114,13 +114,18 @@ class SQLiteIndex(MetadataIndex):
         self._run = self._thread.run
         self._db = self._thread.db
         self._write = self._thread.write
+        # gc's full listing of locations on a connection of its own: it neither waits for
+        # nor holds up the requests queued on the main one (a row insert waiting for the
+        # write lock, say), and a WAL reader never blocks the writer.
+        self._scan = SQLiteThread(self.path, synchronous="NORMAL", name="sqlite-index-scan")
 
     async def open(self) -> None:
         await self._thread.open()
         try:
             await self._run(self._write, self._migrate)
+            await self._scan.open()
         except BaseException:
-            await self._thread.close()
+            await self.close()
             raise
 
     @staticmethod
@@ -144,7 +149,10 @@ class SQLiteIndex(MetadataIndex):
             conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
 
     async def close(self) -> None:
-        await self._thread.close()
+        try:
+            await self._scan.close()
+        finally:
+            await self._thread.close()
 
     async def schema_version(self) -> int:
         row = await self._run(
@@ -288,10 +296,11 @@ class SQLiteIndex(MetadataIndex):
         """Index a run of blobs, each with ``insert_blob``'s rules, in ONE transaction.
 
         ``rows`` are (blob_id, size, tag, location, flags) of durable payloads. Returns one
-        outcome per row, in order: its BlobInfo, or BlobExists for an id already indexed.
-        The first row that would pass the quota gets QuotaExceeded and ends the run: the
-        list is then shorter than ``rows``, and the rows after it are not indexed. A stream
-        upload of many small blobs pays one commit instead of one per blob.
+        outcome per row, in order: its BlobInfo, or BlobExists for an id already indexed
+        (whatever the quota: the id is checked first). The first row that would pass the
+        quota gets QuotaExceeded and ends the run: the list is then shorter than ``rows``,
+        and the rows after it are not indexed. A stream upload of many small blobs pays one
+        commit instead of one per blob.
         """
 
         def tx(conn: sqlite3.Connection) -> list[BlobInfo | BlobExists | QuotaExceeded]:
@@ -303,9 +312,6 @@ class SQLiteIndex(MetadataIndex):
             out: list[BlobInfo | BlobExists | QuotaExceeded] = []
             inserted: list[tuple[str, str, str]] = []
             for blob_id, size, tag, location, flags in rows:
-                if quota > 0 and used + added + size > quota:
-                    out.append(QuotaExceeded(f"quota of {quota} bytes exceeded"))
-                    break
                 try:
                     # A failed statement rolls back alone; the transaction goes on.
                     cur = conn.execute(
@@ -315,10 +321,15 @@ class SQLiteIndex(MetadataIndex):
                          flags_to_mask(flags), now),
                     )
                 except sqlite3.IntegrityError:
+                    # Before the quota, as in every backend (409 before 507: SPEC 9).
                     out.append(BlobExists(f"blob {blob_id} exists"))
                     continue
                 seq = cur.lastrowid
                 assert seq is not None
+                if quota > 0 and used + added + size > quota:
+                    conn.execute("DELETE FROM blobs WHERE seq = ?", (seq,))
+                    out.append(QuotaExceeded(f"quota of {quota} bytes exceeded"))
+                    break
                 added += size
                 inserted.append((user, namespace, blob_id))
                 out.append(BlobInfo(user, namespace, blob_id, size, bytes(tag),
@@ -548,6 +559,6 @@ class SQLiteIndex(MetadataIndex):
 
     async def all_locations(self) -> set[str]:
         def read() -> set[str]:
-            return {r[0] for r in self._db().execute("SELECT location FROM blobs")}
+            return {r[0] for r in self._scan.db().execute("SELECT location FROM blobs")}
 
-        return await self._run(read)
+        return await self._scan.run(read)

@@ -16,17 +16,24 @@ here is about to be named by a row, so it must never be lost).
   is one job in its thread, so no transaction spans an await.
 - Payloads are held whole in memory while they pass: only small ones belong here
   (``max_size``); the writer refuses more.
+- Space comes back: the file uses incremental auto-vacuum, so deleted payloads leave free
+  pages that ``reclaim`` (the server's sweep, not each delete: deletes stay cheap) cuts
+  off, after packing rows again when deletions left pages mostly empty; all of it in
+  short write transactions, so uploads interleave. A file made by an older blobsync is
+  converted once, by one VACUUM when a server opens it.
+- Deletes commit with ``synchronous=NORMAL``: one lost in a power cut leaves an orphan
+  payload, which the sweep removes; a payload insert must survive, a delete need not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 from blobsync.format.errors import LimitExceeded
@@ -40,22 +47,46 @@ from .sqlitethread import SQLiteThread
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 PREFIX = "db:"
 
 # The largest payload kept inline: every blob a stream upload batches (BATCH_BLOB_MAX)
 # goes in as one row of a batch's transaction; larger ones are better off as files.
 INLINE_MAX = BATCH_BLOB_MAX
 
-SCHEMA_VERSION = 1
-# A rowid table, not WITHOUT ROWID: SQLite advises against the latter for rows this large.
+SCHEMA_VERSION = 2
+# Version 1. A rowid table, not WITHOUT ROWID: SQLite advises against the latter for rows
+# this large.
 SCHEMA = """CREATE TABLE payloads (
     location TEXT PRIMARY KEY,
     data BLOB NOT NULL,
     mtime REAL NOT NULL
 )"""
+# Version 2: the rows and payload bytes stored, kept by every insert and delete in its
+# transaction, so that reclaim knows how full the pages are without reading them all.
+TOTALS = """CREATE TABLE totals (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    rows INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+)"""
 
 # Rows per query when listing for gc: bounds memory whatever the table holds.
 LIST_PAGE = 1000
+
+# Pages ``reclaim`` frees per write transaction (16 MiB of 4 KiB pages): each step holds
+# the write lock briefly, so uploads go on between steps.
+RECLAIM_STEP_PAGES = 4096
+
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental
+
+# Below this share of the rows' bytes in the pages in use, reclaim packs the rows again.
+COMPACT_BELOW = 0.6
+# Bytes a row takes beside its payload: its location (35) and mtime (8), the record and
+# cell headers, and its entry in the location index.
+ROW_OVERHEAD = 100
+# Rows moved per write transaction when packing (at most INLINE_MAX bytes each).
+COMPACT_STEP_ROWS = 256
 
 
 def new_location() -> str:
@@ -88,11 +119,68 @@ def _migrate(conn: sqlite3.Connection) -> None:
         )
     if version == 0:
         conn.execute(SCHEMA)
+    if version < 2:
+        conn.execute(TOTALS)
+        conn.execute(
+            "INSERT INTO totals SELECT 1, count(*), coalesce(sum(length(data)), 0) FROM payloads"
+        )
+    if version < SCHEMA_VERSION:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _vacuum_step(conn: sqlite3.Connection) -> int:
+    """Cut up to RECLAIM_STEP_PAGES free pages off the file; return how many went."""
+    before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    if before == 0:
+        return 0
+    # Its own transaction (autocommit), through executescript: the sqlite3 module steps
+    # a PRAGMA that returns no rows once, and each step frees one page.
+    conn.executescript(f"PRAGMA incremental_vacuum({RECLAIM_STEP_PAGES})")
+    after = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    return max(before - after, 0)
+
+
+def _compact_step(conn: sqlite3.Connection, done: int, top: int) -> int:
+    """Move the next COMPACT_STEP_ROWS rows with a rowid in (done, top] past the end of
+    the table, where they are packed tight; return the last rowid moved (or ``top``).
+
+    A new rowid is a delete and an insert in the b-tree: the row lands on the table's
+    last page, and the part-full page it left empties as its neighbours follow. Rows get
+    rowids above every current one, so they never meet one not yet moved; rows inserted
+    meanwhile are above ``top`` too. Locations, and so readers, see no change.
+    """
+    row = conn.execute(
+        "SELECT rowid FROM payloads WHERE rowid > ? AND rowid <= ? ORDER BY rowid "
+        "LIMIT 1 OFFSET ?",
+        (done, top, COMPACT_STEP_ROWS - 1),
+    ).fetchone()
+    upto = top if row is None else int(row[0])
+    end = int(conn.execute("SELECT max(rowid) FROM payloads").fetchone()[0] or 0)
+    conn.execute(
+        "UPDATE payloads SET rowid = rowid - ? + ? WHERE rowid > ? AND rowid <= ?",
+        (done, end, done, upto),
+    )
+    return upto
 
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple[str, bytes, float]]) -> None:
     conn.executemany("INSERT INTO payloads (location, data, mtime) VALUES (?, ?, ?)", rows)
+    conn.execute(
+        "UPDATE totals SET rows = rows + ?, bytes = bytes + ?",
+        (len(rows), sum(len(d) for _, d, _ in rows)),
+    )
+
+
+def _delete(conn: sqlite3.Connection, locations: list[str]) -> None:
+    rows = gone = 0
+    for location in locations:
+        for (size,) in conn.execute(
+            "DELETE FROM payloads WHERE location = ? RETURNING length(data)", (location,)
+        ).fetchall():
+            rows += 1
+            gone += int(size)
+    if rows:
+        conn.execute("UPDATE totals SET rows = rows - ?, bytes = bytes - ?", (rows, gone))
 
 
 class InlineWriter(PayloadWriter):
@@ -136,29 +224,92 @@ class SQLitePayloads(PayloadStore):
     def __init__(self, path: str | os.PathLike[str], max_size: int = INLINE_MAX) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.max_size = max_size
-        self._writes = SQLiteThread(self.path, synchronous="FULL", name="sqlite-payloads-w")
+        self._writes = SQLiteThread(
+            self.path, synchronous="FULL", name="sqlite-payloads-w", incremental_vacuum=True
+        )
         self._reads = SQLiteThread(self.path, synchronous="FULL", name="sqlite-payloads-r")
 
     # housekeeping -----------------------------------------------------------------------
     async def open(self) -> None:
-        parent = os.path.dirname(self.path)
-        created = not os.path.exists(self.path)
-        await asyncio.to_thread(os.makedirs, parent, 0o700, True)
-        if created:
-            # Private like the payload files, before SQLite makes it (its -wal and -shm
-            # take the mode of the database file).
-            with contextlib.suppress(FileExistsError):
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            await self._writes.open()
+            await self._writes.open()  # creates the file 0600, its directory 0700
             await self._writes.run(self._writes.write, _migrate)
-            if created:
+            if self._writes.created:
                 # The file's directory entry must survive a power cut like its contents.
-                await asyncio.to_thread(_fsync_dir, parent)
+                await asyncio.to_thread(_fsync_dir, os.path.dirname(self.path))
+            await self._writes.run(self._convert_to_incremental)
             await self._reads.open()
         except BaseException:
             await self.close()
             raise
+
+    def _convert_to_incremental(self) -> None:
+        """A payload database made before incremental auto-vacuum: one VACUUM makes it so
+        (the connection asked for it already; only a VACUUM applies it to a used file)."""
+        conn = self._writes.db()
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL:
+            return
+        log.info("payload database %s: converting to incremental auto-vacuum, once "
+                 "(a VACUUM: it rewrites the file)", self.path)
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def reclaim(self) -> int:
+        """Give the space of deleted payloads back to the filesystem; return the bytes.
+
+        Deleting small rows leaves pages part-full, which no vacuum gives back: when live
+        payloads fill less than COMPACT_BELOW of the pages in use, the rows are first
+        packed again, moved to the end of the table in steps of COMPACT_STEP_ROWS (each a
+        short write transaction, so uploads interleave), and the location index rebuilt.
+        Then the free pages are cut off the file, RECLAIM_STEP_PAGES per transaction, and
+        a checkpoint moves all of it into the file and empties the -wal.
+        """
+        pages_before, page_size = await self._writes.run(self._page_count)
+        if await self._reads.run(self._fill) < COMPACT_BELOW:
+            await self._compact()
+        while await self._writes.run(self._vacuum_step) >= RECLAIM_STEP_PAGES:
+            pass
+        await self._writes.run(self._checkpoint)
+        pages_after, _ = await self._writes.run(self._page_count)
+        return max(pages_before - pages_after, 0) * page_size
+
+    def _page_count(self) -> tuple[int, int]:
+        conn = self._writes.db()
+        return (int(conn.execute("PRAGMA page_count").fetchone()[0]),
+                int(conn.execute("PRAGMA page_size").fetchone()[0]))
+
+    def _fill(self) -> float:
+        """What the rows need over the bytes of the pages in use (1.0 for an empty
+        database): about 0.8 to 1 for packed rows, whatever their size."""
+        conn = self._reads.db()
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        rows, stored = conn.execute("SELECT rows, bytes FROM totals").fetchone()
+        live = float(stored + rows * ROW_OVERHEAD)
+        used = (pages - free) * size
+        return 1.0 if live == 0 or used == 0 else live / used
+
+    async def _compact(self) -> None:
+        top = await self._reads.run(
+            lambda: self._reads.db().execute("SELECT max(rowid) FROM payloads").fetchone()[0]
+        )
+        done = 0
+        while top is not None and done < top:
+            done = await self._writes.run(self._unsynced, _compact_step, done, top)
+        await self._writes.run(self._unsynced, lambda c: c.execute("REINDEX payloads"))
+
+    def _vacuum_step(self) -> int:
+        conn = self._writes.db()
+        conn.execute("PRAGMA synchronous = NORMAL")  # see _unsynced
+        try:
+            return _vacuum_step(conn)
+        finally:
+            conn.execute("PRAGMA synchronous = FULL")
+
+    def _checkpoint(self) -> None:
+        self._writes.db().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     async def close(self) -> None:
         try:
@@ -247,12 +398,28 @@ class SQLitePayloads(PayloadStore):
 
     # deleting and listing ---------------------------------------------------------------
     async def delete(self, location: str) -> None:
-        _check_location(location)
+        await self.delete_many([location])
 
-        def tx(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM payloads WHERE location = ?", (location,))
+    async def delete_many(self, locations: list[str]) -> None:
+        """Remove the payloads at ``locations`` in one transaction; missing ones are no
+        error."""
+        for location in locations:
+            _check_location(location)
+        if not locations:
+            return
 
-        await self._writes.run(self._writes.write, tx)
+        await self._writes.run(self._unsynced, _delete, locations)
+
+    def _unsynced(self, tx: Callable[..., T], *args: object) -> T:
+        """``tx(conn, *args)`` in a write transaction whose commit does not wait for the
+        disk: for changes whose loss in a power cut costs space, never a payload (deletes,
+        moves of rows and pages, which are atomic all the same)."""
+        conn = self._writes.db()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            return self._writes.write(tx, *args)
+        finally:
+            conn.execute("PRAGMA synchronous = FULL")
 
     async def locations(self) -> AsyncIterator[tuple[str, float]]:
         # Page by key: each query is short, so a long gc never holds a read snapshot open

@@ -3,7 +3,9 @@
 sqlite3 blocks, and the event loop must not: every call runs in the connection's thread,
 one at a time, so a connection is never shared between threads and no transaction spans
 an await. WAL mode (server workers share the files; readers never wait for the writer)
-and a busy timeout (a writer waits for the write lock instead of failing).
+and a busy timeout (a writer waits for the write lock instead of failing). The database,
+its -wal and -shm are 0600 and its directory 0700 (``modes``), and a checkpoint truncates
+a -wal grown past JOURNAL_SIZE_LIMIT (a big transaction, a reclaim) back to that size.
 """
 
 from __future__ import annotations
@@ -16,15 +18,23 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .modes import FILE_MODE, private_dir, private_file, tighten
+
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
+JOURNAL_SIZE_LIMIT = 32 << 20
 
 
 class SQLiteThread:
-    def __init__(self, path: str, *, synchronous: str, name: str) -> None:
+    def __init__(
+        self, path: str, *, synchronous: str, name: str, incremental_vacuum: bool = False
+    ) -> None:
         self.path = path
         self._synchronous = synchronous
+        # Only takes effect on a new database (or at the next VACUUM): see sqlitepayloads.
+        self._incremental_vacuum = incremental_vacuum
+        self.created = False  # whether our open() made the database file
         self._name = name
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
@@ -66,15 +76,25 @@ class SQLiteThread:
             raise
 
     def _connect(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        private_dir(os.path.dirname(os.path.abspath(self.path)))
+        # Made 0600 before SQLite opens it: SQLite gives a new file 0644, and its -wal and
+        # -shm take the mode of the database file.
+        self.created = private_file(self.path)
+        for suffix in ("-wal", "-shm"):
+            tighten(self.path + suffix, FILE_MODE)  # left by an older blobsync
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, the module adds nothing.
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if self._incremental_vacuum:
+                # Before WAL mode: on a new database, journal_mode writes the header and
+                # fixes auto_vacuum for good.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise RuntimeError(f"SQLite at {self.path} refused WAL mode ({mode})")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
         except BaseException:
             conn.close()
             raise

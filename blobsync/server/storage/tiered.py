@@ -128,6 +128,14 @@ class TieredPayloads(PayloadStore):
     async def delete(self, location: str) -> None:
         await self._tier(location).delete(location)
 
+    async def delete_many(self, locations: list[str]) -> None:
+        """Each tier's share in one go: one transaction for the inline ones."""
+        await self.inline.delete_many([loc for loc in locations if is_inline(loc)])
+        await self.files.delete_many([loc for loc in locations if not is_inline(loc)])
+
+    async def reclaim(self) -> int:
+        return await self.inline.reclaim()
+
     async def locations(self) -> AsyncIterator[tuple[str, float]]:
         for tier in (self.files, self.inline):
             async for item in tier.locations():
