@@ -44,7 +44,7 @@ POLL = 0.05
 
 # What the info file says this process is; the CLI sets "blobsync <command>". Never the
 # command line itself: put's arguments are file paths, which stay in the encrypted store.
-_process_name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+_process_name: str | None = None
 
 
 def describe_process(name: str) -> None:
@@ -179,9 +179,12 @@ class ProfileLock:
             os.close(fd)
 
     def _write_info(self, activity: str) -> None:
-        command = f"{_process_name} {activity}".strip() if activity else _process_name
+        # Unnamed (the library in someone's program): the program, and what it does here.
+        program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+        command = _process_name or " ".join(filter(None, (program, activity)))
         doc: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(),
-                               "command": command, "since": time.time()}
+                               "command": command, "activity": activity,
+                               "since": time.time()}
         tmp = self.info_path.with_name(f".{INFO_NAME}.{os.getpid()}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
