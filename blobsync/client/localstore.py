@@ -82,6 +82,9 @@ CREATE TABLE IF NOT EXISTS sources (
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     blob_id TEXT NOT NULL,
+    -- The blob's row: row ids are never handed out twice (AUTOINCREMENT), so a record
+    -- outliving its blob never matches a later blob given the same id.
+    row_id INTEGER NOT NULL,
     PRIMARY KEY (namespace, path)
 );
 """
@@ -598,7 +601,7 @@ class LocalStore:
                         (cur.lastrowid, payload),
                     )
                 if source is not None:
-                    self._record_sources(namespace, [(source, blob_id)])
+                    self._record_sources(namespace, [(source, blob_id, cur.lastrowid)])
 
         await self._run(q)
 
@@ -611,6 +614,7 @@ class LocalStore:
         def q() -> None:
             now = time.time()
             conn = self._conn
+            sources: list[tuple[Source, str, int]] = []
             with self._tx():
                 for it in items:
                     try:
@@ -628,18 +632,18 @@ class LocalStore:
                         "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
                         (cur.lastrowid, it.payload),
                     )
-                self._record_sources(
-                    namespace, [(it.source, it.blob_id) for it in items if it.source]
-                )
+                    if it.source is not None:
+                        sources.append((it.source, it.blob_id, cur.lastrowid))
+                self._record_sources(namespace, sources)
 
         await self._run(q)
 
-    def _record_sources(self, namespace: str, pairs: list[tuple[Source, str]]) -> None:
+    def _record_sources(self, namespace: str, found: list[tuple[Source, str, int]]) -> None:
         # Inside the caller's transaction: the blob and where it came from, or neither.
         self._conn.executemany(
-            "INSERT OR REPLACE INTO sources (namespace, path, size, mtime_ns, blob_id) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(namespace, src.path, src.size, src.mtime_ns, b) for src, b in pairs],
+            "INSERT OR REPLACE INTO sources (namespace, path, size, mtime_ns, blob_id, "
+            "row_id) VALUES (?, ?, ?, ?, ?, ?)",
+            [(namespace, src.path, src.size, src.mtime_ns, b, r) for src, b, r in found],
         )
 
     async def stored_sources(
@@ -654,7 +658,7 @@ class LocalStore:
             out: dict[str, str] = {}
             for path, size, mtime_ns, blob_id, status in self._select_in(
                 "SELECT s.path, s.size, s.mtime_ns, s.blob_id, b.status FROM sources s "
-                "JOIN blobs b ON b.namespace = s.namespace AND b.blob_id = s.blob_id "
+                "JOIN blobs b ON b.id = s.row_id AND b.blob_id = s.blob_id "
                 "WHERE s.namespace = ? AND s.path IN ({})",
                 (namespace,), list(wanted),
             ):

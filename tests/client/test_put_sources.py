@@ -86,3 +86,16 @@ async def test_put_many_skips_unchanged_files_only(devices, tmp_path: Path) -> N
     (shared,) = await a.put_many(other, upload=False)
     assert shared != private
     assert await a.status(shared) is SyncStatus.PENDING_UPLOAD
+
+
+async def test_a_record_never_matches_a_later_blob_of_the_same_id(devices, tmp_path) -> None:
+    a = await devices("a")
+    (path,) = files(tmp_path, 1)
+    await a.put("reused", path, upload=False)
+    assert await a.stored_copies([path]) == {path: "reused"}
+    await a.delete("reused")
+    await a.put("reused", b"another blob under the same id", upload=False)
+    # The file is unchanged, but "reused" is not its blob any more.
+    assert await a.stored_copies([path]) == {}
+    (new,) = await a.put_many([path], upload=False)
+    assert new != "reused" and await a.get(new) == b"file 0"
