@@ -262,10 +262,16 @@ class BlobManager:
         """Blob ids, by path, of the files put into ``namespace`` before and unchanged
         since (same absolute path, size and mtime), whose blob is still here. A blob kept
         LOCAL_ONLY counts only for a ``local_only`` put: the others want theirs uploaded."""
-        sources = {Path(p): _source(Path(p)) for p in paths}
+        return await self._stored_copies(
+            [(Path(p), _source(Path(p))) for p in paths], namespace, local_only
+        )
+
+    async def _stored_copies(
+        self, files: list[tuple[Path, Source]], namespace: str, local_only: bool
+    ) -> dict[Path, str]:
         statuses = HAS_PAYLOAD if local_only else HAS_PAYLOAD - {SyncStatus.LOCAL_ONLY}
-        found = await self.store.stored_sources(namespace, list(sources.values()), statuses)
-        return {p: found[src.path] for p, src in sources.items() if src.path in found}
+        found = await self.store.stored_sources(namespace, [s for _, s in files], statuses)
+        return {p: found[src.path] for p, src in files if src.path in found}
 
     async def put_many(
         self,
@@ -291,7 +297,7 @@ class BlobManager:
         order of the paths. So a put run again after it was interrupted stores only what
         is missing; a blob of such a file still pending upload goes with the next
         ``send_missing``. ``force`` stores every file anew. Each blob is recorded with the
-        file it came from (absolute path, size, mtime) in its own transaction.
+        file it came from (absolute path, size, mtime) in the transaction that keeps it.
 
         Without ``upload`` the blobs wait PENDING_UPLOAD for ``send_missing`` or a sync.
         With it (and streams on), each batch of small blobs is stream-uploaded from memory
@@ -346,9 +352,7 @@ class BlobManager:
         async with self.lock.hold("put"):
             found: dict[Path, str] = {}
             if not force and files:
-                found = await self.stored_copies(
-                    [p for p, _ in files], namespace=namespace, local_only=local_only
-                )
+                found = await self._stored_copies(files, namespace, local_only)
             try:
                 for path, src in files:
                     known = found.get(path)
