@@ -37,6 +37,8 @@ HOME_ENV = "BLOBSYNC_HOME"
 DEFAULT_HOME = "~/.blobsync"
 # Multiplies the library's 10..60 s retry schedule; tests set it small so they never wait.
 RETRY_SCALE_ENV = "BLOBSYNC_RETRY_SCALE"
+# Seconds a command that changes the profile waits for another process holding it.
+LOCK_WAIT_ENV = "BLOBSYNC_LOCK_WAIT"
 PRIORITIES = ("low", "medium", "high", "urgent")
 FLAGS = ("PENDING", "PROCESSING", "PROCESSED", "FAILED")
 # Seconds put and sync keep retrying passing failures before leaving blobs pending.
@@ -80,7 +82,12 @@ def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import asyncio
 
+        from blobsync.client.lock import describe_process
+
         _quiet_library_logs()
+        # Who holds the profile, as a waiting process will read it: the command, never
+        # its arguments (put's are file paths, which stay in the encrypted store).
+        describe_process(f"blobsync {handler.__name__.removeprefix('cmd_').replace('_', ' ')}")
         out = Output(bool(getattr(args, "json", False)))
         return guarded(lambda: asyncio.run(handler(args, out)), out.error)
 
@@ -100,6 +107,12 @@ def _settings(settings: Any, *, stream: bool = True, max_wait: float | None = No
             changes["retry_scale"] = float(scale)
         except ValueError:
             raise UsageError(f"{RETRY_SCALE_ENV} must be a number, not {scale!r}") from None
+    lock_wait = os.environ.get(LOCK_WAIT_ENV)
+    if lock_wait:
+        try:
+            changes["lock_wait"] = float(lock_wait)
+        except ValueError:
+            raise UsageError(f"{LOCK_WAIT_ENV} must be a number, not {lock_wait!r}") from None
     # A person at a terminal should not wait forever on a server that is down: retries
     # stop after max_wait seconds and what is left stays pending for the next sync.
     if max_wait is not None:
@@ -234,6 +247,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             raise UsageError("--id needs exactly one file")
     files = collect_files(args.paths)
     stored: list[dict[str, str]] = []
+    skipped = 0  # files stored by an earlier put, unchanged since: not stored again
     left: set[str] = set()  # ours still waiting to be uploaded
     refused: set[str] = set()  # ours the server refused (FAILED_UPLOAD)
     async with _manager(args, stream=not args.no_stream) as manager:
@@ -241,24 +255,39 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             stored.append({"id": blob_id, "path": str(path)})
             out.line(f"{blob_id}\t{path}")
 
+        def already(blob_id: str, path: Path) -> None:
+            # Printed like the others: a script gets the id of every path it named.
+            nonlocal skipped
+            skipped += 1
+            kept(blob_id, path)
+
         report = SyncReport()
         with Bars(bars_wanted(out.json_mode) and not args.local_only) as bars:
             if args.id is not None:
-                kept(await manager.put(
-                    args.id, files[0], namespace=namespace, priority=args.priority,
-                    local_only=args.local_only, upload=False,
-                ), files[0])
+                # Run again after it was interrupted: the blob is here, from this very
+                # file; it is uploaded below (if it is not already), not refused.
+                earlier = {} if args.force else await manager.stored_copies(
+                    files, namespace=namespace, local_only=args.local_only)
+                if earlier.get(files[0]) == args.id:
+                    already(args.id, files[0])
+                else:
+                    kept(await manager.put(
+                        args.id, files[0], namespace=namespace, priority=args.priority,
+                        local_only=args.local_only, upload=False,
+                    ), files[0])
             else:
                 # Many small files per transaction, each batch uploaded in a stream while
                 # the next ones are stored.
                 await manager.put_many(
                     files, namespace=namespace, priority=args.priority,
                     local_only=args.local_only, stored=kept, upload=True,
-                    progress=bars.callback, report=report,
+                    progress=bars.callback, report=report, force=args.force,
+                    already=already,
                 )
             uploaded = report.uploaded
             if stored and not args.local_only:
-                # The rest: large files, and batches that failed to go in one piece.
+                # The rest: large files, batches that failed to go in one piece, and
+                # blobs an interrupted put stored but did not upload.
                 uploaded += await manager.send_missing(
                     namespace, progress=bars.callback, report=report
                 )
@@ -270,22 +299,28 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
                                                            status=SyncStatus.FAILED_UPLOAD))
     out.document(
         {"namespace": namespace, "blobs": stored, "uploaded": uploaded,
-         "local_only": args.local_only}
+         "local_only": args.local_only, "stored": len(stored) - skipped,
+         "already_stored": skipped}
     )
     taken = refused & set(report.taken)
     if taken and taken == refused and not left:
         raise CommandFailed(_taken_message(sorted(taken)), EXIT_ID_TAKEN)
+    counts = f"{skipped} already stored, {len(stored) - skipped} stored"
     if refused:
         raise CommandFailed(
             f"{len(left) + len(refused)} of {len(stored)} blobs are stored here but not "
             f"uploaded yet ({len(refused)} refused by the server: quota or size); "
             f"'blobsync sync' will retry, with {RETRY_FAILED_OPTION} for the refused ones"
+            + (f" ({counts})" if skipped else "")
         )
     if left:
         raise CommandFailed(
             f"{len(left)} of {len(stored)} blobs are stored here but not uploaded yet; "
-            "'blobsync sync' will retry"
+            "'blobsync sync' will retry" + (f" ({counts})" if skipped else "")
         )
+    if skipped:
+        # Not an error, and not a result: stdout keeps one line per path either way.
+        sys.stderr.write(f"blobsync: {counts}\n")
     return EXIT_OK
 
 
@@ -660,7 +695,10 @@ def register(subparsers: Any) -> None:
 
     p = add("put", cmd_put, "store files and upload them",
             "Store each file (directories recursively) as a blob on this device, then "
-            "upload them all in one pass. Prints 'blob_id<TAB>path' per blob.")
+            "upload them all in one pass. Prints 'blob_id<TAB>path' per file. A file put "
+            "before and unchanged since (same path, size and mtime) is not stored again: "
+            "its blob is printed as well, uploaded if it is still pending, and stderr "
+            "counts them ('N already stored, M stored').")
     p.add_argument("paths", nargs="+", metavar="PATH", help="file or directory to store")
     p.add_argument("--id", metavar="ID", help="blob id to use (only with exactly one file; "
                                               "default: a new random id)")
@@ -671,6 +709,8 @@ def register(subparsers: Any) -> None:
                    help="keep the blobs on this device only, never upload them")
     p.add_argument("--no-stream", action="store_true",
                    help="upload one request per blob instead of batching in streams")
+    p.add_argument("--force", action="store_true",
+                   help="store every file anew, even one stored before and unchanged")
     _max_wait_arg(p)
 
     p = add("get", cmd_get, "write a blob's content to a file or stdout",

@@ -73,8 +73,25 @@ CREATE INDEX IF NOT EXISTS blobs_work ON blobs (namespace, status, next_attempt)
 PAYLOAD_SCHEMA = """
 CREATE TABLE IF NOT EXISTS pl.payloads (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
+# Which file each blob was put from (``put`` of a directory run again skips what it
+# stored already). Paths are names a user may hold secret: they live here, in the
+# encrypted database, and nowhere else. Added by schema 3 (_add_sources).
+SOURCES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (
+    namespace TEXT NOT NULL,
+    path TEXT NOT NULL,           -- absolute path of the file, as put saw it
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    blob_id TEXT NOT NULL,
+    -- The blob's row: row ids are never handed out twice (AUTOINCREMENT), so a record
+    -- outliving its blob never matches a later blob given the same id.
+    row_id INTEGER NOT NULL,
+    PRIMARY KEY (namespace, path)
+);
+"""
 # 2: inline payloads moved out of the SQLCipher database (which held them in 1).
-SCHEMA_VERSION = "2"
+# 3: the sources table.
+SCHEMA_VERSION = "3"
 
 # The payload database, next to the SQLCipher one.
 PAYLOADS_DB = "payloads.db"
@@ -146,12 +163,23 @@ class Attach:
 
 
 @dataclass(frozen=True, slots=True)
+class Source:
+    """The file a blob was put from: absolute path, size and mtime when it was read."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class Sealed:
-    """A blob sealed in memory, to be kept inline: ``size`` is its plaintext size."""
+    """A blob sealed in memory, to be kept inline: ``size`` is its plaintext size,
+    ``source`` the file it came from (recorded with it)."""
 
     blob_id: str
     size: int
     payload: bytes
+    source: Source | None = None
 
 
 class LocalStore:
@@ -257,10 +285,13 @@ class LocalStore:
         conn.execute("PRAGMA pl.journal_mode = TRUNCATE")
         conn.execute("PRAGMA pl.synchronous = FULL")
         conn.executescript(SCHEMA + PAYLOAD_SCHEMA)
-        conn.execute(
+        fresh = conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
-        )
+        ).rowcount
+        if fresh:
+            conn.executescript(SOURCES_SCHEMA)
         _move_payloads_out(conn)
+        _add_sources(conn)
         os.chmod(self.db_path, 0o600)
         os.chmod(self.payloads_path, 0o600)
 
@@ -574,8 +605,10 @@ class LocalStore:
         location: str | None = None,
         payload: bytes | None = None,
         external: bool = False,
+        source: Source | None = None,
     ) -> None:
-        """Add a row (and its inline payload) in one transaction; BlobExists if present."""
+        """Add a row (and its inline payload, and the file it came from) in one
+        transaction; BlobExists if present."""
 
         def q() -> None:
             with self._tx():
@@ -598,6 +631,8 @@ class LocalStore:
                         "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
                         (cur.lastrowid, payload),
                     )
+                if source is not None:
+                    self._record_sources(namespace, [(source, blob_id, cur.lastrowid)])
 
         await self._run(q)
 
@@ -610,6 +645,7 @@ class LocalStore:
         def q() -> None:
             now = time.time()
             conn = self._conn
+            sources: list[tuple[Source, str, int]] = []
             with self._tx():
                 for it in items:
                     try:
@@ -627,8 +663,42 @@ class LocalStore:
                         "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
                         (cur.lastrowid, it.payload),
                     )
+                    if it.source is not None:
+                        sources.append((it.source, it.blob_id, cur.lastrowid))
+                self._record_sources(namespace, sources)
 
         await self._run(q)
+
+    def _record_sources(self, namespace: str, found: list[tuple[Source, str, int]]) -> None:
+        # Inside the caller's transaction: the blob and where it came from, or neither.
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO sources (namespace, path, size, mtime_ns, blob_id, "
+            "row_id) VALUES (?, ?, ?, ?, ?, ?)",
+            [(namespace, src.path, src.size, src.mtime_ns, b, r) for src, b, r in found],
+        )
+
+    async def stored_sources(
+        self, namespace: str, sources: list[Source], statuses: Iterable[SyncStatus]
+    ) -> dict[str, str]:
+        """Blob ids by path, for the files of ``sources`` already put into ``namespace``
+        unchanged (same size and mtime) whose blob is still here in one of ``statuses``."""
+        wanted = {src.path: src for src in sources}
+        sts = {s.value for s in statuses}
+
+        def q() -> dict[str, str]:
+            out: dict[str, str] = {}
+            for path, size, mtime_ns, blob_id, status in self._select_in(
+                "SELECT s.path, s.size, s.mtime_ns, s.blob_id, b.status FROM sources s "
+                "JOIN blobs b ON b.id = s.row_id AND b.blob_id = s.blob_id "
+                "WHERE s.namespace = ? AND s.path IN ({})",
+                (namespace,), list(wanted),
+            ):
+                src = wanted[path]
+                if size == src.size and mtime_ns == src.mtime_ns and status in sts:
+                    out[path] = blob_id
+            return out
+
+        return await self._run(q)
 
     async def add_pending_downloads(self, namespace: str, blob_ids: Iterable[str]) -> int:
         """Rows PENDING_DOWNLOAD for ids the store does not know; returns how many."""
@@ -1253,7 +1323,7 @@ def _move_payloads_out(conn: Any) -> None:
     for steps in (
         [("INSERT OR REPLACE INTO pl.payloads SELECT id, data FROM main.payloads", ())],
         [("DROP TABLE main.payloads", ()),
-         ("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))],
+         ("UPDATE meta SET value = '2' WHERE key = 'schema'", ())],
     ):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -1263,6 +1333,21 @@ def _move_payloads_out(conn: Any) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def _add_sources(conn: Any) -> None:
+    """Schema 2 to 3: the sources table, in one transaction with the version bump."""
+    r = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if r is None or r[0] != "2":
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(SOURCES_SCHEMA)
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _open_private(path: Path, mode: str) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -40,7 +41,8 @@ from .errors import (
     no_space,
 )
 from .incoming import IncomingConsumer, IncomingReport, IncomingStreamConsumer, process_incoming
-from .localstore import FileWriter, LocalStore, Row, Sealed, read_file
+from .localstore import FileWriter, LocalStore, Row, Sealed, Source, read_file
+from .lock import ProfileLock
 from .model import (
     HAS_PAYLOAD,
     Priority,
@@ -100,6 +102,9 @@ class BlobManager:
         self.transport = transport
         self._secret = secret
         self.engine = SyncEngine(store, transport, secret, settings)
+        # One writer per profile across processes (lock.py); readers never take it.
+        self.lock = ProfileLock(profile.home, wait=settings.lock_wait)
+        self.engine.lock = self.lock
         self._consumers: list[IncomingConsumer] = []
         self._sync_lock = asyncio.Lock()
 
@@ -211,18 +216,28 @@ class BlobManager:
         """
         blob_id = blob_id or uuid.uuid4().hex
         _check_ids(namespace, blob_id)
-        rank = priority_rank(priority)
+        async with self.lock.hold("put"):
+            await self._put(blob_id, data, namespace, priority_rank(priority), local_only)
+            if upload and not local_only:
+                row = await self.store.get(namespace, blob_id)
+                assert row is not None
+                await self._upload_now(row)
+        return blob_id
+
+    async def _put(
+        self, blob_id: str, data: bytes | str | Path, namespace: str, rank: int,
+        local_only: bool,
+    ) -> None:
         await self._make_room(namespace, blob_id)
         status = SyncStatus.LOCAL_ONLY if local_only else SyncStatus.PENDING_UPLOAD
+        source: Source | None = None
         if isinstance(data, bytes | bytearray | memoryview):
             data = bytes(data)
             size = len(data)
         else:
             path = Path(data)
-            try:
-                size = path.stat().st_size
-            except OSError as exc:
-                raise ClientError(f"cannot read {path}: {exc.strerror}") from None
+            source = _source(path)
+            size = source.size
         total = sealed_size(size)
         if total <= self.store.inline_max:
             plain = data if isinstance(data, bytes) else await asyncio.to_thread(path.read_bytes)
@@ -230,7 +245,7 @@ class BlobManager:
                 raise ClientError(f"{path} changed while it was read")
             await self.store.insert(
                 namespace, blob_id, status, priority=rank, size=size, sealed_size=total,
-                payload=seal(self._secret, blob_id, plain),
+                payload=seal(self._secret, blob_id, plain), source=source,
             )
         else:
             tmp = await self._seal_to_file(blob_id, data, size)
@@ -238,16 +253,29 @@ class BlobManager:
             try:
                 await self.store.insert(
                     namespace, blob_id, status, priority=rank, size=size, sealed_size=total,
-                    location=location,
+                    location=location, source=source,
                 )
             except BaseException:
                 self.store.blob_path(location).unlink(missing_ok=True)
                 raise
-        if upload and not local_only:
-            row = await self.store.get(namespace, blob_id)
-            assert row is not None
-            await self._upload_now(row)
-        return blob_id
+
+    async def stored_copies(
+        self, paths: Iterable[str | Path], *, namespace: str = "default",
+        local_only: bool = False,
+    ) -> dict[Path, str]:
+        """Blob ids, by path, of the files put into ``namespace`` before and unchanged
+        since (same absolute path, size and mtime), whose blob is still here. A blob kept
+        LOCAL_ONLY counts only for a ``local_only`` put: the others want theirs uploaded."""
+        return await self._stored_copies(
+            [(Path(p), _source(Path(p))) for p in paths], namespace, local_only
+        )
+
+    async def _stored_copies(
+        self, files: list[tuple[Path, Source]], namespace: str, local_only: bool
+    ) -> dict[Path, str]:
+        statuses = HAS_PAYLOAD if local_only else HAS_PAYLOAD - {SyncStatus.LOCAL_ONLY}
+        found = await self.store.stored_sources(namespace, [s for _, s in files], statuses)
+        return {p: found[src.path] for p, src in files if src.path in found}
 
     async def put_many(
         self,
@@ -260,11 +288,20 @@ class BlobManager:
         upload: bool = False,
         progress: ProgressCallback | None = None,
         report: SyncReport | None = None,
+        force: bool = False,
+        already: Callable[[str, Path], None] | None = None,
     ) -> list[str]:
         """Seal files into the local store under new ids. Small files are read, sealed
         and kept many per transaction: one commit per blob is what made storing thousands
         of small files slow. Each batch is kept whole or not at all. ``stored(id, path)``
-        is called for each file once it is kept. Returns the new ids, in order.
+        is called for each file once it is kept. Returns the id of every path, in order.
+
+        A file put into the namespace before and unchanged since (``stored_copies``) is
+        not stored again: ``already(id, path)`` is called with its blob instead, in the
+        order of the paths. So a put run again after it was interrupted stores only what
+        is missing; a blob of such a file still pending upload goes with the next
+        ``send_missing``. ``force`` stores every file anew. Each blob is recorded with the
+        file it came from (absolute path, size, mtime) in the transaction that keeps it.
 
         Without ``upload`` the blobs wait PENDING_UPLOAD for ``send_missing`` or a sync.
         With it (and streams on), each batch of small blobs is stream-uploaded from memory
@@ -276,13 +313,21 @@ class BlobManager:
         _check_ids(namespace)
         rank = priority_rank(priority)
         status = SyncStatus.LOCAL_ONLY if local_only else SyncStatus.PENDING_UPLOAD
+        files = [(Path(p), _source(Path(p))) for p in paths]
         ids: list[str] = []
-        batch: list[tuple[Path, int]] = []
+        # (path, its source, its blob when stored before): reported in path order.
+        batch: list[tuple[Path, Source, str | None]] = []
         batch_bytes = 0
         run = None
         if upload and not local_only and self.settings.stream:
             run = self.engine.upload_run(namespace, report or SyncReport(), progress)
         uploads: set[asyncio.Task[None]] = set()
+
+        def tell(blob_id: str, path: Path, new: bool) -> None:
+            ids.append(blob_id)
+            callback = stored if new else already
+            if callback is not None:
+                callback(blob_id, path)
 
         async def settle(at_most: int) -> None:
             while len(uploads) > at_most:
@@ -294,62 +339,61 @@ class BlobManager:
         async def flush() -> None:
             nonlocal batch, batch_bytes
             todo, batch, batch_bytes = batch, [], 0
-            if not todo:
-                return
-            # Sealing the next batch while this one commits was tried: slower (the GIL).
-            items = await asyncio.to_thread(self._seal_small, todo)
-            await self.store.insert_many(namespace, status, rank, items)
-            for (path, _), it in zip(todo, items, strict=True):
-                ids.append(it.blob_id)
-                if stored is not None:
-                    stored(it.blob_id, path)
-            if run is not None:
+            new = [(path, src) for path, src, known in todo if known is None]
+            items: list[Sealed] = []
+            if new:
+                # Sealing the next batch while this one commits was tried: slower (the GIL).
+                items = await asyncio.to_thread(self._seal_small, new)
+                await self.store.insert_many(namespace, status, rank, items)
+            fresh = iter(items)
+            for path, _, known in todo:
+                tell(known or next(fresh).blob_id, path, known is None)
+            if run is not None and items:
                 await settle(self.settings.concurrency - 1)
                 sealed = {it.blob_id: it.payload for it in items}
                 uploads.add(asyncio.create_task(self.engine.upload_sealed(run, sealed)))
 
-        try:
-            for p in paths:
-                path = Path(p)
-                try:
-                    size = path.stat().st_size
-                except OSError as exc:
-                    raise ClientError(f"cannot read {path}: {exc.strerror}") from None
-                if sealed_size(size) <= self.store.inline_max:
-                    batch.append((path, size))
-                    batch_bytes += size
-                    if len(batch) >= PUT_BATCH_COUNT or batch_bytes >= PUT_BATCH_BYTES:
-                        await flush()
-                    continue
-                await flush()  # ids stay in the order of the paths
-                blob_id = await self.put(
-                    None, path, namespace=namespace, priority=priority,
-                    local_only=local_only, upload=False,
-                )
-                ids.append(blob_id)
-                if stored is not None:
-                    stored(blob_id, path)
-            await flush()
-            await settle(0)
-        finally:
-            # On failure: what is on its way stops; those blobs stay pending here.
-            for task in uploads:
-                task.cancel()
-            await asyncio.gather(*uploads, return_exceptions=True)
+        async with self.lock.hold("put"):
+            found: dict[Path, str] = {}
+            if not force and files:
+                found = await self._stored_copies(files, namespace, local_only)
+            try:
+                for path, src in files:
+                    known = found.get(path)
+                    if known is not None or sealed_size(src.size) <= self.store.inline_max:
+                        batch.append((path, src, known))
+                        if known is None:
+                            batch_bytes += src.size
+                        if len(batch) >= PUT_BATCH_COUNT or batch_bytes >= PUT_BATCH_BYTES:
+                            await flush()
+                        continue
+                    await flush()  # ids stay in the order of the paths
+                    blob_id = await self.put(
+                        None, path, namespace=namespace, priority=priority,
+                        local_only=local_only, upload=False,
+                    )
+                    tell(blob_id, path, True)
+                await flush()
+                await settle(0)
+            finally:
+                # On failure: what is on its way stops; those blobs stay pending here.
+                for task in uploads:
+                    task.cancel()
+                await asyncio.gather(*uploads, return_exceptions=True)
         return ids
 
-    def _seal_small(self, files: list[tuple[Path, int]]) -> list[Sealed]:
+    def _seal_small(self, files: list[tuple[Path, Source]]) -> list[Sealed]:
         """Read and seal small files (in a worker thread: one hop per batch)."""
         out = []
-        for path, size in files:
+        for path, src in files:
             try:
                 plain = path.read_bytes()
             except OSError as exc:
                 raise ClientError(f"cannot read {path}: {exc.strerror}") from None
-            if len(plain) != size:
+            if len(plain) != src.size:
                 raise ClientError(f"{path} changed while it was read")
             blob_id = uuid.uuid4().hex
-            out.append(Sealed(blob_id, size, seal(self._secret, blob_id, plain)))
+            out.append(Sealed(blob_id, src.size, seal(self._secret, blob_id, plain), src))
         return out
 
     async def _make_room(self, namespace: str, blob_id: str) -> None:
@@ -497,7 +541,16 @@ class BlobManager:
         still has to be read from the store; None when ``out`` got it from the download."""
         row = await self.store.get(namespace, blob_id)
         if row is not None and row.has_payload:
-            return row
+            return row  # a reader: no lock, no waiting
+        async with self.lock.hold("get"):
+            return await self._fetch(namespace, blob_id, rank, out)
+
+    async def _fetch(
+        self, namespace: str, blob_id: str, rank: int, out: _PlainOut | None
+    ) -> Row | None:
+        row = await self.store.get(namespace, blob_id)
+        if row is not None and row.has_payload:
+            return row  # kept by another process while this one waited for the lock
         if row is not None and row.status is SyncStatus.PENDING_DELETE:
             raise BlobNotFound(f"blob {blob_id} is deleted (namespace {namespace})")
         if row is None:
@@ -580,6 +633,12 @@ class BlobManager:
         postponed the DELETE is returned (not raised: the local part is done). None when
         nothing is left to do, or an upload in flight here sends the DELETE once landed."""
         _check_ids(namespace, blob_id)
+        # Under the writer lock: an upload of this blob by another process (which holds
+        # it for the whole upload) lands first, and the DELETE comes after it.
+        async with self.lock.hold("rm"):
+            return await self._delete(namespace, blob_id)
+
+    async def _delete(self, namespace: str, blob_id: str) -> TransientError | None:
         row = await self.store.get(namespace, blob_id)
         if row is not None and row.status is SyncStatus.LOCAL_ONLY:
             await self.store.remove(namespace, blob_id)
@@ -691,7 +750,10 @@ class BlobManager:
         _check_ids(namespace)
         async with self._sync_lock:
             report = report if report is not None else SyncReport()
-            await self.engine.reconcile(namespace, report)
+            # The lock per step, not for the whole run: engine.run takes it per round and
+            # lets go while it waits for a retry.
+            async with self.lock.hold("sync"):
+                await self.engine.reconcile(namespace, report)
             return await self.engine.run(namespace, phases, progress=progress, report=report)
 
     async def sync_progress(self, namespace: str | None = None) -> dict[SyncStatus, int]:
@@ -704,13 +766,14 @@ class BlobManager:
             SyncStatus.FAILED_UPLOAD: SyncStatus.PENDING_UPLOAD,
         }
         n = 0
-        for row in await self.store.rows(namespace, [*moves, *PENDING]):
-            await self.store.update(
-                row.namespace, row.blob_id, only_if=[row.status],
-                status=moves.get(row.status, row.status), retries=0, next_attempt=0,
-                verify_failures=0,
-            )
-            n += row.status in moves
+        async with self.lock.hold("sync"):
+            for row in await self.store.rows(namespace, [*moves, *PENDING]):
+                await self.store.update(
+                    row.namespace, row.blob_id, only_if=[row.status],
+                    status=moves.get(row.status, row.status), retries=0, next_attempt=0,
+                    verify_failures=0,
+                )
+                n += row.status in moves
         return n
 
     async def check(self, *, remote: bool = False, repair: bool = False) -> list[str]:
@@ -746,7 +809,8 @@ class BlobManager:
         damaged = [r for r, _ in found if r.has_payload]
         moved: set[int] = set()
         if repair:
-            moved = {r.id for r in await self.store.refetch(damaged)}
+            async with self.lock.hold("check --repair"):
+                moved = {r.id for r in await self.store.refetch(damaged)}
             referenced -= {r.location for r in damaged if r.id in moved}
         for row, reason in found:
             line = f"{row.namespace}/{row.blob_id}: {reason}"
@@ -905,6 +969,16 @@ class _PlainOut:
         if self._file is not None:
             file, self._file = self._file, None
             await asyncio.to_thread(file.abort)
+
+
+def _source(path: Path) -> Source:
+    """What identifies the content of a file for a put run again: where it is (absolute,
+    links not resolved: the name the user gave), its size and its mtime."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror}") from None
+    return Source(os.path.abspath(path), st.st_size, st.st_mtime_ns)
 
 
 def _check_ids(*ids: str) -> None:

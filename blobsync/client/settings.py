@@ -32,6 +32,7 @@ class ClientSettings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0  # silence on an open connection counts as a dropped one
     ca_file: str | None = None  # CA bundle for a server with a private certificate
+    lock_wait: float = 5.0  # seconds a writer waits for another process's lock (lock.py)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -42,6 +43,8 @@ class ClientSettings:
             raise ValueError("retry_scale must not be negative")
         if self.max_verify_failures < 1:
             raise ValueError("max_verify_failures must be at least 1")
+        if self.lock_wait < 0:
+            raise ValueError("lock_wait must not be negative")
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1 for the first retry)."""

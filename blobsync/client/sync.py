@@ -62,6 +62,7 @@ from .errors import (
     TransientError,
 )
 from .localstore import Attach, FileWriter, LocalStore, Row, read_file
+from .lock import NoLock, ProfileLock
 from .model import Progress, ProgressCallback, SyncReport, SyncStatus
 from .settings import ClientSettings
 from .transport import Transport
@@ -155,6 +156,9 @@ class SyncEngine:
         self._uploading: dict[tuple[str, str], int] = {}  # uploads in flight, per blob
         # Per namespace: (bytes, count) of the stream-sized blobs seen, to size requests.
         self._sizes: dict[str, tuple[int, int]] = {}
+        # The profile's writer lock (BlobManager sets it): held per round, never while
+        # waiting for a retry, so that other processes get in between rounds.
+        self.lock: ProfileLock | NoLock = NoLock()
 
     @property
     def stream_sealed_max(self) -> int:
@@ -248,12 +252,13 @@ class SyncEngine:
         waited = 0.0
         while True:
             worked = False
-            for phase in phases:
-                rows = await self.store.due(namespace, PHASE_STATUS[phase], time.time())
-                if rows:
-                    worked = True
-                    run.trackers[phase].add(rows)
-                    await getattr(self, f"_{phase}_round")(run, rows)
+            async with self.lock.hold("sync"):
+                for phase in phases:
+                    rows = await self.store.due(namespace, PHASE_STATUS[phase], time.time())
+                    if rows:
+                        worked = True
+                        run.trackers[phase].add(rows)
+                        await getattr(self, f"_{phase}_round")(run, rows)
             if worked:
                 continue
             wake = await self.store.next_wake(namespace, [PHASE_STATUS[p] for p in phases])

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 from blobsync.client import BlobManager, SyncStatus
-from blobsync.client.localstore import PAYLOADS_DB
+from blobsync.client.localstore import PAYLOADS_DB, SCHEMA_VERSION
 from tests.client.conftest import PASSPHRASE
 
 
@@ -97,7 +97,7 @@ async def test_a_store_of_the_first_layout_is_moved_over(devices) -> None:
             schema = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             return table, schema[0]
 
-        assert await b.store._run(layout) == (None, "2")
+        assert await b.store._run(layout) == (None, SCHEMA_VERSION)
     finally:
         await b.close()
 

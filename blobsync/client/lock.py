@@ -1,0 +1,209 @@
+"""The profile's writer lock: one process at a time changes a profile, as restic locks a
+repository.
+
+It is ``fcntl.flock`` on ``home/lock``. The kernel drops a flock when its process dies,
+however it dies, so a lock left by a killed process is never in the way: there is nothing
+stale to detect or break. Beside it, ``home/lock.info`` names the holder (pid, host,
+command, since when) so that a process that cannot get in can say who is in; a killed
+holder's info stays behind and is simply overwritten by the next holder.
+
+Writers take the lock only around what changes the store (a put's batches and their
+uploads, a delete, a sync round), never for a whole process, and a process waiting for
+a retry holds nothing: another shell's ``put`` gets in between a long sync's rounds. Readers
+(``ls``, ``status``, ``get`` of a blob held here) never take it, so they never wait.
+
+Within one process the lock counts its holders: nested and concurrent holds of one
+profile (a put's upload tasks, two managers on one home) share one flock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ClientError, ProfileBusy
+
+LOCK_NAME = "lock"
+INFO_NAME = "lock.info"
+# Seconds a writer waits for another process to let go of the profile by default.
+DEFAULT_LOCK_WAIT = 5.0
+# How often a waiting writer tries again; flock has no timeout of its own.
+POLL = 0.05
+
+# What the info file says this process is; the CLI sets "blobsync <command>". Never the
+# command line itself: put's arguments are file paths, which stay in the encrypted store.
+_process_name: str | None = None
+
+
+def describe_process(name: str) -> None:
+    """Name this process in the lock info of every profile it locks from now on."""
+    global _process_name
+    _process_name = name
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a profile, as its info file says (fields may be missing or garbled)."""
+
+    pid: int | None
+    host: str
+    command: str
+    since: float | None
+
+    def describe(self) -> str:
+        when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
+                if self.since else "an unknown time")
+        who = f"pid {self.pid}" if self.pid is not None else "an unknown process"
+        return f"{who} on {self.host or 'an unknown host'} ({self.command or '?'}), " \
+               f"since {when}"
+
+    @classmethod
+    def read(cls, path: Path) -> Holder | None:
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict):
+            return None
+        pid = doc.get("pid")
+        since = doc.get("since")
+        return cls(
+            pid=pid if isinstance(pid, int) else None,
+            host=str(doc.get("host") or ""),
+            command=str(doc.get("command") or ""),
+            since=float(since) if isinstance(since, int | float) else None,
+        )
+
+
+class _Shared:
+    """The flock of one lock file in this process, and how many hold it."""
+
+    def __init__(self) -> None:
+        self.guard = threading.Lock()
+        self.fd: int | None = None
+        self.holders = 0
+
+
+_SHARED: dict[str, _Shared] = {}
+_SHARED_GUARD = threading.Lock()
+
+
+def _shared(path: Path) -> _Shared:
+    key = os.path.realpath(path)
+    with _SHARED_GUARD:
+        return _SHARED.setdefault(key, _Shared())
+
+
+class ProfileLock:
+    """The writer lock of the profile at ``home``; ``wait`` seconds before ProfileBusy."""
+
+    def __init__(self, home: Path, *, wait: float = DEFAULT_LOCK_WAIT) -> None:
+        self.home = Path(home)
+        self.path = self.home / LOCK_NAME
+        self.info_path = self.home / INFO_NAME
+        self.wait = max(0.0, wait)
+        self._shared = _shared(self.path)
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock now."""
+        return self._shared.holders > 0
+
+    def holder(self) -> Holder | None:
+        return Holder.read(self.info_path)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, activity: str = "") -> AsyncIterator[None]:
+        """Hold the lock for the block: at once if this process holds it already, else
+        after waiting up to ``wait`` seconds for another process; ProfileBusy after that."""
+        await self._acquire(activity)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, activity: str) -> None:
+        deadline = time.monotonic() + self.wait
+        while not self._try(activity):
+            if time.monotonic() >= deadline:
+                holder = self.holder()
+                who = holder.describe() if holder else "another process"
+                raise ProfileBusy(f"the profile at {self.home} is in use by {who}; "
+                                  "try again when it is done")
+            await asyncio.sleep(POLL)
+
+    def _try(self, activity: str) -> bool:
+        s = self._shared
+        with s.guard:
+            if s.holders:
+                s.holders += 1
+                return True
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except OSError as exc:
+                # No flock on this file system (some network ones): refusing every writer
+                # would make the profile useless, so it goes on unlocked, as before.
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                    os.close(fd)
+                    raise ClientError(f"cannot lock {self.path}: {exc.strerror}") from None
+            s.fd = fd
+            s.holders = 1
+        self._write_info(activity)
+        return True
+
+    def _release(self) -> None:
+        s = self._shared
+        with s.guard:
+            s.holders -= 1
+            if s.holders > 0 or s.fd is None:
+                return
+            fd, s.fd = s.fd, None
+            # The info file stays: it is only read while the lock is held by someone, and
+            # the next holder overwrites it. Closing the fd drops the flock.
+            os.close(fd)
+
+    def _write_info(self, activity: str) -> None:
+        # Unnamed (the library in someone's program): the program, and what it does here.
+        program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+        command = _process_name or " ".join(filter(None, (program, activity)))
+        doc: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(),
+                               "command": command, "activity": activity,
+                               "since": time.time()}
+        tmp = self.info_path.with_name(f".{INFO_NAME}.{os.getpid()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(doc))
+            os.replace(tmp, self.info_path)
+        except OSError:
+            # Only the message of a waiting process would miss it; the lock itself holds.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+class NoLock:
+    """A lock that is always free: for a SyncEngine used without a profile."""
+
+    held = True
+
+    @contextlib.asynccontextmanager
+    async def hold(self, activity: str = "") -> AsyncIterator[None]:
+        del activity
+        yield
+
