@@ -37,10 +37,17 @@ from .errors import ClientError, ProfileBusy
 
 LOCK_NAME = "lock"
 INFO_NAME = "lock.info"
+# Writers waiting for the lock hold a shared flock on this file, so that a holder letting
+# go can tell that someone waits (flock itself queues nobody: the holder could take it
+# straight back, round after round, and a put from another shell would never get in).
+WAIT_NAME = "lock.wait"
 # Seconds a writer waits for another process to let go of the profile by default.
 DEFAULT_LOCK_WAIT = 5.0
 # How often a waiting writer tries again; flock has no timeout of its own.
 POLL = 0.05
+# After letting go while another process waited, this process stays out this long: several
+# of the waiter's polls, so that the waiter gets in between this process's rounds.
+HAND_OVER = 0.5
 
 # What the info file says this process is; the CLI sets "blobsync <command>". Never the
 # command line itself: put's arguments are file paths, which stay in the encrypted store.
@@ -94,6 +101,8 @@ class _Shared:
         self.guard = threading.Lock()
         self.fd: int | None = None
         self.holders = 0
+        # Until when this process leaves the lock to a writer that waited when it let go.
+        self.yield_until = 0.0
 
 
 _SHARED: dict[str, _Shared] = {}
@@ -113,6 +122,7 @@ class ProfileLock:
         self.home = Path(home)
         self.path = self.home / LOCK_NAME
         self.info_path = self.home / INFO_NAME
+        self.wait_path = self.home / WAIT_NAME
         self.wait = max(0.0, wait)
         self._shared = _shared(self.path)
 
@@ -135,14 +145,50 @@ class ProfileLock:
             self._release()
 
     async def _acquire(self, activity: str) -> None:
+        if self._try(activity):
+            return
         deadline = time.monotonic() + self.wait
-        while not self._try(activity):
-            if time.monotonic() >= deadline:
-                holder = self.holder()
-                who = holder.describe() if holder else "another process"
-                raise ProfileBusy(f"the profile at {self.home} is in use by {who}; "
-                                  "try again when it is done")
-            await asyncio.sleep(POLL)
+        waiting = self._announce_waiting()
+        try:
+            while not self._try(activity):
+                if time.monotonic() >= deadline:
+                    holder = self.holder()
+                    who = holder.describe() if holder else "another process"
+                    raise ProfileBusy(f"the profile at {self.home} is in use by {who}; "
+                                      "try again when it is done")
+                await asyncio.sleep(POLL)
+        finally:
+            if waiting is not None:
+                os.close(waiting)
+
+    def _announce_waiting(self) -> int | None:
+        """A shared flock on the wait file for as long as this process waits (None where
+        flock is missing: waiting still works, only the hand-over does not)."""
+        try:
+            fd = os.open(self.wait_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _others_waiting(self) -> bool:
+        try:
+            fd = os.open(self.wait_path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return False  # nobody ever waited here
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # drops the probe's flock too
+        return False
 
     def _try(self, activity: str) -> bool:
         s = self._shared
@@ -150,6 +196,8 @@ class ProfileLock:
             if s.holders:
                 s.holders += 1
                 return True
+            if time.monotonic() < s.yield_until:
+                return False
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -177,6 +225,8 @@ class ProfileLock:
             # The info file stays: it is only read while the lock is held by someone, and
             # the next holder overwrites it. Closing the fd drops the flock.
             os.close(fd)
+            if self._others_waiting():
+                s.yield_until = time.monotonic() + HAND_OVER
 
     def _write_info(self, activity: str) -> None:
         # Unnamed (the library in someone's program): the program, and what it does here.

@@ -55,3 +55,43 @@ async def test_a_holder_without_info_is_still_refused(tmp_path: Path) -> None:
         proc.stdout.close()
     async with ProfileLock(tmp_path, wait=0).hold("put"):  # the kernel let go of it
         pass
+
+
+# A writer that takes the lock again the moment it lets go, round after round, as a busy
+# sync does: flock alone would let it starve a writer in another process.
+GREEDY = """
+import asyncio, sys, time
+from pathlib import Path
+from blobsync.client.lock import ProfileLock
+
+async def main():
+    lock = ProfileLock(Path(sys.argv[1]), wait=30)
+    end = time.monotonic() + float(sys.argv[2])
+    first = True
+    while time.monotonic() < end:
+        async with lock.hold("sync"):
+            if first:
+                print("held", flush=True)
+                first = False
+            time.sleep(0.2)  # a round's work, without giving the loop a turn
+
+asyncio.run(main())
+"""
+
+
+async def test_a_waiting_writer_gets_in_between_another_process_rounds(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", GREEDY, str(tmp_path), "8"],
+                            stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"held\n"
+        lock = ProfileLock(tmp_path, wait=3)
+        t0 = time.monotonic()
+        for _ in range(3):  # every time, not by luck
+            async with lock.hold("put"):
+                assert proc.poll() is None  # got in while the other still runs its rounds
+        assert time.monotonic() - t0 < 3
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
