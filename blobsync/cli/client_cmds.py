@@ -101,18 +101,13 @@ def _settings(settings: Any, *, stream: bool = True, max_wait: float | None = No
     changes: dict[str, Any] = {}
     if not stream:
         changes["stream"] = False
-    scale = os.environ.get(RETRY_SCALE_ENV)
-    if scale:
-        try:
-            changes["retry_scale"] = float(scale)
-        except ValueError:
-            raise UsageError(f"{RETRY_SCALE_ENV} must be a number, not {scale!r}") from None
-    lock_wait = os.environ.get(LOCK_WAIT_ENV)
-    if lock_wait:
-        try:
-            changes["lock_wait"] = float(lock_wait)
-        except ValueError:
-            raise UsageError(f"{LOCK_WAIT_ENV} must be a number, not {lock_wait!r}") from None
+    for env, field in ((RETRY_SCALE_ENV, "retry_scale"), (LOCK_WAIT_ENV, "lock_wait")):
+        value = os.environ.get(env)
+        if value:
+            try:
+                changes[field] = float(value)
+            except ValueError:
+                raise UsageError(f"{env} must be a number, not {value!r}") from None
     # A person at a terminal should not wait forever on a server that is down: retries
     # stop after max_wait seconds and what is left stays pending for the next sync.
     if max_wait is not None:
