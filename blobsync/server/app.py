@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -197,6 +198,9 @@ async def _serve(
     await store.open()
     try:
         if alone and config.sweep_interval > 0:
+            # A bad certificate or a port in use stays one error line, before the sweep's.
+            ssl_context(config)
+            _probe_ports(config)
             # Before the ports accept anything: no upload of ours is under way either.
             swept = await sweep_alone(store) is not None
         sweeper = _sweeper(store, config, worker, swept)
@@ -223,6 +227,27 @@ async def _serve(
             await sites.stop()
     finally:
         await store.close()
+
+
+def _probe_ports(config: ServerConfig) -> None:
+    """Raise ConfigError if a port is taken: bind each address as the sites will, and let
+    go at once. Port 0 is always free."""
+    for host, port in ((config.host, config.port), (config.local_host, config.local_port)):
+        if port == 0:
+            continue
+        try:
+            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+            for family, kind, proto, _, addr in infos:
+                with socket.socket(family, kind, proto) as sock:
+                    # The options asyncio's create_server sets, so as to refuse just what
+                    # it would refuse.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.bind(addr)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _sweeper(
