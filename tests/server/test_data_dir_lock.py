@@ -8,9 +8,12 @@ workers have exited. Shared storage (PostgreSQL + S3) keeps the grace at start-u
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import socket
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from tests.harness.s3 import S3Endpoint
 
 from .conftest import sealed
 from .subproc import ServerProcess, blobsync, cli_env
-from .test_crash import add_user, orphans, start_upload
+from .test_crash import add_user, orphans, start_upload, wait_until
 from .test_server_cli import call, one_line_error
 
 ARGS = ("--port", "0", "--local-port", "0")
@@ -148,10 +151,21 @@ def test_workers_sweep_once_in_the_master_before_any_worker(tmp_path: Path) -> N
     assert "Traceback" not in server.log
 
 
+def lock_is_held(data: Path) -> bool:
+    fd = os.open(data / "server.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def test_the_lock_outlives_a_killed_master_until_its_workers_exit(tmp_path: Path) -> None:
     """SIGKILL of the master: its workers get SIGTERM and finish their requests (up to
-    5 s) with the data dir's lock still held through the descriptor they inherited. A
-    new server waits for them, and only then sweeps with no grace."""
+    5 s) with the data dir's lock still held through the descriptor they inherited, so a
+    new server's grace-0 sweep cannot take a payload they are about to index."""
     data = tmp_path / "data"
     add_user(data, "alice", "tok")
     old = ServerProcess("--data", str(data), "--workers", "2", *ARGS)
@@ -163,25 +177,65 @@ def test_the_lock_outlives_a_killed_master_until_its_workers_exit(tmp_path: Path
                    if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
                           for c in child.net_connections(kind="tcp"))]
         assert len(workers) == 2
-        # An upload held mid-body keeps one worker draining after the SIGTERM.
+        # An upload held mid-body keeps its worker draining for 5 s after the SIGTERM.
         big = sealed("slow", 1 << 20)
         sock = start_upload(old.url, "/blobs/alice/slow", "tok", big[:100_000], len(big))
         time.sleep(0.5)
-        old.kill()
-        new = ServerProcess("--data", str(data), *ARGS)
-        try:
-            assert "waiting for its workers to exit" in new.log, new.log
-            assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
-                           for p in workers)
-            assert "sweep at start-up (alone on the data dir, no grace)" in new.log
-            assert orphans(data) == set()
-            assert json.loads(call("GET", f"{new.url}/blobs/alice", "alice", "tok")[1]) == []
-        finally:
-            assert new.terminate() == 0
+        assert lock_is_held(data)
+        old.kill()  # SIGKILL; the kernel sends the workers SIGTERM
+        assert lock_is_held(data)  # by the workers now: the master is gone
+        assert not psutil.pid_exists(old.pid)
+        wait_until(lambda: not any(psutil.pid_exists(p) for p in workers), timeout=30)
+        assert not lock_is_held(data)
     finally:
         old.kill()
         if sock is not None:
             sock.close()
+    new = ServerProcess("--data", str(data), *ARGS)
+    try:
+        assert "waiting for its workers" not in new.log
+        assert "sweep at start-up (alone on the data dir, no grace)" in new.log
+        assert call("GET", f"{new.url}/blobs/alice/slow", "alice", "tok")[0] == 404
+    finally:
+        assert new.terminate() == 0
+
+
+def test_a_server_waits_for_the_workers_of_a_killed_master(tmp_path: Path) -> None:
+    """The lock held through a master's descriptor by a process that lives on (as its
+    workers do), while the holder it names is dead: a new server waits for the lock
+    instead of failing, and starts as soon as the last one lets go."""
+    data = tmp_path / "data"
+    lock = acquire(str(data), "blobsync server --workers 2")
+    assert lock is not None
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    os.ftruncate(lock.fd, 0)
+    os.pwrite(lock.fd, json.dumps({"pid": dead.pid, "host": socket.gethostname(),
+                                   "command": "blobsync server --workers 2",
+                                   "since": time.time()}).encode(), 0)
+    worker = subprocess.Popen(["sleep", "60"], pass_fds=[lock.fd])
+    lock.release()  # the "master" is gone; the "worker" keeps the lock
+    try:
+        assert lock_is_held(data)
+        # Built in a thread: its constructor returns only once the server is ready.
+        new = ServerProcess.__new__(ServerProcess)
+        starting = threading.Thread(target=new.__init__, args=("--data", str(data), *ARGS))
+        starting.start()
+        wait_until(lambda: "waiting for its workers to exit" in "".join(
+            getattr(new, "log_lines", [])), timeout=30)
+        time.sleep(0.5)
+        assert not new.url  # not serving while the worker lives
+        worker.kill()
+        worker.wait()
+        starting.join(40)
+        try:
+            assert new.url, new.log
+            assert "sweep at start-up (alone on the data dir, no grace)" in new.log
+        finally:
+            assert new.terminate() == 0
+    finally:
+        worker.kill()
+        worker.wait()
 
 
 def test_shared_storage_keeps_the_grace_at_start_up(
