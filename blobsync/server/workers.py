@@ -1,12 +1,12 @@
 """``blobsync server --workers N``: N server processes on one machine sharing its ports.
 
 The master process never serves. It
-1. checks the TLS files and binds both ports itself (with SO_REUSEPORT, not listening), so
-   that a port in use or a bad certificate is one error line and exit 1 before any worker
-   starts, and so that port 0 becomes one port that every worker binds,
-2. on the embedded store, takes the data dir's lock (datalock.py) for its whole life and
-   hands its descriptor to every worker, so that the lock outlives a killed master until
-   its last worker has exited,
+1. checks the TLS files, then, on the embedded store, takes the data dir's lock
+   (datalock.py) for its whole life, and hands its descriptor to every worker, so that
+   the lock outlives a killed master until its last worker has exited,
+2. binds both ports itself (with SO_REUSEPORT, not listening), so that a port in use or a
+   bad certificate is one error line and exit 1 before any worker starts, and so that
+   port 0 becomes one port that every worker binds,
 3. opens the store once and closes it: schema migrations and the removal of temp files a
    crashed process left behind happen once, before any worker exists; holding the lock,
    it sweeps the orphans of a crash then too, with no grace (no worker can be writing),
