@@ -215,11 +215,11 @@ def test_a_server_waits_for_the_workers_of_a_killed_master(tmp_path: Path) -> No
                                    "since": time.time()}).encode(), 0)
     worker = subprocess.Popen(["sleep", "60"], pass_fds=[lock.fd])
     lock.release()  # the "master" is gone; the "worker" keeps the lock
+    # Built in a thread: its constructor returns only once the server is ready.
+    new = ServerProcess.__new__(ServerProcess)
+    starting = threading.Thread(target=new.__init__, args=("--data", str(data), *ARGS))
     try:
         assert lock_is_held(data)
-        # Built in a thread: its constructor returns only once the server is ready.
-        new = ServerProcess.__new__(ServerProcess)
-        starting = threading.Thread(target=new.__init__, args=("--data", str(data), *ARGS))
         starting.start()
         wait_until(lambda: "waiting for its workers to exit" in "".join(
             getattr(new, "log_lines", [])), timeout=30)
@@ -228,14 +228,16 @@ def test_a_server_waits_for_the_workers_of_a_killed_master(tmp_path: Path) -> No
         worker.kill()
         worker.wait()
         starting.join(40)
-        try:
-            assert new.url, new.log
-            assert "sweep at start-up (alone on the data dir, no grace)" in new.log
-        finally:
-            assert new.terminate() == 0
+        assert new.url, new.log
+        assert "sweep at start-up (alone on the data dir, no grace)" in new.log
+        assert new.terminate() == 0
     finally:
         worker.kill()
         worker.wait()
+        if starting.is_alive():
+            starting.join(40)
+        if hasattr(new, "proc"):
+            new.kill()  # only if the test failed: it has exited otherwise
 
 
 def test_shared_storage_keeps_the_grace_at_start_up(
