@@ -82,13 +82,25 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
+def _require_store(config: Any) -> None:
+    """Refuse a data directory the server has not made: a typo in ``--data`` would
+    otherwise create a new, empty store and put a user or token where no server looks.
+    Only the embedded SQLite index lives there; a PostgreSQL index needs no data dir."""
+    from blobsync.server.storage.factory import INDEX_FILE
+
+    if config.metadata is None and not os.path.isfile(os.path.join(config.data, INDEX_FILE)):
+        raise CommandError(
+            f"no blobsync data directory at {config.data} "
+            f"(start the server once with --data {config.data} to create it)"
+        )
+
+
 def _with_index(args: argparse.Namespace, job: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``job(index)`` on the configured metadata index, opened and closed around it."""
     from blobsync.server.storage.factory import make_index
 
     config = _config(args)
-    if config.metadata is None:
-        os.makedirs(config.data, mode=0o700, exist_ok=True)
+    _require_store(config)
 
     async def run() -> T:
         index = make_index(config.data, config.metadata)
@@ -232,6 +244,7 @@ def cmd_admin_gc(args: argparse.Namespace) -> int:
     from blobsync.server.storage.factory import make_store
 
     config = _config(args)
+    _require_store(config)
 
     async def run() -> int:
         store = make_store(config.data, config.metadata, config.payload)
@@ -256,6 +269,8 @@ def cmd_admin_import_soledad(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
         raise CommandError(f"not a directory: {args.dir}")
     if config.metadata is None or config.payload is None:
+        # Unlike the other commands, an import may make the data dir: filling a new store
+        # is what it is for. Its summary names the blobs, so a typo does not go unseen.
         os.makedirs(config.data, exist_ok=True)
 
     def progress(line: str) -> None:

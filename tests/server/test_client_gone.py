@@ -26,7 +26,7 @@ from blobsync.format import seal
 from tests.helpers.servers import RunningServer, auth_header, make_user, running_server
 
 from .rawhttp import head
-from .subproc import ServerProcess, blobsync
+from .subproc import ServerProcess, blobsync, new_data_dir
 from .test_tls_and_helpers import self_signed
 
 SECRET = os.urandom(128)
@@ -76,7 +76,7 @@ def stream_raw(url: str, auth: dict[str, str], blob_id: str) -> bytes:
 
 @pytest.fixture(params=["http", "https"])
 def proc(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
-    data = str(tmp_path / "d")
+    data = new_data_dir(tmp_path / "d")
     added = blobsync("user", "add", "alice", "--data", data)
     assert added.returncode == 0, added.stderr
     args = ["--data", data, "--port", "0", "--local-port", "0"]
