@@ -355,7 +355,8 @@ async def _write_stdout(manager: Any, args: argparse.Namespace, out: Output,
     # fails verification, leaves stdout empty (in --json mode: room for the error document).
     chunks = manager.open_stream(args.blob_id, namespace=namespace)
     first = await anext(chunks, None)
-    with Bars(bars_wanted(out.json_mode)) as bars:
+    # Raw bytes go to fd 1 (sink), never through rich; no bar when fd 1 is its terminal.
+    with Bars(bars_wanted(out.json_mode, raw_stdout=True)) as bars:
         task = bars.bytes_task(f"get {args.blob_id[:12]}")
         if out.json_mode:
             # Streamed JSON: base64 of whole 3-byte groups, so no blob is held whole.
