@@ -500,6 +500,12 @@ async def cmd_get(args: argparse.Namespace, out: Output) -> int:
     async with _manager(args) as manager:
         if args.output in (None, "-"):
             return await _write_stdout(manager, args, out, namespace)
+        # pathlib drops a trailing '/' (and '/.'): without this, `-o new/` would create
+        # the file `new`. As for cp, such a name must be an existing directory.
+        if (os.path.basename(args.output) in ("", ".", "..")
+                and not os.path.isdir(args.output)):
+            raise UsageError(f"-o {args.output}: not a directory (a name ending in / must "
+                             "name an existing directory)")
         dest = Path(args.output)
         if dest.is_dir():
             raise UsageError(f"-o names a directory: {dest}")
