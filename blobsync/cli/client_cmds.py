@@ -537,8 +537,10 @@ async def cmd_ls(args: argparse.Namespace, out: Output) -> int:
     server_only = [opt for opt, used in (("--flag", args.flag), ("--order-by", args.order_by),
                                          ("--deleted", args.deleted)) if used]
     if server_only and not args.remote:
-        raise UsageError(f"{', '.join(server_only)} need --remote: flags, dates and "
-                         "deletions are known to the server")
+        named = (", ".join(server_only[:-1]) + " and " if len(server_only) > 1 else "")
+        raise UsageError(f"{named}{server_only[-1]} "
+                         f"{'need' if len(server_only) > 1 else 'needs'} --remote: flags, "
+                         "dates and deletions are known to the server")
     ids: list[str] = []
     async with _manager(args) as manager:
         if args.remote and args.count and not args.deleted:
