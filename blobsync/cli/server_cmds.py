@@ -163,8 +163,27 @@ async def _demo_user(data_dir: str, store: Any, sites: Any) -> None:
     _print(f"demo user:  {uuid}")
     _print(f"demo token: {token}")
     _print("client command, ready to paste:")
-    _print(f"  blobsync --home ./demo-client init --server {sites.url} "
+    _print(f"  {_client_program()} --home ./demo-client init --server {sites.url} "
            f"--user {uuid} --token {token}")
+
+
+def _client_program() -> str:
+    """How to run this very blobsync from the current directory: `blobsync` only if PATH
+    finds this one; after `make run` it is .venv/bin/blobsync, which PATH does not hold."""
+    import shlex
+    import shutil
+
+    script = Path(sys.executable).parent / "blobsync"
+    if not script.is_file():  # run as `python -m blobsync` from a source tree
+        return f"{shlex.quote(sys.executable)} -m blobsync"
+    on_path = shutil.which("blobsync")
+    if on_path is not None and os.path.samefile(on_path, script):
+        return "blobsync"
+    try:
+        shown = str(script.relative_to(Path.cwd()))  # .venv/bin/blobsync, in the repository
+    except ValueError:
+        shown = str(script)
+    return shlex.quote(shown if "/" in shown else f"./{shown}")
 
 
 def _read_demo(path: Path) -> tuple[str | None, str | None]:
@@ -374,10 +393,15 @@ def register(subparsers: Any) -> None:
 
     service = subparsers.add_parser("service", help="manage local service tokens")
     service_sub = _subcommands(service)
+    # The names of routes_incoming.SERVICES, spelt out so that --help need not import the
+    # server (tests/server/test_server_cli.py keeps the two the same).
     p = service_sub.add_parser("add", parents=[index_only],
                                help="add a service (or replace its token); print the token. "
-                               "The server uses one: incoming")
-    p.add_argument("name")
+                               "The server uses one: incoming",
+                               description="Add a local service, or replace its token, and "
+                               "print the token. Valid names: incoming (delivers messages "
+                               "to users' incoming box, namespace MX).")
+    p.add_argument("name", help="the service's name; valid names: incoming")
     p.set_defaults(func=_guard(cmd_service_add))
     p = service_sub.add_parser("list", parents=[index_only], help="print every service")
     p.set_defaults(func=_guard(cmd_service_list))
