@@ -447,10 +447,19 @@ async def cmd_ls(args: argparse.Namespace, out: Output) -> int:
 async def cmd_rm(args: argparse.Namespace, out: Output) -> int:
     namespace = _check_id(args.namespace, "namespace")
     _check_id(args.blob_id, "blob id")
+    from blobsync.client import ForgottenHere
+
     async with _manager(args) as manager:
-        postponed = await manager.delete(args.blob_id, namespace=namespace)
+        outcome = await manager.delete(args.blob_id, namespace=namespace)
+    forgotten = isinstance(outcome, ForgottenHere)
+    postponed = None if forgotten else outcome
     out.document({"id": args.blob_id, "namespace": namespace, "deleted": True,
-                  "queued": postponed is not None})
+                  "queued": postponed is not None, "local_only": forgotten})
+    if isinstance(outcome, ForgottenHere):
+        # Not an error: what the user asked for is done, and the server's blob under
+        # that id (another device's, if any) is left alone on purpose.
+        out.line(f"blob {args.blob_id} is forgotten on this device only ({outcome.reason}); "
+                 "nothing was deleted on the server")
     if postponed is not None:
         # Deleted here, not yet on the server: as put, say so and exit as for the cause
         # (4 when the server could not be reached), so a script does not take it as done.

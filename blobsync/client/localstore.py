@@ -63,7 +63,10 @@ CREATE TABLE IF NOT EXISTS blobs (
     retries INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL DEFAULT 0,
     verify_failures INTEGER NOT NULL DEFAULT 0,
-    partial_tag BLOB,             -- Tag of the partial download in tmp/, for Range resume
+    -- Tag of the partial download in tmp/, for Range resume. On a PENDING_DELETE row: the
+    -- tag of a blob never confirmed on the server, which is deleted there only while the
+    -- server holds that very blob (never another device's blob under the same id).
+    partial_tag BLOB,
     created REAL NOT NULL,
     UNIQUE (namespace, blob_id)
 );
@@ -959,9 +962,12 @@ class LocalStore:
         )
         return moved
 
-    async def drop_payload(self, namespace: str, blob_id: str, status: SyncStatus) -> Row | None:
+    async def drop_payload(
+        self, namespace: str, blob_id: str, status: SyncStatus, *, expect_tag: bytes | None = None
+    ) -> Row | None:
         """Forget the payload but keep the row in ``status`` (PENDING_DELETE). Returns the
-        row as it was, so the caller can remove its file."""
+        row as it was, so the caller can remove its file. ``expect_tag``: the blob was never
+        confirmed on the server, and only a server copy with this tag may be deleted."""
 
         def q() -> Row | None:
             with self._tx():
@@ -971,8 +977,8 @@ class LocalStore:
                 self._conn.execute("DELETE FROM pl.payloads WHERE id = ?", (row.id,))
                 self._conn.execute(
                     "UPDATE blobs SET status = ?, location = NULL, inline = 0, retries = 0, "
-                    "next_attempt = 0, partial_tag = NULL WHERE id = ?",
-                    (status.value, row.id),
+                    "next_attempt = 0, partial_tag = ? WHERE id = ?",
+                    (status.value, expect_tag, row.id),
                 )
                 return row
 
@@ -1136,7 +1142,11 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
-            self._conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (SQLITE_FULL does): a second ROLLBACK
+            # would fail and hide the error that matters, the one being raised.
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlcipher.Error):
+                    self._conn.execute("ROLLBACK")
             return
         try:
             self._conn.execute("COMMIT")

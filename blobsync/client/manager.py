@@ -45,6 +45,7 @@ from .localstore import FileWriter, LocalStore, Row, Sealed, Source, read_file
 from .lock import ProfileLock
 from .model import (
     HAS_PAYLOAD,
+    ForgottenHere,
     Priority,
     ProgressCallback,
     SyncReport,
@@ -627,22 +628,53 @@ class BlobManager:
 
     async def delete(
         self, blob_id: str, *, namespace: str = "default"
-    ) -> TransientError | None:
+    ) -> TransientError | ForgottenHere | None:
         """Delete locally and on the server. If the server cannot be reached the blob stays
         PENDING_DELETE and the next sync finishes the job: then the passing error that
         postponed the DELETE is returned (not raised: the local part is done). None when
-        nothing is left to do, or an upload in flight here sends the DELETE once landed."""
+        nothing is left to do, or an upload in flight here sends the DELETE once landed.
+
+        A blob this device never got onto the server (FAILED_UPLOAD, or PENDING_UPLOAD
+        while the server holds another blob or none under its id) is forgotten here only,
+        and ForgottenHere says why: a DELETE would remove another device's blob (SPEC 7)."""
         _check_ids(namespace, blob_id)
         # Under the writer lock: an upload of this blob by another process (which holds
         # it for the whole upload) lands first, and the DELETE comes after it.
         async with self.lock.hold("rm"):
             return await self._delete(namespace, blob_id)
 
-    async def _delete(self, namespace: str, blob_id: str) -> TransientError | None:
+    async def _delete(
+        self, namespace: str, blob_id: str
+    ) -> TransientError | ForgottenHere | None:
         row = await self.store.get(namespace, blob_id)
         if row is not None and row.status is SyncStatus.LOCAL_ONLY:
             await self.store.remove(namespace, blob_id)
             return None
+        if row is not None and row.status is SyncStatus.FAILED_UPLOAD:
+            # Given up on: the server never held this device's blob, and what it may hold
+            # under the id (an id conflict) is another device's.
+            await self.store.remove(namespace, blob_id)
+            return ForgottenHere("it never reached the server")
+        expect_tag: bytes | None = None
+        if row is not None and row.status is SyncStatus.PENDING_UPLOAD:
+            try:
+                expect_tag = await self.store.tail(row, TAG_SIZE)
+            except ClientError:  # no readable local copy: nothing to tell ours by
+                await self.store.remove(namespace, blob_id)
+                return ForgottenHere("its local copy is unreadable")
+            if not self.engine.uploading(namespace, blob_id):
+                try:
+                    theirs = await self.transport.blob_tail(namespace, blob_id)
+                except TransientError as exc:
+                    # Queued with the tag: the sync deletes only this very blob.
+                    return await self._postpone_delete(namespace, blob_id, expect_tag, exc)
+                if theirs is None:
+                    await self.store.remove(namespace, blob_id)
+                    return ForgottenHere("it never reached the server")
+                if theirs != expect_tag:
+                    await self.store.remove(namespace, blob_id)
+                    return ForgottenHere("the server holds another blob under that id")
+                expect_tag = None  # the very blob is there: ours to delete
         if row is None:
             try:
                 await self.transport.delete_blob(namespace, blob_id)
@@ -652,7 +684,9 @@ class BlobManager:
                 await self.store.insert(namespace, blob_id, SyncStatus.PENDING_DELETE)
                 return exc
             return None
-        old = await self.store.drop_payload(namespace, blob_id, SyncStatus.PENDING_DELETE)
+        old = await self.store.drop_payload(
+            namespace, blob_id, SyncStatus.PENDING_DELETE, expect_tag=expect_tag
+        )
         if old is not None:
             await self.store.discard_files(old)
         if self.engine.uploading(namespace, blob_id):
@@ -671,6 +705,20 @@ class BlobManager:
             return exc
         await self.store.remove_many(namespace, [blob_id], only_if=[SyncStatus.PENDING_DELETE])
         return None
+
+    async def _postpone_delete(
+        self, namespace: str, blob_id: str, expect_tag: bytes, exc: TransientError
+    ) -> TransientError:
+        log.warning("delete of %s on the server postponed: %s", blob_id, exc)
+        old = await self.store.drop_payload(
+            namespace, blob_id, SyncStatus.PENDING_DELETE, expect_tag=expect_tag
+        )
+        if old is not None:
+            await self.store.discard_files(old)
+        await self.store.schedule_retry(
+            namespace, [blob_id], SyncStatus.PENDING_DELETE, delay=self.settings.retry_delay
+        )
+        return exc
 
     async def status(self, blob_id: str, *, namespace: str = "default") -> SyncStatus | None:
         """The local sync status of one blob; None when the store does not know it."""

@@ -708,12 +708,29 @@ class SyncEngine:
         if run is not None:
             run.trackers["upload"].dropped(row.blob_id)
 
+    async def not_ours_to_delete(self, namespace: str, blob_id: str) -> bool:
+        """For a PENDING_DELETE row of a blob never confirmed on the server (it remembers
+        the blob's tag): whether the server holds another blob under the id, or none. Then
+        the row is forgotten here and no DELETE may go: it would remove another device's
+        blob (SPEC 7). Every DELETE of a row goes through this. TransientError passes."""
+        row = await self.store.get(namespace, blob_id)
+        if row is None or row.status is not SyncStatus.PENDING_DELETE or row.partial_tag is None:
+            return False
+        if await self.transport.blob_tail(namespace, blob_id) == row.partial_tag:
+            return False
+        log.info("blob %s is not on the server as this device sealed it: forgotten here only",
+                 blob_id)
+        await self.store.remove_many(namespace, [blob_id], only_if=[SyncStatus.PENDING_DELETE])
+        return True
+
     async def _settle_deleted(self, namespace: str, blob_ids: list[str]) -> None:
         """Delete on the server the blobs that were deleted here while being uploaded."""
         for b in await self.store.with_status(namespace, blob_ids, SyncStatus.PENDING_DELETE):
             if self.uploading(namespace, b):
                 continue
             try:
+                if await self.not_ours_to_delete(namespace, b):
+                    continue
                 await self.transport.delete_blob(namespace, b)
             except BlobNotFound:
                 pass
@@ -847,6 +864,9 @@ class SyncEngine:
                               ClientError("its upload is still on its way"))
             return
         try:
+            if await self.not_ours_to_delete(run.namespace, row.blob_id):
+                run.trackers["delete"].finished(row.blob_id, None)
+                return
             await self.transport.delete_blob(run.namespace, row.blob_id)
         except BlobNotFound:
             pass  # already gone: what we wanted
