@@ -243,6 +243,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
     files = collect_files(args.paths)
     stored: list[dict[str, str]] = []
     skipped = 0  # files stored by an earlier put, unchanged since: not stored again
+    again: list[str] = []  # their blobs: one the server refused before is sent again
     left: set[str] = set()  # ours still waiting to be uploaded
     refused: set[str] = set()  # ours the server refused (FAILED_UPLOAD)
     async with _manager(args, stream=not args.no_stream) as manager:
@@ -254,6 +255,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             # Printed like the others: a script gets the id of every path it named.
             nonlocal skipped
             skipped += 1
+            again.append(blob_id)
             kept(blob_id, path)
 
         report = SyncReport()
@@ -280,6 +282,10 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
                     already=already,
                 )
             uploaded = report.uploaded
+            if again and not args.local_only:
+                # Asked to put them again: a refused blob (FAILED_UPLOAD: an id conflict,
+                # quota) is tried again, and fails again with its own reason if it must.
+                await manager.retry_failed(namespace, blob_ids=again)
             if stored and not args.local_only:
                 # The rest: large files, batches that failed to go in one piece, and
                 # blobs an interrupted put stored but did not upload.
@@ -292,19 +298,23 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
                                                         status=SyncStatus.PENDING_UPLOAD))
             refused |= mine & set(await manager.local_list(namespace,
                                                            status=SyncStatus.FAILED_UPLOAD))
+    taken = refused & set(report.taken)
     out.document(
         {"namespace": namespace, "blobs": stored, "uploaded": uploaded,
          "local_only": args.local_only, "stored": len(stored) - skipped,
-         "already_stored": skipped}
+         "already_stored": skipped, "pending": sorted(left), "taken": sorted(taken),
+         "refused": sorted(refused - taken)}
     )
-    taken = refused & set(report.taken)
     if taken and taken == refused and not left:
         raise CommandFailed(_taken_message(sorted(taken)), EXIT_ID_TAKEN)
     counts = f"{skipped} already stored, {len(stored) - skipped} stored"
     if refused:
+        why = [f"{len(taken)} with an id taken by another blob"] if taken else []
+        if refused - taken:
+            why.append(f"{len(refused - taken)} refused by the server: quota or size")
         raise CommandFailed(
             f"{len(left) + len(refused)} of {len(stored)} blobs are stored here but not "
-            f"uploaded yet ({len(refused)} refused by the server: quota or size); "
+            f"uploaded yet ({'; '.join(why)}); "
             f"'blobsync sync' will retry, with {RETRY_FAILED_OPTION} for the refused ones"
             + (f" ({counts})" if skipped else "")
         )

@@ -807,15 +807,21 @@ class BlobManager:
     async def sync_progress(self, namespace: str | None = None) -> dict[SyncStatus, int]:
         return await self.store.counts(namespace)
 
-    async def retry_failed(self, namespace: str | None = None) -> int:
-        """Give FAILED_* blobs another chance and make every pending blob due now."""
+    async def retry_failed(
+        self, namespace: str | None = None, *, blob_ids: Iterable[str] | None = None
+    ) -> int:
+        """Give FAILED_* blobs another chance and make every pending blob due now; only
+        those of ``blob_ids`` when given (a ``put`` run again for files it stored)."""
         moves = {
             SyncStatus.FAILED_DOWNLOAD: SyncStatus.PENDING_DOWNLOAD,
             SyncStatus.FAILED_UPLOAD: SyncStatus.PENDING_UPLOAD,
         }
+        wanted = None if blob_ids is None else set(blob_ids)
         n = 0
         async with self.lock.hold("sync"):
             for row in await self.store.rows(namespace, [*moves, *PENDING]):
+                if wanted is not None and row.blob_id not in wanted:
+                    continue
                 await self.store.update(
                     row.namespace, row.blob_id, only_if=[row.status],
                     status=moves.get(row.status, row.status), retries=0, next_attempt=0,

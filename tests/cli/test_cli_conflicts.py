@@ -122,3 +122,21 @@ def test_rm_of_a_queued_put_deletes_it_once_it_is_there(
     move_server(ready_b, url)
     ready_b.ok("sync")
     assert "mine" not in ready_a.ok("ls", "--remote")
+
+
+def test_put_run_again_after_an_id_conflict_tries_again_and_exits_10(
+    ready_a: Device, ready_b: Device, tmp_path: Path
+) -> None:
+    mine, theirs = tmp_path / "a.txt", tmp_path / "b.txt"
+    mine.write_bytes(b"device A wrote this")
+    theirs.write_bytes(b"device B wrote something else")
+    ready_a.ok("put", "--id", "conflict", str(mine))
+    assert_one_line_error(ready_b.run("put", "--id", "conflict", str(theirs)), EXIT_ID_TAKEN)
+
+    proc = ready_b.run("--json", "put", "--id", "conflict", str(theirs))
+    line = assert_one_line_error(proc, EXIT_ID_TAKEN)
+    assert "id conflict is taken by another blob on the server" in line
+    doc = json.loads(proc.stdout)
+    assert (doc["taken"], doc["refused"], doc["pending"]) == (["conflict"], [], [])
+    assert doc["already_stored"] == 1
+    assert ready_a.run("get", "conflict").stdout == mine.read_bytes()  # untouched
