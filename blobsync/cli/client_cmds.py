@@ -233,7 +233,7 @@ def _files_under(root: Path) -> Iterator[Path]:
 
 
 async def cmd_put(args: argparse.Namespace, out: Output) -> int:
-    from blobsync.client import SyncReport, SyncStatus
+    from blobsync.client import SyncReport, SyncStatus, TransientError
 
     namespace = _check_id(args.namespace, "namespace")
     if args.id is not None:
@@ -246,6 +246,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
     again: list[str] = []  # their blobs: one the server refused before is sent again
     left: set[str] = set()  # ours still waiting to be uploaded
     refused: set[str] = set()  # ours the server refused (FAILED_UPLOAD)
+    postponed: TransientError | None = None  # why the upload could not even start
     async with _manager(args, stream=not args.no_stream) as manager:
         def kept(blob_id: str, path: Path) -> None:
             stored.append({"id": blob_id, "path": str(path)})
@@ -289,9 +290,12 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             if stored and not args.local_only:
                 # The rest: large files, batches that failed to go in one piece, and
                 # blobs an interrupted put stored but did not upload.
-                uploaded += await manager.send_missing(
-                    namespace, progress=bars.callback, report=report
-                )
+                try:
+                    uploaded += await manager.send_missing(
+                        namespace, progress=bars.callback, report=report
+                    )
+                except TransientError as exc:  # the listing: unreachable, or 5xx too long
+                    postponed = exc
         if stored and not args.local_only:
             mine = {b["id"] for b in stored}
             left |= mine & set(await manager.local_list(namespace,
@@ -308,6 +312,14 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
     if taken and taken == refused and not left:
         raise CommandFailed(_taken_message(sorted(taken)), EXIT_ID_TAKEN)
     counts = f"{skipped} already stored, {len(stored) - skipped} stored"
+    if postponed is not None:
+        # As rm's queued message: the files are safe here, and say what happens next.
+        code, reason = classify(postponed)
+        raise CommandFailed(
+            f"{len(left) + len(refused)} of {len(stored)} blobs are stored here but not "
+            f"uploaded ({reason}): they will go up at the next 'blobsync sync'"
+            + (f" ({counts})" if skipped else ""), code,
+        )
     if refused:
         why = [f"{len(taken)} with an id taken by another blob"] if taken else []
         if refused - taken:
@@ -463,8 +475,11 @@ async def cmd_rm(args: argparse.Namespace, out: Output) -> int:
         outcome = await manager.delete(args.blob_id, namespace=namespace)
     forgotten = isinstance(outcome, ForgottenHere)
     postponed = None if forgotten else outcome
-    out.document({"id": args.blob_id, "namespace": namespace, "deleted": True,
-                  "queued": postponed is not None, "local_only": forgotten})
+    doc = {"id": args.blob_id, "namespace": namespace, "deleted": True,
+           "queued": postponed is not None}
+    if forgotten:  # only then: the document of a plain rm stays as it was
+        doc["local_only"] = True
+    out.document(doc)
     if isinstance(outcome, ForgottenHere):
         # Not an error: what the user asked for is done, and the server's blob under
         # that id (another device's, if any) is left alone on purpose.

@@ -35,6 +35,7 @@ from .errors import (
     BlobExists,
     BlobNotFound,
     ClientError,
+    ServerError,
     TransientError,
     WrongPassphrase,
     is_no_space,
@@ -798,11 +799,35 @@ class BlobManager:
         _check_ids(namespace)
         async with self._sync_lock:
             report = report if report is not None else SyncReport()
-            # The lock per step, not for the whole run: engine.run takes it per round and
-            # lets go while it waits for a retry.
-            async with self.lock.hold("sync"):
-                await self.engine.reconcile(namespace, report)
-            return await self.engine.run(namespace, phases, progress=progress, report=report)
+            waited = await self._reconcile(namespace, report)
+            return await self.engine.run(
+                namespace, phases, progress=progress, report=report, waited=waited
+            )
+
+    async def _reconcile(self, namespace: str, report: SyncReport) -> float:
+        """The listing and what follows from it. A server that answers with a 5xx is
+        retried on the transfers' schedule, within ``max_sync_wait`` (never without one: a
+        library call must not wait forever); returns the seconds waited, which the run
+        counts against the same budget. A server that cannot be reached at all fails at
+        once: offline is no passing state of the server, and the caller says so."""
+        budget = self.settings.max_sync_wait
+        waited = 0.0
+        attempt = 0
+        while True:
+            try:
+                # The lock per step, not for the whole run: engine.run takes it per round
+                # and lets go while it waits for a retry.
+                async with self.lock.hold("sync"):
+                    await self.engine.reconcile(namespace, report)
+                return waited
+            except ServerError as exc:
+                attempt += 1
+                pause = self.settings.retry_delay(attempt)
+                if budget is None or waited + pause > budget:
+                    raise
+                log.info("listing failed (%s): retrying in %.1f s", exc, pause)
+                waited += pause
+                await asyncio.sleep(pause)
 
     async def sync_progress(self, namespace: str | None = None) -> dict[SyncStatus, int]:
         return await self.store.counts(namespace)

@@ -243,13 +243,15 @@ class SyncEngine:
         *,
         progress: ProgressCallback | None = None,
         report: SyncReport | None = None,
+        waited: float = 0.0,
     ) -> SyncReport:
+        """Rounds until nothing is due; ``waited``: seconds of ``max_sync_wait`` spent
+        already (retrying the listing)."""
         run = _Run(namespace, report or SyncReport())
         phases = [p for p in PHASES if p in set(phases)]
         for p in phases:
             run.trackers[p] = _Tracker(p, progress)
         wait_budget = self.settings.max_sync_wait
-        waited = 0.0
         while True:
             worked = False
             async with self.lock.hold("sync"):

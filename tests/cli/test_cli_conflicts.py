@@ -140,3 +140,17 @@ def test_put_run_again_after_an_id_conflict_tries_again_and_exits_10(
     assert (doc["taken"], doc["refused"], doc["pending"]) == (["conflict"], [], [])
     assert doc["already_stored"] == 1
     assert ready_a.run("get", "conflict").stdout == mine.read_bytes()  # untouched
+
+
+def test_rm_of_a_conflicted_blob_says_local_only_in_json(
+    ready_a: Device, ready_b: Device, tmp_path: Path
+) -> None:
+    mine, theirs = tmp_path / "a.txt", tmp_path / "b.txt"
+    mine.write_bytes(b"device A wrote this")
+    theirs.write_bytes(b"device B wrote something else")
+    ready_a.ok("put", "--id", "conflict", str(mine))
+    assert_one_line_error(ready_b.run("put", "--id", "conflict", str(theirs)), EXIT_ID_TAKEN)
+    assert ready_b.json("rm", "conflict") == {
+        "id": "conflict", "namespace": "default", "deleted": True, "queued": False,
+        "local_only": True}
+    assert "conflict" in ready_a.ok("ls", "--remote")
