@@ -25,6 +25,7 @@ find nothing, and the upload would then bring the blob back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -56,6 +57,7 @@ from .errors import (
     ClientError,
     IdTaken,
     MissingBlobs,
+    NoSpace,
     RemoteError,
     StaleRange,
     TooLarge,
@@ -475,6 +477,8 @@ class SyncEngine:
         for _ in range(2):
             try:
                 return await self._fetch(row, partial, offset, plaintext)
+            except (TransientError, asyncio.CancelledError):
+                raise  # the partial file stays: the next attempt resumes it with Range
             except StaleRange:
                 log.info("partial download of %s is stale, starting over", blob_id)
             except RemoteError as exc:
@@ -483,6 +487,14 @@ class SyncEngine:
             except InvalidBlob:
                 partial.unlink(missing_ok=True)
                 await self.store.update(ns, blob_id, partial_tag=None)
+                raise
+            except BaseException as exc:
+                # Nothing will resume from it: a full disk above all, which the partial
+                # file would keep full for every other program until the next sync.
+                partial.unlink(missing_ok=True)
+                if not isinstance(exc, NoSpace):
+                    with contextlib.suppress(ClientError):
+                        await self.store.update(ns, blob_id, partial_tag=None)
                 raise
             partial.unlink(missing_ok=True)
             offset = 0
@@ -538,10 +550,15 @@ class SyncEngine:
             partial.unlink(missing_ok=True)
         else:
             location = await self.store.keep_file(ns, blob_id, partial)
-            kept = await self.store.attach_payload(
-                ns, blob_id, size=opened.size, sealed_size=sealed_size,
-                external=opened.external, location=location,
-            )
+            try:
+                kept = await self.store.attach_payload(
+                    ns, blob_id, size=opened.size, sealed_size=sealed_size,
+                    external=opened.external, location=location,
+                )
+            except BaseException:
+                # No row claims the file: gone now, not at the next sweep (a full disk).
+                self.store.blob_path(location).unlink(missing_ok=True)
+                raise
             if not kept:
                 self.store.blob_path(location).unlink(missing_ok=True)
         return sealed_size if kept else None
@@ -1000,13 +1017,39 @@ class _FrameReader:
     async def flush(self) -> None:
         """Keep the verified blobs received so far, in one transaction."""
         ready, self._ready, self._ready_bytes = self._ready, [], 0
-        if not ready:
-            return
-        kept = await self.store.attach_many(self.run.namespace, ready)
+        if ready:
+            await self._attach(ready)
+
+    async def _attach(self, ready: list[Attach]) -> None:
+        try:
+            kept = await self.store.attach_many(self.run.namespace, ready)
+        except NoSpace:
+            if len(ready) > 1:
+                # The disk is full: keep what fits, in smaller groups, so that a re-run
+                # with a little room makes progress instead of failing whole groups.
+                half = len(ready) // 2
+                try:
+                    await self._attach(ready[:half])
+                except NoSpace:
+                    self._unlink_files(ready[half:])
+                    raise
+                await self._attach(ready[half:])
+                return
+            self._unlink_files(ready)
+            raise
+        except BaseException:
+            self._unlink_files(ready)
+            raise
         for item, ok in zip(ready, kept, strict=True):
             if ok:
                 await self.engine._downloaded(self.run, item.blob_id, item.sealed_size)
             elif item.location:  # deleted while on its way: do not bring it back
+                self.store.blob_path(item.location).unlink(missing_ok=True)
+
+    def _unlink_files(self, items: list[Attach]) -> None:
+        """Payload files of blobs not kept: no row claims them, and they hold disk."""
+        for item in items:
+            if item.location:
                 self.store.blob_path(item.location).unlink(missing_ok=True)
 
     async def discard(self) -> None:
