@@ -9,6 +9,7 @@ inside the commands so that ``blobsync --help`` stays quick.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import re
@@ -134,8 +135,13 @@ async def _manager(args: argparse.Namespace, *, stream: bool = True) -> AsyncIte
     manager = await BlobManager.open(home, passphrase=read_passphrase(), settings=settings)
     try:
         yield manager
-    finally:
-        await manager.close()
+    except BaseException:
+        # The command's own error is the one to tell: closing after it may fail too (on
+        # the same full disk, say) and must not replace it.
+        with contextlib.suppress(Exception):
+            await manager.close()
+        raise
+    await manager.close()
 
 
 def _check_id(value: str, what: str) -> str:

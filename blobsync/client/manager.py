@@ -196,8 +196,14 @@ class BlobManager:
     async def __aenter__(self) -> BlobManager:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            await self.close()
+            return
+        # The error in flight is the one to tell: closing after it (on the same full
+        # disk, say) may fail too and must not replace it.
+        with contextlib.suppress(Exception):
+            await self.close()
 
     # --- put / get / delete --------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,3 +118,26 @@ def test_sync_on_a_nearly_full_disk_keeps_what_fits_and_leaves_no_partial_files(
         assert got[blob_id] == Path(path).read_bytes(), path
     for path, blob_id in big_ids.items():
         assert b.run("get", "-n", "big", blob_id).stdout == Path(path).read_bytes(), path
+
+
+def test_get_to_stdout_on_a_full_disk_names_stdout(
+    ready_a: Device, device_b: Device, small_disk: Path, tmp_path: Path
+) -> None:
+    """The write to stdout fails first; closing the store on the same full disk fails
+    after it, and must not replace the first error."""
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    ready_a.ok("put", "--id", "big", str(src))
+    b = Device(small_disk / "home", device_b.account)
+    proc = b.init("--recover")
+    assert proc.returncode == 0, proc.stderr.decode()
+    b.ok("sync")
+    leave_free(small_disk, 1 << 20)
+    with open(small_disk / "out", "wb") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", "blobsync", "--home", str(b.home), "get", "big"],
+            env=b.env(), stdout=out, stderr=subprocess.PIPE, timeout=120,
+            start_new_session=True,
+        )
+    line = assert_one_line_error(proc, EXIT_NO_SPACE)
+    assert "(stdout)" in line, line
