@@ -122,8 +122,11 @@ def _settings(settings: Any, *, stream: bool = True, max_wait: float | None = No
 
 
 @asynccontextmanager
-async def _manager(args: argparse.Namespace, *, stream: bool = True) -> AsyncIterator[Any]:
-    """The opened BlobManager of the profile at --home, closed however the command ends."""
+async def _manager(
+    args: argparse.Namespace, *, stream: bool = True, reading: bool = False
+) -> AsyncIterator[Any]:
+    """The opened BlobManager of the profile at --home, closed however the command ends.
+    ``reading``: the command only reads the local store, which then opens on a full disk."""
     from blobsync.client import BlobManager
     from blobsync.client.profile import Profile
 
@@ -132,7 +135,8 @@ async def _manager(args: argparse.Namespace, *, stream: bool = True) -> AsyncIte
     profile = Profile.load(home)
     settings = _settings(profile.client_settings(), stream=stream,
                          max_wait=getattr(args, "max_wait", None))
-    manager = await BlobManager.open(home, passphrase=read_passphrase(), settings=settings)
+    manager = await BlobManager.open(home, passphrase=read_passphrase(), settings=settings,
+                                     reading=reading)
     try:
         yield manager
     except BaseException:
@@ -450,7 +454,7 @@ async def cmd_ls(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"{', '.join(server_only)} need --remote: flags, dates and "
                          "deletions are known to the server")
     ids: list[str] = []
-    async with _manager(args) as manager:
+    async with _manager(args, reading=True) as manager:
         if args.remote and args.count and not args.deleted:
             # The server counts without sending the listing.
             count = await manager.remote_count(namespace, filter_flag=args.flag)
@@ -577,7 +581,7 @@ async def cmd_status(args: argparse.Namespace, out: Output) -> int:
     from blobsync.client import SyncStatus
 
     namespace = _check_id(args.namespace, "namespace") if args.namespace else None
-    async with _manager(args) as manager:
+    async with _manager(args, reading=True) as manager:
         counts = await manager.sync_progress(namespace)
     by_name = {_status_name(k): int(v) for k, v in counts.items()}
     rows = [(s.name, by_name.get(s.name, 0)) for s in SyncStatus]
@@ -598,7 +602,7 @@ def _status_name(status: Any) -> str:
 
 
 async def cmd_check(args: argparse.Namespace, out: Output) -> int:
-    async with _manager(args) as manager:
+    async with _manager(args, reading=not args.repair) as manager:
         found = await manager.check(remote=args.remote, repair=args.repair)
     problems = [str(p) for p in found]
     repaired = [str(p) for p in found if getattr(p, "repaired", False)]

@@ -211,6 +211,10 @@ class LocalStore:
         # A commit failed midway, or the disk was full: the two databases may disagree,
         # or files may lie in blobs/ that no row claims. Closed as after a crash.
         self._torn = False
+        # Set by a caller that only reads: on a disk too full to open the database as
+        # usual, open it for reading alone (``reading_only``) rather than fail.
+        self.read_only_fallback = False
+        self.reading_only = False
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blobsync-db")
 
     # --- life cycle ----------------------------------------------------------------------
@@ -247,6 +251,9 @@ class LocalStore:
         except sqlcipher.DatabaseError as exc:
             conn.close()
             if _no_room(self.db_path):
+                if self.read_only_fallback:
+                    self._open_reading()
+                    return
                 # SQLite says "disk I/O error" when it cannot grow its -shm file: that is
                 # a full disk, not a wrong secret.
                 raise NoSpace(f"no space left on device (opening {self.db_path}: {exc})") from None
@@ -272,6 +279,32 @@ class LocalStore:
             self._conn = None
             conn.close()
             raise
+
+    def _open_reading(self) -> None:
+        """Open for reading on a full disk. In WAL mode every connection maps the -shm
+        file, which a full disk cannot grow (read-only opens, ``mode=ro``, fail the same
+        way); in EXCLUSIVE locking mode SQLite keeps that index in memory instead and needs
+        no room. The price: other processes are locked out while this one reads (they
+        could not write on this disk anyway). Nothing is written: no sweep, no sessions
+        count, no migration; a store that would need one fails as before."""
+        conn = sqlcipher.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA cipher_log_level = NONE")
+            conn.execute(f"PRAGMA key = \"x'{self._db_key.hex()}'\"")
+            conn.execute("PRAGMA main.locking_mode = EXCLUSIVE")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            conn.execute("ATTACH DATABASE ? AS pl KEY ''", (str(self.payloads_path),))
+            r = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if r is None or r[0] != SCHEMA_VERSION:
+                raise NoSpace(f"no space left on device (opening {self.db_path})")
+        except sqlcipher.DatabaseError as exc:
+            conn.close()
+            raise NoSpace(f"no space left on device (opening {self.db_path}: {exc})") from None
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self.reading_only = True
 
     def _prepare(self, conn: Any) -> None:
         # An empty key: the payload database is not encrypted (its rows are sealed blobs).
@@ -380,7 +413,7 @@ class LocalStore:
 
                 def q() -> None:
                     try:
-                        if self._torn:
+                        if self._torn or self.reading_only:
                             # Leave the session counted, as a crash would: the next open
                             # alone sweeps what the failure left apart (``_sweep``).
                             return

@@ -173,8 +173,12 @@ class BlobManager:
 
     @classmethod
     async def open(
-        cls, home: str | Path, *, passphrase: str, settings: ClientSettings | None = None
+        cls, home: str | Path, *, passphrase: str, settings: ClientSettings | None = None,
+        reading: bool = False,
     ) -> BlobManager:
+        """Open the profile at ``home``. ``reading``: the caller only reads the local
+        store (status, ls, check), so on a disk too full for SQLite's -shm file the store
+        is opened for reading alone instead of failing (``LocalStore.reading_only``)."""
         profile = Profile.load(home)
         settings = settings or profile.client_settings()
         document = profile.secret_path.read_bytes()
@@ -185,6 +189,7 @@ class BlobManager:
         load_http_stack()
         secret = await unlocking
         store = _store(profile, secret, settings)
+        store.read_only_fallback = reading
         await store.open()
         transport = _transport(profile.server, profile.user, profile.token, settings)
         return cls(profile, secret, settings, store, transport)

@@ -141,3 +141,35 @@ def test_get_to_stdout_on_a_full_disk_names_stdout(
         )
     line = assert_one_line_error(proc, EXIT_NO_SPACE)
     assert "(stdout)" in line, line
+
+
+def test_readers_work_on_a_completely_full_disk(
+    ready_a: Device, device_b: Device, small_disk: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i:02d}").write_bytes(os.urandom(SMALL_SIZE))
+    (src / "big").write_bytes(os.urandom(2 << 20))  # a payload file, not inline
+    ids = put_ids(ready_a.ok("put", str(src)))
+    b = Device(small_disk / "home", device_b.account)
+    proc = b.init("--recover")
+    assert proc.returncode == 0, proc.stderr.decode()
+    b.ok("sync")
+    leave_free(small_disk, 1 << 20)
+    with open(small_disk / "more", "wb", buffering=0) as f:  # the last blocks too
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+    assert os.statvfs(small_disk).f_bfree == 0
+
+    assert synced(b) == 21
+    assert sorted(b.ok("ls").split()) == sorted(ids.values())
+    assert b.ok("check").strip() == "no problems found"
+    # A writer still says why it cannot work, in one line.
+    assert "no space left on device" in assert_one_line_error(b.run("sync"), EXIT_NO_SPACE)
+    # Room again: the store is as it was.
+    (small_disk / "filler").unlink()
+    (small_disk / "more").unlink()
+    b.ok("sync")
+    assert b.ok("check").strip() == "no problems found"
