@@ -9,6 +9,7 @@ inside the commands so that ``blobsync --help`` stays quick.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import re
@@ -123,8 +124,11 @@ def _settings(settings: Any, *, stream: bool = True, max_wait: float | None = No
 
 
 @asynccontextmanager
-async def _manager(args: argparse.Namespace, *, stream: bool = True) -> AsyncIterator[Any]:
-    """The opened BlobManager of the profile at --home, closed however the command ends."""
+async def _manager(
+    args: argparse.Namespace, *, stream: bool = True, reading: bool = False
+) -> AsyncIterator[Any]:
+    """The opened BlobManager of the profile at --home, closed however the command ends.
+    ``reading``: the command only reads the local store, which then opens on a full disk."""
     from blobsync.client import BlobManager
     from blobsync.client.profile import Profile
 
@@ -133,11 +137,17 @@ async def _manager(args: argparse.Namespace, *, stream: bool = True) -> AsyncIte
     profile = Profile.load(home)
     settings = _settings(profile.client_settings(), stream=stream,
                          max_wait=getattr(args, "max_wait", None))
-    manager = await BlobManager.open(home, passphrase=read_passphrase(), settings=settings)
+    manager = await BlobManager.open(home, passphrase=read_passphrase(), settings=settings,
+                                     reading=reading)
     try:
         yield manager
-    finally:
-        await manager.close()
+    except BaseException:
+        # The command's own error is the one to tell: closing after it may fail too (on
+        # the same full disk, say) and must not replace it.
+        with contextlib.suppress(Exception):
+            await manager.close()
+        raise
+    await manager.close()
 
 
 def _check_id(value: str, what: str) -> str:
@@ -333,7 +343,7 @@ def report_skips(skipped: list[Skip]) -> None:
 
 
 async def cmd_put(args: argparse.Namespace, out: Output) -> int:
-    from blobsync.client import SyncReport, SyncStatus
+    from blobsync.client import SyncReport, SyncStatus, TransientError
 
     namespace = _check_id(args.namespace, "namespace")
     if args.id is not None:
@@ -346,8 +356,10 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
         report_skips(not_stored)
     stored: list[dict[str, str]] = []
     skipped = 0  # files stored by an earlier put, unchanged since: not stored again
+    again: list[str] = []  # their blobs: one the server refused before is sent again
     left: set[str] = set()  # ours still waiting to be uploaded
     refused: set[str] = set()  # ours the server refused (FAILED_UPLOAD)
+    postponed: TransientError | None = None  # why the upload could not even start
     async with _manager(args, stream=not args.no_stream) as manager:
         def kept(blob_id: str, path: Path) -> None:
             stored.append({"id": blob_id, "path": str(path)})
@@ -357,6 +369,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             # Printed like the others: a script gets the id of every path it named.
             nonlocal skipped
             skipped += 1
+            again.append(blob_id)
             kept(blob_id, path)
 
         report = SyncReport()
@@ -382,10 +395,19 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
                     progress=bars.callback, report=report, force=args.force,
                     already=already,
                 )
+            if again and not args.local_only:
+                # Asked to put them again: a refused blob (FAILED_UPLOAD: an id conflict,
+                # quota) is tried again, and fails again with its own reason if it must.
+                await manager.retry_failed(namespace, blob_ids=again)
             if stored and not args.local_only:
                 # The rest: large files, batches that failed to go in one piece, and
                 # blobs an interrupted put stored but did not upload.
-                await manager.send_missing(namespace, progress=bars.callback, report=report)
+                try:
+                    await manager.send_missing(
+                        namespace, progress=bars.callback, report=report
+                    )
+                except TransientError as exc:  # the listing: unreachable, or 5xx too long
+                    postponed = exc
             # send_missing adds to the same report (and returns its total): count once.
             uploaded = report.uploaded
         if stored and not args.local_only:
@@ -394,20 +416,32 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
                                                         status=SyncStatus.PENDING_UPLOAD))
             refused |= mine & set(await manager.local_list(namespace,
                                                            status=SyncStatus.FAILED_UPLOAD))
+    taken = refused & set(report.taken)
     out.document(
         {"namespace": namespace, "blobs": stored, "uploaded": uploaded,
          "local_only": args.local_only, "stored": len(stored) - skipped,
-         "already_stored": skipped,
+         "already_stored": skipped, "pending": sorted(left), "taken": sorted(taken),
+         "refused": sorted(refused - taken),
          "skipped": [{"path": str(s.path), "reason": s.reason} for s in not_stored]}
     )
-    taken = refused & set(report.taken)
     if taken and taken == refused and not left:
         raise CommandFailed(_taken_message(sorted(taken)), EXIT_ID_TAKEN)
     counts = f"{skipped} already stored, {len(stored) - skipped} stored"
-    if refused:
+    if postponed is not None:
+        # As rm's queued message: the files are safe here, and say what happens next.
+        code, reason = classify(postponed)
         raise CommandFailed(
             f"{len(left) + len(refused)} of {len(stored)} blobs are stored here but not "
-            f"uploaded yet ({len(refused)} refused by the server: quota or size); "
+            f"uploaded ({reason}): they will go up at the next 'blobsync sync'"
+            + (f" ({counts})" if skipped else ""), code,
+        )
+    if refused:
+        why = [f"{len(taken)} with an id taken by another blob"] if taken else []
+        if refused - taken:
+            why.append(f"{len(refused - taken)} refused by the server: quota or size")
+        raise CommandFailed(
+            f"{len(left) + len(refused)} of {len(stored)} blobs are stored here but not "
+            f"uploaded yet ({'; '.join(why)}); "
             f"'blobsync sync' will retry, with {RETRY_FAILED_OPTION} for the refused ones"
             + (f" ({counts})" if skipped else "")
         )
@@ -542,7 +576,7 @@ async def cmd_ls(args: argparse.Namespace, out: Output) -> int:
                          f"{'need' if len(server_only) > 1 else 'needs'} --remote: flags, "
                          "dates and deletions are known to the server")
     ids: list[str] = []
-    async with _manager(args) as manager:
+    async with _manager(args, reading=True) as manager:
         if args.remote and args.count and not args.deleted:
             # The server counts without sending the listing.
             count = await manager.remote_count(namespace, filter_flag=args.flag)
@@ -567,10 +601,22 @@ async def cmd_ls(args: argparse.Namespace, out: Output) -> int:
 async def cmd_rm(args: argparse.Namespace, out: Output) -> int:
     namespace = _check_id(args.namespace, "namespace")
     _check_id(args.blob_id, "blob id")
+    from blobsync.client import ForgottenHere
+
     async with _manager(args) as manager:
-        postponed = await manager.delete(args.blob_id, namespace=namespace)
-    out.document({"id": args.blob_id, "namespace": namespace, "deleted": True,
-                  "queued": postponed is not None})
+        outcome = await manager.delete(args.blob_id, namespace=namespace)
+    forgotten = isinstance(outcome, ForgottenHere)
+    postponed = None if forgotten else outcome
+    doc = {"id": args.blob_id, "namespace": namespace, "deleted": True,
+           "queued": postponed is not None}
+    if forgotten:  # only then: the document of a plain rm stays as it was
+        doc["local_only"] = True
+    out.document(doc)
+    if isinstance(outcome, ForgottenHere):
+        # Not an error: what the user asked for is done, and the server's blob under
+        # that id (another device's, if any) is left alone on purpose.
+        out.line(f"blob {args.blob_id} is forgotten on this device only ({outcome.reason}); "
+                 "nothing was deleted on the server")
     if postponed is not None:
         # Deleted here, not yet on the server: as put, say so and exit as for the cause
         # (4 when the server could not be reached), so a script does not take it as done.
@@ -657,7 +703,7 @@ async def cmd_status(args: argparse.Namespace, out: Output) -> int:
     from blobsync.client import SyncStatus
 
     namespace = _check_id(args.namespace, "namespace") if args.namespace else None
-    async with _manager(args) as manager:
+    async with _manager(args, reading=True) as manager:
         counts = await manager.sync_progress(namespace)
     by_name = {_status_name(k): int(v) for k, v in counts.items()}
     rows = [(s.name, by_name.get(s.name, 0)) for s in SyncStatus]
@@ -678,7 +724,7 @@ def _status_name(status: Any) -> str:
 
 
 async def cmd_check(args: argparse.Namespace, out: Output) -> int:
-    async with _manager(args) as manager:
+    async with _manager(args, reading=not args.repair) as manager:
         found = await manager.check(remote=args.remote, repair=args.repair)
     problems = [str(p) for p in found]
     repaired = [str(p) for p in found if getattr(p, "repaired", False)]

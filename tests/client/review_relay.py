@@ -6,6 +6,7 @@ It forwards real bytes both ways (nothing is faked) and lets a test:
   or until the client is killed: a deterministic "in the middle of a transfer",
 - hand the answers over in small pieces, as a real network does,
 - drop matching requests without answering (a passing failure the client must retry),
+- answer matching requests itself (a 503, say) instead of the server,
 - keep every byte the client sent, to search it for secrets.
 """
 
@@ -65,6 +66,8 @@ class Relay:
     hold_down: list[Hold] = field(default_factory=list)
     hold_up: list[Hold] = field(default_factory=list)
     drop: Callable[[bytes], bool] | None = None  # close at once a request whose head matches
+    # Raw HTTP bytes to answer a request with instead of the server (None: forward it).
+    answer: Callable[[bytes], bytes | None] | None = None
     capture: bool = False
     upstream_data: bytearray = field(default_factory=bytearray)
     conn_data: dict[int, bytearray] = field(default_factory=dict)  # upstream, per connection
@@ -155,6 +158,13 @@ class Relay:
                     self.requests.append(Seen(conn, head, time.monotonic()))
                     if self.drop is not None and self.drop(head):
                         cw.transport.abort()  # type: ignore[union-attr]
+                        uw.transport.abort()  # type: ignore[union-attr]
+                        return
+                    own = self.answer(head) if self.answer is not None else None
+                    if own is not None:
+                        cw.write(own)
+                        await cw.drain()
+                        cw.close()
                         uw.transport.abort()  # type: ignore[union-attr]
                         return
                     state["down"] = pick(self.hold_down, head)
