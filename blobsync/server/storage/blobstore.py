@@ -16,8 +16,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, TypeVar
 
-from blobsync.format.errors import BlobsyncError, InvalidBlob, LimitExceeded, ProtocolError
-from blobsync.format.preamble import MAX_HEAD_SIZE, TAG_SIZE, Scheme, SealedHead, parse_sealed_head
+from blobsync.format.errors import BlobsyncError, LimitExceeded, ProtocolError
+from blobsync.format.preamble import TAG_SIZE
+from blobsync.format.verifier import SealedVerifier
 
 from .base import (
     BlobExists,
@@ -81,15 +82,15 @@ class NullObserver:
 
 
 class _SealedCheck:
-    """Checks a sealed blob as it streams past, holding at most its head and last 16 bytes."""
+    """A body as it streams in: the size it announced, the size limit, and the rules of a
+    sealed blob (format.verifier: the store has no key, so the tag is not checked). Holds
+    at most the head and the last 16 bytes, which become the blob's ``Tag``."""
 
     def __init__(self, blob_id: str, size: int | None, max_size: int | None) -> None:
-        self.blob_id = blob_id
         self.size = size
         self.max_size = max_size
         self.received = 0
-        self.head: SealedHead | None = None
-        self._head_buf = bytearray()
+        self._verifier = SealedVerifier(blob_id)
         self.tail = b""
 
     def feed(self, chunk: bytes) -> None:
@@ -98,26 +99,15 @@ class _SealedCheck:
             raise ProtocolError(f"body is longer than the {self.size} bytes announced")
         if self.max_size is not None and self.received > self.max_size:
             raise LimitExceeded(f"blob is larger than the limit of {self.max_size} bytes")
-        if self.head is None:
-            self._head_buf += chunk[: MAX_HEAD_SIZE - len(self._head_buf)]
-            self.head = parse_sealed_head(self._head_buf)  # InvalidBlob when garbled
-            if self.head is not None:
-                self.head.preamble.check(self.blob_id)  # the id it names, and the rev
-                self._head_buf = bytearray()
+        self._verifier.feed(chunk)
+        # The last 16 bytes of the whole blob, head included when it is that short (an
+        # external blob's Tag is its last bytes, whatever they are).
         self.tail = (self.tail + bytes(chunk[-TAG_SIZE:]))[-TAG_SIZE:]
 
     def finish(self) -> None:
         if self.size is not None and self.received != self.size:
             raise ProtocolError(f"body is {self.received} bytes, {self.size} announced")
-        if self.head is None:
-            raise InvalidBlob("sealed blob: shorter than its head")
-        body = self.received - self.head.size
-        pre = self.head.preamble
-        if pre.scheme is Scheme.SYMKEY:
-            if body < TAG_SIZE:
-                raise InvalidBlob("sealed blob: cut short before its tag")
-        elif pre.content_size is not None and body != pre.content_size:
-            raise InvalidBlob(f"external blob: {body} bytes, preamble says {pre.content_size}")
+        self._verifier.finish()
 
 
 class BlobStore:
