@@ -34,10 +34,6 @@ class ApiError(ProtocolError):
         self.extra = extra
 
 
-class ConnectionCut(Exception):
-    """Raised after a handler has cut a connection whose response had already started."""
-
-
 def json_error(
     status: int, message: str, extra: dict[str, Any] | None = None, **headers: str
 ) -> web.Response:
@@ -127,8 +123,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         resp = json_error(exc.status, _http_message(exc), **headers)
-    except ConnectionCut:
-        raise
     except BlobsyncError as exc:
         status, message = _status_error(exc)
         resp = json_error(status, message, getattr(exc, "extra", None), **_extra_headers(exc))

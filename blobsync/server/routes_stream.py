@@ -326,10 +326,8 @@ async def upload(request: web.Request, uuid: str, ns: str) -> web.Response:
         exc = failure
         wrong = exc.blob_id if isinstance(exc, StreamError) and exc.blob_id else up.current
         status = int(getattr(exc, "status_hint", 400))
+        # A storage failure's message is masked by error_middleware, like any other.
         message = f"blob {wrong!r}: {exc}" if wrong else str(exc)
-        if status >= 500 and status != 507:
-            log.error("stream upload of %s failed at %r: %s", uuid, wrong, exc)
-            message = "internal storage error"
         raise ApiError(
             status, message, blob_id=wrong, stored=up.stored, existing=up.existing
         ) from exc
