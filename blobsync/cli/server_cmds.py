@@ -3,7 +3,11 @@
 
 User and service commands touch only the metadata index, so they work while a server runs
 on the same data (SQLite in WAL mode, or PostgreSQL). Tokens are printed once, alone on
-stdout, and stored only as their SHA-256.
+stdout, and stored only as their SHA-256. ``admin gc`` only deletes old orphans, so it too
+runs beside servers. ``admin import-soledad`` writes payloads: on the embedded store it
+takes the data dir's lock, as a server does (server/datalock.py), so that a server's
+start-up sweep, which takes every orphan at once, never meets an import's payload that
+is not indexed yet.
 """
 
 from __future__ import annotations
@@ -233,6 +237,7 @@ def cmd_admin_gc(args: argparse.Namespace) -> int:
 
 def cmd_admin_import_soledad(args: argparse.Namespace) -> int:
     """Exit 0 when every blob came in (or was there already), 5 when some were invalid."""
+    from blobsync.server.datalock import hold_data_dir
     from blobsync.server.soledad_import import import_soledad
     from blobsync.server.storage.factory import make_store
 
@@ -259,7 +264,8 @@ def cmd_admin_import_soledad(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    report = asyncio.run(run())
+    with hold_data_dir(config, "blobsync admin import-soledad"):
+        report = asyncio.run(run())
     progress(report.summary())
     return 5 if report.invalid else 0
 

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from blobsync.server.routes_blobs import (
 from blobsync.server.routes_incoming import deliver, deliver_checks
 from blobsync.server.routes_stream import stream, stream_checks
 from blobsync.server.storage.blobstore import BlobStore
-from blobsync.server.storage.sweep import Sweeper
+from blobsync.server.storage.sweep import Sweeper, sweep_alone
 
 log = logging.getLogger("blobsync.server")
 
@@ -161,11 +162,33 @@ async def run_server(
     on_ready: Callable[[BlobStore, Sites], Awaitable[None]] | None = None,
     reuse_port: bool = False,
     worker: int | None = None,
+    swept: bool = False,
 ) -> None:
     """Open the store, serve both sites until SIGTERM or SIGINT, then clean up.
 
-    ``worker``: this process's index among the workers of ``--workers N`` (see workers.py).
+    ``worker``: this process's index among the workers of ``--workers N`` (see workers.py),
+    whose master holds the data dir's lock and has swept at start-up if ``swept``. A
+    single server (``worker`` None) takes the lock itself for its whole life (datalock.py;
+    DataDirBusy if another process has it) and, holding it, sweeps with no grace before
+    it serves.
     """
+    from blobsync.server.datalock import hold_data_dir
+
+    with contextlib.ExitStack() as stack:
+        alone = False
+        if worker is None:
+            alone = stack.enter_context(hold_data_dir(config, "blobsync server")) is not None
+        await _serve(config, on_ready, reuse_port, worker, alone, swept)
+
+
+async def _serve(
+    config: ServerConfig,
+    on_ready: Callable[[BlobStore, Sites], Awaitable[None]] | None,
+    reuse_port: bool,
+    worker: int | None,
+    alone: bool,
+    swept: bool,
+) -> None:
     from blobsync.server.storage.factory import make_store
 
     store = make_store(
@@ -173,8 +196,14 @@ async def run_server(
         quota=config.quota, max_blob_size=config.blob_limit,
     )
     await store.open()
-    sweeper = _sweeper(store, config, worker)
     try:
+        if alone and config.sweep_interval > 0:
+            # A bad certificate or a port in use stays one error line, before the sweep's.
+            ssl_context(config)
+            _probe_ports(config)
+            # Before the ports accept anything: no upload of ours is under way either.
+            swept = await sweep_alone(store) is not None
+        sweeper = _sweeper(store, config, worker, swept)
         sites = await start_sites(store, config, reuse_port=reuse_port, worker=worker or 0)
         try:
             # Caught from before the ready line: whoever reads it may stop us at once.
@@ -200,12 +229,36 @@ async def run_server(
         await store.close()
 
 
-def _sweeper(store: BlobStore, config: ServerConfig, worker: int | None) -> Sweeper | None:
+def _probe_ports(config: ServerConfig) -> None:
+    """Raise ConfigError if a port is taken: bind each address as the sites will, and let
+    go at once. Port 0 is always free."""
+    for host, port in ((config.host, config.port), (config.local_host, config.local_port)):
+        if port == 0:
+            continue
+        try:
+            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+            for family, kind, proto, _, addr in infos:
+                with socket.socket(family, kind, proto) as sock:
+                    # The options asyncio's create_server sets, so as to refuse just what
+                    # it would refuse.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.bind(addr)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _sweeper(
+    store: BlobStore, config: ServerConfig, worker: int | None, swept: bool
+) -> Sweeper | None:
     """The sweep of orphan payloads (storage/sweep.py): one per server, so in worker 0
-    only of ``--workers N`` (the others share its storage); none if the interval is 0."""
+    only of ``--workers N`` (the others share its storage); none if the interval is 0.
+    ``swept``: the start-up sweep is done, the first one here waits an interval."""
     if config.sweep_interval <= 0 or (worker or 0) != 0:
         return None
-    return Sweeper(store, config.sweep_interval, config.sweep_grace)
+    return Sweeper(store, config.sweep_interval, config.sweep_grace, swept=swept)
 
 
 @contextlib.contextmanager

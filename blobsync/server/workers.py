@@ -1,16 +1,20 @@
 """``blobsync server --workers N``: N server processes on one machine sharing its ports.
 
 The master process never serves. It
-1. checks the TLS files and binds both ports itself (with SO_REUSEPORT, not listening), so
-   that a port in use or a bad certificate is one error line and exit 1 before any worker
-   starts, and so that port 0 becomes one port that every worker binds,
-2. opens the store once and closes it: schema migrations and the removal of temp files a
-   crashed process left behind happen once, before any worker exists,
-3. points PROMETHEUS_MULTIPROC_DIR at a fresh temp dir (prometheus_client's multiprocess
+1. checks the TLS files, then, on the embedded store, takes the data dir's lock
+   (datalock.py) for its whole life, and hands its descriptor to every worker, so that
+   the lock outlives a killed master until its last worker has exited,
+2. binds both ports itself (with SO_REUSEPORT, not listening), so that a port in use or a
+   bad certificate is one error line and exit 1 before any worker starts, and so that
+   port 0 becomes one port that every worker binds,
+3. opens the store once and closes it: schema migrations and the removal of temp files a
+   crashed process left behind happen once, before any worker exists; holding the lock,
+   it sweeps the orphans of a crash then too, with no grace (no worker can be writing),
+4. points PROMETHEUS_MULTIPROC_DIR at a fresh temp dir (prometheus_client's multiprocess
    mode), so that /metrics on any worker sums all of them,
-4. starts the workers with multiprocessing's *spawn* method: each is a fresh interpreter,
+5. starts the workers with multiprocessing's *spawn* method: each is a fresh interpreter,
    with no event loop, thread, SQLite or PostgreSQL connection inherited from the master,
-5. forwards SIGTERM and SIGINT to them, and exits when they have all exited.
+6. forwards SIGTERM and SIGINT to them, and exits when they have all exited.
 
 Each worker binds the public and local ports with SO_REUSEPORT; the kernel spreads new
 connections over them. Workers share nothing but the store, which is built for it: SQLite
@@ -42,6 +46,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from blobsync.server.config import ConfigError, ServerConfig
+from blobsync.server.datalock import InheritedLock
 
 log = logging.getLogger("blobsync.server")
 
@@ -62,10 +67,17 @@ def serve_workers(config: ServerConfig, workers: int) -> int:
 
     if workers < 1:
         raise ValueError("workers must be at least 1")
+    from blobsync.server.datalock import hold_data_dir
+
     ssl_context(config)  # raises ConfigError now rather than in every worker
-    with _reserved_ports(config) as config, _metrics_dir():
-        _prepare_store(config)
-        return _Master(config, workers).run()
+    with (
+        hold_data_dir(config, f"blobsync server --workers {workers}") as lock,
+        _reserved_ports(config) as config,
+        _metrics_dir(),
+    ):
+        swept = _prepare_store(config, alone=lock is not None)
+        inherited = lock.for_child() if lock is not None else None
+        return _Master(config, workers, inherited, swept).run()
 
 
 @contextlib.contextmanager
@@ -137,22 +149,35 @@ def _metrics_dir() -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _prepare_store(config: ServerConfig) -> None:
-    """Open the store once (migrate, create the bucket, clean stray temp files), close it."""
-    from blobsync.server.storage.factory import make_store
+def _prepare_store(config: ServerConfig, *, alone: bool) -> bool:
+    """Open the store once (migrate, create the bucket, clean stray temp files), close it.
 
-    async def run() -> None:
+    ``alone`` (the data dir's lock is ours): sweep with no grace in between. Return
+    whether that start-up sweep was done (worker 0 then waits an interval for its first).
+    """
+    from blobsync.server.storage.factory import make_store
+    from blobsync.server.storage.sweep import sweep_alone
+
+    async def run() -> bool:
         store = make_store(config.data, config.metadata, config.payload)
         await store.open()
-        await store.close()
+        try:
+            if alone and config.sweep_interval > 0:
+                return await sweep_alone(store) is not None
+            return False
+        finally:
+            await store.close()
 
-    asyncio.run(run())
+    return asyncio.run(run())
 
 
 class _Master:
-    def __init__(self, config: ServerConfig, count: int) -> None:
+    def __init__(self, config: ServerConfig, count: int, lock: InheritedLock | None,
+                 swept: bool) -> None:
         self.config = config
         self.count = count
+        self.lock = lock
+        self.swept = swept
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: dict[int, Any] = {}  # index -> multiprocessing Process
         self.ready_pipes: dict[int, Connection] = {}
@@ -183,7 +208,8 @@ class _Master:
                 break  # stopped while starting: start no more
             reader, writer = self.ctx.Pipe(duplex=False)
             proc = self.ctx.Process(
-                target=worker_main, args=(self.config, index, master, writer),
+                target=worker_main,
+                args=(self.config, index, master, writer, self.lock, self.swept),
                 name=f"blobsync-worker-{index}",
             )
             proc.start()
@@ -269,8 +295,14 @@ def _forget_metrics_of(pid: int) -> None:
 # --------------------------------------------------------------------------- worker
 
 
-def worker_main(config: ServerConfig, index: int, master: int, ready: Connection) -> None:
-    """One worker: the whole server, binding its ports with SO_REUSEPORT."""
+def worker_main(config: ServerConfig, index: int, master: int, ready: Connection,
+                lock: InheritedLock | None = None, swept: bool = False) -> None:
+    """One worker: the whole server, binding its ports with SO_REUSEPORT.
+
+    ``lock``: the master's lock descriptor, kept open (never closed, never locked anew)
+    for as long as this process lives; ``swept``: the master's start-up sweep is done.
+    """
+    del lock  # its descriptor stays open until this process exits; that is its whole job
     # Its own process group: a Ctrl-C in a terminal reaches the master only, which passes
     # it on once; a worker that got it twice would die in the middle of its shutdown.
     os.setpgid(0, 0)
@@ -288,7 +320,8 @@ def worker_main(config: ServerConfig, index: int, master: int, ready: Connection
             ready.close()
 
     try:
-        asyncio.run(run_server(config, on_ready=on_ready, reuse_port=True, worker=index))
+        asyncio.run(run_server(config, on_ready=on_ready, reuse_port=True, worker=index,
+                               swept=swept))
     except KeyboardInterrupt:
         pass  # a stop that came before the server had its signal handlers
     except Exception as exc:  # noqa: BLE001 - one line in the log, then exit 1

@@ -181,11 +181,13 @@ def response_status(sock: socket.socket) -> int:
 def test_orphans_of_a_sigkill_are_swept_at_start_up(tmp_path: Path) -> None:
     """A SIGKILL between payload commits and their index rows leaves orphans in both
     tiers; the restarted server's start-up sweep removes exactly those, and every blob
-    that was acknowledged before is intact."""
+    that was acknowledged before is intact. With the default settings (an hour's grace):
+    the restarted server holds the data dir's lock, so it is alone and sweeps with no
+    grace, before it serves (issue 10 item 7)."""
     data = tmp_path / "data"
     token = "tok"
     add_user(data, "alice", token)
-    args = ("--data", str(data), "--port", "0", "--local-port", "0", "--sweep-grace", "1")
+    args = ("--data", str(data), "--port", "0", "--local-port", "0")
     server = ServerProcess(*args)
     socks: list[socket.socket] = []
     try:
@@ -217,13 +219,14 @@ def test_orphans_of_a_sigkill_are_swept_at_start_up(tmp_path: Path) -> None:
     left = orphans(data)
     assert len(left) == 5  # 4 in the payload db, 1 file
     assert sum(loc.startswith("db:") for loc in left) == 4
-    time.sleep(1.1)  # older than the grace
 
-    server = ServerProcess(*args)
+    server = ServerProcess(*args)  # at once, the orphans a second old: far within the grace
     try:
-        server.wait_for_log("sweep: ")
-        assert "sweep: 5 orphan payloads removed" in server.log, server.log
+        # Swept before the ready line: gone as soon as the server serves.
         assert orphans(data) == set()
+        assert ("sweep at start-up (alone on the data dir, no grace): 5 orphan payloads "
+                "removed") in server.log, server.log
+        assert "spared" not in server.log  # no scheduled sweep yet: they wait an interval
         ids = json.loads(call("GET", f"{server.url}/blobs/alice?order_by=date", "alice",
                               token)[1])
         assert ids == list(earlier)
@@ -244,23 +247,31 @@ def test_background_sweep_spares_live_uploads_and_removes_old_orphans(tmp_path: 
     token = "tok"
     add_user(data, "alice", token)
 
-    async def plant() -> tuple[str, str]:
+    async def plant_inline() -> str:
         store = make_store(str(data), None, None)
         await store.open()
         try:
-            tiers = store.payloads
-            [inline] = await tiers.inline.store_many("alice", "default", [("o1", b"x" * 99)])
-            writer = await tiers.files.writer("alice", "default", "o2")
-            await writer.write(b"y" * 99)
-            return inline, await writer.commit()
+            [inline] = await store.payloads.inline.store_many(
+                "alice", "default", [("o1", b"x" * 99)])
+            return inline
         finally:
             await store.close()
 
-    old_inline, young_file = asyncio.run(plant())
+    async def plant_file() -> str:
+        store = make_store(str(data), None, None)
+        await store.open()
+        try:
+            writer = await store.payloads.files.writer("alice", "default", "o2")
+            await writer.write(b"y" * 99)
+            return await writer.commit()
+        finally:
+            await store.close()
+
+    old_inline = asyncio.run(plant_inline())
     conn = sqlite3.connect(data / "payloads.sqlite3", isolation_level=None)
     conn.execute("UPDATE payloads SET mtime = mtime - 7200 WHERE location = ?", (old_inline,))
     conn.close()
-    assert orphans(data) == {old_inline, young_file}
+    assert orphans(data) == {old_inline}
 
     server = ServerProcess("--data", str(data), "--port", "0", "--local-port", "0",
                            "--sweep-interval", "0.1", "--sweep-grace", "2")
@@ -270,7 +281,11 @@ def test_background_sweep_spares_live_uploads_and_removes_old_orphans(tmp_path: 
         return server.log.count("sweep: ")
 
     try:
-        wait_until(lambda: orphans(data) == {young_file})  # the old one at start-up
+        wait_until(lambda: orphans(data) == set())  # the old one at start-up
+        # A young orphan beside the running server: the scheduled sweeps keep the grace.
+        # (Planted after start-up: the start-up sweep, alone, takes orphans of any age.)
+        young_file = asyncio.run(plant_file())
+        assert orphans(data) == {young_file}
 
         # A PUT held mid-body for 1 s (less than the grace) while sweeps run.
         big = sealed("slow", 1 << 20)

@@ -1,11 +1,17 @@
 """The server's sweep: orphan payloads removed and freed space given back, on a schedule.
 
 A crash between a payload's commit and its index row leaves an orphan (see ``base``). The
-server sweeps once at start-up, in the background as soon as it serves, then every
-``interval`` seconds: ``BlobStore.sweep`` removes orphans older than ``grace`` (payloads
-of writes under way in this process are spared whatever their age), then reclaims the
-space deletions freed in the payload database. Each sweep is one INFO line with its
-counts; a failed sweep is one WARNING line, and the next one comes on schedule.
+server sweeps once at start-up, then every ``interval`` seconds: ``BlobStore.sweep``
+removes orphans older than ``grace`` (payloads of writes under way in this process are
+spared whatever their age), then reclaims the space deletions freed in the payload
+database. Each sweep is one INFO line with its counts; a failed sweep is one WARNING line,
+and the next one comes on schedule.
+
+On the embedded store, a server holding the data dir's lock (``datalock``) is alone: no
+other process can be between a commit and its row, so its start-up sweep (``sweep_alone``)
+runs before it serves, with no grace, and takes every orphan of a crash at once. On
+storage others may share (PostgreSQL, S3) the start-up sweep is the scheduler's first,
+in the background, with the grace.
 
 Other processes on the same storage (``--workers N``, or several servers on one
 PostgreSQL) are protected by the grace alone: it must exceed the longest time between a
@@ -25,14 +31,18 @@ log = logging.getLogger("blobsync.server.sweep")
 
 
 class Sweeper:
-    def __init__(self, store: BlobStore, interval: float, grace: float) -> None:
+    def __init__(self, store: BlobStore, interval: float, grace: float, *,
+                 swept: bool = False) -> None:
+        """``swept``: the start-up sweep is done already (``sweep_alone``), so the first
+        sweep here waits ``interval`` like the others."""
         self.store = store
         self.interval = interval
         self.grace = grace
+        self.swept = swept
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Sweep now, in the background, and then every ``interval`` seconds."""
+        """Sweep in the background now (unless ``swept``), then every ``interval`` s."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="sweep")
 
@@ -44,6 +54,8 @@ class Sweeper:
                 await task
 
     async def _run(self) -> None:
+        if self.swept:
+            await asyncio.sleep(self.interval)
         while True:
             await self.sweep_once()
             await asyncio.sleep(self.interval)
@@ -63,3 +75,20 @@ class Sweeper:
             report.removed, report.spared, self.grace, report.reclaimed, report.seconds,
         )
         return report
+
+
+async def sweep_alone(store: BlobStore) -> SweepReport | None:
+    """The start-up sweep of a process that holds the data dir's lock: every orphan goes,
+    whatever its age. Run before serving, so that no upload of this process is under way
+    either. One INFO line; a failure is a WARNING and the server starts all the same."""
+    try:
+        report = await store.sweep(0)
+    except Exception as exc:  # noqa: BLE001 - the scheduled sweeps will retry
+        log.warning("sweep at start-up failed: %s: %s", type(exc).__name__, exc)
+        return None
+    log.info(
+        "sweep at start-up (alone on the data dir, no grace): %d orphan payloads removed, "
+        "%d bytes reclaimed, in %.2fs",
+        report.removed, report.reclaimed, report.seconds,
+    )
+    return report
