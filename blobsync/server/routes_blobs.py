@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -110,7 +110,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         read_info, chunks = await store.read(uuid, ns, blob_id, offset, length)
         if read_info.location == info.location:
             break
-        await _aclose(chunks)  # replaced between the two lookups: ask again
+        await chunks.aclose()  # replaced between the two lookups: ask again
     else:
         raise ApiError(409, "the blob is being replaced; try again")
     resp = web.StreamResponse(status=206 if rng else 200)
@@ -194,12 +194,6 @@ async def _existing(index: MetadataIndex, uuid: str, ns: str, blob_id: str) -> B
     return info
 
 
-async def _aclose(chunks: AsyncIterator[bytes]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
 async def send_file(
     request: web.Request, resp: web.StreamResponse, file: BinaryIO, offset: int, expected: int
 ) -> int:
@@ -232,7 +226,7 @@ async def send_file(
 async def send_chunks(
     request: web.Request,
     resp: web.StreamResponse,
-    chunks: AsyncIterator[bytes],
+    chunks: AsyncGenerator[bytes, None],
     expected: int,
 ) -> web.StreamResponse:
     """Stream ``chunks`` as the body; ``write`` waits on the socket (back-pressure).
@@ -253,7 +247,7 @@ async def send_chunks(
         end_cut(request, exc, sent, expected)
         return resp
     finally:
-        await _aclose(chunks)
+        await chunks.aclose()
     await _end_body(request, resp, sent, expected)
     return resp
 

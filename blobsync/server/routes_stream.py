@@ -94,19 +94,19 @@ async def download(request: web.Request, uuid: str, ns: str) -> web.StreamRespon
     # A known length lets the client tell a cut stream from a complete one.
     total = sum(FRAME_HEADER_SIZE + infos[i].size for i in ids)
     resp.content_length = total
-    read_many = getattr(store.payloads, "read_many", None)
+    batched = store.payloads.batched_reads
     blob_id = None
     out = _Body(request, resp)
     try:
         await resp.prepare(request)
         i = 0
         while i < len(ids):
-            if read_many is not None and StreamBatch.fits(infos[ids[i]].size):
+            if batched and StreamBatch.fits(infos[ids[i]].size):
                 # A run of small blobs: read in one thread hop, sent in one write.
                 group = _small_run(ids, i, infos)
                 i += len(group)
                 blob_id = group[0].blob_id
-                payloads = await read_many([info.location for info in group])
+                payloads = await store.payloads.read_many([info.location for info in group])
                 frames: list[bytes] = []
                 for info, data in zip(group, payloads, strict=True):
                     if len(data) != info.size:
@@ -167,9 +167,7 @@ async def _send_alone(out: _Body, store: BlobStore, info: BlobInfo) -> None:
         if sent != info.size:
             raise StorageError(f"{sent} bytes read, {info.size} indexed")
     finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await chunks.aclose()
 
 
 class _Pump:
@@ -325,7 +323,7 @@ async def upload(request: web.Request, uuid: str, ns: str) -> web.Response:
             raise failure
         exc = failure
         wrong = exc.blob_id if isinstance(exc, StreamError) and exc.blob_id else up.current
-        status = int(getattr(exc, "status_hint", 400))
+        status = exc.status_hint
         # A storage failure's message is masked by error_middleware, like any other.
         message = f"blob {wrong!r}: {exc}" if wrong else str(exc)
         raise ApiError(

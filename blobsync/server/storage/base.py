@@ -15,7 +15,7 @@ a grace period. Deletion removes the row first, then the payload.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -24,6 +24,11 @@ from blobsync.format.errors import BlobsyncError
 # The largest piece PayloadStore.read yields: what one transfer holds, and big enough that
 # per-piece costs (a thread hop, a socket write) are small against the copying.
 READ_PIECE_MAX = 1 << 20
+
+# A stream upload gathers blobs up to BATCH_BLOB_MAX bytes in memory and stores them
+# together (BlobStore.batch); a payload store may keep payloads up to it inline. Here,
+# under both, so that neither layer imports the other for it.
+BATCH_BLOB_MAX = 256 << 10
 
 FLAGS = frozenset({"PENDING", "PROCESSING", "PROCESSED", "FAILED"})
 
@@ -273,12 +278,60 @@ class PayloadStore(abc.ABC):
     @abc.abstractmethod
     def read(
         self, location: str, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Yield the bytes at ``location`` from ``offset``, ``length`` of them or to the end,
         in pieces of at most READ_PIECE_MAX bytes.
 
-        Raises BlobNotFound if nothing is there.
+        Raises BlobNotFound if nothing is there. A generator: whoever stops reading early
+        calls ``aclose`` on it.
         """
+
+    # Optional features: each has a default that works for any store; the stores that can
+    # do better override it.
+
+    # True when ``read_many`` reads a run of payloads in one go (one thread hop); a stream
+    # download then batches small blobs. False: it sends them one by one through ``read``.
+    batched_reads: bool = False
+
+    async def store_many(
+        self, user: str, namespace: str, items: list[tuple[str, bytes]]
+    ) -> list[str]:
+        """Commit many small payloads, each to a location of its own; return the locations.
+
+        The guarantees of a writer's commit, per payload: when this returns every payload
+        is durable; if it raises, none of the locations it made is left behind. This
+        default uses one writer per payload; stores that can share the fsyncs override it.
+        """
+        locations: list[str] = []
+        try:
+            for blob_id, data in items:
+                writer = await self.writer(user, namespace, blob_id)
+                try:
+                    await writer.write(data)
+                    locations.append(await writer.commit())
+                except BaseException:
+                    await writer.abort()
+                    raise
+        except BaseException:
+            for location in locations:
+                await self.delete(location)
+            raise
+        return locations
+
+    async def read_many(self, locations: list[str]) -> list[bytes]:
+        """The whole payloads at ``locations`` (small ones: the caller bounds their total).
+
+        BlobNotFound if any is missing. This default reads them one by one through ``read``.
+        """
+        out: list[bytes] = []
+        for location in locations:
+            out.append(b"".join([chunk async for chunk in self.read(location)]))
+        return out
+
+    def file_path(self, location: str) -> str | None:
+        """The file holding a committed payload, for a GET to send with sendfile(2); None
+        when the store keeps it in no file of its own (the default)."""
+        return None
 
     @abc.abstractmethod
     async def delete(self, location: str) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, TypeVar
 
@@ -21,6 +21,7 @@ from blobsync.format.preamble import TAG_SIZE
 from blobsync.format.verifier import SealedVerifier
 
 from .base import (
+    BATCH_BLOB_MAX,
     BlobExists,
     BlobInfo,
     BlobNotFound,
@@ -36,7 +37,6 @@ T = TypeVar("T")
 # together once BATCH_COUNT of them or BATCH_BYTES are waiting (or the body pauses): one
 # stream then holds at most about BATCH_BYTES + BATCH_BLOB_MAX. Larger blobs go through
 # ``put``, chunk by chunk.
-BATCH_BLOB_MAX = 256 << 10
 BATCH_BYTES = 1 << 20
 BATCH_COUNT = 256
 
@@ -352,7 +352,9 @@ class BlobStore:
     async def _store_run_tracked(
         self, user: str, namespace: str, run: list[tuple[str, bytes, bytes]]
     ) -> list[Outcome]:
-        locations = await self._store_payloads(user, namespace, run)
+        locations = await self.payloads.store_many(
+            user, namespace, [(blob_id, data) for blob_id, data, _ in run]
+        )
         self._unindexed.update(locations)
         try:
             rows = [
@@ -378,32 +380,6 @@ class BlobStore:
             self._unindexed.difference_update(locations)
         return outcomes
 
-    async def _store_payloads(
-        self, user: str, namespace: str, run: list[tuple[str, bytes, bytes]]
-    ) -> list[str]:
-        store_many = getattr(self.payloads, "store_many", None)
-        if store_many is not None:
-            located: list[str] = await store_many(
-                user, namespace, [(blob_id, data) for blob_id, data, _ in run]
-            )
-            return located
-        # Any other payload store: one writer per blob, the same end state.
-        locations: list[str] = []
-        try:
-            for blob_id, data, _ in run:
-                writer = await self.payloads.writer(user, namespace, blob_id)
-                try:
-                    await writer.write(data)
-                    locations.append(await writer.commit())
-                except BaseException:
-                    await writer.abort()
-                    raise
-        except BaseException:
-            for location in locations:
-                await self.payloads.delete(location)
-            raise
-        return locations
-
     # reading ----------------------------------------------------------------------------
     async def read(
         self,
@@ -412,7 +388,7 @@ class BlobStore:
         blob_id: str,
         offset: int = 0,
         length: int | None = None,
-    ) -> tuple[BlobInfo, AsyncIterator[bytes]]:
+    ) -> tuple[BlobInfo, AsyncGenerator[bytes, None]]:
         info = await self.index.get_blob(user, namespace, blob_id)
         if info is None:
             raise BlobNotFound(f"no blob {blob_id}")
@@ -433,8 +409,7 @@ class BlobStore:
         is deleted meanwhile; but file locations are reused after a delete and a new PUT
         of the same id, so the file is the one looked up only if the row still names it
         with the same tag once it is open."""
-        file_path = getattr(self.payloads, "file_path", None)
-        path = file_path(info.location) if file_path is not None else None
+        path = self.payloads.file_path(info.location)
         if path is None:
             return None
         try:
@@ -508,8 +483,8 @@ class SweepReport:
 
 
 async def _chain(
-    first: bytes | None, rest: AsyncIterator[bytes], observer: StoreObserver
-) -> AsyncIterator[bytes]:
+    first: bytes | None, rest: AsyncGenerator[bytes, None], observer: StoreObserver
+) -> AsyncGenerator[bytes, None]:
     try:
         if first is not None:
             observer.on_served(len(first))
@@ -518,10 +493,8 @@ async def _chain(
                 observer.on_served(len(chunk))
                 yield chunk
     finally:
-        aclose = getattr(rest, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()
+        with contextlib.suppress(Exception):
+            await rest.aclose()
 
 
 class StreamBatch:

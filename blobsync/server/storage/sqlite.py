@@ -32,7 +32,7 @@ from .base import (
     UserExists,
     UserNotFound,
 )
-from .sqlitethread import SQLiteThread
+from .sqlitethread import IN_BATCH, SQLiteThread
 
 T = TypeVar("T")
 
@@ -41,8 +41,6 @@ T = TypeVar("T")
 FLAG_BITS = {"PENDING": 1, "PROCESSING": 2, "PROCESSED": 4, "FAILED": 8}
 assert set(FLAG_BITS) == FLAGS
 
-# SQLite limits host parameters per statement (32766 in recent builds, 999 in old ones).
-_IN_BATCH = 500
 
 
 def flags_to_mask(flags: Iterable[str]) -> int:
@@ -536,8 +534,8 @@ class SQLiteIndex(MetadataIndex):
         def read() -> list[BlobInfo]:
             found: dict[str, BlobInfo] = {}
             unique = list(dict.fromkeys(blob_ids))
-            for i in range(0, len(unique), _IN_BATCH):
-                batch = unique[i : i + _IN_BATCH]
+            for i in range(0, len(unique), IN_BATCH):
+                batch = unique[i : i + IN_BATCH]
                 marks = ",".join("?" * len(batch))
                 for row in self._db().execute(
                     f"SELECT {_BLOB_COLUMNS} FROM blobs WHERE user = ? AND namespace = ? "
