@@ -84,6 +84,17 @@ class BlobInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class NewBlob:
+    """A blob whose payload is durable, to be indexed (``MetadataIndex.insert_blob``)."""
+
+    blob_id: str
+    size: int  # sealed size in bytes
+    tag: bytes
+    location: str  # where the payload store committed it
+    flags: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     """A user or a service with its hashed token."""
 
@@ -139,11 +150,7 @@ class MetadataIndex(abc.ABC):
         self,
         user: str,
         namespace: str,
-        blob_id: str,
-        size: int,
-        tag: bytes,
-        location: str,
-        flags: frozenset[str] = frozenset(),
+        blob: NewBlob,
         quota: int = 0,
     ) -> BlobInfo:
         """Index a blob whose payload is durable, in one transaction.
@@ -157,27 +164,23 @@ class MetadataIndex(abc.ABC):
         self,
         user: str,
         namespace: str,
-        rows: list[tuple[str, int, bytes, str, frozenset[str]]],
+        blobs: list[NewBlob],
         quota: int = 0,
     ) -> list[BlobInfo | BlobExists | QuotaExceeded]:
         """Index a run of blobs with ``insert_blob``'s rules; backends do it in one transaction.
 
-        ``rows`` are (blob_id, size, tag, location, flags) of durable payloads. Returns one
-        outcome per row, in order: its BlobInfo, or BlobExists for an id already indexed
+        ``blobs`` have durable payloads. Returns one outcome per blob, in order: its
+        BlobInfo, or BlobExists for an id already indexed
         (or earlier in the run), even when its size would also pass the quota: every
         backend checks the id before the quota (409 before 507, SPEC 9). The first row that
         would pass the quota gets QuotaExceeded and ends the run: the list is then shorter
-        than ``rows`` and the rest is not indexed. This default goes row by row (one
+        than ``blobs`` and the rest is not indexed. This default goes row by row (one
         transaction each), with the same outcomes.
         """
         out: list[BlobInfo | BlobExists | QuotaExceeded] = []
-        for blob_id, size, tag, location, flags in rows:
+        for blob in blobs:
             try:
-                out.append(
-                    await self.insert_blob(
-                        user, namespace, blob_id, size, tag, location, flags=flags, quota=quota
-                    )
-                )
+                out.append(await self.insert_blob(user, namespace, blob, quota=quota))
             except BlobExists as exc:
                 out.append(exc)
             except QuotaExceeded as exc:

@@ -26,6 +26,7 @@ from .base import (
     BlobInfo,
     BlobNotFound,
     MetadataIndex,
+    NewBlob,
     PayloadStore,
     PayloadWriter,
     QuotaExceeded,
@@ -284,7 +285,7 @@ class BlobStore:
     ) -> BlobInfo:
         task = asyncio.ensure_future(
             self.index.insert_blob(
-                user, namespace, blob_id, size, tag, location, flags=frozenset(flags),
+                user, namespace, NewBlob(blob_id, size, tag, location, frozenset(flags)),
                 quota=self.quota,
             )
         )
@@ -358,7 +359,7 @@ class BlobStore:
         self._unindexed.update(locations)
         try:
             rows = [
-                (blob_id, len(data), tag, location, frozenset())
+                NewBlob(blob_id, len(data), tag, location)
                 for (blob_id, data, tag), location in zip(run, locations, strict=True)
             ]
             try:

@@ -25,6 +25,7 @@ from .base import (
     BlobInfo,
     BlobNotFound,
     MetadataIndex,
+    NewBlob,
     Order,
     PreconditionFailed,
     Principal,
@@ -272,31 +273,27 @@ class SQLiteIndex(MetadataIndex):
         self,
         user: str,
         namespace: str,
-        blob_id: str,
-        size: int,
-        tag: bytes,
-        location: str,
-        flags: frozenset[str] = frozenset(),
+        blob: NewBlob,
         quota: int = 0,
     ) -> BlobInfo:
         return await self._run(
-            self._write, self._insert_one, user, namespace, blob_id, size, tag, location,
-            frozenset(flags), quota,
+            self._write, self._insert_one, user, namespace, blob.blob_id, blob.size, blob.tag,
+            blob.location, frozenset(blob.flags), quota,
         )
 
     async def insert_blobs(
         self,
         user: str,
         namespace: str,
-        rows: list[tuple[str, int, bytes, str, frozenset[str]]],
+        blobs: list[NewBlob],
         quota: int = 0,
     ) -> list[BlobInfo | BlobExists | QuotaExceeded]:
         """Index a run of blobs, each with ``insert_blob``'s rules, in ONE transaction.
 
-        ``rows`` are (blob_id, size, tag, location, flags) of durable payloads. Returns one
-        outcome per row, in order: its BlobInfo, or BlobExists for an id already indexed
+        ``blobs`` have durable payloads. Returns one outcome per blob, in order: its
+        BlobInfo, or BlobExists for an id already indexed
         (whatever the quota: the id is checked first). The first row that would pass the
-        quota gets QuotaExceeded and ends the run: the list is then shorter than ``rows``,
+        quota gets QuotaExceeded and ends the run: the list is then shorter than ``blobs``,
         and the rows after it are not indexed. A stream upload of many small blobs pays one
         commit instead of one per blob.
         """
@@ -309,7 +306,10 @@ class SQLiteIndex(MetadataIndex):
             now = time.time()
             out: list[BlobInfo | BlobExists | QuotaExceeded] = []
             inserted: list[tuple[str, str, str]] = []
-            for blob_id, size, tag, location, flags in rows:
+            for blob in blobs:
+                blob_id, size, tag, location, flags = (
+                    blob.blob_id, blob.size, blob.tag, blob.location, blob.flags
+                )
                 try:
                     # A failed statement rolls back alone; the transaction goes on.
                     cur = conn.execute(
