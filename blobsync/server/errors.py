@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from blobsync.format.errors import BlobsyncError, ProtocolError
+from blobsync.server.sent import drop_unsent
 
 log = logging.getLogger("blobsync.server")
 
@@ -58,10 +59,7 @@ def cut_connection(request: web.Request) -> None:
     """Drop the connection: the only honest answer once a response has started."""
     transport = request.transport
     if transport is not None:
-        # What still waits in the transport's buffer is dropped with it: it was never
-        # sent, so the access log and the metrics must not count it.
-        if request.writer is not None:
-            request.writer.output_size -= transport.get_write_buffer_size()
+        drop_unsent(request)  # dropped with the transport: the count must not hold it
         transport.abort()
     if request.protocol is not None:
         request.protocol.force_close()

@@ -61,3 +61,32 @@ def test_optional_storage_features_are_not_probed_for() -> None:
         and node.func.id in ("getattr", "hasattr")
     ]
     assert offenders == []
+
+
+def _mentions(word: str) -> set[str]:
+    """The server modules whose code (not comments) names ``word`` as an attribute."""
+    return {
+        str(path.relative_to(SERVER))
+        for path in SERVER.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == word
+    }
+
+
+def test_bytes_sent_are_counted_in_one_place() -> None:
+    # The response's byte count, read by the access log and /metrics alike.
+    assert _mentions("output_size") == {"sent.py"}
+    # Sealed bytes served: reported to the observer by the store alone, never by a route.
+    assert _mentions("on_served") == {"storage/blobstore.py"}
+
+
+def test_stream_upload_storage_logic_lives_under_storage() -> None:
+    routes = (SERVER / "routes_stream.py").read_text()
+    tree = ast.parse(routes)
+    defined = {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    assert not defined & {"_Upload", "_present", "_check_quota", "StreamUpload"}
+    assert ".index." not in routes.split("async def upload")[1]

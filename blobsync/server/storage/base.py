@@ -47,6 +47,12 @@ class BlobNotFound(StorageError):
     status_hint = 404
 
 
+class BlobReplaced(StorageError):
+    """A blob was replaced under a read each time it was asked for: try again."""
+
+    status_hint = 409
+
+
 class QuotaExceeded(StorageError):
     status_hint = 507
 

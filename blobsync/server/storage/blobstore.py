@@ -25,11 +25,13 @@ from .base import (
     BlobExists,
     BlobInfo,
     BlobNotFound,
+    BlobReplaced,
     MetadataIndex,
     NewBlob,
     PayloadStore,
     PayloadWriter,
     QuotaExceeded,
+    StorageError,
 )
 
 T = TypeVar("T")
@@ -39,6 +41,8 @@ T = TypeVar("T")
 # stream then holds at most about BATCH_BYTES + BATCH_BLOB_MAX. Larger blobs go through
 # ``put``, chunk by chunk.
 BATCH_BYTES = 1 << 20
+# How often a GET looks a blob up again when it was replaced under the read (open_blob).
+READ_ATTEMPTS = 3
 BATCH_COUNT = 256
 
 Outcome = BlobInfo | BlobExists | QuotaExceeded
@@ -423,6 +427,54 @@ class BlobStore:
             return None
         return file
 
+    async def open_blob(
+        self,
+        user: str,
+        namespace: str,
+        blob_id: str,
+        span: Callable[[BlobInfo], tuple[int, int]],
+        *,
+        as_file: bool,
+    ) -> OpenBlob:
+        """A blob opened for a GET: the bytes ``span`` picks of it (offset, length),
+        as an open file (``open_file``) when ``as_file`` and the store can, else as chunks.
+
+        A blob deleted and stored again between the lookup and the read would give the
+        bytes of another row than the one ``span`` judged: then it is looked up again, up
+        to READ_ATTEMPTS times, and BlobReplaced (409) after. BlobNotFound if absent.
+        """
+        for _ in range(READ_ATTEMPTS):
+            info = await self.index.get_blob(user, namespace, blob_id)
+            if info is None:
+                raise BlobNotFound(f"no blob {blob_id!r} in namespace {namespace!r}")
+            offset, length = span(info)
+            file = await self.open_file(info) if as_file else None
+            if file is not None:
+                return OpenBlob(info, offset, length, file, None)
+            read_info, chunks = await self.read(user, namespace, blob_id, offset, length)
+            if read_info.location == info.location:
+                return OpenBlob(info, offset, length, None, chunks)
+            await chunks.aclose()  # replaced between the two lookups: ask again
+        raise BlobReplaced("the blob is being replaced; try again")
+
+    async def read_run(self, infos: list[BlobInfo]) -> list[bytes]:
+        """The whole payloads of rows in hand (a stream download's run of small blobs), in
+        one go where the payload store can (``read_many``); counted as served. StorageError
+        if one is not the size its row says (deleted and replaced since)."""
+        payloads = await self.payloads.read_many([info.location for info in infos])
+        for info, data in zip(infos, payloads, strict=True):
+            if len(data) != info.size:
+                raise StorageError(
+                    f"blob {info.blob_id!r}: {len(data)} bytes read, {info.size} indexed"
+                )
+        self.observer.on_served(sum(info.size for info in infos))
+        return payloads
+
+    def read_located(self, info: BlobInfo) -> AsyncGenerator[bytes, None]:
+        """The payload of a row in hand, chunk by chunk, each counted as served when it
+        goes out. No new lookup: a payload deleted since raises or comes up short."""
+        return _counted(self.payloads.read(info.location, 0, info.size), self.observer)
+
     def served(self, nbytes: int) -> None:
         """Count bytes a route sent from an ``open_file`` file (``read`` counts its own)."""
         self.observer.on_served(nbytes)
@@ -476,6 +528,18 @@ class BlobStore:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenBlob:
+    """What ``BlobStore.open_blob`` opened: the row, the span, and the bytes either as an
+    open file (the caller sends it and closes it) or as chunks (``BlobStore.read``'s)."""
+
+    info: BlobInfo
+    offset: int
+    length: int
+    file: BinaryIO | None
+    chunks: AsyncGenerator[bytes, None] | None
+
+
+@dataclass(frozen=True, slots=True)
 class SweepReport:
     removed: int  # orphan payloads deleted
     spared: int  # orphan payloads younger than the grace: maybe uploads under way elsewhere
@@ -496,6 +560,17 @@ async def _chain(
     finally:
         with contextlib.suppress(Exception):
             await rest.aclose()
+
+
+async def _counted(
+    chunks: AsyncGenerator[bytes, None], observer: StoreObserver
+) -> AsyncGenerator[bytes, None]:
+    try:
+        async for chunk in chunks:
+            observer.on_served(len(chunk))
+            yield chunk
+    finally:
+        await chunks.aclose()
 
 
 class StreamBatch:
