@@ -16,14 +16,8 @@ from blobsync.server.config import ServerConfig
 from blobsync.server.storage.factory import make_store
 from tests.client.conftest import PASSPHRASE, fast_settings
 from tests.client.proxy import proxy_to
-from tests.helpers.payloads import damage_payload, flip_byte
+from tests.helpers.client import copy_sealed, corrupt_on_server
 from tests.helpers.servers import make_user
-
-
-async def corrupt_on_server(server, blob_id: str, namespace: str = "default") -> None:
-    """Flip one ciphertext byte of the stored payload (the tag stays as indexed)."""
-    info = await server.store.index.get_blob("alice", namespace, blob_id)
-    damage_payload(server.config.data, info.location, flip_byte(info.size // 2 + 400))
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -54,27 +48,6 @@ async def test_corrupt_blob_fails_after_three_tries_and_is_never_kept(
     assert await b.status(small) is SyncStatus.FAILED_DOWNLOAD
     problems = await b.check()
     assert any(small in p and "FAILED_DOWNLOAD" in p for p in problems)
-
-
-async def copy_sealed(src: BlobManager, dst: BlobManager, blob_id: str) -> None:
-    """Keep in ``dst`` the very sealed blob ``src`` holds, PENDING_UPLOAD: as if ``dst``
-    had uploaded it and never heard the answer."""
-    row = await src.store.get("default", blob_id)
-    assert row is not None and row.sealed_size is not None
-    if row.inline:
-        await dst.store.insert(
-            "default", blob_id, SyncStatus.PENDING_UPLOAD, size=row.size,
-            sealed_size=row.sealed_size, payload=await src.store.read_inline(row.id),
-        )
-        return
-    assert row.location is not None
-    tmp = dst.store.temp_path()
-    tmp.write_bytes(src.store.blob_path(row.location).read_bytes())
-    location = await dst.store.keep_file("default", blob_id, tmp)
-    await dst.store.insert(
-        "default", blob_id, SyncStatus.PENDING_UPLOAD, size=row.size,
-        sealed_size=row.sealed_size, location=location,
-    )
 
 
 async def test_409_on_upload_counts_as_synced(devices) -> None:

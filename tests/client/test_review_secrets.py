@@ -27,7 +27,7 @@ from blobsync.format import InvalidBlob, seal
 from blobsync.format.keys import blob_key
 from tests.client.conftest import Account, fast_settings
 from tests.client.review_relay import relay_to
-from tests.client.test_resilience import corrupt_on_server
+from tests.helpers.client import corrupt_on_server
 from tests.helpers.servers import auth_header
 
 
