@@ -20,7 +20,7 @@ import pytest
 
 from blobsync.client import BlobManager, SyncStatus
 from tests.client.conftest import PASSPHRASE, Account, fast_settings
-from tests.client.review_relay import Hold, relay_to
+from tests.helpers.relay import Hold, relay_to
 
 ROOT = Path(__file__).resolve().parents[2]
 

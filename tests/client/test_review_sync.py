@@ -15,8 +15,8 @@ from blobsync.client import ConnectionLost, SyncStatus
 from blobsync.client.errors import IdTaken
 from blobsync.format import InvalidBlob
 from tests.client.conftest import Account
-from tests.client.review_relay import Hold, relay_to
 from tests.helpers.client import copy_sealed, corrupt_on_server, device
+from tests.helpers.relay import Hold, relay_to
 
 
 async def test_deletion_on_a_while_b_is_offline(account: Account) -> None:
