@@ -39,7 +39,7 @@ async def make_home(account: Account, home: Path, url: str, *, recover: bool) ->
 async def start_worker(**job: object) -> asyncio.subprocess.Process:
     job.setdefault("passphrase", PASSPHRASE)
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.client.review_worker", json.dumps(job, default=str),
+        sys.executable, "-m", "tests.client.killed_client_worker", json.dumps(job, default=str),
         cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
 
