@@ -1,4 +1,4 @@
-"""Review: the CLI over the client library, run as real subprocesses against a real server
+"""The CLI over the client library, run as real subprocesses against a real server
 on loopback: bounded memory on a 1 GiB get to stdout, one-line errors, and what sync says
 about blobs the server refused."""
 

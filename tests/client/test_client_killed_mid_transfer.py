@@ -1,9 +1,9 @@
-"""Review: a client process killed with SIGKILL in the middle of put, sync download and
+"""A client process killed with SIGKILL in the middle of put, sync download and
 sync upload. After a restart every blob is complete or absent, statuses are sane, and the
 next sync finishes with nothing lost or duplicated.
 
-The client runs as a subprocess (tests/client/review_worker.py) talking to the real server
-through a relay (review_relay.py) that holds the transfer after a chosen number of bytes,
+The client runs as a subprocess (tests/client/killed_client_worker.py) talking to the real server
+through a relay (tests/helpers/relay.py) that holds the transfer after a chosen number of bytes,
 so the kill lands mid-transfer every time, not by luck of timing.
 """
 

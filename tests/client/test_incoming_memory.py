@@ -1,4 +1,4 @@
-"""Review: the incoming box keeps to the project's memory bound."""
+"""The incoming box keeps to the project's memory bound."""
 
 from __future__ import annotations
 

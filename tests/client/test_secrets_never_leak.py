@@ -1,4 +1,4 @@
-"""Review: where secrets could leak. The passphrase, the storage secret and every key
+"""Where secrets could leak. The passphrase, the storage secret and every key
 derived from it, the token and the plaintext must not reach the server (beyond the token in
 the Authorization header), the logs, exception messages, or the disk in clear."""
 

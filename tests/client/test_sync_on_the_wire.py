@@ -1,4 +1,4 @@
-"""Review: sync correctness seen from the wire. A relay (review_relay.py) between the client
+"""Sync correctness seen from the wire. A relay (tests/helpers/relay.py) between the client
 and the real server shows what was asked, in which order, how many at once and how large;
 it also drops requests and delivers answers in network-sized pieces."""
 
