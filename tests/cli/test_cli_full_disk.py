@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from blobsync.cli.failures import EXIT_NO_SPACE, EXIT_VERIFY
+from tests.helpers.cli_output import put_ids
 
 from .conftest import PASSPHRASE, Device, assert_one_line_error
-from .test_cli_blobs import put_ids
 
 SMALL = 400  # blobs of SMALL_SIZE: sealed, they go inline and travel in streams
 SMALL_SIZE = 80 << 10
