@@ -286,10 +286,19 @@ def _library_syncs(home: Path, namespace: str, repeats: int) -> list[float]:
     return [float(t) for t in json.loads(m.stdout)]
 
 
+async def _new_store(data: Path) -> None:
+    """The empty store a server's first start makes in ``data``."""
+    from blobsync.server.storage.factory import make_store
+
+    store = make_store(str(data), None, None)
+    await store.open()
+    await store.close()
+
+
 def noop(ctx: Context) -> dict[str, Any]:
     n = ctx.scale.noop_count
     data = ctx.work / "noop-server"
-    data.mkdir()
+    asyncio.run(_new_store(data))  # `user add` refuses a data dir no server has made
     token = run_measured(blobsync_argv("user", "add", "bench", "--data", str(data)),
                          env=clean_env()).check().stdout.strip()
     secret = os.urandom(128)

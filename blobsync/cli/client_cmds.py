@@ -9,12 +9,14 @@ inside the commands so that ``blobsync --help`` stays quick.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from .failures import (
     DEBUG_ENV,
     EXIT_CODES_HELP,
     EXIT_ID_TAKEN,
+    EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_VERIFY,
     CommandFailed,
@@ -121,8 +124,11 @@ def _settings(settings: Any, *, stream: bool = True, max_wait: float | None = No
 
 
 @asynccontextmanager
-async def _manager(args: argparse.Namespace, *, stream: bool = True) -> AsyncIterator[Any]:
-    """The opened BlobManager of the profile at --home, closed however the command ends."""
+async def _manager(
+    args: argparse.Namespace, *, stream: bool = True, reading: bool = False
+) -> AsyncIterator[Any]:
+    """The opened BlobManager of the profile at --home, closed however the command ends.
+    ``reading``: the command only reads the local store, which then opens on a full disk."""
     from blobsync.client import BlobManager
     from blobsync.client.profile import Profile
 
@@ -131,11 +137,17 @@ async def _manager(args: argparse.Namespace, *, stream: bool = True) -> AsyncIte
     profile = Profile.load(home)
     settings = _settings(profile.client_settings(), stream=stream,
                          max_wait=getattr(args, "max_wait", None))
-    manager = await BlobManager.open(home, passphrase=read_passphrase(), settings=settings)
+    manager = await BlobManager.open(home, passphrase=read_passphrase(), settings=settings,
+                                     reading=reading)
     try:
         yield manager
-    finally:
-        await manager.close()
+    except BaseException:
+        # The command's own error is the one to tell: closing after it may fail too (on
+        # the same full disk, say) and must not replace it.
+        with contextlib.suppress(Exception):
+            await manager.close()
+        raise
+    await manager.close()
 
 
 def _check_id(value: str, what: str) -> str:
@@ -200,51 +212,154 @@ async def cmd_init(args: argparse.Namespace, out: Output) -> int:
 # --------------------------------------------------------------------------- put
 
 
-def collect_files(paths: list[str]) -> list[Path]:
+@dataclass(frozen=True)
+class Skip:
+    """An entry put does not store, and why ("FIFO", "dangling symlink", ...)."""
+
+    path: Path
+    reason: str
+
+
+# put names this many skipped entries on stderr, then only counts the rest.
+SKIPS_SHOWN = 20
+
+
+def collect_files(paths: list[str], skipped: list[Skip] | None = None) -> list[Path]:
     """Regular files named or found under the named directories, in a stable order.
 
     Everything is collected before anything is stored, so a typo in the last argument
-    fails the command before it has half done its work.
+    fails the command before it has half done its work. What is there but cannot be
+    stored (a FIFO, a socket, a device, a dangling symlink, a symlink to a directory found
+    inside a directory, a file or directory that cannot be read) is appended to
+    ``skipped``, never silently left out.
     """
     found: list[Path] = []
+    skips: list[Skip] = [] if skipped is None else skipped
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            found.extend(_files_under(path))
+            # A link to a directory named by the user is followed, as ls does; links met
+            # inside are not (see _files_under).
+            found.extend(_files_under(path, skips))
         elif path.is_file():
-            found.append(path)
+            if _readable(path, skips):
+                found.append(path)
         elif not path.exists():
             raise FileNotFoundError(2, "No such file or directory", name)
         else:
-            raise CommandFailed(f"not a regular file or a directory: {name}")
+            skips.append(Skip(path, _kind(os.stat(path).st_mode)))
     return found
 
 
-def _files_under(root: Path) -> Iterator[Path]:
+def _files_under(root: Path, skipped: list[Skip]) -> Iterator[Path]:
     """Files first, then each subdirectory, in name order (as os.walk top-down); links to
-    directories are not followed. scandir's entries know their type without a stat per
-    file, which counts for tens of thousands of small files."""
-    with os.scandir(root) as it:
-        entries = list(it)
-    for name in sorted(e.name for e in entries if e.is_file()):
-        yield root / name
-    for name in sorted(e.name for e in entries if e.is_dir(follow_symlinks=False)):
-        yield from _files_under(root / name)
+    directories are not followed, so a link to a parent cannot loop. scandir's entries know
+    their type without a stat per file, which counts for tens of thousands of small files."""
+    try:
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        skipped.append(Skip(root, _reason(exc)))
+        return
+    subdirs: list[Path] = []
+    for entry in entries:
+        path = root / entry.name
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(path)
+            elif entry.is_file(follow_symlinks=False):
+                if _readable(path, skipped):
+                    yield path
+            elif entry.is_symlink():
+                target = _link_target(path, skipped)
+                if target is not None and _readable(path, skipped):
+                    yield path
+            else:
+                skipped.append(Skip(path, _kind(entry.stat(follow_symlinks=False).st_mode)))
+        except OSError as exc:
+            skipped.append(Skip(path, _reason(exc)))
+    for subdir in subdirs:
+        yield from _files_under(subdir, skipped)
+
+
+def _link_target(link: Path, skipped: list[Skip]) -> Path | None:
+    """``link`` if it leads to a regular file; else None, its skip recorded."""
+    import stat
+
+    try:
+        mode = os.stat(link).st_mode
+    except FileNotFoundError:
+        skipped.append(Skip(link, "dangling symlink"))
+        return None
+    except OSError as exc:  # a loop of links: ELOOP
+        skipped.append(Skip(link, f"symlink: {_reason(exc)}"))
+        return None
+    if stat.S_ISREG(mode):
+        return link
+    if stat.S_ISDIR(mode):
+        skipped.append(Skip(link, "symlink to a directory, not followed"))
+    else:
+        skipped.append(Skip(link, f"symlink to a {_kind(mode)}"))
+    return None
+
+
+def _readable(path: Path, skipped: list[Skip]) -> bool:
+    """Whether put can read ``path``: opened now, so that a file it may not read is
+    reported and skipped instead of failing the command halfway through."""
+    try:
+        # O_NONBLOCK: should it have become a FIFO meanwhile, open does not wait for a
+        # writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        skipped.append(Skip(path, _reason(exc)))
+        return False
+    os.close(fd)
+    return True
+
+
+def _kind(mode: int) -> str:
+    import stat
+
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _reason(exc: OSError) -> str:
+    # "permission denied", as ls and cp word it, not Python's "[Errno 13] ...".
+    return (exc.strerror or str(exc)).lower()
+
+
+def report_skips(skipped: list[Skip]) -> None:
+    """One stderr line per skipped entry (the first SKIPS_SHOWN), then a count."""
+    for skip in skipped[:SKIPS_SHOWN]:
+        sys.stderr.write(f"blobsync: skipped {skip.path}: {skip.reason}\n")
+    if len(skipped) > SKIPS_SHOWN:
+        sys.stderr.write(f"blobsync: skipped {len(skipped) - SKIPS_SHOWN} more "
+                         "(--json lists them all)\n")
+    sys.stderr.flush()
 
 
 async def cmd_put(args: argparse.Namespace, out: Output) -> int:
-    from blobsync.client import SyncReport, SyncStatus
+    from blobsync.client import SyncReport, SyncStatus, TransientError
 
     namespace = _check_id(args.namespace, "namespace")
     if args.id is not None:
         _check_id(args.id, "blob id")
         if len(args.paths) != 1 or not Path(args.paths[0]).is_file():
             raise UsageError("--id needs exactly one file")
-    files = collect_files(args.paths)
+    not_stored: list[Skip] = []  # FIFOs, dangling links...: said, then exit 7
+    files = collect_files(args.paths, not_stored)
+    if not out.json_mode:  # --json lists them in its document instead
+        report_skips(not_stored)
     stored: list[dict[str, str]] = []
     skipped = 0  # files stored by an earlier put, unchanged since: not stored again
+    again: list[str] = []  # their blobs: one the server refused before is sent again
     left: set[str] = set()  # ours still waiting to be uploaded
     refused: set[str] = set()  # ours the server refused (FAILED_UPLOAD)
+    postponed: TransientError | None = None  # why the upload could not even start
     async with _manager(args, stream=not args.no_stream) as manager:
         def kept(blob_id: str, path: Path) -> None:
             stored.append({"id": blob_id, "path": str(path)})
@@ -254,6 +369,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             # Printed like the others: a script gets the id of every path it named.
             nonlocal skipped
             skipped += 1
+            again.append(blob_id)
             kept(blob_id, path)
 
         report = SyncReport()
@@ -279,32 +395,53 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
                     progress=bars.callback, report=report, force=args.force,
                     already=already,
                 )
-            uploaded = report.uploaded
+            if again and not args.local_only:
+                # Asked to put them again: a refused blob (FAILED_UPLOAD: an id conflict,
+                # quota) is tried again, and fails again with its own reason if it must.
+                await manager.retry_failed(namespace, blob_ids=again)
             if stored and not args.local_only:
                 # The rest: large files, batches that failed to go in one piece, and
                 # blobs an interrupted put stored but did not upload.
-                uploaded += await manager.send_missing(
-                    namespace, progress=bars.callback, report=report
-                )
+                try:
+                    await manager.send_missing(
+                        namespace, progress=bars.callback, report=report
+                    )
+                except TransientError as exc:  # the listing: unreachable, or 5xx too long
+                    postponed = exc
+            # send_missing adds to the same report (and returns its total): count once.
+            uploaded = report.uploaded
         if stored and not args.local_only:
             mine = {b["id"] for b in stored}
             left |= mine & set(await manager.local_list(namespace,
                                                         status=SyncStatus.PENDING_UPLOAD))
             refused |= mine & set(await manager.local_list(namespace,
                                                            status=SyncStatus.FAILED_UPLOAD))
+    taken = refused & set(report.taken)
     out.document(
         {"namespace": namespace, "blobs": stored, "uploaded": uploaded,
          "local_only": args.local_only, "stored": len(stored) - skipped,
-         "already_stored": skipped}
+         "already_stored": skipped, "pending": sorted(left), "taken": sorted(taken),
+         "refused": sorted(refused - taken),
+         "skipped": [{"path": str(s.path), "reason": s.reason} for s in not_stored]}
     )
-    taken = refused & set(report.taken)
     if taken and taken == refused and not left:
         raise CommandFailed(_taken_message(sorted(taken)), EXIT_ID_TAKEN)
     counts = f"{skipped} already stored, {len(stored) - skipped} stored"
-    if refused:
+    if postponed is not None:
+        # As rm's queued message: the files are safe here, and say what happens next.
+        code, reason = classify(postponed)
         raise CommandFailed(
             f"{len(left) + len(refused)} of {len(stored)} blobs are stored here but not "
-            f"uploaded yet ({len(refused)} refused by the server: quota or size); "
+            f"uploaded ({reason}): they will go up at the next 'blobsync sync'"
+            + (f" ({counts})" if skipped else ""), code,
+        )
+    if refused:
+        why = [f"{len(taken)} with an id taken by another blob"] if taken else []
+        if refused - taken:
+            why.append(f"{len(refused - taken)} refused by the server: quota or size")
+        raise CommandFailed(
+            f"{len(left) + len(refused)} of {len(stored)} blobs are stored here but not "
+            f"uploaded yet ({'; '.join(why)}); "
             f"'blobsync sync' will retry, with {RETRY_FAILED_OPTION} for the refused ones"
             + (f" ({counts})" if skipped else "")
         )
@@ -313,10 +450,18 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             f"{len(left)} of {len(stored)} blobs are stored here but not uploaded yet; "
             "'blobsync sync' will retry" + (f" ({counts})" if skipped else "")
         )
+    if not_stored:
+        raise CommandFailed(_incomplete_message(not_stored, len(stored)), EXIT_INCOMPLETE)
     if skipped:
         # Not an error, and not a result: stdout keeps one line per path either way.
         sys.stderr.write(f"blobsync: {counts}\n")
     return EXIT_OK
+
+
+def _incomplete_message(not_stored: list[Skip], stored: int) -> str:
+    what = "1 entry" if len(not_stored) == 1 else f"{len(not_stored)} entries"
+    files = "1 file" if stored == 1 else f"{stored} files"
+    return f"incomplete: {what} skipped (not a regular file, or unreadable), {files} stored"
 
 
 def _taken_message(ids: list[str]) -> str:
@@ -355,7 +500,8 @@ async def _write_stdout(manager: Any, args: argparse.Namespace, out: Output,
     # fails verification, leaves stdout empty (in --json mode: room for the error document).
     chunks = manager.open_stream(args.blob_id, namespace=namespace)
     first = await anext(chunks, None)
-    with Bars(bars_wanted(out.json_mode)) as bars:
+    # Raw bytes go to fd 1 (sink), never through rich; no bar when fd 1 is its terminal.
+    with Bars(bars_wanted(out.json_mode, raw_stdout=True)) as bars:
         task = bars.bytes_task(f"get {args.blob_id[:12]}")
         if out.json_mode:
             # Streamed JSON: base64 of whole 3-byte groups, so no blob is held whole.
@@ -388,6 +534,12 @@ async def cmd_get(args: argparse.Namespace, out: Output) -> int:
     async with _manager(args) as manager:
         if args.output in (None, "-"):
             return await _write_stdout(manager, args, out, namespace)
+        # pathlib drops a trailing '/' (and '/.'): without this, `-o new/` would create
+        # the file `new`. As for cp, such a name must be an existing directory.
+        if (os.path.basename(args.output) in ("", ".", "..")
+                and not os.path.isdir(args.output)):
+            raise UsageError(f"-o {args.output}: not a directory (a name ending in / must "
+                             "name an existing directory)")
         dest = Path(args.output)
         if dest.is_dir():
             raise UsageError(f"-o names a directory: {dest}")
@@ -419,10 +571,12 @@ async def cmd_ls(args: argparse.Namespace, out: Output) -> int:
     server_only = [opt for opt, used in (("--flag", args.flag), ("--order-by", args.order_by),
                                          ("--deleted", args.deleted)) if used]
     if server_only and not args.remote:
-        raise UsageError(f"{', '.join(server_only)} need --remote: flags, dates and "
-                         "deletions are known to the server")
+        named = (", ".join(server_only[:-1]) + " and " if len(server_only) > 1 else "")
+        raise UsageError(f"{named}{server_only[-1]} "
+                         f"{'need' if len(server_only) > 1 else 'needs'} --remote: flags, "
+                         "dates and deletions are known to the server")
     ids: list[str] = []
-    async with _manager(args) as manager:
+    async with _manager(args, reading=True) as manager:
         if args.remote and args.count and not args.deleted:
             # The server counts without sending the listing.
             count = await manager.remote_count(namespace, filter_flag=args.flag)
@@ -447,10 +601,22 @@ async def cmd_ls(args: argparse.Namespace, out: Output) -> int:
 async def cmd_rm(args: argparse.Namespace, out: Output) -> int:
     namespace = _check_id(args.namespace, "namespace")
     _check_id(args.blob_id, "blob id")
+    from blobsync.client import ForgottenHere
+
     async with _manager(args) as manager:
-        postponed = await manager.delete(args.blob_id, namespace=namespace)
-    out.document({"id": args.blob_id, "namespace": namespace, "deleted": True,
-                  "queued": postponed is not None})
+        outcome = await manager.delete(args.blob_id, namespace=namespace)
+    forgotten = isinstance(outcome, ForgottenHere)
+    postponed = None if forgotten else outcome
+    doc = {"id": args.blob_id, "namespace": namespace, "deleted": True,
+           "queued": postponed is not None}
+    if forgotten:  # only then: the document of a plain rm stays as it was
+        doc["local_only"] = True
+    out.document(doc)
+    if isinstance(outcome, ForgottenHere):
+        # Not an error: what the user asked for is done, and the server's blob under
+        # that id (another device's, if any) is left alone on purpose.
+        out.line(f"blob {args.blob_id} is forgotten on this device only ({outcome.reason}); "
+                 "nothing was deleted on the server")
     if postponed is not None:
         # Deleted here, not yet on the server: as put, say so and exit as for the cause
         # (4 when the server could not be reached), so a script does not take it as done.
@@ -537,7 +703,7 @@ async def cmd_status(args: argparse.Namespace, out: Output) -> int:
     from blobsync.client import SyncStatus
 
     namespace = _check_id(args.namespace, "namespace") if args.namespace else None
-    async with _manager(args) as manager:
+    async with _manager(args, reading=True) as manager:
         counts = await manager.sync_progress(namespace)
     by_name = {_status_name(k): int(v) for k, v in counts.items()}
     rows = [(s.name, by_name.get(s.name, 0)) for s in SyncStatus]
@@ -558,7 +724,7 @@ def _status_name(status: Any) -> str:
 
 
 async def cmd_check(args: argparse.Namespace, out: Output) -> int:
-    async with _manager(args) as manager:
+    async with _manager(args, reading=not args.repair) as manager:
         found = await manager.check(remote=args.remote, repair=args.repair)
     problems = [str(p) for p in found]
     repaired = [str(p) for p in found if getattr(p, "repaired", False)]
@@ -693,7 +859,10 @@ def register(subparsers: Any) -> None:
             "upload them all in one pass. Prints 'blob_id<TAB>path' per file. A file put "
             "before and unchanged since (same path, size and mtime) is not stored again: "
             "its blob is printed as well, uploaded if it is still pending, and stderr "
-            "counts them ('N already stored, M stored').")
+            "counts them ('N already stored, M stored'). Entries that are not regular "
+            "files (FIFOs, sockets, devices, dangling symlinks, symlinks to directories) "
+            "or cannot be read are skipped, each said on stderr, and the exit code is "
+            "then 7.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="file or directory to store")
     p.add_argument("--id", metavar="ID", help="blob id to use (only with exactly one file; "
                                               "default: a new random id)")

@@ -8,6 +8,22 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+# The console of the progress bars while they are live on the very terminal stdout is.
+# Result lines then go through it, which prints them above the bars; written straight to
+# fd 1 they would land inside the bar being redrawn. Set only by ``lines_above``.
+_bars_console: Any = None
+
+
+@contextlib.contextmanager
+def lines_above(console: Any) -> Iterator[None]:
+    """While live, text lines for stdout print above the bars drawn by ``console``."""
+    global _bars_console
+    _bars_console = console
+    try:
+        yield
+    finally:
+        _bars_console = None
+
 
 @contextlib.contextmanager
 def writing_stdout() -> Iterator[None]:
@@ -36,6 +52,10 @@ class Output:
 
     def line(self, text: str) -> None:
         if not self.json_mode:
+            if _bars_console is not None:
+                # No markup, wrapping or highlighting: the line shows as it is.
+                _bars_console.out(text, highlight=False)
+                return
             with writing_stdout():
                 sys.stdout.write(text + "\n")
                 sys.stdout.flush()

@@ -2,10 +2,16 @@
 
 Scripts (stderr not a terminal, or ``--json``) get no bars at all, so that their stderr
 carries nothing but the one-line error when something fails.
+
+The bars never take stdout over (rich would by default, swallowing ``put``'s ids into the
+terminal while ``> ids.txt`` got nothing): stdout carries results only, straight to fd 1,
+unless it is the bars' own terminal, where result lines print above the bars.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from types import TracebackType
 from typing import Any
@@ -13,10 +19,25 @@ from typing import Any
 _PHASE_LABELS = {"download": "downloading", "upload": "uploading", "delete": "deleting"}
 
 
-def bars_wanted(json_mode: bool) -> bool:
+def bars_wanted(json_mode: bool, *, raw_stdout: bool = False) -> bool:
+    """Bars for a person at a terminal. ``raw_stdout``: the command writes content (not
+    lines) to stdout, which a bar on the same terminal would run into; then no bars."""
     try:
-        return not json_mode and sys.stderr.isatty()
+        if json_mode or not sys.stderr.isatty():
+            return False
     except (AttributeError, ValueError):
+        return False
+    return not (raw_stdout and stdout_on_bars_terminal())
+
+
+def stdout_on_bars_terminal() -> bool:
+    """Whether stdout is the terminal stderr is (where the bars are drawn)."""
+    try:
+        out, err = sys.stdout.fileno(), sys.stderr.fileno()
+        if not (os.isatty(out) and os.isatty(err)):
+            return False
+        return os.fstat(out).st_rdev == os.fstat(err).st_rdev
+    except (AttributeError, ValueError, OSError):
         return False
 
 
@@ -30,6 +51,7 @@ class Bars:
         self.enabled = enabled
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
+        self._lines_above = contextlib.ExitStack()
 
     def __enter__(self) -> Bars:
         if self.enabled:
@@ -49,8 +71,14 @@ class Bars:
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
                 transient=False,
+                # stdout is for results only: see the module's docstring.
+                redirect_stdout=False,
             )
             self._progress.start()
+            if stdout_on_bars_terminal():
+                from .output import lines_above
+
+                self._lines_above.enter_context(lines_above(self._progress.console))
         return self
 
     def __exit__(
@@ -59,6 +87,7 @@ class Bars:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._lines_above.close()
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

@@ -72,13 +72,25 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
+def _require_store(config: Any) -> None:
+    """Refuse a data directory the server has not made: a typo in ``--data`` would
+    otherwise create a new, empty store and put a user or token where no server looks.
+    Only the embedded SQLite index lives there; a PostgreSQL index needs no data dir."""
+    from blobsync.server.storage.factory import INDEX_FILE
+
+    if config.metadata is None and not os.path.isfile(os.path.join(config.data, INDEX_FILE)):
+        raise CommandError(
+            f"no blobsync data directory at {config.data} "
+            f"(start the server once with --data {config.data} to create it)"
+        )
+
+
 def _with_index(args: argparse.Namespace, job: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``job(index)`` on the configured metadata index, opened and closed around it."""
     from blobsync.server.storage.factory import make_index
 
     config = _config(args)
-    if config.metadata is None:
-        os.makedirs(config.data, mode=0o700, exist_ok=True)
+    _require_store(config)
 
     async def run() -> T:
         index = make_index(config.data, config.metadata)
@@ -141,8 +153,27 @@ async def _demo_user(data_dir: str, store: Any, sites: Any) -> None:
     _print(f"demo user:  {uuid}")
     _print(f"demo token: {token}")
     _print("client command, ready to paste:")
-    _print(f"  blobsync --home ./demo-client init --server {sites.url} "
+    _print(f"  {_client_program()} --home ./demo-client init --server {sites.url} "
            f"--user {uuid} --token {token}")
+
+
+def _client_program() -> str:
+    """How to run this very blobsync from the current directory: `blobsync` only if PATH
+    finds this one; after `make run` it is .venv/bin/blobsync, which PATH does not hold."""
+    import shlex
+    import shutil
+
+    script = Path(sys.executable).parent / "blobsync"
+    if not script.is_file():  # run as `python -m blobsync` from a source tree
+        return f"{shlex.quote(sys.executable)} -m blobsync"
+    on_path = shutil.which("blobsync")
+    if on_path is not None and os.path.samefile(on_path, script):
+        return "blobsync"
+    try:
+        shown = str(script.relative_to(Path.cwd()))  # .venv/bin/blobsync, in the repository
+    except ValueError:
+        shown = str(script)
+    return shlex.quote(shown if "/" in shown else f"./{shown}")
 
 
 def _read_demo(path: Path) -> tuple[str | None, str | None]:
@@ -222,6 +253,7 @@ def cmd_admin_gc(args: argparse.Namespace) -> int:
     from blobsync.server.storage.factory import make_store
 
     config = _config(args)
+    _require_store(config)
 
     async def run() -> int:
         store = make_store(config.data, config.metadata, config.payload)
@@ -246,6 +278,8 @@ def cmd_admin_import_soledad(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
         raise CommandError(f"not a directory: {args.dir}")
     if config.metadata is None or config.payload is None:
+        # Unlike the other commands, an import may make the data dir: filling a new store
+        # is what it is for. Its summary names the blobs, so a typo does not go unseen.
         os.makedirs(config.data, exist_ok=True)
 
     def progress(line: str) -> None:
@@ -349,10 +383,15 @@ def register(subparsers: Any) -> None:
 
     service = subparsers.add_parser("service", help="manage local service tokens")
     service_sub = _subcommands(service)
+    # The names of routes_incoming.SERVICES, spelt out so that --help need not import the
+    # server (tests/server/test_server_cli.py keeps the two the same).
     p = service_sub.add_parser("add", parents=[index_only],
                                help="add a service (or replace its token); print the token. "
-                               "The server uses one: incoming")
-    p.add_argument("name")
+                               "The server uses one: incoming",
+                               description="Add a local service, or replace its token, and "
+                               "print the token. Valid names: incoming (delivers messages "
+                               "to users' incoming box, namespace MX).")
+    p.add_argument("name", help="the service's name; valid names: incoming")
     p.set_defaults(func=_guard(cmd_service_add))
     p = service_sub.add_parser("list", parents=[index_only], help="print every service")
     p.set_defaults(func=_guard(cmd_service_list))

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     )
     from .incoming import IncomingConsumer, IncomingReport, IncomingStreamConsumer
     from .manager import SECRET_BLOB_ID, SECRET_NAMESPACE, BlobManager
-    from .model import Priority, Progress, ProgressCallback, SyncReport, SyncStatus
+    from .model import ForgottenHere, Priority, Progress, ProgressCallback, SyncReport, SyncStatus
     from .settings import ClientSettings
 
 __all__ = [
@@ -42,7 +42,7 @@ __all__ = [
     "RemoteError", "ServerError", "ServerUnreachable", "TooLarge", "TransientError",
     "WrongPassphrase", "IncomingConsumer", "IncomingReport", "IncomingStreamConsumer",
     "SECRET_BLOB_ID", "SECRET_NAMESPACE", "BlobManager", "Priority", "Progress",
-    "ProgressCallback", "SyncReport", "SyncStatus", "ClientSettings",
+    "ProgressCallback", "SyncReport", "SyncStatus", "ClientSettings", "ForgottenHere",
 ]
 
 # Which module defines each name; errors are the rest.
@@ -50,8 +50,8 @@ _WHERE = {
     **dict.fromkeys(("IncomingConsumer", "IncomingReport", "IncomingStreamConsumer"),
                     "incoming"),
     **dict.fromkeys(("SECRET_BLOB_ID", "SECRET_NAMESPACE", "BlobManager"), "manager"),
-    **dict.fromkeys(("Priority", "Progress", "ProgressCallback", "SyncReport", "SyncStatus"),
-                    "model"),
+    **dict.fromkeys(("Priority", "Progress", "ProgressCallback", "SyncReport", "SyncStatus",
+                     "ForgottenHere"), "model"),
     "ClientSettings": "settings",
 }
 

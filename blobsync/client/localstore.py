@@ -63,7 +63,10 @@ CREATE TABLE IF NOT EXISTS blobs (
     retries INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL DEFAULT 0,
     verify_failures INTEGER NOT NULL DEFAULT 0,
-    partial_tag BLOB,             -- Tag of the partial download in tmp/, for Range resume
+    -- Tag of the partial download in tmp/, for Range resume. On a PENDING_DELETE row: the
+    -- tag of a blob never confirmed on the server, which is deleted there only while the
+    -- server holds that very blob (never another device's blob under the same id).
+    partial_tag BLOB,
     created REAL NOT NULL,
     UNIQUE (namespace, blob_id)
 );
@@ -208,6 +211,10 @@ class LocalStore:
         # A commit failed midway, or the disk was full: the two databases may disagree,
         # or files may lie in blobs/ that no row claims. Closed as after a crash.
         self._torn = False
+        # Set by a caller that only reads: on a disk too full to open the database as
+        # usual, open it for reading alone (``reading_only``) rather than fail.
+        self.read_only_fallback = False
+        self.reading_only = False
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blobsync-db")
 
     # --- life cycle ----------------------------------------------------------------------
@@ -244,6 +251,9 @@ class LocalStore:
         except sqlcipher.DatabaseError as exc:
             conn.close()
             if _no_room(self.db_path):
+                if self.read_only_fallback:
+                    self._open_reading()
+                    return
                 # SQLite says "disk I/O error" when it cannot grow its -shm file: that is
                 # a full disk, not a wrong secret.
                 raise NoSpace(f"no space left on device (opening {self.db_path}: {exc})") from None
@@ -269,6 +279,32 @@ class LocalStore:
             self._conn = None
             conn.close()
             raise
+
+    def _open_reading(self) -> None:
+        """Open for reading on a full disk. In WAL mode every connection maps the -shm
+        file, which a full disk cannot grow (read-only opens, ``mode=ro``, fail the same
+        way); in EXCLUSIVE locking mode SQLite keeps that index in memory instead and needs
+        no room. The price: other processes are locked out while this one reads (they
+        could not write on this disk anyway). Nothing is written: no sweep, no sessions
+        count, no migration; a store that would need one fails as before."""
+        conn = sqlcipher.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA cipher_log_level = NONE")
+            conn.execute(f"PRAGMA key = \"x'{self._db_key.hex()}'\"")
+            conn.execute("PRAGMA main.locking_mode = EXCLUSIVE")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            conn.execute("ATTACH DATABASE ? AS pl KEY ''", (str(self.payloads_path),))
+            r = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if r is None or r[0] != SCHEMA_VERSION:
+                raise NoSpace(f"no space left on device (opening {self.db_path})")
+        except sqlcipher.DatabaseError as exc:
+            conn.close()
+            raise NoSpace(f"no space left on device (opening {self.db_path}: {exc})") from None
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self.reading_only = True
 
     def _prepare(self, conn: Any) -> None:
         # An empty key: the payload database is not encrypted (its rows are sealed blobs).
@@ -377,7 +413,7 @@ class LocalStore:
 
                 def q() -> None:
                     try:
-                        if self._torn:
+                        if self._torn or self.reading_only:
                             # Leave the session counted, as a crash would: the next open
                             # alone sweeps what the failure left apart (``_sweep``).
                             return
@@ -959,9 +995,12 @@ class LocalStore:
         )
         return moved
 
-    async def drop_payload(self, namespace: str, blob_id: str, status: SyncStatus) -> Row | None:
+    async def drop_payload(
+        self, namespace: str, blob_id: str, status: SyncStatus, *, expect_tag: bytes | None = None
+    ) -> Row | None:
         """Forget the payload but keep the row in ``status`` (PENDING_DELETE). Returns the
-        row as it was, so the caller can remove its file."""
+        row as it was, so the caller can remove its file. ``expect_tag``: the blob was never
+        confirmed on the server, and only a server copy with this tag may be deleted."""
 
         def q() -> Row | None:
             with self._tx():
@@ -971,8 +1010,8 @@ class LocalStore:
                 self._conn.execute("DELETE FROM pl.payloads WHERE id = ?", (row.id,))
                 self._conn.execute(
                     "UPDATE blobs SET status = ?, location = NULL, inline = 0, retries = 0, "
-                    "next_attempt = 0, partial_tag = NULL WHERE id = ?",
-                    (status.value, row.id),
+                    "next_attempt = 0, partial_tag = ? WHERE id = ?",
+                    (status.value, expect_tag, row.id),
                 )
                 return row
 
@@ -1136,7 +1175,11 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
-            self._conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (SQLITE_FULL does): a second ROLLBACK
+            # would fail and hide the error that matters, the one being raised.
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlcipher.Error):
+                    self._conn.execute("ROLLBACK")
             return
         try:
             self._conn.execute("COMMIT")

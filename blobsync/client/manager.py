@@ -35,6 +35,7 @@ from .errors import (
     BlobExists,
     BlobNotFound,
     ClientError,
+    ServerError,
     TransientError,
     WrongPassphrase,
     is_no_space,
@@ -45,6 +46,7 @@ from .localstore import FileWriter, LocalStore, Row, Sealed, Source, read_file
 from .lock import ProfileLock
 from .model import (
     HAS_PAYLOAD,
+    ForgottenHere,
     Priority,
     ProgressCallback,
     SyncReport,
@@ -171,8 +173,12 @@ class BlobManager:
 
     @classmethod
     async def open(
-        cls, home: str | Path, *, passphrase: str, settings: ClientSettings | None = None
+        cls, home: str | Path, *, passphrase: str, settings: ClientSettings | None = None,
+        reading: bool = False,
     ) -> BlobManager:
+        """Open the profile at ``home``. ``reading``: the caller only reads the local
+        store (status, ls, check), so on a disk too full for SQLite's -shm file the store
+        is opened for reading alone instead of failing (``LocalStore.reading_only``)."""
         profile = Profile.load(home)
         settings = settings or profile.client_settings()
         document = profile.secret_path.read_bytes()
@@ -183,6 +189,7 @@ class BlobManager:
         load_http_stack()
         secret = await unlocking
         store = _store(profile, secret, settings)
+        store.read_only_fallback = reading
         await store.open()
         transport = _transport(profile.server, profile.user, profile.token, settings)
         return cls(profile, secret, settings, store, transport)
@@ -194,8 +201,14 @@ class BlobManager:
     async def __aenter__(self) -> BlobManager:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            await self.close()
+            return
+        # The error in flight is the one to tell: closing after it (on the same full
+        # disk, say) may fail too and must not replace it.
+        with contextlib.suppress(Exception):
+            await self.close()
 
     # --- put / get / delete --------------------------------------------------------------
 
@@ -627,22 +640,53 @@ class BlobManager:
 
     async def delete(
         self, blob_id: str, *, namespace: str = "default"
-    ) -> TransientError | None:
+    ) -> TransientError | ForgottenHere | None:
         """Delete locally and on the server. If the server cannot be reached the blob stays
         PENDING_DELETE and the next sync finishes the job: then the passing error that
         postponed the DELETE is returned (not raised: the local part is done). None when
-        nothing is left to do, or an upload in flight here sends the DELETE once landed."""
+        nothing is left to do, or an upload in flight here sends the DELETE once landed.
+
+        A blob this device never got onto the server (FAILED_UPLOAD, or PENDING_UPLOAD
+        while the server holds another blob or none under its id) is forgotten here only,
+        and ForgottenHere says why: a DELETE would remove another device's blob (SPEC 7)."""
         _check_ids(namespace, blob_id)
         # Under the writer lock: an upload of this blob by another process (which holds
         # it for the whole upload) lands first, and the DELETE comes after it.
         async with self.lock.hold("rm"):
             return await self._delete(namespace, blob_id)
 
-    async def _delete(self, namespace: str, blob_id: str) -> TransientError | None:
+    async def _delete(
+        self, namespace: str, blob_id: str
+    ) -> TransientError | ForgottenHere | None:
         row = await self.store.get(namespace, blob_id)
         if row is not None and row.status is SyncStatus.LOCAL_ONLY:
             await self.store.remove(namespace, blob_id)
             return None
+        if row is not None and row.status is SyncStatus.FAILED_UPLOAD:
+            # Given up on: the server never held this device's blob, and what it may hold
+            # under the id (an id conflict) is another device's.
+            await self.store.remove(namespace, blob_id)
+            return ForgottenHere("it never reached the server")
+        expect_tag: bytes | None = None
+        if row is not None and row.status is SyncStatus.PENDING_UPLOAD:
+            try:
+                expect_tag = await self.store.tail(row, TAG_SIZE)
+            except ClientError:  # no readable local copy: nothing to tell ours by
+                await self.store.remove(namespace, blob_id)
+                return ForgottenHere("its local copy is unreadable")
+            if not self.engine.uploading(namespace, blob_id):
+                try:
+                    theirs = await self.transport.blob_tail(namespace, blob_id)
+                except TransientError as exc:
+                    # Queued with the tag: the sync deletes only this very blob.
+                    return await self._postpone_delete(namespace, blob_id, expect_tag, exc)
+                if theirs is None:
+                    await self.store.remove(namespace, blob_id)
+                    return ForgottenHere("it never reached the server")
+                if theirs != expect_tag:
+                    await self.store.remove(namespace, blob_id)
+                    return ForgottenHere("the server holds another blob under that id")
+                expect_tag = None  # the very blob is there: ours to delete
         if row is None:
             try:
                 await self.transport.delete_blob(namespace, blob_id)
@@ -652,7 +696,9 @@ class BlobManager:
                 await self.store.insert(namespace, blob_id, SyncStatus.PENDING_DELETE)
                 return exc
             return None
-        old = await self.store.drop_payload(namespace, blob_id, SyncStatus.PENDING_DELETE)
+        old = await self.store.drop_payload(
+            namespace, blob_id, SyncStatus.PENDING_DELETE, expect_tag=expect_tag
+        )
         if old is not None:
             await self.store.discard_files(old)
         if self.engine.uploading(namespace, blob_id):
@@ -671,6 +717,20 @@ class BlobManager:
             return exc
         await self.store.remove_many(namespace, [blob_id], only_if=[SyncStatus.PENDING_DELETE])
         return None
+
+    async def _postpone_delete(
+        self, namespace: str, blob_id: str, expect_tag: bytes, exc: TransientError
+    ) -> TransientError:
+        log.warning("delete of %s on the server postponed: %s", blob_id, exc)
+        old = await self.store.drop_payload(
+            namespace, blob_id, SyncStatus.PENDING_DELETE, expect_tag=expect_tag
+        )
+        if old is not None:
+            await self.store.discard_files(old)
+        await self.store.schedule_retry(
+            namespace, [blob_id], SyncStatus.PENDING_DELETE, delay=self.settings.retry_delay
+        )
+        return exc
 
     async def status(self, blob_id: str, *, namespace: str = "default") -> SyncStatus | None:
         """The local sync status of one blob; None when the store does not know it."""
@@ -750,24 +810,54 @@ class BlobManager:
         _check_ids(namespace)
         async with self._sync_lock:
             report = report if report is not None else SyncReport()
-            # The lock per step, not for the whole run: engine.run takes it per round and
-            # lets go while it waits for a retry.
-            async with self.lock.hold("sync"):
-                await self.engine.reconcile(namespace, report)
-            return await self.engine.run(namespace, phases, progress=progress, report=report)
+            waited = await self._reconcile(namespace, report)
+            return await self.engine.run(
+                namespace, phases, progress=progress, report=report, waited=waited
+            )
+
+    async def _reconcile(self, namespace: str, report: SyncReport) -> float:
+        """The listing and what follows from it. A server that answers with a 5xx is
+        retried on the transfers' schedule, within ``max_sync_wait`` (never without one: a
+        library call must not wait forever); returns the seconds waited, which the run
+        counts against the same budget. A server that cannot be reached at all fails at
+        once: offline is no passing state of the server, and the caller says so."""
+        budget = self.settings.max_sync_wait
+        waited = 0.0
+        attempt = 0
+        while True:
+            try:
+                # The lock per step, not for the whole run: engine.run takes it per round
+                # and lets go while it waits for a retry.
+                async with self.lock.hold("sync"):
+                    await self.engine.reconcile(namespace, report)
+                return waited
+            except ServerError as exc:
+                attempt += 1
+                pause = self.settings.retry_delay(attempt)
+                if budget is None or waited + pause > budget:
+                    raise
+                log.info("listing failed (%s): retrying in %.1f s", exc, pause)
+                waited += pause
+                await asyncio.sleep(pause)
 
     async def sync_progress(self, namespace: str | None = None) -> dict[SyncStatus, int]:
         return await self.store.counts(namespace)
 
-    async def retry_failed(self, namespace: str | None = None) -> int:
-        """Give FAILED_* blobs another chance and make every pending blob due now."""
+    async def retry_failed(
+        self, namespace: str | None = None, *, blob_ids: Iterable[str] | None = None
+    ) -> int:
+        """Give FAILED_* blobs another chance and make every pending blob due now; only
+        those of ``blob_ids`` when given (a ``put`` run again for files it stored)."""
         moves = {
             SyncStatus.FAILED_DOWNLOAD: SyncStatus.PENDING_DOWNLOAD,
             SyncStatus.FAILED_UPLOAD: SyncStatus.PENDING_UPLOAD,
         }
+        wanted = None if blob_ids is None else set(blob_ids)
         n = 0
         async with self.lock.hold("sync"):
             for row in await self.store.rows(namespace, [*moves, *PENDING]):
+                if wanted is not None and row.blob_id not in wanted:
+                    continue
                 await self.store.update(
                     row.namespace, row.blob_id, only_if=[row.status],
                     status=moves.get(row.status, row.status), retries=0, next_attempt=0,

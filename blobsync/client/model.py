@@ -50,6 +50,15 @@ class SyncReport:
     taken: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ForgottenHere:
+    """What ``BlobManager.delete`` returns when it forgot a blob on this device only and
+    sent no DELETE: the server never held this device's copy (``reason`` says why), and
+    whatever it holds under that id belongs to someone else."""
+
+    reason: str
+
+
 @dataclass
 class Progress:
     phase: str  # "download" | "upload" | "delete"

@@ -25,6 +25,7 @@ find nothing, and the upload would then bring the blob back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -56,6 +57,7 @@ from .errors import (
     ClientError,
     IdTaken,
     MissingBlobs,
+    NoSpace,
     RemoteError,
     StaleRange,
     TooLarge,
@@ -243,13 +245,15 @@ class SyncEngine:
         *,
         progress: ProgressCallback | None = None,
         report: SyncReport | None = None,
+        waited: float = 0.0,
     ) -> SyncReport:
+        """Rounds until nothing is due; ``waited``: seconds of ``max_sync_wait`` spent
+        already (retrying the listing)."""
         run = _Run(namespace, report or SyncReport())
         phases = [p for p in PHASES if p in set(phases)]
         for p in phases:
             run.trackers[p] = _Tracker(p, progress)
         wait_budget = self.settings.max_sync_wait
-        waited = 0.0
         while True:
             worked = False
             async with self.lock.hold("sync"):
@@ -473,6 +477,8 @@ class SyncEngine:
         for _ in range(2):
             try:
                 return await self._fetch(row, partial, offset, plaintext)
+            except (TransientError, asyncio.CancelledError):
+                raise  # the partial file stays: the next attempt resumes it with Range
             except StaleRange:
                 log.info("partial download of %s is stale, starting over", blob_id)
             except RemoteError as exc:
@@ -481,6 +487,14 @@ class SyncEngine:
             except InvalidBlob:
                 partial.unlink(missing_ok=True)
                 await self.store.update(ns, blob_id, partial_tag=None)
+                raise
+            except BaseException as exc:
+                # Nothing will resume from it: a full disk above all, which the partial
+                # file would keep full for every other program until the next sync.
+                partial.unlink(missing_ok=True)
+                if not isinstance(exc, NoSpace):
+                    with contextlib.suppress(ClientError):
+                        await self.store.update(ns, blob_id, partial_tag=None)
                 raise
             partial.unlink(missing_ok=True)
             offset = 0
@@ -536,10 +550,15 @@ class SyncEngine:
             partial.unlink(missing_ok=True)
         else:
             location = await self.store.keep_file(ns, blob_id, partial)
-            kept = await self.store.attach_payload(
-                ns, blob_id, size=opened.size, sealed_size=sealed_size,
-                external=opened.external, location=location,
-            )
+            try:
+                kept = await self.store.attach_payload(
+                    ns, blob_id, size=opened.size, sealed_size=sealed_size,
+                    external=opened.external, location=location,
+                )
+            except BaseException:
+                # No row claims the file: gone now, not at the next sweep (a full disk).
+                self.store.blob_path(location).unlink(missing_ok=True)
+                raise
             if not kept:
                 self.store.blob_path(location).unlink(missing_ok=True)
         return sealed_size if kept else None
@@ -708,12 +727,29 @@ class SyncEngine:
         if run is not None:
             run.trackers["upload"].dropped(row.blob_id)
 
+    async def not_ours_to_delete(self, namespace: str, blob_id: str) -> bool:
+        """For a PENDING_DELETE row of a blob never confirmed on the server (it remembers
+        the blob's tag): whether the server holds another blob under the id, or none. Then
+        the row is forgotten here and no DELETE may go: it would remove another device's
+        blob (SPEC 7). Every DELETE of a row goes through this. TransientError passes."""
+        row = await self.store.get(namespace, blob_id)
+        if row is None or row.status is not SyncStatus.PENDING_DELETE or row.partial_tag is None:
+            return False
+        if await self.transport.blob_tail(namespace, blob_id) == row.partial_tag:
+            return False
+        log.info("blob %s is not on the server as this device sealed it: forgotten here only",
+                 blob_id)
+        await self.store.remove_many(namespace, [blob_id], only_if=[SyncStatus.PENDING_DELETE])
+        return True
+
     async def _settle_deleted(self, namespace: str, blob_ids: list[str]) -> None:
         """Delete on the server the blobs that were deleted here while being uploaded."""
         for b in await self.store.with_status(namespace, blob_ids, SyncStatus.PENDING_DELETE):
             if self.uploading(namespace, b):
                 continue
             try:
+                if await self.not_ours_to_delete(namespace, b):
+                    continue
                 await self.transport.delete_blob(namespace, b)
             except BlobNotFound:
                 pass
@@ -847,6 +883,9 @@ class SyncEngine:
                               ClientError("its upload is still on its way"))
             return
         try:
+            if await self.not_ours_to_delete(run.namespace, row.blob_id):
+                run.trackers["delete"].finished(row.blob_id, None)
+                return
             await self.transport.delete_blob(run.namespace, row.blob_id)
         except BlobNotFound:
             pass  # already gone: what we wanted
@@ -978,13 +1017,39 @@ class _FrameReader:
     async def flush(self) -> None:
         """Keep the verified blobs received so far, in one transaction."""
         ready, self._ready, self._ready_bytes = self._ready, [], 0
-        if not ready:
-            return
-        kept = await self.store.attach_many(self.run.namespace, ready)
+        if ready:
+            await self._attach(ready)
+
+    async def _attach(self, ready: list[Attach]) -> None:
+        try:
+            kept = await self.store.attach_many(self.run.namespace, ready)
+        except NoSpace:
+            if len(ready) > 1:
+                # The disk is full: keep what fits, in smaller groups, so that a re-run
+                # with a little room makes progress instead of failing whole groups.
+                half = len(ready) // 2
+                try:
+                    await self._attach(ready[:half])
+                except NoSpace:
+                    self._unlink_files(ready[half:])
+                    raise
+                await self._attach(ready[half:])
+                return
+            self._unlink_files(ready)
+            raise
+        except BaseException:
+            self._unlink_files(ready)
+            raise
         for item, ok in zip(ready, kept, strict=True):
             if ok:
                 await self.engine._downloaded(self.run, item.blob_id, item.sealed_size)
             elif item.location:  # deleted while on its way: do not bring it back
+                self.store.blob_path(item.location).unlink(missing_ok=True)
+
+    def _unlink_files(self, items: list[Attach]) -> None:
+        """Payload files of blobs not kept: no row claims them, and they hold disk."""
+        for item in items:
+            if item.location:
                 self.store.blob_path(item.location).unlink(missing_ok=True)
 
     async def discard(self) -> None:

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from blobsync.server.config import ConfigError, ServerConfig, describe, exposure_warnings
+from blobsync.server.config import (
+    ConfigError,
+    ServerConfig,
+    describe,
+    exposure_warnings,
+    host_port,
+)
 from blobsync.server.errors import error_middleware
 from blobsync.server.expect import expect_handler
 from blobsync.server.logs import ACCESS_LOGGER, AccessLogger
@@ -247,7 +253,9 @@ def _probe_ports(config: ServerConfig) -> None:
                         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                     sock.bind(addr)
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise ConfigError(
+                f"cannot listen on {host_port(host, port)}: {exc.strerror or exc}"
+            ) from None
 
 
 def _sweeper(

@@ -218,6 +218,14 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it: an IPv6 address in brackets (``[::1]:2424``),
+    since ``::1:2424`` reads as another address."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
 def describe(config: ServerConfig) -> str:
     """The settings in effect, on one line for the start-up log; never a secret."""
     data = os.path.abspath(config.data)
@@ -231,8 +239,8 @@ def describe(config: ServerConfig) -> str:
         f"settings: data {data}; metadata {metadata}; payload {payload}; "
         f"quota {_size(config.quota)}; max blob size {_size(config.max_blob_size)}; "
         f"max stream size {_size(config.max_stream_size)}; TLS {tls}; "
-        f"workers {config.workers}; public {config.host}:{config.port}; "
-        f"incoming box {config.local_host}:{config.local_port}; orphan sweep {sweep}"
+        f"workers {config.workers}; public {host_port(config.host, config.port)}; "
+        f"incoming box {host_port(config.local_host, config.local_port)}; orphan sweep {sweep}"
     )
 
 

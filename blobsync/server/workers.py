@@ -88,6 +88,8 @@ def _reserved_ports(config: ServerConfig) -> Iterator[ServerConfig]:
     A port another program listens on fails here, once. Port 0 means "any free port",
     which each worker would pick for itself: the one bound here is given to them all.
     """
+    from blobsync.server.config import host_port
+
     held: list[socket.socket] = []
     changes: dict[str, int] = {}
     try:
@@ -97,7 +99,7 @@ def _reserved_ports(config: ServerConfig) -> Iterator[ServerConfig]:
                 sock = _reserve(host, port)
             except OSError as exc:
                 raise ConfigError(
-                    f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                    f"cannot listen on {host_port(host, port)}: {exc.strerror or exc}"
                 ) from None
             held.append(sock)
             changes[port_key] = sock.getsockname()[1]

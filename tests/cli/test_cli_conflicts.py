@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 
 from blobsync.cli.failures import EXIT_ID_TAKEN, EXIT_VERIFY
+from tests.helpers.cli_output import move_server
 
-from .conftest import Device, assert_one_line_error
+from .conftest import Device, assert_one_line_error, free_port
 
 
 def test_put_of_a_taken_id_exits_10_and_stays_failed(
@@ -63,3 +64,93 @@ def test_put_of_the_same_id_on_two_devices_after_a_delete_is_seen_by_check_remot
     assert_one_line_error(proc, EXIT_VERIFY)
     report = proc.stdout.decode()
     assert "default/shared: the server's copy is another blob under the same id" in report
+
+
+def test_rm_after_an_id_conflict_forgets_here_and_leaves_the_other_blob(
+    ready_a: Device, ready_b: Device, tmp_path: Path
+) -> None:
+    """After a conflict, the advice is `rm conflict` on B: it must never send a DELETE,
+    which would remove A's blob from the server, and A's next sync would drop it too."""
+    mine, theirs = tmp_path / "a.txt", tmp_path / "b.txt"
+    mine.write_bytes(b"device A wrote this")
+    theirs.write_bytes(b"device B wrote something else")
+    ready_a.ok("put", "--id", "conflict", str(mine))
+    assert_one_line_error(ready_b.run("put", "--id", "conflict", str(theirs)), EXIT_ID_TAKEN)
+
+    out = ready_b.ok("rm", "conflict")
+    assert "forgotten on this device only" in out and "nothing was deleted" in out
+    status = ready_b.json("status")
+    assert isinstance(status, dict) and status["statuses"]["FAILED_UPLOAD"] == 0
+
+    ready_b.ok("sync")
+    ready_a.ok("sync")
+    assert ready_a.run("get", "conflict").stdout == mine.read_bytes()
+    assert "conflict" in ready_a.ok("ls", "--remote")
+    assert ready_b.run("get", "conflict").stdout == mine.read_bytes()  # B sees A's blob now
+
+
+def test_rm_of_a_queued_put_never_deletes_another_devices_blob(
+    ready_a: Device, ready_b: Device, tmp_path: Path
+) -> None:
+    """B puts and removes offline (a PENDING_UPLOAD, then a queued delete); meanwhile A put
+    another blob under that id. B's next sync must not delete A's blob."""
+    mine, theirs = tmp_path / "a.txt", tmp_path / "b.txt"
+    mine.write_bytes(b"device A wrote this")
+    theirs.write_bytes(b"device B wrote this offline")
+    url = move_server(ready_b, f"http://127.0.0.1:{free_port()}")
+    assert ready_b.run("put", "--id", "conflict", str(theirs)).returncode == 4
+    assert ready_b.run("rm", "conflict").returncode == 4  # queued
+    ready_a.ok("put", "--id", "conflict", str(mine))
+    move_server(ready_b, url)
+
+    ready_b.ok("sync")
+    status = ready_b.json("status")
+    assert isinstance(status, dict) and status["statuses"]["PENDING_DELETE"] == 0
+    ready_a.ok("sync")
+    assert ready_a.run("get", "conflict").stdout == mine.read_bytes()
+
+
+def test_rm_of_a_queued_put_deletes_it_once_it_is_there(
+    ready_a: Device, ready_b: Device, tmp_path: Path
+) -> None:
+    """The other way round: B's own blob did reach the server; its queued delete goes."""
+    src = tmp_path / "b.txt"
+    src.write_bytes(b"device B wrote this")
+    ready_b.ok("put", "--id", "mine", str(src))
+    url = move_server(ready_b, f"http://127.0.0.1:{free_port()}")
+    assert ready_b.run("rm", "mine").returncode == 4  # SYNCED: queued as ever
+    move_server(ready_b, url)
+    ready_b.ok("sync")
+    assert "mine" not in ready_a.ok("ls", "--remote")
+
+
+def test_put_run_again_after_an_id_conflict_tries_again_and_exits_10(
+    ready_a: Device, ready_b: Device, tmp_path: Path
+) -> None:
+    mine, theirs = tmp_path / "a.txt", tmp_path / "b.txt"
+    mine.write_bytes(b"device A wrote this")
+    theirs.write_bytes(b"device B wrote something else")
+    ready_a.ok("put", "--id", "conflict", str(mine))
+    assert_one_line_error(ready_b.run("put", "--id", "conflict", str(theirs)), EXIT_ID_TAKEN)
+
+    proc = ready_b.run("--json", "put", "--id", "conflict", str(theirs))
+    line = assert_one_line_error(proc, EXIT_ID_TAKEN)
+    assert "id conflict is taken by another blob on the server" in line
+    doc = json.loads(proc.stdout)
+    assert (doc["taken"], doc["refused"], doc["pending"]) == (["conflict"], [], [])
+    assert doc["already_stored"] == 1
+    assert ready_a.run("get", "conflict").stdout == mine.read_bytes()  # untouched
+
+
+def test_rm_of_a_conflicted_blob_says_local_only_in_json(
+    ready_a: Device, ready_b: Device, tmp_path: Path
+) -> None:
+    mine, theirs = tmp_path / "a.txt", tmp_path / "b.txt"
+    mine.write_bytes(b"device A wrote this")
+    theirs.write_bytes(b"device B wrote something else")
+    ready_a.ok("put", "--id", "conflict", str(mine))
+    assert_one_line_error(ready_b.run("put", "--id", "conflict", str(theirs)), EXIT_ID_TAKEN)
+    assert ready_b.json("rm", "conflict") == {
+        "id": "conflict", "namespace": "default", "deleted": True, "queued": False,
+        "local_only": True}
+    assert "conflict" in ready_a.ok("ls", "--remote")

@@ -198,3 +198,28 @@ def test_dash_is_stdout(ready_a: Device, tmp_path: Path) -> None:
     blob_id = put_one(ready_a, tmp_path / "src.txt", b"to stdout")
     assert ready_a.ok("get", blob_id, "-o", "-") == "to stdout"
     assert not (tmp_path / "-").exists() and not (ROOT / "-").exists()
+
+
+def test_a_name_ending_in_slash_must_be_a_directory(ready_a: Device, tmp_path: Path) -> None:
+    """`-o newfile/` used to create a regular file `newfile` (pathlib drops the slash);
+    as cp does, a name ending in / names a directory: refused like `-o DIR`, exit 2."""
+    blob_id = put_one(ready_a, tmp_path / "src.txt", b"content")
+    new = tmp_path / "d" / "newfile"
+    new.parent.mkdir()
+    line = assert_one_line_error(ready_a.run("get", blob_id, "-o", f"{new}/"), 2)
+    assert line == (f"blobsync: error: -o {new}/: not a directory (a name ending in / "
+                    "must name an existing directory)")
+    assert os.listdir(new.parent) == []
+    # The same for a file that exists: left as it was, not replaced.
+    old = tmp_path / "d" / "old.txt"
+    old.write_bytes(b"old")
+    assert_one_line_error(ready_a.run("get", blob_id, "-o", f"{old}/"), 2)
+    assert old.read_bytes() == b"old"
+    # `newfile/.` names a directory too (pathlib would drop the '.' as well).
+    assert_one_line_error(ready_a.run("get", blob_id, "-o", f"{new}/."), 2)
+    assert os.listdir(new.parent) == ["old.txt"]
+    # An existing directory, with or without the slash: refused as before.
+    for name in (str(new.parent), f"{new.parent}/"):
+        line = assert_one_line_error(ready_a.run("get", blob_id, "-o", name), 2)
+        assert "-o names a directory" in line
+    assert os.listdir(new.parent) == ["old.txt"]

@@ -34,3 +34,30 @@ async def test_sync_names_and_retries_refused_blobs(account: Account, tmp_path: 
     assert listed.decode().split() == ["report"]
     rc, out, err = await cli(home, "sync")
     assert rc == 0, err
+
+
+async def test_put_run_again_sends_a_refused_blob_again(
+    account: Account, tmp_path: Path
+) -> None:
+    """`put` of the same file again retries its FAILED_UPLOAD blob: refused again while
+    over quota (exit 1, named in the JSON's "refused"), uploaded once there is room."""
+    a = await home_with(account, "a")
+    home = a.profile.home
+    await a.close()
+    store = account.server.store
+    store.quota = await store.index.usage(account.user) + 50_000
+    src = tmp_path / "report.pdf"
+    src.write_bytes(os.urandom(100_000))
+    rc, _, err = await cli(home, "put", "--id", "report", str(src))
+    one_line_error(rc, err, 1)
+    rc, out, err = await cli(home, "--json", "put", "--id", "report", str(src))
+    assert "refused by the server: quota or size" in one_line_error(rc, err, 1)
+    doc = json.loads(out)
+    assert (doc["refused"], doc["taken"], doc["pending"]) == (["report"], [], [])
+    store.quota = 0  # space was freed
+    rc, out, err = await cli(home, "--json", "put", "--id", "report", str(src))
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert (doc["uploaded"], doc["already_stored"], doc["refused"]) == (1, 1, [])
+    rc, listed, _ = await cli(home, "ls", "--remote")
+    assert listed.decode().split() == ["report"]

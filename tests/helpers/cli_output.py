@@ -1,13 +1,16 @@
-"""What CLI tests share: reading put's output, writing a large recognisable file, and
-storing a blob sealed under someone else's key."""
+"""What CLI tests share: reading put's output, writing a large recognisable file,
+storing a blob sealed under someone else's key, reading blobs through the library, and
+pointing a profile at another server."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from pathlib import Path
 
 from blobsync.format import seal
-from tests.cli.conftest import Account, http
+from tests.cli.conftest import PASSPHRASE, Account, Device, http
 
 
 def forge(account: Account, blob_id: str, plaintext: bytes) -> None:
@@ -32,3 +35,26 @@ def write_big(path: Path, size: int) -> None:
     with open(path, "wb") as f:
         for i in range(size >> 20):
             f.write(i.to_bytes(8, "big") + chunk[8:])  # every MiB different
+
+
+def read_all(home: Path, ids: list[str]) -> dict[str, bytes]:
+    """Every blob as the library on that home reads it (faster than a process each)."""
+    from blobsync.client import BlobManager
+
+    async def read() -> dict[str, bytes]:
+        m = await BlobManager.open(home, passphrase=PASSPHRASE)
+        try:
+            return {i: await m.get(i) for i in ids}  # type: ignore[misc]
+        finally:
+            await m.close()
+
+    return asyncio.run(read())
+
+
+def move_server(device: Device, url: str) -> str:
+    """Point the profile at ``url``; returns the URL it had."""
+    config = device.home / "config.json"
+    doc = json.loads(config.read_text())
+    old, doc["server"] = doc["server"], url
+    config.write_text(json.dumps(doc))
+    return str(old)

@@ -9,6 +9,7 @@ test:
   or until the client is killed: a deterministic "in the middle of a transfer",
 - hand the answers over in small pieces, as a real network does,
 - drop matching requests without answering (a passing failure the client must retry),
+- answer matching requests itself (a 503, say) instead of the server,
 - keep every byte the client sent, to search it for secrets.
 """
 
@@ -73,6 +74,8 @@ class Relay:
     cuts: list[int] = field(default_factory=list)
     cut_match: bytes = b""
     downstream_bytes: list[int] = field(default_factory=list)  # per connection, in order
+    # Raw HTTP bytes to answer a request with instead of the server (None: forward it).
+    answer: Callable[[bytes], bytes | None] | None = None
     capture: bool = False
     upstream_data: bytearray = field(default_factory=bytearray)
     conn_data: dict[int, bytearray] = field(default_factory=dict)  # upstream, per connection
@@ -171,6 +174,13 @@ class Relay:
                         return
                     if cut["at"] is None and self.cuts and self.cut_match in head:
                         cut["at"] = self.cuts.pop(0)
+                    own = self.answer(head) if self.answer is not None else None
+                    if own is not None:
+                        cw.write(own)
+                        await cw.drain()
+                        cw.close()
+                        uw.transport.abort()  # type: ignore[union-attr]
+                        return
                     state["down"] = pick(self.hold_down, head)
                     state["up"] = pick(self.hold_up, head)
                     counts["down"] = counts["up"] = 0

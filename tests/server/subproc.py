@@ -3,6 +3,7 @@ the command line itself, SIGKILL, SIGTERM, and memory measured from /proc."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -35,6 +36,25 @@ def blobsync(*args: str, env: dict[str, str] | None = None, cwd: Path | None = N
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "blobsync", *args], capture_output=True,
                           text=True, env=env or cli_env(), cwd=cwd, timeout=timeout)
+
+
+def new_data_dir(path: Path | str) -> str:
+    """``path`` as a server's first start leaves it: the embedded store made, empty. The
+    ``user``, ``service`` and ``admin gc`` commands refuse a data dir without one."""
+    from blobsync.server.storage.factory import make_store
+
+    async def make() -> None:
+        store = make_store(str(path), None, None)
+        await store.open()
+        await store.close()
+
+    # A thread of its own: the caller may be inside a running event loop.
+    worker = threading.Thread(target=asyncio.run, args=(make(),))
+    worker.start()
+    worker.join()
+    if not (Path(path) / "index.sqlite3").is_file():
+        raise RuntimeError(f"no store was made in {path}")
+    return str(path)
 
 
 class ServerProcess:

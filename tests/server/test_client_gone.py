@@ -27,7 +27,7 @@ from tests.helpers.server_cli import self_signed
 from tests.helpers.servers import RunningServer, auth_header, make_user, running_server
 
 from .rawhttp import head
-from .subproc import ServerProcess, blobsync
+from .subproc import ServerProcess, blobsync, new_data_dir
 
 SECRET = os.urandom(128)
 # Larger than what loopback's socket buffers hold, so that a client reading only the start
@@ -76,7 +76,7 @@ def stream_raw(url: str, auth: dict[str, str], blob_id: str) -> bytes:
 
 @pytest.fixture(params=["http", "https"])
 def proc(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
-    data = str(tmp_path / "d")
+    data = new_data_dir(tmp_path / "d")
     added = blobsync("user", "add", "alice", "--data", data)
     assert added.returncode == 0, added.stderr
     args = ["--data", data, "--port", "0", "--local-port", "0"]

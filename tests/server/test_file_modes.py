@@ -14,7 +14,7 @@ from blobsync.format import encode_upstream_header
 from tests.helpers.server_cli import call
 
 from .conftest import sealed
-from .subproc import ServerProcess, blobsync, cli_env
+from .subproc import ServerProcess, blobsync, cli_env, new_data_dir
 
 
 @contextlib.contextmanager
@@ -55,6 +55,7 @@ def test_server_files_are_private_under_umask_022(tmp_path: Path) -> None:
     data = tmp_path / "data"
     args = ("--data", str(data), "--port", "0", "--local-port", "0")
     with umask(0o022):
+        new_data_dir(data)
         added = blobsync("user", "add", "alice", "--data", str(data), env=cli_env())
         assert added.returncode == 0, added.stderr
         token = added.stdout.strip()
@@ -74,7 +75,7 @@ def test_server_files_are_private_under_umask_022(tmp_path: Path) -> None:
 def test_an_older_data_dir_is_tightened_at_start_up(tmp_path: Path) -> None:
     data = tmp_path / "data"
     args = ("--data", str(data), "--port", "0", "--local-port", "0")
-    added = blobsync("user", "add", "alice", "--data", str(data), env=cli_env())
+    added = blobsync("user", "add", "alice", "--data", new_data_dir(data), env=cli_env())
     token = added.stdout.strip()
     server = ServerProcess(*args, "--demo")
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.harness.s3 import S3Endpoint
 from tests.helpers.server_cli import call, ok_token, one_line_error, self_signed
 
-from .subproc import ServerProcess, blobsync, cli_env
+from .subproc import ServerProcess, blobsync, cli_env, new_data_dir
 
 
 def settings_lines(server: ServerProcess) -> list[str]:
@@ -22,7 +22,7 @@ def warnings(server: ServerProcess) -> list[str]:
 
 
 def test_service_add_refuses_names_the_server_does_not_use(tmp_path: Path) -> None:
-    data = str(tmp_path / "d")
+    data = new_data_dir(tmp_path / "d")
     proc = blobsync("service", "add", "smtp", "--data", data)
     assert proc.returncode == 2, proc
     assert proc.stdout == ""  # no token was made

@@ -16,11 +16,11 @@ from blobsync.cli.main import main
 from tests.helpers.server_cli import call, ok_token, one_line_error
 
 from .conftest import sealed
-from .subproc import ServerProcess, blobsync, cli_env, free_port
+from .subproc import ServerProcess, blobsync, cli_env, free_port, new_data_dir
 
 
 def test_server_end_to_end(tmp_path: Path) -> None:
-    data = str(tmp_path / "data")
+    data = new_data_dir(tmp_path / "data")
     token = ok_token(blobsync("user", "add", "alice", "--data", data))
     port, local_port = free_port(), free_port()
     server = ServerProcess("--data", data, "--port", str(port), "--local-port", str(local_port))
@@ -78,7 +78,7 @@ def test_settings_from_env_and_toml(tmp_path: Path) -> None:
     port, local_port = free_port(), free_port()
     toml = tmp_path / "server.toml"
     toml.write_text(f'local_port = {local_port}\nport = 1\nquota = "4K"\n')
-    env = cli_env(BLOBSYNC_PORT=str(port), BLOBSYNC_DATA=str(tmp_path / "d"),
+    env = cli_env(BLOBSYNC_PORT=str(port), BLOBSYNC_DATA=new_data_dir(tmp_path / "d"),
                   BLOBSYNC_CONFIG=str(toml))
     token = ok_token(blobsync("user", "add", "alice", env=env))  # BLOBSYNC_DATA applies
     server = ServerProcess(env=env)
@@ -149,7 +149,7 @@ def test_server_start_errors_are_one_line(tmp_path: Path, args: list[str]) -> No
 
 
 def test_user_exists_and_port_in_use(tmp_path: Path) -> None:
-    data = str(tmp_path / "d")
+    data = new_data_dir(tmp_path / "d")
     ok_token(blobsync("user", "add", "alice", "--data", data))
     assert "exists" in one_line_error(blobsync("user", "add", "alice", "--data", data))
     with socket.socket() as busy:
@@ -165,7 +165,7 @@ def test_admin_gc(tmp_path: Path) -> None:
     from blobsync.server.storage.factory import make_store
 
     data = tmp_path / "d"
-    ok_token(blobsync("user", "add", "alice", "--data", str(data)))
+    ok_token(blobsync("user", "add", "alice", "--data", new_data_dir(data)))
 
     async def orphans() -> set[str]:
         # What a crash between payload commit and index insert leaves behind: one payload

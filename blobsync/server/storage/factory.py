@@ -8,6 +8,8 @@ from .base import MetadataIndex, PayloadStore
 from .blobstore import BlobStore
 
 MEMORY = "memory:"
+# The embedded metadata index; its presence is what makes a directory a data directory.
+INDEX_FILE = "index.sqlite3"
 
 
 def make_index(data_dir: str, metadata: str | None) -> MetadataIndex:
@@ -15,7 +17,7 @@ def make_index(data_dir: str, metadata: str | None) -> MetadataIndex:
     if metadata is None:
         from .sqlite import SQLiteIndex
 
-        return SQLiteIndex(os.path.join(data_dir, "index.sqlite3"))
+        return SQLiteIndex(os.path.join(data_dir, INDEX_FILE))
     if metadata == MEMORY:
         from .memory import MemoryIndex
 

@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import stat
@@ -31,6 +32,8 @@ from .base import BlobNotFound, PayloadStore, PayloadWriter
 from .modes import DIR_MODE, FILE_MODE, fsync_dir, private_dir, tighten
 
 TMP_DIR = ".tmp"
+
+log = logging.getLogger(__name__)
 
 # Bytes per thread hop when reading a file out, passed on whole: a hop and a socket write
 # cost tens of microseconds whatever their size, small against copying 256 KiB.
@@ -310,23 +313,36 @@ class FilePayloads(PayloadStore):
         private_dir(self.root)  # and the data dir above it, if it is new
         private_dir(self.tmp_root)
         me = os.getpid()
+        files = size = 0  # what crashed processes left, for the log
+
+        def unlink(path: str) -> None:
+            nonlocal files, size
+            with contextlib.suppress(FileNotFoundError):
+                size += os.lstat(path).st_size
+                os.unlink(path)
+                files += 1
+
         for entry in os.scandir(self.tmp_root):
             try:
                 pid = int(entry.name)
             except ValueError:
                 pid = -1  # not a name we make: a leftover all the same
             if not entry.is_dir(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
+                unlink(entry.path)
             elif pid == me:
                 # A previous process with our pid (common in containers) may have left
                 # files; keep only those this process is writing.
                 for f in os.scandir(entry.path):
                     if f.path not in _ACTIVE_TEMPS:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(f.path)
+                        unlink(f.path)
             elif pid <= 0 or not _pid_alive(pid):
+                for _path, st in files_below(entry.path):
+                    files, size = files + 1, size + st.st_size
                 shutil.rmtree(entry.path, ignore_errors=True)
+        if files:
+            # A crash mid-upload can leave gigabytes here; say where the space came from.
+            log.info("removed %d temp files (%d bytes) that dead processes left in %s",
+                     files, size, self.tmp_root)
 
     def _my_tmp_dir(self) -> str:
         # Looked up per writer, not cached: a server may fork its workers after creating us.
