@@ -121,7 +121,11 @@ def _classify(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, InvalidBlob):
         return EXIT_VERIFY, f"verification failed: {exc}"
     if isinstance(exc, BlobsyncError):
-        return _client_error_code(exc), str(exc) or type(exc).__name__
+        # The server commands' errors carry their own code (server_cmds.CommandError).
+        code = getattr(exc, "exit_code", None)
+        if not isinstance(code, int):
+            code = _client_error_code(exc)
+        return code, str(exc) or type(exc).__name__
     if isinstance(exc, TimeoutError):
         return EXIT_UNREACHABLE, "the server did not answer in time"
     if isinstance(exc, OSError):

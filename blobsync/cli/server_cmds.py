@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from blobsync.cli.failures import guarded
 from blobsync.format.errors import BlobsyncError
 from blobsync.format.limits import valid_id
 
@@ -43,30 +44,19 @@ class UsageError(CommandError):
 
 
 def _guard(body: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Every failure is one line on stderr and exit 1 (2 for a usage error); never a
-    traceback."""
+    """Every failure is one line on stderr and an exit code (failures.guarded, as for the
+    client commands): 1, or 2 for a usage error; never a traceback."""
 
     def run(args: argparse.Namespace) -> int:
-        try:
-            return body(args)
-        except KeyboardInterrupt:
-            return 130
-        except (BlobsyncError, ValueError, OSError) as exc:
-            message = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            if isinstance(exc, OSError) and exc.filename:
-                message = f"{message}: {exc.filename}"
-            _error(message)
-            return getattr(exc, "exit_code", 1)
-        except Exception as exc:  # noqa: BLE001 - the contract is one line, no traceback
-            _error(f"unexpected {type(exc).__name__}: {exc}")
-        return 1
+        def call() -> int:
+            try:
+                return body(args)
+            except ValueError as exc:  # a bad setting (ConfigError, a size, a duration)
+                raise CommandError(str(exc) or type(exc).__name__) from None
+
+        return guarded(call)
 
     return run
-
-
-def _error(message: str) -> None:
-    sys.stderr.write(f"blobsync: error: {' '.join(message.split())}\n")
-    sys.stderr.flush()
 
 
 def _config(args: argparse.Namespace) -> Any:

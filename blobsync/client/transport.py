@@ -419,13 +419,15 @@ def _decode_tag(value: str | None) -> bytes | None:
 
 
 def _content_range(value: str | None, what: str) -> tuple[int, int | None]:
-    """``bytes a-b/size`` -> (a, size)."""
+    """``bytes a-b/size`` -> (a, size); anything else is the server's fault (502)."""
+    malformed = ServerError(f"{what}: malformed Content-Range {value!r}", 502)
+    if value is None:
+        raise malformed
+    unit, _, rest = value.partition(" ")
+    span, _, size = rest.partition("/")
+    if unit != "bytes":
+        raise malformed
     try:
-        assert value is not None
-        unit, _, rest = value.partition(" ")
-        span, _, size = rest.partition("/")
-        start = int(span.split("-")[0])
-        assert unit == "bytes"
-        return start, None if size == "*" else int(size)
-    except (AssertionError, ValueError):
-        raise ServerError(f"{what}: malformed Content-Range {value!r}", 502) from None
+        return int(span.split("-")[0]), None if size == "*" else int(size)
+    except ValueError:
+        raise malformed from None

@@ -28,8 +28,8 @@ from .preamble import (
     Preamble,
     Scheme,
     SealedHead,
-    parse_sealed_head,
 )
+from .verifier import SealedVerifier
 
 # Bytes a symkey sealed blob adds to its plaintext: 736 base64 chars, a space, the tag.
 SEAL_OVERHEAD = 736 + 1 + TAG_SIZE
@@ -95,6 +95,16 @@ class Sealer:
             raise ValueError(f"more plaintext than the {self.size} bytes declared")
         return self._enc.update(chunk)
 
+    def seal_whole(self, plaintext: bytes) -> bytes:
+        """The whole sealed blob of ``plaintext`` in one call to the cipher, instead of
+        start, update and finish (the same bytes)."""
+        if self._started:
+            raise RuntimeError("seal_whole() after start()")
+        if len(plaintext) != self.size:
+            raise ValueError(f"{len(plaintext)} bytes of plaintext, {self.size} declared")
+        self._started = True
+        return self._head + AESGCM(self._key).encrypt(self.preamble.iv, plaintext, self._raw)
+
     def finish(self) -> bytes:
         if self._fed != self.size:
             raise ValueError(f"{self._fed} bytes of plaintext, {self.size} declared")
@@ -114,7 +124,8 @@ class Opener:
     """Open one sealed blob fed in arbitrary chunks, passing plaintext to ``sink``.
 
     ``finish()`` returns Opened only after the tag verifies; any failure is InvalidBlob.
-    The last 16 bytes fed are always held back, since they may be the tag.
+    The structure is checked by a SealedVerifier, which holds back the last 16 bytes fed
+    (they may be the tag); this adds only the cipher.
     """
 
     def __init__(
@@ -125,10 +136,8 @@ class Opener:
         self._secret = secret
         self._blob_id = blob_id
         self._sink = sink
-        self._buf = bytearray()
-        self._head: SealedHead | None = None
-        self._dec = None
-        self._size = 0
+        self._dec: Any = None
+        self._verifier = SealedVerifier(blob_id, on_head=self._begin, on_body=self._body)
         self._done = False
         # Once refused, a blob stays refused: a caller that ignores an error from feed()
         # must not get a success from finish() (nor hand on data as if it were the payload).
@@ -140,56 +149,20 @@ class Opener:
         if self._error is not None:
             raise InvalidBlob(self._error.reason)
         try:
-            self._feed(chunk)
+            self._verifier.feed(chunk)
         except InvalidBlob as exc:
             self._error = exc
             raise
 
-    def _feed(self, chunk: bytes | bytearray | memoryview) -> None:
-        if self._head is None:
-            self._buf += chunk
-            head = parse_sealed_head(self._buf)
-            if head is None:
-                return
-            self._begin(head)
-            del self._buf[: head.size]
-            chunk = b""
-        # Only the last TAG_SIZE bytes seen are held back (they may be the tag); the bulk
-        # of a chunk goes to the cipher as a view, never through the buffer.
-        keep = TAG_SIZE if self._dec is not None else 0
-        if len(chunk) < keep:
-            self._buf += chunk
-            self._release(len(self._buf) - keep)
-            return
-        self._release(len(self._buf))
-        view = memoryview(chunk)
-        cut = len(view) - keep
-        if cut:
-            self._release_view(view[:cut])
-        self._buf += view[cut:]
-
     def _begin(self, head: SealedHead) -> None:
-        pre = head.preamble
-        pre.check(self._blob_id)
-        if pre.scheme is Scheme.SYMKEY:
+        if head.preamble.scheme is Scheme.SYMKEY:
             if self._secret is None:
                 raise InvalidBlob("symkey blob but no secret to open it")
             key = blob_key(self._secret, self._blob_id)
-            self._dec = Cipher(algorithms.AES(key), modes.GCM(pre.iv)).decryptor()
+            self._dec = Cipher(algorithms.AES(key), modes.GCM(head.preamble.iv)).decryptor()
             self._dec.authenticate_additional_data(head.raw_preamble)
-        # Set last: a head is only taken once everything about it checked out.
-        self._head = head
 
-    def _release(self, n: int) -> None:
-        """Release the first ``n`` held bytes."""
-        if n <= 0:
-            return
-        piece = bytes(self._buf[:n])
-        del self._buf[:n]
-        self._release_view(memoryview(piece))
-
-    def _release_view(self, piece: memoryview) -> None:
-        self._size += len(piece)
+    def _body(self, piece: memoryview) -> None:
         self._sink(self._dec.update(piece) if self._dec is not None else bytes(piece))
 
     def finish(self) -> Opened:
@@ -199,32 +172,25 @@ class Opener:
         self._done = True
         if self._error is not None:
             raise InvalidBlob(f"refused earlier: {self._error.reason}")
-        if self._head is None:
-            raise InvalidBlob("sealed blob: cut short inside its head")
-        pre = self._head.preamble
-        if self._dec is None:
-            self._release(len(self._buf))
-            if pre.content_size is not None and pre.content_size != self._size:
-                raise InvalidBlob(
-                    f"external blob: {self._size} bytes, preamble says {pre.content_size}"
-                )
-            return Opened(pre, self._size, external=True)
-        if len(self._buf) != TAG_SIZE:
-            raise InvalidBlob("sealed blob: cut short before its tag")
+        verified = self._verifier.finish()
+        if verified.external:
+            if verified.tail:
+                self._sink(verified.tail)
+            return Opened(verified.preamble, verified.body_size + len(verified.tail),
+                          external=True)
         try:
-            tail = self._dec.finalize_with_tag(bytes(self._buf))
+            last = self._dec.finalize_with_tag(verified.tail)
         except InvalidTag:
             raise InvalidBlob("sealed blob: tag does not verify") from None
-        if tail:
-            self._sink(tail)
-        return Opened(pre, self._size, external=False)
+        if last:
+            self._sink(last)
+        return Opened(verified.preamble, verified.body_size, external=False)
 
 
 def seal(secret: bytes, blob_id: str, plaintext: bytes) -> bytes:
     """Seal a whole plaintext in memory, in one call to the cipher: the same bytes as a
     Sealer fed the whole, at a fraction of the per-blob cost (puts of small files)."""
-    s = Sealer(secret, blob_id, len(plaintext))
-    return s._head + AESGCM(s._key).encrypt(s.preamble.iv, plaintext, s._raw)
+    return Sealer(secret, blob_id, len(plaintext)).seal_whole(plaintext)
 
 
 def open_sealed(secret: bytes | None, blob_id: str, sealed: bytes) -> bytes:
@@ -239,30 +205,29 @@ def open_sealed(secret: bytes | None, blob_id: str, sealed: bytes) -> bytes:
 def check_sealed(secret: bytes | None, blob_id: str, sealed: bytes | bytearray) -> Opened:
     """Verify a whole sealed blob held in memory, keeping no plaintext; raises InvalidBlob.
 
-    Reports what an Opener fed the same bytes reports, and refuses what it refuses, in one
-    call to the cipher: for the thousands of small blobs of a stream download, the
-    streaming Opener's per-blob setup cost more than the decryption."""
-    head = parse_sealed_head(sealed)
-    if head is None:
-        raise InvalidBlob("sealed blob: cut short inside its head")
-    pre = head.preamble
-    pre.check(blob_id)
-    body = memoryview(sealed)[head.size :]
-    if pre.scheme is not Scheme.SYMKEY:
-        if pre.content_size is not None and pre.content_size != len(body):
-            raise InvalidBlob(
-                f"external blob: {len(body)} bytes, preamble says {pre.content_size}"
-            )
-        return Opened(pre, len(body), external=True)
-    if secret is None:
+    The same rules as an Opener (one SealedVerifier), and the tag in one call to the
+    cipher: for the thousands of small blobs of a stream download, the streaming Opener's
+    per-blob setup cost more than the decryption."""
+    verifier = SealedVerifier(blob_id, on_head=lambda head: _need_secret(head, secret))
+    verifier.feed(sealed)
+    verified = verifier.finish()
+    if verified.external:
+        return Opened(verified.preamble, verified.body_size + len(verified.tail), external=True)
+    if secret is None:  # refused at the head already; this tells the type checker
         raise InvalidBlob("symkey blob but no secret to open it")
-    if len(body) < TAG_SIZE:
-        raise InvalidBlob("sealed blob: cut short before its tag")
+    body = memoryview(sealed)[verified.head.size :]
     try:
-        AESGCM(blob_key(secret, blob_id)).decrypt(pre.iv, body, head.raw_preamble)
+        AESGCM(blob_key(secret, blob_id)).decrypt(
+            verified.preamble.iv, body, verified.head.raw_preamble
+        )
     except InvalidTag:
         raise InvalidBlob("sealed blob: tag does not verify") from None
-    return Opened(pre, len(body) - TAG_SIZE, external=False)
+    return Opened(verified.preamble, verified.body_size, external=False)
+
+
+def _need_secret(head: SealedHead, secret: bytes | None) -> None:
+    if head.preamble.scheme is Scheme.SYMKEY and secret is None:
+        raise InvalidBlob("symkey blob but no secret to open it")
 
 
 def seal_external(blob_id: str, payload_size: int, timestamp: int | None = None) -> bytes:

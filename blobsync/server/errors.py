@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from blobsync.format.errors import BlobsyncError, ProtocolError
+from blobsync.server.sent import drop_unsent
 
 log = logging.getLogger("blobsync.server")
 
@@ -32,10 +33,6 @@ class ApiError(ProtocolError):
     def __init__(self, status: int, message: str, **extra: Any) -> None:
         super().__init__(message, status)
         self.extra = extra
-
-
-class ConnectionCut(Exception):
-    """Raised after a handler has cut a connection whose response had already started."""
 
 
 def json_error(
@@ -62,10 +59,7 @@ def cut_connection(request: web.Request) -> None:
     """Drop the connection: the only honest answer once a response has started."""
     transport = request.transport
     if transport is not None:
-        # What still waits in the transport's buffer is dropped with it: it was never
-        # sent, so the access log and the metrics must not count it.
-        if request.writer is not None:
-            request.writer.output_size -= transport.get_write_buffer_size()
+        drop_unsent(request)  # dropped with the transport: the count must not hold it
         transport.abort()
     if request.protocol is not None:
         request.protocol.force_close()
@@ -127,8 +121,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         resp = json_error(exc.status, _http_message(exc), **headers)
-    except ConnectionCut:
-        raise
     except BlobsyncError as exc:
         status, message = _status_error(exc)
         resp = json_error(status, message, getattr(exc, "extra", None), **_extra_headers(exc))

@@ -22,6 +22,7 @@ from aiohttp import HttpVersion11, hdrs, web
 
 from blobsync.format.errors import BlobsyncError, LimitExceeded
 from blobsync.server.errors import ApiError
+from blobsync.server.sent import forget_interim
 from blobsync.server.storage.base import BlobExists, QuotaExceeded
 from blobsync.server.storage.blobstore import BlobStore
 
@@ -67,8 +68,7 @@ def expect_handler(check: Check[Any]) -> ExpectHandler:
             request[_OUTCOME] = _Outcome(error=exc)
             return
         request[_OUTCOME] = _Outcome(value=value)
-        # The interim answer is not part of the response the logs and metrics count.
-        request.writer.output_size = 0
+        forget_interim(request)
 
     return handle
 

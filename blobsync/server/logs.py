@@ -10,6 +10,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
 
 from blobsync.server.auth import USER
+from blobsync.server.sent import sent_bytes
 
 ACCESS_LOGGER = logging.getLogger("blobsync.access")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -32,17 +33,6 @@ class AccessLogger(AbstractAccessLogger):
             time * 1000,
             request.get(USER, "-"),
         )
-
-
-def sent_bytes(request: BaseRequest) -> int:
-    """The bytes of the answer handed to the operating system, headers included.
-
-    aiohttp's writer counts what goes through it; the routes add what sendfile(2) sent
-    past it and take off what a cut connection dropped unsent (routes_blobs, errors). A
-    response's ``body_length`` would miss both, and stays 0 for a response cut short.
-    """
-    writer = request.writer
-    return writer.output_size if writer is not None else 0
 
 
 class _RedactParserErrors(logging.Filter):

@@ -33,7 +33,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prom_multiprocess
 
 from blobsync.format.errors import BlobsyncError
-from blobsync.server.logs import sent_bytes
+from blobsync.server.sent import sent_bytes
 from blobsync.server.storage.base import BlobInfo
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -27,7 +27,8 @@ from blobsync.server.params import (
     path_id,
     read_json_body,
 )
-from blobsync.server.ranges import parse_range
+from blobsync.server.ranges import ByteRange, parse_range
+from blobsync.server.sent import add_sendfile
 from blobsync.server.storage.base import FLAGS, BlobInfo, BlobNotFound, MetadataIndex, Order
 
 log = logging.getLogger("blobsync.server")
@@ -36,8 +37,6 @@ log = logging.getLogger("blobsync.server")
 MAX_FLAGS_BODY = 4096
 # Bytes asked of the request body at a time: fewer, larger pieces cost less per byte.
 BODY_CHUNK = 256 << 10
-# How often a GET retries when the blob was replaced between lookup and read.
-_READ_ATTEMPTS = 3
 
 
 async def server_info(request: web.Request) -> web.Response:
@@ -96,23 +95,18 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     if only_flags:
         info = await _existing(store.index, uuid, ns, blob_id)
         return web.json_response(sorted(info.flags))
-    file: BinaryIO | None = None
-    for _ in range(_READ_ATTEMPTS):
-        info = await _existing(store.index, uuid, ns, blob_id)
+    rng: ByteRange | None = None
+
+    def span(info: BlobInfo) -> tuple[int, int]:
+        nonlocal rng
         rng = parse_range(request.headers.get("Range"), info.size)
-        offset, length = (rng.start, rng.length) if rng else (0, info.size)
-        # sendfile(2) cannot encrypt: under TLS asyncio would copy through Python anyway,
-        # and past a client that went away it writes on, warning once per write. The
-        # store's chunks go through aiohttp's writer instead, which stops at once.
-        file = None if request.secure else await store.open_file(info)
-        if file is not None:
-            break
-        read_info, chunks = await store.read(uuid, ns, blob_id, offset, length)
-        if read_info.location == info.location:
-            break
-        await _aclose(chunks)  # replaced between the two lookups: ask again
-    else:
-        raise ApiError(409, "the blob is being replaced; try again")
+        return (rng.start, rng.length) if rng else (0, info.size)
+
+    # sendfile(2) cannot encrypt: under TLS asyncio would copy through Python anyway, and
+    # past a client that went away it writes on, warning once per write. The store's
+    # chunks go through aiohttp's writer instead, which stops at once.
+    opened = await store.open_blob(uuid, ns, blob_id, span, as_file=not request.secure)
+    info, offset, length, file = opened.info, opened.offset, opened.length, opened.file
     resp = web.StreamResponse(status=206 if rng else 200)
     resp.content_type = "application/octet-stream"
     resp.content_length = length
@@ -126,7 +120,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         finally:
             file.close()
         return resp
-    return await send_chunks(request, resp, chunks, length)
+    assert opened.chunks is not None  # open_blob gives a file or chunks
+    return await send_chunks(request, resp, opened.chunks, length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,12 +189,6 @@ async def _existing(index: MetadataIndex, uuid: str, ns: str, blob_id: str) -> B
     return info
 
 
-async def _aclose(chunks: AsyncIterator[bytes]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
 async def send_file(
     request: web.Request, resp: web.StreamResponse, file: BinaryIO, offset: int, expected: int
 ) -> int:
@@ -219,9 +208,7 @@ async def send_file(
     except Exception as exc:  # noqa: BLE001 - any failure mid-body ends the same way
         failure = exc
     sent = file.tell() - offset
-    # These bytes never went through aiohttp's writer, whose count the access log and the
-    # metrics read: add them there.
-    request.writer.output_size += sent
+    add_sendfile(request, sent)
     if failure is not None:
         end_cut(request, failure, sent, expected)
         return sent
@@ -232,7 +219,7 @@ async def send_file(
 async def send_chunks(
     request: web.Request,
     resp: web.StreamResponse,
-    chunks: AsyncIterator[bytes],
+    chunks: AsyncGenerator[bytes, None],
     expected: int,
 ) -> web.StreamResponse:
     """Stream ``chunks`` as the body; ``write`` waits on the socket (back-pressure).
@@ -253,7 +240,7 @@ async def send_chunks(
         end_cut(request, exc, sent, expected)
         return resp
     finally:
-        await _aclose(chunks)
+        await chunks.aclose()
     await _end_body(request, resp, sent, expected)
     return resp
 

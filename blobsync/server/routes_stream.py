@@ -1,11 +1,12 @@
 """``POST /stream/{uuid}`` (SPEC 3): many blobs in one request, in either direction.
 
-Memory stays bounded whatever the stream's size. Uploads go through the sans-IO
-UpstreamReader: blobs up to BATCH_BLOB_MAX are gathered (about a megabyte at most) and
-stored as a batch, one pass of file writes and fsyncs and one index transaction for the
-run, each blob still atomic; larger ones go to BlobStore.put chunk by chunk. Downloads
-read runs of small payloads in one thread hop and send them in one write; larger
-payloads go out chunk by chunk as storage yields them.
+Memory stays bounded whatever the stream's size. This module keeps to HTTP. Uploads: the
+body goes through the sans-IO UpstreamReader, whose events ``storage.stream_upload``
+stores: blobs up to BATCH_BLOB_MAX are gathered (about a megabyte at most) and stored as a
+batch, one pass of file writes and fsyncs and one index transaction for the run, each
+blob still atomic; larger ones go to BlobStore.put chunk by chunk. Downloads read runs of
+small payloads in one go (BlobStore.read_run) and send them in one write; larger payloads
+go out chunk by chunk as storage yields them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from blobsync.format.stream import (
     BlobEnd,
     BlobStart,
     Event,
-    StreamEnd,
     StreamError,
     UpstreamHeader,
     UpstreamReader,
@@ -39,8 +39,9 @@ from blobsync.server.auth import authenticate_user
 from blobsync.server.errors import ApiError, end_cut, write_body
 from blobsync.server.expect import before_body
 from blobsync.server.params import CONFIG, STORE, namespace, path_id, query_one, read_json_body
-from blobsync.server.storage.base import BlobExists, BlobInfo, QuotaExceeded, StorageError
+from blobsync.server.storage.base import BlobInfo, StorageError
 from blobsync.server.storage.blobstore import BATCH_BYTES, BATCH_COUNT, BlobStore, StreamBatch
+from blobsync.server.storage.stream_upload import StreamUpload
 
 log = logging.getLogger("blobsync.server")
 
@@ -94,27 +95,23 @@ async def download(request: web.Request, uuid: str, ns: str) -> web.StreamRespon
     # A known length lets the client tell a cut stream from a complete one.
     total = sum(FRAME_HEADER_SIZE + infos[i].size for i in ids)
     resp.content_length = total
-    read_many = getattr(store.payloads, "read_many", None)
+    batched = store.payloads.batched_reads
     blob_id = None
     out = _Body(request, resp)
     try:
         await resp.prepare(request)
         i = 0
         while i < len(ids):
-            if read_many is not None and StreamBatch.fits(infos[ids[i]].size):
+            if batched and StreamBatch.fits(infos[ids[i]].size):
                 # A run of small blobs: read in one thread hop, sent in one write.
                 group = _small_run(ids, i, infos)
                 i += len(group)
                 blob_id = group[0].blob_id
-                payloads = await read_many([info.location for info in group])
+                payloads = await store.read_run(group)
                 frames: list[bytes] = []
                 for info, data in zip(group, payloads, strict=True):
-                    if len(data) != info.size:
-                        blob_id = info.blob_id
-                        raise StorageError(f"{len(data)} bytes read, {info.size} indexed")
                     frames += (encode_frame_header(info.size, info.tag), data)
                 await out.write(b"".join(frames))
-                store.observer.on_served(sum(info.size for info in group))
                 continue
             blob_id = ids[i]
             i += 1
@@ -155,21 +152,18 @@ def _small_run(ids: list[str], start: int, infos: dict[str, BlobInfo]) -> list[B
 
 async def _send_alone(out: _Body, store: BlobStore, info: BlobInfo) -> None:
     await out.write(encode_frame_header(info.size, info.tag))
-    # Straight from the payload store: the rows are in hand, and a payload deleted since
-    # then raises or comes up short, which cuts the stream.
-    chunks = store.payloads.read(info.location, 0, info.size)
+    # The rows are in hand: a payload deleted since then raises or comes up short, which
+    # cuts the stream.
+    chunks = store.read_located(info)
     try:
         sent = 0
         async for chunk in chunks:
             sent += len(chunk)
             await out.write(chunk)
-            store.observer.on_served(len(chunk))
         if sent != info.size:
             raise StorageError(f"{sent} bytes read, {info.size} indexed")
     finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await chunks.aclose()
 
 
 class _Pump:
@@ -225,87 +219,11 @@ class _Pump:
             await self.next()
 
 
-class _Upload:
-    """One stream upload: what became of each blob so far, and the batch of small blobs
-    waiting to be stored together."""
-
-    def __init__(self, request: web.Request, uuid: str, ns: str) -> None:
-        self.store = request.app[STORE]
-        self.uuid = uuid
-        self.ns = ns
-        self.batch = self.store.batch(uuid, ns)
-        self.stored: list[str] = []
-        self.existing: list[str] = []
-        self.current: str | None = None  # the blob being received, or the one that failed
-
-    def _skipped(self, blob_id: str) -> None:
-        """A blob the header check found present: storage never sees it, so it is reported
-        to the store's observer here, as put and batches report theirs."""
-        self.existing.append(blob_id)
-        self.store.observer.on_refused(BlobExists(f"blob {blob_id} exists"))
-
-    async def flush(self) -> None:
-        """Store the waiting batch; raise QuotaExceeded (or a storage failure) naming the
-        blob it concerns in ``current``."""
-        waiting = self.batch.ids()
-        if not waiting:
-            return
-        try:
-            outcomes = await self.batch.flush()
-        except BaseException:
-            self.current = waiting[0]
-            raise
-        for blob_id, outcome in outcomes:
-            # The store has reported each outcome to its observer already.
-            if isinstance(outcome, BlobInfo):
-                self.stored.append(blob_id)
-            elif isinstance(outcome, BlobExists):
-                self.existing.append(blob_id)
-            else:
-                self.current = blob_id
-                raise outcome
-
-    async def receive(self, pump: _Pump, header: UpstreamHeader) -> None:
-        present = await _present(self.store, self.uuid, self.ns, header.items)
-        await _check_quota(self.store, self.uuid, header.items, present)
-        while not isinstance(event := await pump.next(), StreamEnd):
-            assert isinstance(event, BlobStart) and event.blob_id is not None
-            self.current = event.blob_id
-            if event.blob_id in present:
-                self._skipped(event.blob_id)  # its bytes are read and dropped
-            elif self.batch.fits(event.size):
-                body = pump.blob_body()
-                try:
-                    await self.batch.receive(event.blob_id, body, event.size)
-                finally:
-                    await body.aclose()  # type: ignore[attr-defined]
-                if self.batch.full:
-                    await self.flush()
-            else:
-                # Stored order is stream order: what waits goes in before this one.
-                await self.flush()
-                self.current = event.blob_id
-                await self._put_alone(pump, event.blob_id, event.size)
-            await pump.skip_blob()
-            self.current = None
-        await self.flush()
-
-    async def _put_alone(self, pump: _Pump, blob_id: str, size: int) -> None:
-        body = pump.blob_body()
-        try:
-            await self.store.put(self.uuid, self.ns, blob_id, body, size=size)
-            self.stored.append(blob_id)
-        except BlobExists:
-            self.existing.append(blob_id)  # reported by put to the store's observer
-        finally:
-            await body.aclose()  # type: ignore[attr-defined]
-
-
 async def upload(request: web.Request, uuid: str, ns: str) -> web.Response:
     store = request.app[STORE]
     limit = request.app[CONFIG].stream_limit  # a declared size over it: see stream_checks
     reader = UpstreamReader(MAX_JSON_HEADER, store.max_blob_size, limit)
-    up = _Upload(request, uuid, ns)
+    up = StreamUpload(store, uuid, ns)
     pump = _Pump(reader, request.content, on_idle=up.flush)
     failure: BaseException | None = None
     try:
@@ -325,36 +243,10 @@ async def upload(request: web.Request, uuid: str, ns: str) -> web.Response:
             raise failure
         exc = failure
         wrong = exc.blob_id if isinstance(exc, StreamError) and exc.blob_id else up.current
-        status = int(getattr(exc, "status_hint", 400))
+        status = exc.status_hint
+        # A storage failure's message is masked by error_middleware, like any other.
         message = f"blob {wrong!r}: {exc}" if wrong else str(exc)
-        if status >= 500 and status != 507:
-            log.error("stream upload of %s failed at %r: %s", uuid, wrong, exc)
-            message = "internal storage error"
         raise ApiError(
             status, message, blob_id=wrong, stored=up.stored, existing=up.existing
         ) from exc
     return web.json_response({"stored": up.stored, "existing": up.existing})
-
-
-async def _present(
-    store: BlobStore, uuid: str, ns: str, items: list[tuple[str, int]]
-) -> set[str]:
-    """The ids of the header already stored: one query instead of one per blob."""
-    if not items:
-        return set()
-    return {i.blob_id for i in await store.index.get_blobs(uuid, ns, [b for b, _ in items])}
-
-
-async def _check_quota(
-    store: BlobStore, uuid: str, items: list[tuple[str, int]], present: set[str]
-) -> None:
-    """507 from the sizes the header declares, before any body byte is read (SPEC 5)."""
-    if not store.quota or not items:
-        return
-    needed = sum(size for blob_id, size in items if blob_id not in present)
-    usage = await store.index.usage(uuid)
-    if usage + needed > store.quota:
-        raise QuotaExceeded(
-            f"storing {needed} bytes would pass the quota of {store.quota} bytes "
-            f"({usage} used)"
-        )

@@ -6,15 +6,9 @@ import os
 from pathlib import Path
 
 from blobsync.format import seal
+from tests.helpers.cli_output import put_ids
 
 from .conftest import Device, assert_one_line_error, http
-
-
-def put_ids(output: str) -> dict[str, str]:
-    """path -> blob_id from put's 'blob_id<TAB>path' lines."""
-    pairs = [line.split("\t") for line in output.splitlines()]
-    assert all(len(p) == 2 for p in pairs), output
-    return {path: blob_id for blob_id, path in pairs}
 
 
 def test_put_get_and_recover_on_a_second_device(

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from blobsync.format import seal
+from tests.helpers.cli_output import forge
 
-from .conftest import Account, Device, assert_one_line_error, blobsync, free_port, http
-
-
-def forge(account: Account, blob_id: str, plaintext: bytes) -> None:
-    """Store a well-formed sealed blob under a key that is not the user's secret."""
-    status, body = http(
-        "PUT", f"{account.server.url}/blobs/{account.user}/{blob_id}",
-        body=seal(os.urandom(128), blob_id, plaintext),
-        headers={"Authorization": account.auth()},
-    )
-    assert status == 200, body
+from .conftest import Device, assert_one_line_error, blobsync, free_port
 
 
 def test_init_errors(device_a: Device) -> None:

@@ -7,7 +7,6 @@ needs root; elsewhere the test is skipped and says why.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
 import subprocess
@@ -17,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from blobsync.cli.failures import EXIT_NO_SPACE, EXIT_VERIFY
+from tests.helpers.cli_output import put_ids, read_all
 
-from .conftest import PASSPHRASE, Device, assert_one_line_error
-from .test_cli_blobs import put_ids
+from .conftest import Device, assert_one_line_error
 
 SMALL = 400  # blobs of SMALL_SIZE: sealed, they go inline and travel in streams
 SMALL_SIZE = 80 << 10
@@ -42,20 +41,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
-
-
-def _read_all(home: Path, ids: list[str]) -> dict[str, bytes]:
-    """Every blob as the library on that home reads it (faster than a process each)."""
-    from blobsync.client import BlobManager
-
-    async def read() -> dict[str, bytes]:
-        m = await BlobManager.open(home, passphrase=PASSPHRASE)
-        try:
-            return {i: await m.get(i) for i in ids}  # type: ignore[misc]
-        finally:
-            await m.close()
-
-    return asyncio.run(read())
 
 
 def test_full_disk_during_sync_leaves_no_blob_synced_without_its_bytes(
@@ -93,7 +78,7 @@ def test_full_disk_during_sync_leaves_no_blob_synced_without_its_bytes(
     subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
     b.ok("sync")
     assert b.ok("check").strip() == "no problems found"
-    got = _read_all(b.home, list(ids.values()))
+    got = read_all(b.home, list(ids.values()))
     for path, blob_id in ids.items():
         assert got[blob_id] == Path(path).read_bytes(), path
 

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from blobsync.cli.failures import EXIT_NO_SPACE
+from tests.helpers.cli_output import put_ids, read_all
 
 from .conftest import Device, assert_one_line_error
-from .test_cli_blobs import put_ids
-from .test_cli_full_disk import _read_all
 
 SMALL = 400
 SMALL_SIZE = 20 << 10
@@ -113,7 +112,7 @@ def test_sync_on_a_nearly_full_disk_keeps_what_fits_and_leaves_no_partial_files(
     b.ok("sync", "-n", "big")
     assert b.ok("check").strip() == "no problems found"
     assert synced(b) == SMALL and synced(b, "big") == LARGE
-    got = _read_all(b.home, list(ids.values()))
+    got = read_all(b.home, list(ids.values()))
     for path, blob_id in ids.items():
         assert got[blob_id] == Path(path).read_bytes(), path
     for path, blob_id in big_ids.items():

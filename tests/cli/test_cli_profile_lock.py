@@ -17,9 +17,9 @@ from pathlib import Path
 
 from blobsync.client import BlobManager, SyncStatus
 from blobsync.client.lock import INFO_NAME
+from tests.helpers.cli_output import put_ids, write_big
 
 from .conftest import ROOT, TIMEOUT, Device, assert_one_line_error
-from .test_cli_put_rerun import put_lines, write_big
 
 # A process that holds the profile's lock, as a writer in the middle of a round does.
 HOLDER = """
@@ -81,7 +81,7 @@ def test_a_second_writer_waits_then_names_the_holder_readers_never_wait(
 ) -> None:
     src = tmp_path / "a.txt"
     src.write_bytes(b"stored before the lock was taken")
-    (blob_id,) = put_lines(ready_a.ok("put", str(src))).values()
+    (blob_id,) = put_ids(ready_a.ok("put", str(src))).values()
     # Readers would wait this long if they waited at all; writers give up after 1 s.
     readers = with_env(ready_a, BLOBSYNC_LOCK_WAIT="60")
     writers = with_env(ready_a, BLOBSYNC_LOCK_WAIT="1")
@@ -119,7 +119,7 @@ def test_two_syncs_on_one_home_at_once(ready_a: Device, ready_b: Device, tmp_pat
         (src / f"f{i:03d}").write_bytes(os.urandom(3000))
     write_big(src / "big1", 24 << 20)
     write_big(src / "big2", 24 << 20)
-    ids = put_lines(ready_a.ok("put", str(src)))
+    ids = put_ids(ready_a.ok("put", str(src)))
 
     # Started together, both download the same blobs: the second waits for the first's
     # rounds (or, if it cannot get in within the wait, says who holds the profile).
@@ -142,7 +142,7 @@ def test_two_syncs_that_wait_both_succeed(ready_a: Device, ready_b: Device,
     src = tmp_path / "src"
     src.mkdir()
     write_big(src / "big", 24 << 20)
-    ids = put_lines(ready_a.ok("put", str(src)))
+    ids = put_ids(ready_a.ok("put", str(src)))
     waiting = with_env(ready_b, BLOBSYNC_LOCK_WAIT="120")
     procs = [start(waiting, "sync", env=waiting.env()) for _ in range(2)]
     for code, _, err in map(finish, procs):

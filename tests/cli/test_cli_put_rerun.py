@@ -14,25 +14,13 @@ import time
 from pathlib import Path
 
 from blobsync.client import BlobManager
+from tests.helpers.cli_output import put_ids, write_big
 
 from .conftest import ROOT, TIMEOUT, Device, assert_one_line_error, free_port
 
 SMALL = 500
 # The size: a put killed while this one is sealed or on its way.
 BIG = 200 << 20
-
-
-def put_lines(output: str) -> dict[str, str]:
-    pairs = [line.split("\t") for line in output.splitlines()]
-    assert all(len(p) == 2 for p in pairs), output
-    return {path: blob_id for blob_id, path in pairs}
-
-
-def write_big(path: Path, size: int) -> None:
-    chunk = os.urandom(1 << 20)
-    with open(path, "wb") as f:
-        for i in range(size >> 20):
-            f.write(i.to_bytes(8, "big") + chunk[8:])  # every MiB different
 
 
 def sha256(path: Path) -> str:
@@ -87,7 +75,7 @@ def test_put_dir_killed_midway_and_run_again_stores_each_file_once(
     assert again.returncode == 0, again.stderr.decode()
     assert ready_a.ok("ls", "--remote", "--count").strip() == str(SMALL + 1)
     assert again.stderr.decode() == f"blobsync: {SMALL} already stored, 1 stored\n"
-    ids = put_lines(again.stdout.decode())
+    ids = put_ids(again.stdout.decode())
     # Every path it was asked for gets its id, stored now or before.
     assert set(ids) == {str(p) for p in src.iterdir()}
     assert len(set(ids.values())) == SMALL + 1
@@ -104,12 +92,12 @@ def test_put_dir_killed_midway_and_run_again_stores_each_file_once(
     changed = ready_a.run("put", str(src / "f000.txt"), str(src / "f001.txt"))
     assert changed.returncode == 0, changed.stderr.decode()
     assert changed.stderr.decode() == "blobsync: 1 already stored, 1 stored\n"
-    new_ids = put_lines(changed.stdout.decode())
+    new_ids = put_ids(changed.stdout.decode())
     assert new_ids[str(src / "f001.txt")] == ids[str(src / "f001.txt")]
     assert new_ids[str(src / "f000.txt")] != ids[str(src / "f000.txt")]
     forced = ready_a.run("put", "--force", str(src / "f001.txt"))
     assert forced.returncode == 0 and forced.stderr == b""
-    assert put_lines(forced.stdout.decode())[str(src / "f001.txt")] != ids[str(src / "f001.txt")]
+    assert put_ids(forced.stdout.decode())[str(src / "f001.txt")] != ids[str(src / "f001.txt")]
     assert ready_a.ok("ls", "--remote", "--count").strip() == str(SMALL + 3)
 
     # Every file round-trips through the server, on the other device.

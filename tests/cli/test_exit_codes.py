@@ -31,6 +31,7 @@ from blobsync.cli.main import build_parser
 from blobsync.client import errors as client_errors
 from blobsync.format import InvalidBlob
 from blobsync.server.auth import hash_token, new_token
+from tests.helpers.cli_output import move_server
 from tests.helpers.special_files import char_device
 
 from .conftest import ROOT, Device, assert_one_line_error, free_port
@@ -177,15 +178,6 @@ def test_guarded_codes(exc: BaseException, code: int,
 
 
 # --------------------------------------------------------------------------- CLI, for real
-
-
-def move_server(device: Device, url: str) -> str:
-    """Point the profile at ``url``; returns the URL it had."""
-    config = device.home / "config.json"
-    doc = json.loads(config.read_text())
-    old, doc["server"] = doc["server"], url
-    config.write_text(json.dumps(doc))
-    return str(old)
 
 
 def test_rm_with_the_server_down_says_the_deletion_is_queued(

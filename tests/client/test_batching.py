@@ -10,7 +10,7 @@ import pytest
 
 from blobsync.client import SyncReport, SyncStatus, localstore, manager
 from blobsync.client.errors import ClientError
-from tests.client.test_resilience import copy_sealed
+from tests.helpers.client import copy_sealed
 
 
 async def test_put_many_stores_in_order_and_syncs(devices, tmp_path: Path, monkeypatch) -> None:

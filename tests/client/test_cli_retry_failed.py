@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from tests.client.conftest import Account
-from tests.client.test_review_cli import cli, home_with, one_line_error
+from tests.helpers.client import cli, home_with, one_line_error
 
 
 async def test_sync_names_and_retries_refused_blobs(account: Account, tmp_path: Path) -> None:

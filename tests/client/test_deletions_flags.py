@@ -7,7 +7,7 @@ import os
 import pytest
 
 from blobsync.client import BlobNotFound, PreconditionFailed, RemoteError, SyncStatus
-from tests.client.proxy import proxy_to
+from tests.helpers.relay import relay_to
 
 
 async def test_deletion_on_one_device_reaches_the_other(devices) -> None:
@@ -35,9 +35,9 @@ async def test_offline_delete_is_sent_by_the_next_sync(devices, account) -> None
     a = await devices("a")
     await a.put("gone", b"to be deleted")
     await a.put("stays", b"kept")
-    # the same profile, pointed at a proxy we then stop: the server is unreachable
-    async with proxy_to(account.server.url) as proxy:
-        a.transport.base = a.transport.base.with_port(int(proxy.url.rsplit(":", 1)[1]))
+    # the same profile, pointed at a relay we then stop: the server is unreachable
+    async with relay_to(account.server.url) as relay:
+        a.transport.base = a.transport.base.with_port(int(relay.url.rsplit(":", 1)[1]))
     await a.delete("gone")  # the server cannot be reached: stays pending
     assert await a.status("gone") is SyncStatus.PENDING_DELETE
     assert await a.local_list() == ["stays"]

@@ -19,7 +19,7 @@ from blobsync.client import ClientError
 from blobsync.client.destfile import current_umask, resolve
 from blobsync.client.errors import NoSpace
 from blobsync.format import InvalidBlob
-from tests.client.test_resilience import corrupt_on_server
+from tests.helpers.client import corrupt_on_server
 from tests.helpers.special_files import FifoReader, assert_same_device, char_device
 
 # Big enough to be downloaded alone and cross several 1 MiB write chunks.

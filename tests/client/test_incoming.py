@@ -2,36 +2,10 @@
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 
 from blobsync.client import ClientError, IncomingConsumer
-from tests.helpers.servers import auth_header, make_service
-
-
-class Recorder:
-    """A consumer that keeps what it saw; fails on payloads that say so."""
-
-    def __init__(self) -> None:
-        self.processed: list[tuple[str, bytes]] = []
-        self.saved: dict[str, object] = {}
-
-    async def process(self, blob_id: str, payload: bytes) -> object:
-        if payload.startswith(b"poison"):
-            raise ValueError("cannot parse")
-        self.processed.append((blob_id, payload))
-        return payload.upper()
-
-    async def save(self, blob_id: str, result: object) -> None:
-        self.saved[blob_id] = result
-
-
-async def deliver(server, user: str, messages: dict[str, bytes]) -> None:
-    token = await make_service(server.store, "incoming")
-    async with aiohttp.ClientSession(headers=auth_header("incoming", token)) as s:
-        for blob_id, body in messages.items():
-            async with s.put(f"{server.local_url}/incoming/{user}/{blob_id}", data=body) as r:
-                assert r.status == 200, await r.text()
+from tests.helpers.client import Recorder, deliver
 
 
 async def test_incoming_round_processes_oldest_first_and_cleans_up(devices, account) -> None:

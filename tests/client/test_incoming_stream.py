@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from blobsync.client import IncomingStreamConsumer, incoming
-from tests.client.test_incoming import Recorder, deliver
+from tests.helpers.client import Recorder, deliver
 
 
 class Hasher:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tests.cli.conftest import free_port
 from tests.client.conftest import Account
-from tests.client.review_relay import relay_to
-from tests.client.test_review_cli import cli, home_with, one_line_error
+from tests.helpers.client import cli, home_with, one_line_error
+from tests.helpers.relay import relay_to
 
 BODY = b'{"error": "down"}'
 UNAVAILABLE = (

@@ -15,15 +15,9 @@ from blobsync.server.app import start_sites
 from blobsync.server.config import ServerConfig
 from blobsync.server.storage.factory import make_store
 from tests.client.conftest import PASSPHRASE, fast_settings
-from tests.client.proxy import proxy_to
-from tests.helpers.payloads import damage_payload, flip_byte
+from tests.helpers.client import copy_sealed, corrupt_on_server
+from tests.helpers.relay import relay_to
 from tests.helpers.servers import make_user
-
-
-async def corrupt_on_server(server, blob_id: str, namespace: str = "default") -> None:
-    """Flip one ciphertext byte of the stored payload (the tag stays as indexed)."""
-    info = await server.store.index.get_blob("alice", namespace, blob_id)
-    damage_payload(server.config.data, info.location, flip_byte(info.size // 2 + 400))
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -56,32 +50,11 @@ async def test_corrupt_blob_fails_after_three_tries_and_is_never_kept(
     assert any(small in p and "FAILED_DOWNLOAD" in p for p in problems)
 
 
-async def copy_sealed(src: BlobManager, dst: BlobManager, blob_id: str) -> None:
-    """Keep in ``dst`` the very sealed blob ``src`` holds, PENDING_UPLOAD: as if ``dst``
-    had uploaded it and never heard the answer."""
-    row = await src.store.get("default", blob_id)
-    assert row is not None and row.sealed_size is not None
-    if row.inline:
-        await dst.store.insert(
-            "default", blob_id, SyncStatus.PENDING_UPLOAD, size=row.size,
-            sealed_size=row.sealed_size, payload=await src.store.read_inline(row.id),
-        )
-        return
-    assert row.location is not None
-    tmp = dst.store.temp_path()
-    tmp.write_bytes(src.store.blob_path(row.location).read_bytes())
-    location = await dst.store.keep_file("default", blob_id, tmp)
-    await dst.store.insert(
-        "default", blob_id, SyncStatus.PENDING_UPLOAD, size=row.size,
-        sealed_size=row.sealed_size, location=location,
-    )
-
-
 async def test_409_on_upload_counts_as_synced(devices) -> None:
     # Updated for issue 10 item 3 (SPEC 7): a 409 counts as SYNCED only when the server
     # holds the same sealed blob. a used to hold other bytes here, and ended SYNCED with
     # them; now a holds b's very sealed blobs, as after an upload whose answer was lost.
-    # Other bytes: test_review_sync.py::test_upload_conflicts_fail_with_id_taken.
+    # Other bytes: test_sync_on_the_wire.py::test_upload_conflicts_fail_with_id_taken.
     a = await devices("a")
     b = await devices("b")
     # b sends blobs first; a holds the same ones, not marked sent
@@ -108,15 +81,15 @@ async def test_interrupted_large_download_resumes_with_range(account, tmp_path: 
     data = os.urandom(size)
     await a.put("big", data)
     await a.close()
-    async with proxy_to(account.server.url) as proxy:
+    async with relay_to(account.server.url) as relay:
         b = await BlobManager.init(
-            tmp_path / "b", server=proxy.url, user="alice", token=account.token,
+            tmp_path / "b", server=relay.url, user="alice", token=account.token,
             passphrase=PASSPHRASE, recover=True, settings=fast_settings(),
         )
         try:
-            proxy.cut_match = b"/blobs/alice/big"
-            proxy.cuts = [(2 << 20) + 1000]
-            before = len(proxy.requests)
+            relay.cut_match = b"/blobs/alice/big"
+            relay.cuts = [(2 << 20) + 1000]
+            before = len(relay.requests)
             with pytest.raises(ConnectionLost):
                 await b.get("big")
             partial = b.store.partial_path("default", "big")
@@ -124,12 +97,12 @@ async def test_interrupted_large_download_resumes_with_range(account, tmp_path: 
             assert 0 < kept <= (2 << 20) + 1000
             assert await b.status("big") is SyncStatus.PENDING_DOWNLOAD
             assert await b.get("big") == data
-            gets = [r for r in proxy.requests[before:] if b"/blobs/alice/big" in r]
+            gets = [r.head for r in relay.requests[before:] if b"/blobs/alice/big" in r.head]
             assert len(gets) == 2
             assert b"range: bytes=" not in gets[0].lower()
             assert f"range: bytes={kept}-".encode() in gets[1].lower()
             # the second answer carried only the rest of the blob
-            assert proxy.downstream_bytes[-1] < size + 1000 - kept + 2000
+            assert relay.downstream_bytes[-1] < size + 1000 - kept + 2000
             assert not partial.exists()
         finally:
             await b.close()
@@ -142,19 +115,19 @@ async def test_short_stream_is_retried_and_sync_completes(account, tmp_path: Pat
         await a.put(blob_id, d, upload=False)
     await a.sync()
     await a.close()
-    async with proxy_to(account.server.url) as proxy:
+    async with relay_to(account.server.url) as relay:
         b = await BlobManager.init(
-            tmp_path / "b", server=proxy.url, user="alice", token=account.token,
+            tmp_path / "b", server=relay.url, user="alice", token=account.token,
             passphrase=PASSPHRASE, recover=True, settings=fast_settings(concurrency=1),
         )
         try:
-            proxy.cut_match = b"direction=download"
-            proxy.cuts = [100_000, 50_000]  # two streams cut in the middle of a blob
+            relay.cut_match = b"direction=download"
+            relay.cuts = [100_000, 50_000]  # two streams cut in the middle of a blob
             report = await b.sync()
             assert report.downloaded == len(blobs) and report.failed == []
             for blob_id, d in blobs.items():
                 assert await b.get(blob_id) == d
-            streams = [r for r in proxy.request_lines() if "direction=download" in r]
+            streams = [r for r in relay.lines() if "direction=download" in r]
             assert len(streams) >= 3
             rows = {r.blob_id: r for r in await b.store.rows("default")}
             assert max(r.retries for r in rows.values()) == 0  # reset once synced
@@ -163,9 +136,9 @@ async def test_short_stream_is_retried_and_sync_completes(account, tmp_path: Pat
 
 
 async def test_stream_batches_are_bounded_by_count_and_bytes(account, tmp_path: Path) -> None:
-    async with proxy_to(account.server.url) as proxy:
+    async with relay_to(account.server.url) as relay:
         a = await BlobManager.init(
-            tmp_path / "a", server=proxy.url, user="alice", token=account.token,
+            tmp_path / "a", server=relay.url, user="alice", token=account.token,
             passphrase=PASSPHRASE, settings=fast_settings(stream_max_count=3, concurrency=1),
         )
         try:
@@ -174,22 +147,22 @@ async def test_stream_batches_are_bounded_by_count_and_bytes(account, tmp_path: 
             await a.sync()
         finally:
             await a.close()
-        lines = proxy.request_lines()
+        lines = relay.lines()
         assert len([r for r in lines if "direction=upload" in r]) == 3  # 3 + 3 + 3
         assert len([r for r in lines if r.startswith("PUT /blobs/alice/c")]) == 1  # the last
         # bytes: each blob seals to 1753 bytes; 4000 bytes hold two of them
         b = await BlobManager.init(
-            tmp_path / "b", server=proxy.url, user="alice", token=account.token,
+            tmp_path / "b", server=relay.url, user="alice", token=account.token,
             passphrase=PASSPHRASE, recover=True,
             settings=fast_settings(stream_max_bytes=4000, concurrency=1),
         )
         try:
-            first = len(proxy.requests)
+            first = len(relay.requests)
             await b.sync()
             assert len(await b.local_list()) == 10
         finally:
             await b.close()
-        downloads = [r for r in proxy.request_lines()[first:] if "direction=download" in r]
+        downloads = [r for r in relay.lines()[first:] if "direction=download" in r]
         assert len(downloads) == 5
 
 

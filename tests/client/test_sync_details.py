@@ -8,7 +8,7 @@ from pathlib import Path
 
 from blobsync.client import BlobManager, SyncReport, SyncStatus
 from tests.client.conftest import PASSPHRASE, fast_settings
-from tests.client.proxy import proxy_to
+from tests.helpers.relay import relay_to
 
 
 async def test_retry_state_is_persisted_and_max_sync_wait_gives_up(
@@ -18,14 +18,14 @@ async def test_retry_state_is_persisted_and_max_sync_wait_gives_up(
     for i in range(3):
         await a.put(f"r{i}", os.urandom(2000))
     await a.close()
-    async with proxy_to(account.server.url) as proxy:
+    async with relay_to(account.server.url) as relay:
         home = tmp_path / "b"
         b = await BlobManager.init(
-            home, server=proxy.url, user="alice", token=account.token, passphrase=PASSPHRASE,
+            home, server=relay.url, user="alice", token=account.token, passphrase=PASSPHRASE,
             recover=True, settings=fast_settings(retry_scale=10.0, max_sync_wait=0.0),
         )
-        proxy.cut_match = b"direction=download"
-        proxy.cuts = [10]  # the stream breaks in its first frame header
+        relay.cut_match = b"direction=download"
+        relay.cuts = [10]  # the stream breaks in its first frame header
         report = await b.sync()
         assert sorted(report.pending) == ["r0", "r1", "r2"]
         assert report.downloaded == 0

@@ -9,8 +9,8 @@ import os
 
 from blobsync.client import SyncStatus
 from tests.client.conftest import Account
-from tests.client.review_relay import Hold, relay_to
-from tests.client.test_review_sync import device
+from tests.helpers.client import device
+from tests.helpers.relay import Hold, relay_to
 
 FRAME_HEADER = 33
 

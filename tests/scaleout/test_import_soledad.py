@@ -12,7 +12,7 @@ import pytest
 
 from blobsync.format import open_sealed, seal, seal_external
 from blobsync.server.soledad_import import ImportReport, classify, import_soledad, read_flags
-from blobsync.server.storage.base import Order
+from blobsync.server.storage.base import NewBlob, Order
 from blobsync.server.storage.blobstore import BlobStore
 from blobsync.server.storage.factory import make_store
 from tests.harness.stores import postgres_s3_store
@@ -278,8 +278,8 @@ async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 async def test_add_tombstone(any_store: BlobStore) -> None:
     index = any_store.index
-    await index.insert_blob("u", "ns", "live", 10, b"t" * 16, "loc1")
-    await index.insert_blob("u", "ns", "old", 10, b"t" * 16, "loc2")
+    await index.insert_blob("u", "ns", NewBlob("live", 10, b"t" * 16, "loc1"))
+    await index.insert_blob("u", "ns", NewBlob("old", 10, b"t" * 16, "loc2"))
     await index.delete_blob("u", "ns", "old")
 
     assert await index.add_tombstone("u", "ns", "gone") is True
@@ -289,7 +289,7 @@ async def test_add_tombstone(any_store: BlobStore) -> None:
     assert await index.list_deleted("u", "ns") == ["old", "gone"]
     assert await index.list_deleted("u", "other") == []
     # As for any tombstone, creating the id again removes it.
-    await index.insert_blob("u", "ns", "gone", 10, b"t" * 16, "loc3")
+    await index.insert_blob("u", "ns", NewBlob("gone", 10, b"t" * 16, "loc3"))
     assert await index.list_deleted("u", "ns") == ["old"]
     assert await index.usage("u") == 20
 

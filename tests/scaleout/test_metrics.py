@@ -9,42 +9,20 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from blobsync.format import encode_upstream_header, seal
+from tests.helpers.metrics import scrape, value
 from tests.helpers.servers import RunningServer, auth_header, make_user, running_server
 from tests.server.rawhttp import head, open_raw
 
 SECRET = os.urandom(128)
 BLOB_ROUTE = "/blobs/{uuid}/{blob_id}"
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
 
 @pytest.fixture
 async def srv(tmp_path: Path) -> AsyncIterator[RunningServer]:
     async with running_server(tmp_path) as s:
         yield s
-
-
-async def scrape(session: aiohttp.ClientSession, srv: RunningServer) -> tuple[str, Samples]:
-    async with session.get(f"{srv.local_url}/metrics") as r:
-        assert r.status == 200
-        assert r.headers["Content-Type"].startswith("text/plain")
-        text = await r.text()
-    return text, parse(text)
 
 
 async def test_counters_move(srv: RunningServer) -> None:

@@ -11,11 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from blobsync.server.storage.base import BlobExists, BlobInfo, Order, QuotaExceeded
+from blobsync.server.storage.base import BlobExists, BlobInfo, NewBlob, Order, QuotaExceeded
 from blobsync.server.storage.postgres import PostgresIndex
 
 TAG = bytes(range(16))
-Row = tuple[str, int, bytes, str, frozenset[str]]
 
 
 @pytest.fixture
@@ -30,20 +29,20 @@ async def pair(postgres_db: str) -> AsyncIterator[tuple[PostgresIndex, PostgresI
         await b.close()
 
 
-def rows(ids: list[str], size: int = 10, tag: str = "") -> list[Row]:
-    return [(i, size, TAG, f"loc/{i}{tag}", frozenset()) for i in ids]
+def rows(ids: list[str], size: int = 10, tag: str = "") -> list[NewBlob]:
+    return [NewBlob(i, size, TAG, f"loc/{i}{tag}") for i in ids]
 
 
 async def test_outcomes_order_flags_and_tombstones(
     pair: tuple[PostgresIndex, PostgresIndex],
 ) -> None:
     index, _ = pair
-    await index.insert_blob("u", "ns", "old", 7, TAG, "loc/old")
-    await index.insert_blob("u", "ns", "t", 1, TAG, "loc/t1")
+    await index.insert_blob("u", "ns", NewBlob("old", 7, TAG, "loc/old"))
+    await index.insert_blob("u", "ns", NewBlob("t", 1, TAG, "loc/t1"))
     await index.delete_blob("u", "ns", "t")
     # Ids not in sorted order, an existing one, a duplicate inside the run, a flag.
     run = rows(["z", "old", "a", "t", "z"], size=5, tag="-new")
-    run[2] = ("a", 5, TAG, "loc/a-new", frozenset({"PENDING"}))
+    run[2] = NewBlob("a", 5, TAG, "loc/a-new", frozenset({"PENDING"}))
     out = await index.insert_blobs("u", "ns", run)
     kinds = [type(o) for o in out]
     assert kinds == [BlobInfo, BlobExists, BlobInfo, BlobInfo, BlobExists]
@@ -64,7 +63,7 @@ async def test_quota_ends_the_run_and_leaves_the_rest_out(
     pair: tuple[PostgresIndex, PostgresIndex],
 ) -> None:
     index, _ = pair
-    await index.insert_blob("u", "ns", "d", 1, TAG, "loc/d")
+    await index.insert_blob("u", "ns", NewBlob("d", 1, TAG, "loc/d"))
     await index.delete_blob("u", "ns", "d")
     out = await index.insert_blobs("u", "ns", rows(["a", "b", "c", "d"]), quota=25)
     assert [type(o) for o in out] == [BlobInfo, BlobInfo, QuotaExceeded]

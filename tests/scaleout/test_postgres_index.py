@@ -17,6 +17,7 @@ import pytest
 from blobsync.server.storage.base import (
     BlobExists,
     BlobNotFound,
+    NewBlob,
     Order,
     PreconditionFailed,
     QuotaExceeded,
@@ -70,7 +71,9 @@ async def put(
     flags: frozenset[str] = frozenset(),
     quota: int = 0,
 ) -> None:
-    await idx.insert_blob(user, ns, blob_id, size, TAG, f"loc/{blob_id}", flags, quota)
+    await idx.insert_blob(
+        user, ns, NewBlob(blob_id, size, TAG, f"loc/{blob_id}", flags), quota=quota,
+    )
 
 
 async def test_users_and_services(index: PostgresIndex) -> None:
@@ -116,7 +119,7 @@ async def test_remove_user_takes_its_rows(index: PostgresIndex) -> None:
 
 async def test_blob_roundtrip_usage_and_tombstones(index: PostgresIndex) -> None:
     info = await index.insert_blob(
-        "alice", "default", "b1", 1234, TAG, "loc/1", frozenset({"PENDING"})
+        "alice", "default", NewBlob("b1", 1234, TAG, "loc/1", frozenset({"PENDING"})),
     )
     assert (info.user, info.namespace, info.blob_id, info.size) == ("alice", "default", "b1", 1234)
     assert info.tag == TAG and info.flags == {"PENDING"} and info.location == "loc/1"
@@ -124,7 +127,7 @@ async def test_blob_roundtrip_usage_and_tombstones(index: PostgresIndex) -> None
     assert await index.get_blob("alice", "other", "b1") is None
     assert await index.usage("alice") == 1234
     with pytest.raises(BlobExists):
-        await index.insert_blob("alice", "default", "b1", 1, TAG, "loc/2")
+        await index.insert_blob("alice", "default", NewBlob("b1", 1, TAG, "loc/2"))
     assert await index.usage("alice") == 1234  # the refused insert counted nothing
 
     deleted = await index.delete_blob("alice", "default", "b1")
@@ -137,7 +140,7 @@ async def test_blob_roundtrip_usage_and_tombstones(index: PostgresIndex) -> None
     # Re-creating removes the tombstone; a later deletion is the newest one.
     await put(index, "b2")
     await index.delete_blob("alice", "default", "b2")
-    again = await index.insert_blob("alice", "default", "b1", 5, TAG, "loc/3")
+    again = await index.insert_blob("alice", "default", NewBlob("b1", 5, TAG, "loc/3"))
     assert again.seq > info.seq
     assert await index.list_deleted("alice", "default") == ["b2"]
     await index.delete_blob("alice", "default", "b1")
@@ -212,7 +215,7 @@ async def test_one_id_sixteen_concurrent_inserts_one_wins(
     async def attempt(n: int) -> str | None:
         idx = index if n % 2 else other
         try:
-            await idx.insert_blob("alice", "default", "same", 100, TAG, f"loc/{n}")
+            await idx.insert_blob("alice", "default", NewBlob("same", 100, TAG, f"loc/{n}"))
         except BlobExists:
             return None
         return f"loc/{n}"
@@ -232,7 +235,9 @@ async def test_quota_exact_across_two_processes(index: PostgresIndex, other: Pos
     async def attempt(n: int) -> bool:
         idx = index if n % 2 else other
         try:
-            await idx.insert_blob("alice", "default", f"q{n}", size, TAG, f"loc/{n}", quota=quota)
+            await idx.insert_blob(
+                "alice", "default", NewBlob(f"q{n}", size, TAG, f"loc/{n}"), quota=quota,
+            )
         except QuotaExceeded:
             return False
         return True
@@ -244,9 +249,11 @@ async def test_quota_exact_across_two_processes(index: PostgresIndex, other: Pos
     # A deletion frees room for exactly one more.
     stored = await index.list_blobs("alice", "default")
     await other.delete_blob("alice", "default", stored[0])
-    await index.insert_blob("alice", "default", "late", size, TAG, "loc/late", quota=quota)
+    await index.insert_blob("alice", "default", NewBlob("late", size, TAG, "loc/late"), quota=quota)
     with pytest.raises(QuotaExceeded):
-        await other.insert_blob("alice", "default", "later", size, TAG, "loc/x", quota=quota)
+        await other.insert_blob(
+            "alice", "default", NewBlob("later", size, TAG, "loc/x"), quota=quota,
+        )
     # Quota 0 is unlimited, and another user's usage is separate.
     await put(index, "big", size=10**12, quota=0)
     await put(index, "b", user="bob", size=size, quota=quota)

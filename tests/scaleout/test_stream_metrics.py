@@ -9,8 +9,8 @@ from pathlib import Path
 import aiohttp
 
 from blobsync.format import encode_upstream_header, seal
+from tests.helpers.metrics import scrape, value
 from tests.helpers.servers import auth_header, make_user, running_server
-from tests.scaleout.test_metrics import scrape, value
 
 SECRET = os.urandom(128)
 

@@ -19,8 +19,8 @@ from blobsync.server.auth import hash_token, new_token
 from blobsync.server.storage.factory import make_index
 from blobsync.server.storage.s3 import S3Payloads
 from tests.harness.s3 import S3Endpoint
+from tests.helpers.metrics import parse, value
 from tests.helpers.servers import auth_header
-from tests.scaleout.test_metrics import parse, value
 from tests.server import subproc
 from tests.server.subproc import ServerProcess, cli_env
 

@@ -14,46 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from blobsync.format import encode_upstream_header
-from blobsync.server.auth import hash_token
 from blobsync.server.storage.factory import make_store
+from tests.helpers.server_cli import add_user, call, orphans, start_upload, wait_until
 
 from .conftest import sealed
 from .subproc import ServerProcess
-from .test_server_cli import call
-
-
-def add_user(data: Path, uuid: str, token: str) -> None:
-    async def run() -> None:
-        store = make_store(str(data), None, None)
-        await store.index.open()
-        try:
-            await store.index.add_user(uuid, hash_token(token))
-        finally:
-            await store.index.close()
-
-    asyncio.run(run())
-
-
-def start_upload(url: str, path: str, token: str, body: bytes, total: int) -> socket.socket:
-    """Send the head and ``body`` of a request whose Content-Length is ``total``."""
-    import base64
-
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
-    cred = base64.b64encode(f"alice:{token}".encode()).decode()
-    sock.sendall(
-        f"{'PUT' if path.startswith('/blobs') else 'POST'} {path} HTTP/1.1\r\n"
-        f"Host: {host}\r\nAuthorization: Token {cred}\r\nContent-Length: {total}\r\n\r\n"
-        .encode() + body
-    )
-    return sock
-
-
-def wait_until(predicate, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.02)
 
 
 def test_sigkill_during_uploads(tmp_path: Path) -> None:
@@ -112,21 +77,6 @@ def test_sigkill_during_uploads(tmp_path: Path) -> None:
     finally:
         assert server.terminate() == 0
     assert "Traceback" not in server.log
-
-
-def orphans(data: Path) -> set[str]:
-    """Payload locations no index row names, read with the server down (or beside it)."""
-
-    async def run() -> set[str]:
-        store = make_store(str(data), None, None)
-        await store.open()
-        try:
-            indexed = await store.index.all_locations()
-            return {loc async for loc, _ in store.payloads.locations() if loc not in indexed}
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
 
 
 def payload_count(data: Path) -> int:

@@ -23,11 +23,17 @@ from blobsync.server.datalock import acquire
 from blobsync.server.storage.factory import make_store
 from blobsync.server.storage.s3 import S3Payloads
 from tests.harness.s3 import S3Endpoint
+from tests.helpers.server_cli import (
+    add_user,
+    call,
+    one_line_error,
+    orphans,
+    start_upload,
+    wait_until,
+)
 
 from .conftest import sealed
 from .subproc import ServerProcess, blobsync, cli_env
-from .test_crash import add_user, orphans, start_upload, wait_until
-from .test_server_cli import call, one_line_error
 
 ARGS = ("--port", "0", "--local-port", "0")
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from blobsync.format import encode_upstream_header
+from tests.helpers.server_cli import call
 
 from .conftest import sealed
 from .subproc import ServerProcess, blobsync, cli_env, new_data_dir
-from .test_server_cli import call
 
 
 @contextlib.contextmanager

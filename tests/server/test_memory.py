@@ -17,11 +17,11 @@ import pytest
 
 from blobsync.format import Sealer
 from blobsync.format.limits import CHUNK_SIZE
+from tests.helpers.server_cli import add_user
 from tests.helpers.servers import auth_header
 
 from .conftest import SECRET
 from .subproc import ServerProcess
-from .test_crash import add_user
 
 SIZE = 1 << 30
 LIMIT_KIB = 150 * 1000  # 150 MB

@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.harness.s3 import S3Endpoint
+from tests.helpers.server_cli import call, ok_token, one_line_error, self_signed
 
 from .subproc import ServerProcess, blobsync, cli_env, new_data_dir
-from .test_server_cli import call, ok_token, one_line_error
-from .test_tls_and_helpers import self_signed
 
 
 def settings_lines(server: ServerProcess) -> list[str]:

@@ -4,50 +4,19 @@ processes, driven with plain HTTP from urllib."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import socket
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from blobsync.cli.main import main
+from tests.helpers.server_cli import call, ok_token, one_line_error
 
 from .conftest import sealed
 from .subproc import ServerProcess, blobsync, cli_env, free_port, new_data_dir
-
-
-def call(method: str, url: str, name: str | None = None, token: str | None = None,
-         body: bytes | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method=method)
-    if name is not None:
-        cred = base64.b64encode(f"{name}:{token}".encode()).decode()
-        req.add_header("Authorization", f"Token {cred}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def ok_token(proc: Any) -> str:
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 1, proc.stdout  # the token, alone
-    return lines[0]
-
-
-def one_line_error(proc: Any) -> str:
-    assert proc.returncode != 0
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("blobsync: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    return lines[0]
 
 
 def test_server_end_to_end(tmp_path: Path) -> None:

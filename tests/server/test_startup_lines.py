@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.server_cli import add_user, start_upload, wait_until
+
 from .conftest import sealed
 from .subproc import ServerProcess, blobsync, new_data_dir
-from .test_crash import add_user, start_upload, wait_until
 
 TEMP_LINE = re.compile(
     r" INFO blobsync\.server\.storage\.files: removed (\d+) temp files \((\d+) bytes\) that "

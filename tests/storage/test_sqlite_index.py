@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from blobsync.server.storage.base import BlobExists, Order
+from blobsync.server.storage.base import BlobExists, NewBlob, Order
 from blobsync.server.storage.sqlite import MIGRATIONS, SQLiteIndex
 
 TAG = b"t" * 16
@@ -26,7 +26,7 @@ async def test_schema_version_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "i.sqlite3"
     index = await opened(path)
     assert await index.schema_version() == len(MIGRATIONS)
-    await index.insert_blob("u", "ns", "a", 10, TAG, "loc-a", flags=frozenset({"FAILED"}))
+    await index.insert_blob("u", "ns", NewBlob("a", 10, TAG, "loc-a", frozenset({"FAILED"})))
     await index.close()
     index = await opened(path)  # migrations do not run twice
     info = await index.get_blob("u", "ns", "a")
@@ -97,15 +97,15 @@ async def test_two_connections_share_one_file(tmp_path: Path) -> None:
         seqs = []
         for i in range(10):
             idx = a if i % 2 else b
-            seqs.append((await idx.insert_blob("u", "ns", f"b{i}", 1, TAG, f"l{i}")).seq)
+            seqs.append((await idx.insert_blob("u", "ns", NewBlob(f"b{i}", 1, TAG, f"l{i}"))).seq)
         assert seqs == sorted(seqs) and len(set(seqs)) == 10
         with pytest.raises(BlobExists):
-            await a.insert_blob("u", "ns", "b0", 1, TAG, "other")
+            await a.insert_blob("u", "ns", NewBlob("b0", 1, TAG, "other"))
         await a.delete_blob("u", "ns", "b9")
         assert await b.list_deleted("u", "ns") == ["b9"]
         assert await b.usage("u") == 9
         # a deleted row's seq is never handed out again
-        again = await b.insert_blob("u", "ns", "b9", 1, TAG, "l9b")
+        again = await b.insert_blob("u", "ns", NewBlob("b9", 1, TAG, "l9b"))
         assert again.seq > max(seqs)
     finally:
         await a.close()
@@ -114,7 +114,7 @@ async def test_two_connections_share_one_file(tmp_path: Path) -> None:
 
 WORKER = """
 import asyncio, sys
-from blobsync.server.storage.base import BlobExists, QuotaExceeded
+from blobsync.server.storage.base import BlobExists, NewBlob, QuotaExceeded
 from blobsync.server.storage.sqlite import SQLiteIndex
 
 async def main(path, name):
@@ -124,8 +124,9 @@ async def main(path, name):
     for i in range(30):
         for bid in (f"{name}-{i}", "shared"):
             try:
-                info = await index.insert_blob("u", "ns", bid, 10, b"t" * 16, f"{name}/{bid}",
-                                               quota=500)
+                info = await index.insert_blob(
+                    "u", "ns", NewBlob(bid, 10, b"t" * 16, f"{name}/{bid}"), quota=500
+                )
                 results.append(f"ok {bid} {info.seq}")
             except BlobExists:
                 results.append(f"exists {bid}")

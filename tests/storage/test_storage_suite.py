@@ -15,6 +15,7 @@ from blobsync.server.storage.base import (
     BlobExists,
     BlobInfo,
     BlobNotFound,
+    NewBlob,
     Order,
     PreconditionFailed,
     QuotaExceeded,
@@ -183,7 +184,7 @@ async def test_duplicate_put_is_blob_exists(store: BlobStore, sealed: Sealed) ->
         await put(store, "b1", sealed("b1"))
     # the index re-checks too, for racers that passed the early check
     with pytest.raises(BlobExists):
-        await store.index.insert_blob(U, NS, "b1", 10, b"t" * 16, "elsewhere")
+        await store.index.insert_blob(U, NS, NewBlob("b1", 10, b"t" * 16, "elsewhere"))
     assert await read_all(store, "b1") == first
     assert await locations(store) == snap.locations
     assert await store.index.usage(U) == snap.usage
@@ -238,7 +239,9 @@ async def test_quota_is_exact(store: BlobStore, sealed: Sealed) -> None:
         await store.put(U, NS, "c", chunked(c))  # size unknown: refused by the index
     await snap.assert_unchanged("c")
     with pytest.raises(QuotaExceeded):
-        await store.index.insert_blob(U, NS, "c", 1, b"t" * 16, "nowhere", quota=store.quota)
+        await store.index.insert_blob(
+            U, NS, NewBlob("c", 1, b"t" * 16, "nowhere"), quota=store.quota,
+        )
     await snap.assert_unchanged("c")
 
     await store.delete(U, NS, "a")
@@ -276,10 +279,12 @@ async def test_existing_id_is_blob_exists_before_quota(store: BlobStore, sealed:
     store.quota = len(a) + 10  # any second blob of this size passes the quota
     tag = b"t" * 16
     with pytest.raises(BlobExists):
-        await store.index.insert_blob(U, NS, "a", len(a), tag, "nowhere", quota=store.quota)
+        await store.index.insert_blob(
+            U, NS, NewBlob("a", len(a), tag, "nowhere"), quota=store.quota,
+        )
     outcomes = await store.index.insert_blobs(
-        U, NS, [("a", len(a), tag, "nowhere", frozenset()),
-                ("n", 5, tag, "nowhere-n", frozenset())], quota=store.quota
+        U, NS, [NewBlob("a", len(a), tag, "nowhere"), NewBlob("n", 5, tag, "nowhere-n")],
+        quota=store.quota,
     )
     assert [type(o) for o in outcomes] == [BlobExists, BlobInfo]
     await store.index.delete_blob(U, NS, "n")  # its payload was never stored

@@ -56,9 +56,19 @@ def temp_files(files: FilePayloads) -> list[str]:
     return [os.path.join(d, f) for d, _, names in os.walk(files.tmp_root) for f in names]
 
 
-def test_threshold_is_the_stream_batch_limit() -> None:
-    # Every blob a stream upload batches must go inline, or batches pay for files again.
-    assert INLINE_MAX == BATCH_BLOB_MAX
+async def test_the_store_a_data_dir_gets_inlines_every_batched_blob(tmp_path: Path) -> None:
+    # Every blob a stream upload batches must go inline, or batches pay for files again:
+    # checked on the store the server builds, not on the constants.
+    store = make_store(str(tmp_path), None, None)
+    assert isinstance(store.payloads, TieredPayloads)
+    await store.payloads.open()
+    try:
+        batched = await write(store.payloads, "batched", os.urandom(BATCH_BLOB_MAX))
+        streamed = await write(store.payloads, "streamed", os.urandom(BATCH_BLOB_MAX + 1))
+        assert batched.startswith(PREFIX)
+        assert not streamed.startswith(PREFIX)
+    finally:
+        await store.payloads.close()
 
 
 @pytest.mark.parametrize("piece", [1 << 16, 1000, INLINE_MAX + 1])

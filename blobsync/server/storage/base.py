@@ -15,7 +15,7 @@ a grace period. Deletion removes the row first, then the payload.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -24,6 +24,11 @@ from blobsync.format.errors import BlobsyncError
 # The largest piece PayloadStore.read yields: what one transfer holds, and big enough that
 # per-piece costs (a thread hop, a socket write) are small against the copying.
 READ_PIECE_MAX = 1 << 20
+
+# A stream upload gathers blobs up to BATCH_BLOB_MAX bytes in memory and stores them
+# together (BlobStore.batch); a payload store may keep payloads up to it inline. Here,
+# under both, so that neither layer imports the other for it.
+BATCH_BLOB_MAX = 256 << 10
 
 FLAGS = frozenset({"PENDING", "PROCESSING", "PROCESSED", "FAILED"})
 
@@ -40,6 +45,12 @@ class BlobExists(StorageError):
 
 class BlobNotFound(StorageError):
     status_hint = 404
+
+
+class BlobReplaced(StorageError):
+    """A blob was replaced under a read each time it was asked for: try again."""
+
+    status_hint = 409
 
 
 class QuotaExceeded(StorageError):
@@ -76,6 +87,17 @@ class BlobInfo:
     flags: frozenset[str]
     seq: int  # stored order: strictly increasing per server, across all processes
     location: str  # where the payload store keeps the bytes; opaque outside it
+
+
+@dataclass(frozen=True, slots=True)
+class NewBlob:
+    """A blob whose payload is durable, to be indexed (``MetadataIndex.insert_blob``)."""
+
+    blob_id: str
+    size: int  # sealed size in bytes
+    tag: bytes
+    location: str  # where the payload store committed it
+    flags: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +156,7 @@ class MetadataIndex(abc.ABC):
         self,
         user: str,
         namespace: str,
-        blob_id: str,
-        size: int,
-        tag: bytes,
-        location: str,
-        flags: frozenset[str] = frozenset(),
+        blob: NewBlob,
         quota: int = 0,
     ) -> BlobInfo:
         """Index a blob whose payload is durable, in one transaction.
@@ -152,27 +170,23 @@ class MetadataIndex(abc.ABC):
         self,
         user: str,
         namespace: str,
-        rows: list[tuple[str, int, bytes, str, frozenset[str]]],
+        blobs: list[NewBlob],
         quota: int = 0,
     ) -> list[BlobInfo | BlobExists | QuotaExceeded]:
         """Index a run of blobs with ``insert_blob``'s rules; backends do it in one transaction.
 
-        ``rows`` are (blob_id, size, tag, location, flags) of durable payloads. Returns one
-        outcome per row, in order: its BlobInfo, or BlobExists for an id already indexed
+        ``blobs`` have durable payloads. Returns one outcome per blob, in order: its
+        BlobInfo, or BlobExists for an id already indexed
         (or earlier in the run), even when its size would also pass the quota: every
         backend checks the id before the quota (409 before 507, SPEC 9). The first row that
         would pass the quota gets QuotaExceeded and ends the run: the list is then shorter
-        than ``rows`` and the rest is not indexed. This default goes row by row (one
+        than ``blobs`` and the rest is not indexed. This default goes row by row (one
         transaction each), with the same outcomes.
         """
         out: list[BlobInfo | BlobExists | QuotaExceeded] = []
-        for blob_id, size, tag, location, flags in rows:
+        for blob in blobs:
             try:
-                out.append(
-                    await self.insert_blob(
-                        user, namespace, blob_id, size, tag, location, flags=flags, quota=quota
-                    )
-                )
+                out.append(await self.insert_blob(user, namespace, blob, quota=quota))
             except BlobExists as exc:
                 out.append(exc)
             except QuotaExceeded as exc:
@@ -273,12 +287,60 @@ class PayloadStore(abc.ABC):
     @abc.abstractmethod
     def read(
         self, location: str, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Yield the bytes at ``location`` from ``offset``, ``length`` of them or to the end,
         in pieces of at most READ_PIECE_MAX bytes.
 
-        Raises BlobNotFound if nothing is there.
+        Raises BlobNotFound if nothing is there. A generator: whoever stops reading early
+        calls ``aclose`` on it.
         """
+
+    # Optional features: each has a default that works for any store; the stores that can
+    # do better override it.
+
+    # True when ``read_many`` reads a run of payloads in one go (one thread hop); a stream
+    # download then batches small blobs. False: it sends them one by one through ``read``.
+    batched_reads: bool = False
+
+    async def store_many(
+        self, user: str, namespace: str, items: list[tuple[str, bytes]]
+    ) -> list[str]:
+        """Commit many small payloads, each to a location of its own; return the locations.
+
+        The guarantees of a writer's commit, per payload: when this returns every payload
+        is durable; if it raises, none of the locations it made is left behind. This
+        default uses one writer per payload; stores that can share the fsyncs override it.
+        """
+        locations: list[str] = []
+        try:
+            for blob_id, data in items:
+                writer = await self.writer(user, namespace, blob_id)
+                try:
+                    await writer.write(data)
+                    locations.append(await writer.commit())
+                except BaseException:
+                    await writer.abort()
+                    raise
+        except BaseException:
+            for location in locations:
+                await self.delete(location)
+            raise
+        return locations
+
+    async def read_many(self, locations: list[str]) -> list[bytes]:
+        """The whole payloads at ``locations`` (small ones: the caller bounds their total).
+
+        BlobNotFound if any is missing. This default reads them one by one through ``read``.
+        """
+        out: list[bytes] = []
+        for location in locations:
+            out.append(b"".join([chunk async for chunk in self.read(location)]))
+        return out
+
+    def file_path(self, location: str) -> str | None:
+        """The file holding a committed payload, for a GET to send with sendfile(2); None
+        when the store keeps it in no file of its own (the default)."""
+        return None
 
     @abc.abstractmethod
     async def delete(self, location: str) -> None:

@@ -12,21 +12,26 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, TypeVar
 
-from blobsync.format.errors import BlobsyncError, InvalidBlob, LimitExceeded, ProtocolError
-from blobsync.format.preamble import MAX_HEAD_SIZE, TAG_SIZE, Scheme, SealedHead, parse_sealed_head
+from blobsync.format.errors import BlobsyncError, LimitExceeded, ProtocolError
+from blobsync.format.preamble import TAG_SIZE
+from blobsync.format.verifier import SealedVerifier
 
 from .base import (
+    BATCH_BLOB_MAX,
     BlobExists,
     BlobInfo,
     BlobNotFound,
+    BlobReplaced,
     MetadataIndex,
+    NewBlob,
     PayloadStore,
     PayloadWriter,
     QuotaExceeded,
+    StorageError,
 )
 
 T = TypeVar("T")
@@ -35,8 +40,9 @@ T = TypeVar("T")
 # together once BATCH_COUNT of them or BATCH_BYTES are waiting (or the body pauses): one
 # stream then holds at most about BATCH_BYTES + BATCH_BLOB_MAX. Larger blobs go through
 # ``put``, chunk by chunk.
-BATCH_BLOB_MAX = 256 << 10
 BATCH_BYTES = 1 << 20
+# How often a GET looks a blob up again when it was replaced under the read (open_blob).
+READ_ATTEMPTS = 3
 BATCH_COUNT = 256
 
 Outcome = BlobInfo | BlobExists | QuotaExceeded
@@ -81,15 +87,15 @@ class NullObserver:
 
 
 class _SealedCheck:
-    """Checks a sealed blob as it streams past, holding at most its head and last 16 bytes."""
+    """A body as it streams in: the size it announced, the size limit, and the rules of a
+    sealed blob (format.verifier: the store has no key, so the tag is not checked). Holds
+    at most the head and the last 16 bytes, which become the blob's ``Tag``."""
 
     def __init__(self, blob_id: str, size: int | None, max_size: int | None) -> None:
-        self.blob_id = blob_id
         self.size = size
         self.max_size = max_size
         self.received = 0
-        self.head: SealedHead | None = None
-        self._head_buf = bytearray()
+        self._verifier = SealedVerifier(blob_id)
         self.tail = b""
 
     def feed(self, chunk: bytes) -> None:
@@ -98,26 +104,15 @@ class _SealedCheck:
             raise ProtocolError(f"body is longer than the {self.size} bytes announced")
         if self.max_size is not None and self.received > self.max_size:
             raise LimitExceeded(f"blob is larger than the limit of {self.max_size} bytes")
-        if self.head is None:
-            self._head_buf += chunk[: MAX_HEAD_SIZE - len(self._head_buf)]
-            self.head = parse_sealed_head(self._head_buf)  # InvalidBlob when garbled
-            if self.head is not None:
-                self.head.preamble.check(self.blob_id)  # the id it names, and the rev
-                self._head_buf = bytearray()
+        self._verifier.feed(chunk)
+        # The last 16 bytes of the whole blob, head included when it is that short (an
+        # external blob's Tag is its last bytes, whatever they are).
         self.tail = (self.tail + bytes(chunk[-TAG_SIZE:]))[-TAG_SIZE:]
 
     def finish(self) -> None:
         if self.size is not None and self.received != self.size:
             raise ProtocolError(f"body is {self.received} bytes, {self.size} announced")
-        if self.head is None:
-            raise InvalidBlob("sealed blob: shorter than its head")
-        body = self.received - self.head.size
-        pre = self.head.preamble
-        if pre.scheme is Scheme.SYMKEY:
-            if body < TAG_SIZE:
-                raise InvalidBlob("sealed blob: cut short before its tag")
-        elif pre.content_size is not None and body != pre.content_size:
-            raise InvalidBlob(f"external blob: {body} bytes, preamble says {pre.content_size}")
+        self._verifier.finish()
 
 
 class BlobStore:
@@ -294,7 +289,7 @@ class BlobStore:
     ) -> BlobInfo:
         task = asyncio.ensure_future(
             self.index.insert_blob(
-                user, namespace, blob_id, size, tag, location, flags=frozenset(flags),
+                user, namespace, NewBlob(blob_id, size, tag, location, frozenset(flags)),
                 quota=self.quota,
             )
         )
@@ -362,11 +357,13 @@ class BlobStore:
     async def _store_run_tracked(
         self, user: str, namespace: str, run: list[tuple[str, bytes, bytes]]
     ) -> list[Outcome]:
-        locations = await self._store_payloads(user, namespace, run)
+        locations = await self.payloads.store_many(
+            user, namespace, [(blob_id, data) for blob_id, data, _ in run]
+        )
         self._unindexed.update(locations)
         try:
             rows = [
-                (blob_id, len(data), tag, location, frozenset())
+                NewBlob(blob_id, len(data), tag, location)
                 for (blob_id, data, tag), location in zip(run, locations, strict=True)
             ]
             try:
@@ -388,32 +385,6 @@ class BlobStore:
             self._unindexed.difference_update(locations)
         return outcomes
 
-    async def _store_payloads(
-        self, user: str, namespace: str, run: list[tuple[str, bytes, bytes]]
-    ) -> list[str]:
-        store_many = getattr(self.payloads, "store_many", None)
-        if store_many is not None:
-            located: list[str] = await store_many(
-                user, namespace, [(blob_id, data) for blob_id, data, _ in run]
-            )
-            return located
-        # Any other payload store: one writer per blob, the same end state.
-        locations: list[str] = []
-        try:
-            for blob_id, data, _ in run:
-                writer = await self.payloads.writer(user, namespace, blob_id)
-                try:
-                    await writer.write(data)
-                    locations.append(await writer.commit())
-                except BaseException:
-                    await writer.abort()
-                    raise
-        except BaseException:
-            for location in locations:
-                await self.payloads.delete(location)
-            raise
-        return locations
-
     # reading ----------------------------------------------------------------------------
     async def read(
         self,
@@ -422,7 +393,7 @@ class BlobStore:
         blob_id: str,
         offset: int = 0,
         length: int | None = None,
-    ) -> tuple[BlobInfo, AsyncIterator[bytes]]:
+    ) -> tuple[BlobInfo, AsyncGenerator[bytes, None]]:
         info = await self.index.get_blob(user, namespace, blob_id)
         if info is None:
             raise BlobNotFound(f"no blob {blob_id}")
@@ -443,8 +414,7 @@ class BlobStore:
         is deleted meanwhile; but file locations are reused after a delete and a new PUT
         of the same id, so the file is the one looked up only if the row still names it
         with the same tag once it is open."""
-        file_path = getattr(self.payloads, "file_path", None)
-        path = file_path(info.location) if file_path is not None else None
+        path = self.payloads.file_path(info.location)
         if path is None:
             return None
         try:
@@ -456,6 +426,54 @@ class BlobStore:
             file.close()
             return None
         return file
+
+    async def open_blob(
+        self,
+        user: str,
+        namespace: str,
+        blob_id: str,
+        span: Callable[[BlobInfo], tuple[int, int]],
+        *,
+        as_file: bool,
+    ) -> OpenBlob:
+        """A blob opened for a GET: the bytes ``span`` picks of it (offset, length),
+        as an open file (``open_file``) when ``as_file`` and the store can, else as chunks.
+
+        A blob deleted and stored again between the lookup and the read would give the
+        bytes of another row than the one ``span`` judged: then it is looked up again, up
+        to READ_ATTEMPTS times, and BlobReplaced (409) after. BlobNotFound if absent.
+        """
+        for _ in range(READ_ATTEMPTS):
+            info = await self.index.get_blob(user, namespace, blob_id)
+            if info is None:
+                raise BlobNotFound(f"no blob {blob_id!r} in namespace {namespace!r}")
+            offset, length = span(info)
+            file = await self.open_file(info) if as_file else None
+            if file is not None:
+                return OpenBlob(info, offset, length, file, None)
+            read_info, chunks = await self.read(user, namespace, blob_id, offset, length)
+            if read_info.location == info.location:
+                return OpenBlob(info, offset, length, None, chunks)
+            await chunks.aclose()  # replaced between the two lookups: ask again
+        raise BlobReplaced("the blob is being replaced; try again")
+
+    async def read_run(self, infos: list[BlobInfo]) -> list[bytes]:
+        """The whole payloads of rows in hand (a stream download's run of small blobs), in
+        one go where the payload store can (``read_many``); counted as served. StorageError
+        if one is not the size its row says (deleted and replaced since)."""
+        payloads = await self.payloads.read_many([info.location for info in infos])
+        for info, data in zip(infos, payloads, strict=True):
+            if len(data) != info.size:
+                raise StorageError(
+                    f"blob {info.blob_id!r}: {len(data)} bytes read, {info.size} indexed"
+                )
+        self.observer.on_served(sum(info.size for info in infos))
+        return payloads
+
+    def read_located(self, info: BlobInfo) -> AsyncGenerator[bytes, None]:
+        """The payload of a row in hand, chunk by chunk, each counted as served when it
+        goes out. No new lookup: a payload deleted since raises or comes up short."""
+        return _counted(self.payloads.read(info.location, 0, info.size), self.observer)
 
     def served(self, nbytes: int) -> None:
         """Count bytes a route sent from an ``open_file`` file (``read`` counts its own)."""
@@ -510,6 +528,18 @@ class BlobStore:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenBlob:
+    """What ``BlobStore.open_blob`` opened: the row, the span, and the bytes either as an
+    open file (the caller sends it and closes it) or as chunks (``BlobStore.read``'s)."""
+
+    info: BlobInfo
+    offset: int
+    length: int
+    file: BinaryIO | None
+    chunks: AsyncGenerator[bytes, None] | None
+
+
+@dataclass(frozen=True, slots=True)
 class SweepReport:
     removed: int  # orphan payloads deleted
     spared: int  # orphan payloads younger than the grace: maybe uploads under way elsewhere
@@ -518,8 +548,8 @@ class SweepReport:
 
 
 async def _chain(
-    first: bytes | None, rest: AsyncIterator[bytes], observer: StoreObserver
-) -> AsyncIterator[bytes]:
+    first: bytes | None, rest: AsyncGenerator[bytes, None], observer: StoreObserver
+) -> AsyncGenerator[bytes, None]:
     try:
         if first is not None:
             observer.on_served(len(first))
@@ -528,10 +558,19 @@ async def _chain(
                 observer.on_served(len(chunk))
                 yield chunk
     finally:
-        aclose = getattr(rest, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()
+        with contextlib.suppress(Exception):
+            await rest.aclose()
+
+
+async def _counted(
+    chunks: AsyncGenerator[bytes, None], observer: StoreObserver
+) -> AsyncGenerator[bytes, None]:
+    try:
+        async for chunk in chunks:
+            observer.on_served(len(chunk))
+            yield chunk
+    finally:
+        await chunks.aclose()
 
 
 class StreamBatch:

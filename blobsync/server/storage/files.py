@@ -29,7 +29,7 @@ from typing import Any
 from blobsync.format.limits import CHUNK_SIZE, valid_id
 
 from .base import BlobNotFound, PayloadStore, PayloadWriter
-from .modes import DIR_MODE, FILE_MODE, private_dir, tighten
+from .modes import DIR_MODE, FILE_MODE, fsync_dir, private_dir, tighten
 
 TMP_DIR = ".tmp"
 
@@ -47,14 +47,6 @@ _ACTIVE_TEMPS: set[str] = set()
 def shard_parts(user: str, namespace: str, blob_id: str) -> tuple[str, ...]:
     """Soledad's layout; the three shard levels keep any one directory small."""
     return (user, namespace, blob_id[0], blob_id[:3], blob_id[:6])
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def files_below(
@@ -78,7 +70,7 @@ def _makedirs_durable(root: str, parts: tuple[str, ...]) -> str:
     dirty: set[str] = set()
     path = _makedirs(root, parts, dirty)
     for parent in dirty:
-        _fsync_dir(parent)
+        fsync_dir(parent)
     return path
 
 
@@ -307,6 +299,8 @@ def _link_exclusive(tmp: str, shard: str, blob_id: str) -> str:
 
 
 class FilePayloads(PayloadStore):
+    batched_reads = True  # read_many reads a run in one go
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.tmp_root = os.path.join(self.root, TMP_DIR)
@@ -371,7 +365,7 @@ class FilePayloads(PayloadStore):
         shard = _makedirs_durable(self.root, parts)
         name = _link_exclusive(tmp, shard, blob_id)
         try:
-            _fsync_dir(shard)
+            fsync_dir(shard)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(shard, name))
@@ -422,7 +416,7 @@ class FilePayloads(PayloadStore):
                 locations.append("/".join((*parts, name)))
             # Each directory once, however many entries it gained; all of them are durable
             # before anyone indexes, so their order does not matter.
-            _fsync_all(_fsync_dir, list(dirty))
+            _fsync_all(fsync_dir, list(dirty))
             return locations
         except BaseException:
             for path in finals:

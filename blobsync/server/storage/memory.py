@@ -18,6 +18,7 @@ from .base import (
     BlobInfo,
     BlobNotFound,
     MetadataIndex,
+    NewBlob,
     Order,
     PayloadStore,
     PayloadWriter,
@@ -87,13 +88,10 @@ class MemoryIndex(MetadataIndex):
         self,
         user: str,
         namespace: str,
-        blob_id: str,
-        size: int,
-        tag: bytes,
-        location: str,
-        flags: frozenset[str] = frozenset(),
+        blob: NewBlob,
         quota: int = 0,
     ) -> BlobInfo:
+        blob_id, size = blob.blob_id, blob.size
         rows = self._blobs.setdefault((user, namespace), {})
         if blob_id in rows:
             raise BlobExists(f"blob {blob_id} exists")
@@ -102,7 +100,8 @@ class MemoryIndex(MetadataIndex):
             raise QuotaExceeded(f"quota of {quota} bytes exceeded")
         self._seq += 1
         info = BlobInfo(
-            user, namespace, blob_id, size, bytes(tag), frozenset(flags), self._seq, location
+            user, namespace, blob_id, size, bytes(blob.tag), frozenset(blob.flags), self._seq,
+            blob.location,
         )
         rows[blob_id] = info
         self._usage[user] = used + size

@@ -62,3 +62,12 @@ def private_file(path: str | os.PathLike[str]) -> bool:
         tighten(path, FILE_MODE)
         return False
     return True
+
+
+def fsync_dir(path: str) -> None:
+    """Make the entries of directory ``path`` durable (a new or renamed file's name)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

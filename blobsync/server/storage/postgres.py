@@ -26,6 +26,7 @@ from .base import (
     BlobInfo,
     BlobNotFound,
     MetadataIndex,
+    NewBlob,
     Order,
     PreconditionFailed,
     Principal,
@@ -350,11 +351,7 @@ class PostgresIndex(MetadataIndex):
         self,
         user: str,
         namespace: str,
-        blob_id: str,
-        size: int,
-        tag: bytes,
-        location: str,
-        flags: frozenset[str] = frozenset(),
+        blob: NewBlob,
         quota: int = 0,
     ) -> BlobInfo:
         try:
@@ -366,17 +363,17 @@ class PostgresIndex(MetadataIndex):
                     f" VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_COLUMNS}",
                     user,
                     namespace,
-                    blob_id,
-                    size,
-                    bytes(tag),
-                    _flag_list(flags),
-                    location,
+                    blob.blob_id,
+                    blob.size,
+                    bytes(blob.tag),
+                    _flag_list(blob.flags),
+                    blob.location,
                 )
                 await conn.execute(
                     "DELETE FROM tombstones WHERE user_id = $1 AND namespace = $2 AND blob_id = $3",
                     user,
                     namespace,
-                    blob_id,
+                    blob.blob_id,
                 )
                 await conn.execute(
                     "INSERT INTO usage (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user
@@ -387,13 +384,13 @@ class PostgresIndex(MetadataIndex):
                     "UPDATE usage SET bytes = bytes + $2 WHERE user_id = $1"
                     " AND ($3::bigint <= 0 OR bytes + $2 <= $3::bigint) RETURNING true",
                     user,
-                    size,
+                    blob.size,
                     quota,
                 )
                 if not accepted:
                     raise QuotaExceeded(f"quota of {quota} bytes exceeded")
         except asyncpg.UniqueViolationError:
-            raise BlobExists(f"blob {blob_id} exists") from None
+            raise BlobExists(f"blob {blob.blob_id} exists") from None
         assert row is not None
         return _info(row)
 
@@ -401,19 +398,19 @@ class PostgresIndex(MetadataIndex):
         self,
         user: str,
         namespace: str,
-        rows: list[tuple[str, int, bytes, str, frozenset[str]]],
+        blobs: list[NewBlob],
         quota: int = 0,
     ) -> list[BlobInfo | BlobExists | QuotaExceeded]:
         """``MetadataIndex.insert_blobs`` in one transaction, exact across processes."""
-        if not rows:
+        if not blobs:
             return []
-        ids = [r[0] for r in rows]
+        ids = [b.blob_id for b in blobs]
         async with self._connection() as conn, conn.transaction():
-            # Stored order is the order of ``rows``; the inserts below go in id order.
+            # Stored order is the order of ``blobs``; the inserts below go in id order.
             seqs = sorted(
                 await conn.fetchval(
                     "SELECT array_agg(nextval('blob_seq')) FROM generate_series(1, $1)",
-                    len(rows),
+                    len(blobs),
                 )
             )
             # Inserting in id order means two runs that share ids wait for each other in
@@ -430,10 +427,10 @@ class PostgresIndex(MetadataIndex):
                 user,
                 namespace,
                 ids,
-                [r[1] for r in rows],
-                [bytes(r[2]) for r in rows],
-                [",".join(_flag_list(r[4])) for r in rows],
-                [r[3] for r in rows],
+                [b.size for b in blobs],
+                [bytes(b.tag) for b in blobs],
+                [",".join(_flag_list(b.flags)) for b in blobs],
+                [b.location for b in blobs],
                 seqs,
             )
             by_seq = {rec["seq"]: _info(rec) for rec in inserted}
@@ -447,7 +444,8 @@ class PostgresIndex(MetadataIndex):
             )
             out: list[BlobInfo | BlobExists | QuotaExceeded] = []
             added = 0
-            for (blob_id, size, *_), seq in zip(rows, seqs, strict=True):
+            for blob, seq in zip(blobs, seqs, strict=True):
+                blob_id, size = blob.blob_id, blob.size
                 info = by_seq.pop(seq, None)
                 if info is None:
                     out.append(BlobExists(f"blob {blob_id} exists"))

@@ -25,6 +25,7 @@ from .base import (
     BlobInfo,
     BlobNotFound,
     MetadataIndex,
+    NewBlob,
     Order,
     PreconditionFailed,
     Principal,
@@ -32,7 +33,7 @@ from .base import (
     UserExists,
     UserNotFound,
 )
-from .sqlitethread import SQLiteThread
+from .sqlitethread import IN_BATCH, SQLiteThread
 
 T = TypeVar("T")
 
@@ -41,8 +42,6 @@ T = TypeVar("T")
 FLAG_BITS = {"PENDING": 1, "PROCESSING": 2, "PROCESSED": 4, "FAILED": 8}
 assert set(FLAG_BITS) == FLAGS
 
-# SQLite limits host parameters per statement (32766 in recent builds, 999 in old ones).
-_IN_BATCH = 500
 
 
 def flags_to_mask(flags: Iterable[str]) -> int:
@@ -274,31 +273,27 @@ class SQLiteIndex(MetadataIndex):
         self,
         user: str,
         namespace: str,
-        blob_id: str,
-        size: int,
-        tag: bytes,
-        location: str,
-        flags: frozenset[str] = frozenset(),
+        blob: NewBlob,
         quota: int = 0,
     ) -> BlobInfo:
         return await self._run(
-            self._write, self._insert_one, user, namespace, blob_id, size, tag, location,
-            frozenset(flags), quota,
+            self._write, self._insert_one, user, namespace, blob.blob_id, blob.size, blob.tag,
+            blob.location, frozenset(blob.flags), quota,
         )
 
     async def insert_blobs(
         self,
         user: str,
         namespace: str,
-        rows: list[tuple[str, int, bytes, str, frozenset[str]]],
+        blobs: list[NewBlob],
         quota: int = 0,
     ) -> list[BlobInfo | BlobExists | QuotaExceeded]:
         """Index a run of blobs, each with ``insert_blob``'s rules, in ONE transaction.
 
-        ``rows`` are (blob_id, size, tag, location, flags) of durable payloads. Returns one
-        outcome per row, in order: its BlobInfo, or BlobExists for an id already indexed
+        ``blobs`` have durable payloads. Returns one outcome per blob, in order: its
+        BlobInfo, or BlobExists for an id already indexed
         (whatever the quota: the id is checked first). The first row that would pass the
-        quota gets QuotaExceeded and ends the run: the list is then shorter than ``rows``,
+        quota gets QuotaExceeded and ends the run: the list is then shorter than ``blobs``,
         and the rows after it are not indexed. A stream upload of many small blobs pays one
         commit instead of one per blob.
         """
@@ -311,7 +306,10 @@ class SQLiteIndex(MetadataIndex):
             now = time.time()
             out: list[BlobInfo | BlobExists | QuotaExceeded] = []
             inserted: list[tuple[str, str, str]] = []
-            for blob_id, size, tag, location, flags in rows:
+            for blob in blobs:
+                blob_id, size, tag, location, flags = (
+                    blob.blob_id, blob.size, blob.tag, blob.location, blob.flags
+                )
                 try:
                     # A failed statement rolls back alone; the transaction goes on.
                     cur = conn.execute(
@@ -536,8 +534,8 @@ class SQLiteIndex(MetadataIndex):
         def read() -> list[BlobInfo]:
             found: dict[str, BlobInfo] = {}
             unique = list(dict.fromkeys(blob_ids))
-            for i in range(0, len(unique), _IN_BATCH):
-                batch = unique[i : i + _IN_BATCH]
+            for i in range(0, len(unique), IN_BATCH):
+                batch = unique[i : i + IN_BATCH]
                 marks = ",".join("?" * len(batch))
                 for row in self._db().execute(
                     f"SELECT {_BLOB_COLUMNS} FROM blobs WHERE user = ? AND namespace = ? "

@@ -39,11 +39,9 @@ from typing import TypeVar
 from blobsync.format.errors import LimitExceeded
 from blobsync.format.limits import valid_id
 
-from .base import READ_PIECE_MAX, BlobNotFound, PayloadStore, PayloadWriter
-from .blobstore import BATCH_BLOB_MAX
-from .files import _fsync_dir
-from .sqlite import _IN_BATCH
-from .sqlitethread import SQLiteThread
+from .base import BATCH_BLOB_MAX, READ_PIECE_MAX, BlobNotFound, PayloadStore, PayloadWriter
+from .modes import fsync_dir
+from .sqlitethread import IN_BATCH, SQLiteThread
 
 T = TypeVar("T")
 
@@ -221,6 +219,8 @@ class InlineWriter(PayloadWriter):
 
 
 class SQLitePayloads(PayloadStore):
+    batched_reads = True  # read_many reads a run in one go
+
     def __init__(self, path: str | os.PathLike[str], max_size: int = INLINE_MAX) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.max_size = max_size
@@ -236,7 +236,7 @@ class SQLitePayloads(PayloadStore):
             await self._writes.run(self._writes.write, _migrate)
             if self._writes.created:
                 # The file's directory entry must survive a power cut like its contents.
-                await asyncio.to_thread(_fsync_dir, os.path.dirname(self.path))
+                await asyncio.to_thread(fsync_dir, os.path.dirname(self.path))
             await self._writes.run(self._convert_to_incremental)
             await self._reads.open()
         except BaseException:
@@ -355,8 +355,8 @@ class SQLitePayloads(PayloadStore):
         def query() -> dict[str, bytes]:
             found: dict[str, bytes] = {}
             unique = list(dict.fromkeys(locations))
-            for i in range(0, len(unique), _IN_BATCH):
-                batch = unique[i : i + _IN_BATCH]
+            for i in range(0, len(unique), IN_BATCH):
+                batch = unique[i : i + IN_BATCH]
                 marks = ",".join("?" * len(batch))
                 for location, data in self._reads.db().execute(
                     f"SELECT location, data FROM payloads WHERE location IN ({marks})", batch

@@ -22,6 +22,10 @@ from .modes import FILE_MODE, private_dir, private_file, tighten
 
 T = TypeVar("T")
 
+# SQLite limits host parameters per statement (32766 in recent builds, 999 in old ones):
+# an ``IN (...)`` list goes in runs of at most this many.
+IN_BATCH = 500
+
 BUSY_TIMEOUT_MS = 30_000
 JOURNAL_SIZE_LIMIT = 32 << 20
 

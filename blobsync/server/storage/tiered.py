@@ -55,6 +55,8 @@ class TieredWriter(PayloadWriter):
 
 
 class TieredPayloads(PayloadStore):
+    batched_reads = True  # read_many reads a run in one go
+
     def __init__(self, inline: SQLitePayloads, files: FilePayloads) -> None:
         self.inline = inline
         self.files = files

@@ -1,4 +1,4 @@
-"""Review: sync correctness seen from the wire. A relay (review_relay.py) between the client
+"""Sync correctness seen from the wire. A relay (tests/helpers/relay.py) between the client
 and the real server shows what was asked, in which order, how many at once and how large;
 it also drops requests and delivers answers in network-sized pieces."""
 
@@ -11,22 +11,12 @@ import time
 
 import pytest
 
-from blobsync.client import BlobManager, ConnectionLost, SyncStatus
+from blobsync.client import ConnectionLost, SyncStatus
 from blobsync.client.errors import IdTaken
 from blobsync.format import InvalidBlob
-from tests.client.conftest import PASSPHRASE, Account, fast_settings
-from tests.client.review_relay import Hold, relay_to
-from tests.client.test_resilience import copy_sealed, corrupt_on_server
-
-
-async def device(account: Account, name: str, url: str, **settings: object) -> BlobManager:
-    """A device of alice whose server is ``url``; the first one creates the secret."""
-    recover = any(p.name.startswith("home-") for p in account.tmp_path.iterdir())
-    return await BlobManager.init(
-        account.tmp_path / f"home-{name}", server=url, user=account.user,
-        token=account.token, passphrase=PASSPHRASE, recover=recover,
-        settings=fast_settings(**settings),
-    )
+from tests.client.conftest import Account
+from tests.helpers.client import copy_sealed, corrupt_on_server, device
+from tests.helpers.relay import Hold, relay_to
 
 
 async def test_deletion_on_a_while_b_is_offline(account: Account) -> None:
@@ -379,7 +369,6 @@ async def test_delete_during_upload_does_not_resurrect(account: Account) -> None
             assert await a.remote_list() == []
         finally:
             await a.close()
-
 
 
 async def test_download_streams_do_not_move_much_more_than_the_data(account: Account) -> None:

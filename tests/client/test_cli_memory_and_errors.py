@@ -1,4 +1,4 @@
-"""Review: the CLI over the client library, run as real subprocesses against a real server
+"""The CLI over the client library, run as real subprocesses against a real server
 on loopback: bounded memory on a 1 GiB get to stdout, one-line errors, and what sync says
 about blobs the server refused."""
 
@@ -10,8 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from blobsync.client import BlobManager, SyncStatus
-from tests.client.conftest import PASSPHRASE, Account, fast_settings
+from blobsync.client import SyncStatus
+from tests.client.conftest import Account
+from tests.helpers.client import cli, cli_env, home_with, one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 1 << 30
@@ -29,40 +30,6 @@ PEAK = (
     "print('PEAK_KB', hwm, file=sys.stderr)\n"
     "sys.exit(rc)\n"
 )
-
-
-def cli_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BLOBSYNC_")}
-    env.update(BLOBSYNC_PASSPHRASE=PASSPHRASE, BLOBSYNC_RETRY_SCALE="0.01",
-               PYTHONPATH=str(ROOT))
-    return env
-
-
-async def cli(home: Path, *args: str) -> tuple[int, bytes, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "blobsync", "--home", str(home), *args, env=cli_env(),
-        cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out, err.decode()
-
-
-def one_line_error(rc: int, err: str, code: int) -> str:
-    assert rc == code, (rc, err)
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("blobsync: error: "), err
-    return lines[0]
-
-
-async def home_with(account: Account, name: str) -> BlobManager:
-    return await BlobManager.init(
-        account.tmp_path / f"home-{name}", server=account.server.url, user=account.user,
-        token=account.token, passphrase=PASSPHRASE, settings=fast_settings(),
-        recover=any(p.name.startswith("home-") for p in account.tmp_path.iterdir()),
-    )
 
 
 async def test_one_gib_get_to_stdout_stays_bounded(account: Account, tmp_path: Path) -> None:

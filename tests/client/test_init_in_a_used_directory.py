@@ -1,4 +1,4 @@
-"""Review: init in a directory that already holds files of the user's."""
+"""Init in a directory that already holds files of the user's."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review: the incoming box keeps to the project's memory bound."""
+"""The incoming box keeps to the project's memory bound."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ async def test_a_large_incoming_message_stays_within_the_memory_bound(
                             headers=auth_header("incoming", service)) as resp:
             assert resp.status == 200
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.client.review_incoming_probe", str(a.profile.home),
+        sys.executable, "-m", "tests.client.incoming_memory_probe", str(a.profile.home),
         PASSPHRASE, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 120)

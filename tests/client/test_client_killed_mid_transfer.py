@@ -1,9 +1,9 @@
-"""Review: a client process killed with SIGKILL in the middle of put, sync download and
+"""A client process killed with SIGKILL in the middle of put, sync download and
 sync upload. After a restart every blob is complete or absent, statuses are sane, and the
 next sync finishes with nothing lost or duplicated.
 
-The client runs as a subprocess (tests/client/review_worker.py) talking to the real server
-through a relay (review_relay.py) that holds the transfer after a chosen number of bytes,
+The client runs as a subprocess (tests/client/killed_client_worker.py) talking to the real server
+through a relay (tests/helpers/relay.py) that holds the transfer after a chosen number of bytes,
 so the kill lands mid-transfer every time, not by luck of timing.
 """
 
@@ -20,7 +20,7 @@ import pytest
 
 from blobsync.client import BlobManager, SyncStatus
 from tests.client.conftest import PASSPHRASE, Account, fast_settings
-from tests.client.review_relay import Hold, relay_to
+from tests.helpers.relay import Hold, relay_to
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,7 @@ async def make_home(account: Account, home: Path, url: str, *, recover: bool) ->
 async def start_worker(**job: object) -> asyncio.subprocess.Process:
     job.setdefault("passphrase", PASSPHRASE)
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.client.review_worker", json.dumps(job, default=str),
+        sys.executable, "-m", "tests.client.killed_client_worker", json.dumps(job, default=str),
         cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
 

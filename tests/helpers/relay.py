@@ -1,7 +1,10 @@
-"""A loopback TCP relay in front of the real server, for the review tests.
+"""A loopback TCP relay in front of the real server, to watch and break connections.
 
-It forwards real bytes both ways (nothing is faked) and lets a test:
+It forwards real bytes both ways (nothing is faked) and lets a
+test:
 - see every request (first bytes, time) and how many connections were open at once,
+- cut a connection whose request matches after some bytes of the server's answer (a
+  download dropped in the middle), and count the bytes each connection received,
 - hold the answer to (or the body of) a matching request after some bytes, until released
   or until the client is killed: a deterministic "in the middle of a transfer",
 - hand the answers over in small pieces, as a real network does,
@@ -66,6 +69,11 @@ class Relay:
     hold_down: list[Hold] = field(default_factory=list)
     hold_up: list[Hold] = field(default_factory=list)
     drop: Callable[[bytes], bool] | None = None  # close at once a request whose head matches
+    # Cut each of the next len(cuts) connections whose request contains ``cut_match`` after
+    # that many bytes of the server's answers on that connection (counted from its start).
+    cuts: list[int] = field(default_factory=list)
+    cut_match: bytes = b""
+    downstream_bytes: list[int] = field(default_factory=list)  # per connection, in order
     # Raw HTTP bytes to answer a request with instead of the server (None: forward it).
     answer: Callable[[bytes], bytes | None] | None = None
     capture: bool = False
@@ -94,6 +102,7 @@ class Relay:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 
     def lines(self) -> list[str]:
+        """The request line of every request seen."""
         return [r.line for r in self.requests]
 
     def matching(self, text: str) -> list[Seen]:
@@ -119,6 +128,8 @@ class Relay:
             return
         self._conns += 1
         conn = self._conns
+        index = len(self.downstream_bytes)
+        self.downstream_bytes.append(0)
         # A connection counts as open from its first request until either side closes,
         # changed synchronously in the reading tasks: a client that closes a connection and
         # opens another must never be seen holding both.
@@ -138,6 +149,7 @@ class Relay:
         # Holds chosen by the latest request on this connection.
         state: dict[str, Hold | None] = {"down": None, "up": None}
         counts = {"down": 0, "up": 0}
+        cut: dict[str, int | None] = {"at": None}  # chosen once per connection
 
         def pick(holds: list[Hold], head: bytes) -> Hold | None:
             for h in holds:
@@ -160,6 +172,8 @@ class Relay:
                         cw.transport.abort()  # type: ignore[union-attr]
                         uw.transport.abort()  # type: ignore[union-attr]
                         return
+                    if cut["at"] is None and self.cuts and self.cut_match in head:
+                        cut["at"] = self.cuts.pop(0)
                     own = self.answer(head) if self.answer is not None else None
                     if own is not None:
                         cw.write(own)
@@ -201,10 +215,19 @@ class Relay:
                 if self.fragment:
                     await asyncio.sleep(self.fragment_pause)
             self.down_bytes += len(data)
+            self.downstream_bytes[index] += len(data)
             counts["down"] += len(data)
 
         async def down() -> None:
             while data := await ur.read(65536):
+                limit = cut["at"]
+                sent = self.downstream_bytes[index]
+                if limit is not None and sent + len(data) >= limit:
+                    with contextlib.suppress(OSError):
+                        await send(data[: max(0, limit - sent)])
+                    cw.transport.abort()  # type: ignore[union-attr]
+                    uw.transport.abort()  # type: ignore[union-attr]
+                    return
                 hold = state["down"]
                 if hold is not None and not hold.release.is_set():
                     room = max(0, hold.after - counts["down"])

@@ -1,7 +1,8 @@
-"""A client process for the crash tests of test_review_crash.py: it runs one operation on an
-existing home and is killed with SIGKILL by the test, at a point the test chooses.
+"""A client process for the crash tests of test_client_killed_mid_transfer.py: it runs one
+operation on an existing home and is killed with SIGKILL by the test, at a point the test
+chooses.
 
-    python -m tests.client.review_worker '{"op": "put", "home": ..., ...}'
+    python -m tests.client.killed_client_worker '{"op": "put", "home": ..., ...}'
 
 ``die_before`` names a LocalStore method: the process kills itself (SIGKILL, no cleanup)
 the first time that method is called. It places a crash exactly between two steps, which

@@ -1,7 +1,7 @@
-"""Run by test_review_incoming.py in a fresh process: one round of the incoming box with a
+"""Run by test_incoming_memory.py in a fresh process: one round of the incoming box with a
 consumer that only counts, then the process's peak RSS as JSON.
 
-    python -m tests.client.review_incoming_probe HOME PASSPHRASE
+    python -m tests.client.incoming_memory_probe HOME PASSPHRASE
 """
 
 from __future__ import annotations

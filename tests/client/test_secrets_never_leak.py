@@ -1,4 +1,4 @@
-"""Review: where secrets could leak. The passphrase, the storage secret and every key
+"""Where secrets could leak. The passphrase, the storage secret and every key
 derived from it, the token and the plaintext must not reach the server (beyond the token in
 the Authorization header), the logs, exception messages, or the disk in clear."""
 
@@ -26,8 +26,8 @@ from blobsync.client.secrets import names_key, store_key
 from blobsync.format import InvalidBlob, seal
 from blobsync.format.keys import blob_key
 from tests.client.conftest import Account, fast_settings
-from tests.client.review_relay import relay_to
-from tests.client.test_resilience import corrupt_on_server
+from tests.helpers.client import corrupt_on_server
+from tests.helpers.relay import relay_to
 from tests.helpers.servers import auth_header
 
 
