@@ -41,6 +41,7 @@ from blobsync.format import (
     BlobEnd,
     BlobStart,
     DownstreamReader,
+    FrameTagMismatch,
     InvalidBlob,
     Opened,
     Opener,
@@ -937,7 +938,7 @@ class _FrameReader:
                     self.ended = True
                     return True
         except StreamError as exc:
-            if self._blob is not None and "tag does not match" in str(exc):
+            if self._blob is not None and isinstance(exc, FrameTagMismatch):
                 # The frame header and the blob disagree: count it against the blob.
                 await self.discard()
                 self.settled.add(self._blob)

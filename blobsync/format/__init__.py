@@ -43,6 +43,7 @@ from .stream import (
     BlobEnd,
     BlobStart,
     DownstreamReader,
+    FrameTagMismatch,
     StreamEnd,
     StreamError,
     UpstreamHeader,
@@ -62,6 +63,7 @@ __all__ = [
     "SEAL_OVERHEAD", "Opened", "Opener", "Sealer", "check_sealed", "open_sealed", "seal",
     "seal_external",
     "sealed_size", "NEED_DATA", "BlobData", "BlobEnd", "BlobStart", "DownstreamReader",
-    "StreamEnd", "StreamError", "UpstreamHeader", "UpstreamReader", "encode_frame",
+    "FrameTagMismatch", "StreamEnd", "StreamError", "UpstreamHeader", "UpstreamReader",
+    "encode_frame",
     "encode_frame_header", "encode_upstream_header", "parse_upstream_header",
 ]

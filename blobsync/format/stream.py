@@ -32,6 +32,11 @@ class StreamError(ProtocolError):
         self.blob_id = blob_id
 
 
+class FrameTagMismatch(StreamError):
+    """A frame's tag differs from its blob's last 16 bytes: the stream is fine up to that
+    blob, the blob itself is what is wrong (a client counts it against the blob)."""
+
+
 @dataclass(frozen=True, slots=True)
 class BlobStart:
     index: int
@@ -198,7 +203,9 @@ class DownstreamReader(_Reader):
 
     def _end_blob(self) -> Event:
         if bytes(self._tail) != self._tag:
-            raise StreamError("frame tag does not match its blob's last bytes", blob_id=self._id())
+            raise FrameTagMismatch(
+                "frame tag does not match its blob's last bytes", blob_id=self._id()
+            )
         return BlobEnd(self._index, self._id())
 
     def _short(self) -> StreamError:

@@ -15,6 +15,7 @@ from blobsync.format import (
     BlobEnd,
     BlobStart,
     DownstreamReader,
+    FrameTagMismatch,
     StreamEnd,
     StreamError,
     encode_frame,
@@ -224,6 +225,8 @@ def test_header_tag_must_be_the_blobs_last_bytes(feed: Feed) -> None:
     reader = DownstreamReader(DOWNSTREAM_IDS)
     exc, _ = run_to_error(reader, feed(body))
     assert exc.blob_id == DOWNSTREAM_IDS[1] and "tag" in str(exc)
+    # Its own type: a client tells "this blob is wrong" from "the stream is garbled" by it.
+    assert isinstance(exc, FrameTagMismatch)
     # The error is final: the reader does not go on as if the frame had been fine.
     with pytest.raises(StreamError):
         reader.next_event()
