@@ -2,7 +2,8 @@
 
 Each factory takes ``(tmp_path, request)`` like the shared storage suite's
 (``tests/storage/conftest.py``) and returns an unopened BlobStore on a fresh PostgreSQL
-database (dropped at teardown) and a fresh S3 bucket, on the harness's session services.
+database (dropped at teardown), with a fresh S3 bucket or the data dir's own payloads, on
+the harness's session services.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from blobsync.server.storage.blobstore import BlobStore
+from blobsync.server.storage.factory import make_payloads
 from blobsync.server.storage.postgres import PostgresIndex
 from blobsync.server.storage.s3 import S3Payloads
 
@@ -22,13 +24,18 @@ from .s3 import S3Endpoint, create_bucket
 TEST_PART_SIZE = 64 * 1024
 
 
-async def postgres_s3_store(tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
+async def _fresh_database(request: pytest.FixtureRequest) -> str:
     # Only the session fixtures (sync) can be requested from inside a running event loop;
-    # the per-test database and bucket are made here instead.
+    # the per-test database is made here instead.
     admin_dsn: str = request.getfixturevalue("postgres_dsn")
-    endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
     dsn = await create_database(admin_dsn)
     drop_database_later(request, admin_dsn, dsn)
+    return dsn
+
+
+async def postgres_s3_store(tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
+    endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
+    dsn = await _fresh_database(request)
     bucket = await create_bucket(endpoint)
     payloads = S3Payloads(
         bucket,
@@ -39,3 +46,10 @@ async def postgres_s3_store(tmp_path: Path, request: pytest.FixtureRequest) -> B
         secret_key=endpoint.secret_key,
     )
     return BlobStore(PostgresIndex(dsn), payloads)
+
+
+async def postgres_local_store(tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
+    """PostgreSQL metadata with the payloads in the data dir (``--metadata`` without
+    ``--payload``): built by the same factory as the server's."""
+    dsn = await _fresh_database(request)
+    return BlobStore(PostgresIndex(dsn), make_payloads(str(tmp_path), None))

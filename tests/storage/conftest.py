@@ -20,7 +20,7 @@ from blobsync.server.storage.memory import MemoryIndex, MemoryPayloads
 from blobsync.server.storage.sqlite import SQLiteIndex
 from blobsync.server.storage.sqlitepayloads import SQLitePayloads
 from blobsync.server.storage.tiered import TieredPayloads
-from tests.harness.stores import postgres_s3_store
+from tests.harness.stores import postgres_local_store, postgres_s3_store
 
 StoreFactory = Callable[[Path, pytest.FixtureRequest], Awaitable[BlobStore]]
 
@@ -45,6 +45,7 @@ BACKENDS: dict[str, StoreFactory] = {
     "sqlite-files": sqlite_files_store,
     "sqlite-tiered": sqlite_tiered_store,
     "postgres-s3": postgres_s3_store,
+    "postgres-local": postgres_local_store,
 }
 
 
