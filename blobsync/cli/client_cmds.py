@@ -373,6 +373,16 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             kept(blob_id, path)
 
         report = SyncReport()
+        if not args.local_only and not args.force and await manager.stored_copies(
+            files, namespace=namespace
+        ):
+            # Some files were put before: another device may have deleted their blobs
+            # since. Learn that first, or put would call "already stored" a blob that the
+            # upload pass is about to delete here, and print an id that no longer exists.
+            try:
+                await manager.learn_remote_changes(namespace)
+            except TransientError:
+                pass  # unreachable: the upload pass below meets it too, and says so
         with Bars(bars_wanted(out.json_mode) and not args.local_only) as bars:
             if args.id is not None:
                 # Run again after it was interrupted: the blob is here, from this very
@@ -615,8 +625,10 @@ async def cmd_rm(args: argparse.Namespace, out: Output) -> int:
     if isinstance(outcome, ForgottenHere):
         # Not an error: what the user asked for is done, and the server's blob under
         # that id (another device's, if any) is left alone on purpose.
-        out.line(f"blob {args.blob_id} is forgotten on this device only ({outcome.reason}); "
-                 "nothing was deleted on the server")
+        # A notice, not a result: stderr, as put's counts (stdout carries results only).
+        if not out.json_mode:
+            sys.stderr.write(f"blobsync: blob {args.blob_id} is forgotten on this device only "
+                             f"({outcome.reason}); nothing was deleted on the server\n")
     if postponed is not None:
         # Deleted here, not yet on the server: as put, say so and exit as for the cause
         # (4 when the server could not be reached), so a script does not take it as done.

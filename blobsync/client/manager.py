@@ -815,6 +815,14 @@ class BlobManager:
                 namespace, phases, progress=progress, report=report, waited=waited
             )
 
+    async def learn_remote_changes(self, namespace: str = "default") -> None:
+        """Apply what the server's listing says (deletions from other devices above all)
+        without transferring anything: a put asks this before it trusts that a file it
+        stored before is still stored."""
+        _check_ids(namespace)
+        async with self._sync_lock:
+            await self._reconcile(namespace, SyncReport())
+
     async def _reconcile(self, namespace: str, report: SyncReport) -> float:
         """The listing and what follows from it. A server that answers with a 5xx is
         retried on the transfers' schedule, within ``max_sync_wait`` (never without one: a

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from blobsync.client import BlobManager
 from tests.helpers.cli_output import put_ids, write_big
 
@@ -148,3 +150,26 @@ def test_source_paths_stay_in_the_encrypted_store(ready_a: Device, tmp_path: Pat
     for path in ready_a.home.rglob("*"):
         if path.is_file():
             assert b"my-very-private-file-name" not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("with_id", [False, True], ids=["random-id", "named-id"])
+def test_put_again_after_another_device_deleted_the_blob_stores_it_again(
+    ready_a: Device, ready_b: Device, tmp_path: Path, with_id: bool
+) -> None:
+    """A file put before whose blob another device has deleted since is not 'already
+    stored': put learns the deletion first, stores the file again, and the id it prints
+    exists (it used to print the deleted id and exit 0, with nothing stored)."""
+    src = tmp_path / "r.txt"
+    src.write_bytes(b"kept by B, deleted by A")
+    id_args = ("--id", "d7") if with_id else ()
+    first = ready_b.ok("put", *id_args, str(src)).split("\t")[0]
+    ready_a.ok("sync")
+    ready_a.ok("rm", first)
+    again = ready_b.run("put", *id_args, str(src))
+    assert again.returncode == 0, again.stderr.decode()
+    blob_id = again.stdout.decode().split("\t")[0]
+    assert b"already stored" not in again.stderr
+    assert blob_id in ready_b.ok("ls", "--remote").split()
+    assert ready_b.run("get", blob_id).stdout == src.read_bytes()
+    ready_a.ok("sync")
+    assert ready_a.run("get", blob_id).stdout == src.read_bytes()
