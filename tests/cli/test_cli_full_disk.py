@@ -17,6 +17,7 @@ import pytest
 
 from blobsync.cli.failures import EXIT_NO_SPACE, EXIT_VERIFY
 from tests.helpers.cli_output import put_ids, read_all
+from tests.helpers.tmpfs import small_tmpfs
 
 from .conftest import Device, assert_one_line_error
 
@@ -29,18 +30,8 @@ RESERVE = 2 << 20  # a filler file, deleted after the failure so that check can 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK}", "tmpfs", str(mnt)],
-                          capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small-disk", DISK) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_full_disk_during_sync_leaves_no_blob_synced_without_its_bytes(

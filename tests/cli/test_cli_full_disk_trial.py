@@ -16,6 +16,7 @@ import pytest
 
 from blobsync.cli.failures import EXIT_NO_SPACE
 from tests.helpers.cli_output import put_ids, read_all
+from tests.helpers.tmpfs import small_tmpfs
 
 from .conftest import Device, assert_one_line_error
 
@@ -28,18 +29,8 @@ DISK = "48m"
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK}", "tmpfs", str(mnt)],
-                          capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small-disk", DISK) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def leave_free(disk: Path, free: int) -> None:

@@ -33,6 +33,7 @@ from blobsync.format import InvalidBlob
 from blobsync.server.auth import hash_token, new_token
 from tests.helpers.cli_output import move_server
 from tests.helpers.special_files import char_device
+from tests.helpers.tmpfs import small_tmpfs as mounted_tmpfs
 
 from .conftest import ROOT, Device, assert_one_line_error, free_port
 
@@ -246,18 +247,8 @@ def ready_a_command(device: Device) -> list[str]:
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 3 MiB tmpfs: a disk that really fills up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs",
-                           str(mnt)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "3m", mode="0700") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(directory: Path, leave: int) -> None:

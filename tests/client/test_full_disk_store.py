@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from blobsync.client import SyncStatus
 from blobsync.client.errors import NoSpace
 from blobsync.client.localstore import Attach, LocalStore
+from tests.helpers.tmpfs import small_tmpfs
 
 BLOBS = 40
 PAYLOAD = 50 << 10  # 2 MB in all, on a disk with well under that left
@@ -22,15 +22,7 @@ PAYLOAD = 50 << 10  # 2 MB in all, on a disk with well under that left
 
 @pytest.fixture
 async def store_on_small_disk(tmp_path: Path) -> AsyncIterator[tuple[LocalStore, Path]]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                          capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small-disk", "4m") as mnt:
         store = LocalStore(mnt / "local.db", mnt / "blobs", mnt / "tmp",
                            db_key=secrets.token_bytes(32), names_key=secrets.token_bytes(32),
                            inline_max=1 << 20)
@@ -39,8 +31,6 @@ async def store_on_small_disk(tmp_path: Path) -> AsyncIterator[tuple[LocalStore,
             yield store, mnt
         finally:
             await store.close()
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def fill(mnt: Path, leave: int) -> None:
