@@ -1175,20 +1175,21 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
-            # SQLite may have rolled back already (SQLITE_FULL does): a second ROLLBACK
-            # would fail and hide the error that matters, the one being raised.
-            if self._conn.in_transaction:
-                with contextlib.suppress(sqlcipher.Error):
-                    self._conn.execute("ROLLBACK")
+            self._rollback_if_open()
             return
         try:
             self._conn.execute("COMMIT")
         except BaseException:
             self._on_commit_failure()
-            if self._conn.in_transaction:
-                with contextlib.suppress(sqlcipher.Error):
-                    self._conn.execute("ROLLBACK")
+            self._rollback_if_open()
             raise
+
+    def _rollback_if_open(self) -> None:
+        # SQLite may have rolled back already (SQLITE_FULL does): a second ROLLBACK would
+        # fail and hide the error that matters, the one being raised.
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlcipher.Error):
+                self._conn.execute("ROLLBACK")
 
 
 @contextlib.contextmanager
