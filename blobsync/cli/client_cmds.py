@@ -461,17 +461,21 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             "'blobsync sync' will retry" + (f" ({counts})" if skipped else "")
         )
     if not_stored:
-        raise CommandFailed(_incomplete_message(not_stored, len(stored)), EXIT_INCOMPLETE)
+        raise CommandFailed(
+            _incomplete_message(not_stored, len(stored) - skipped, skipped), EXIT_INCOMPLETE
+        )
     if skipped:
         # Not an error, and not a result: stdout keeps one line per path either way.
         sys.stderr.write(f"blobsync: {counts}\n")
     return EXIT_OK
 
 
-def _incomplete_message(not_stored: list[Skip], stored: int) -> str:
+def _incomplete_message(not_stored: list[Skip], stored: int, already: int) -> str:
     what = "1 entry" if len(not_stored) == 1 else f"{len(not_stored)} entries"
     files = "1 file" if stored == 1 else f"{stored} files"
-    return f"incomplete: {what} skipped (not a regular file, or unreadable), {files} stored"
+    earlier = f", {already} already stored" if already else ""
+    return (f"incomplete: {what} skipped (not a regular file, or unreadable), "
+            f"{files} stored{earlier}")
 
 
 def _taken_message(ids: list[str]) -> str:
