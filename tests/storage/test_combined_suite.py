@@ -1,6 +1,6 @@
 """The combined suite: the whole BlobStore over every configuration the server runs
-(conftest.BACKENDS: memory, SQLite with files, SQLite tiered, PostgreSQL with S3, PostgreSQL
-with the data dir's own payloads).
+(BACKENDS in tests/helpers/storage_backends.py: memory, SQLite with files, SQLite tiered,
+PostgreSQL with S3, PostgreSQL with the data dir's own payloads).
 
 Only what depends on the two layers together is here: a blob's whole way in and out, the
 race of one id's puts (the index picks the winner, the losers' payloads go), and gc and the

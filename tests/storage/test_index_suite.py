@@ -1,5 +1,5 @@
-"""The index suite: every MetadataIndex (conftest.INDEXES: memory, SQLite, PostgreSQL)
-runs every test here.
+"""The index suite: every MetadataIndex (INDEXES in tests/helpers/storage_backends.py:
+memory, SQLite, PostgreSQL) runs every test here.
 
 The store under test is the index with memory payloads beneath it (``index_store``): users
 and services, id uniqueness, seq order, the exact quota under races, tombstones, listings,

@@ -1,5 +1,5 @@
-"""The payload suite: every PayloadStore (conftest.PAYLOADS: memory, files, SQLite
-payloads, tiered, S3) runs every test here.
+"""The payload suite: every PayloadStore (PAYLOADS in tests/helpers/storage_backends.py:
+memory, files, SQLite payloads, tiered, S3) runs every test here.
 
 The store under test is the payload store under a memory index (``payload_store``):
 streaming in without a size, every refusal of a put (bad head, wrong length, too big, a
