@@ -1,9 +1,10 @@
 """Factories of BlobStores on the real scale-out services, for suites parametrized by backend.
 
-Each factory takes ``(tmp_path, request)`` like the shared storage suite's
-(``tests/storage/conftest.py``) and returns an unopened BlobStore on a fresh PostgreSQL
-database (dropped at teardown), with a fresh S3 bucket or the data dir's own payloads, on
-the harness's session services.
+Each store factory takes ``(tmp_path, request)`` like the storage suites' (combined
+configurations in ``tests/storage/conftest.py``) and returns an unopened BlobStore on a
+fresh PostgreSQL database (dropped at teardown), with a fresh S3 bucket or the data dir's
+own payloads, on the harness's session services. ``postgres_index`` and ``s3_payloads`` are
+the two layers alone, for the index suite and the payload suite.
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ async def _fresh_database(request: pytest.FixtureRequest) -> str:
     return dsn
 
 
-async def postgres_s3_store(tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
+async def postgres_index(request: pytest.FixtureRequest) -> PostgresIndex:
+    """An unopened index on a fresh database of the session's PostgreSQL."""
+    return PostgresIndex(await _fresh_database(request))
+
+
+async def s3_payloads(request: pytest.FixtureRequest) -> S3Payloads:
+    """Unopened payloads in a fresh bucket of the session's S3 server, in small parts."""
     endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
-    dsn = await _fresh_database(request)
     bucket = await create_bucket(endpoint)
-    payloads = S3Payloads(
+    return S3Payloads(
         bucket,
         "blobs",
         part_size=TEST_PART_SIZE,
@@ -45,11 +51,14 @@ async def postgres_s3_store(tmp_path: Path, request: pytest.FixtureRequest) -> B
         access_key=endpoint.access_key,
         secret_key=endpoint.secret_key,
     )
-    return BlobStore(PostgresIndex(dsn), payloads)
+
+
+async def postgres_s3_store(tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
+    index = await postgres_index(request)
+    return BlobStore(index, await s3_payloads(request))
 
 
 async def postgres_local_store(tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
     """PostgreSQL metadata with the payloads in the data dir (``--metadata`` without
     ``--payload``): built by the same factory as the server's."""
-    dsn = await _fresh_database(request)
-    return BlobStore(PostgresIndex(dsn), make_payloads(str(tmp_path), None))
+    return BlobStore(await postgres_index(request), make_payloads(str(tmp_path), None))

@@ -1,62 +1,86 @@
-"""The one suite every storage backend passes, in the manner of restic's backend tests.
+"""The storage suites' backends, in the manner of restic's backend tests, one layer at a time.
 
-A backend joins the suite with one entry in BACKENDS: a name and an async factory that
-takes pytest's tmp_path (and the fixture request, for backends that need a harness fixture:
-``request.getfixturevalue("postgres_db")``) and returns an unopened BlobStore.
+- ``index_store``: each MetadataIndex (INDEXES) under the index suite, with memory payloads
+  beneath it, so that what the suite sees is the index's behaviour alone.
+- ``payload_store``: each PayloadStore (PAYLOADS) under the payload suite, with a memory
+  index above it.
+- ``store``: the whole BlobStore over every combined configuration the server runs
+  (BACKENDS), for the combined suite and the BlobStore tests beside it (stream batches,
+  the observer).
+
+The tables live in ``tests/helpers/storage_backends.py``: an implementation joins with one
+entry in the table of its layer. The index and payload suites take their layer's fixture
+under the name ``store`` (a module fixture of that name), so the three suites' tests read
+alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from blobsync.format import seal
 from blobsync.server.storage.blobstore import BlobStore
-from blobsync.server.storage.files import FilePayloads
 from blobsync.server.storage.memory import MemoryIndex, MemoryPayloads
-from blobsync.server.storage.sqlite import SQLiteIndex
-from blobsync.server.storage.sqlitepayloads import SQLitePayloads
-from blobsync.server.storage.tiered import TieredPayloads
-from tests.harness.stores import postgres_local_store, postgres_s3_store
+from tests.helpers.storage_backends import BACKENDS, INDEXES, PAYLOADS
 
-StoreFactory = Callable[[Path, pytest.FixtureRequest], Awaitable[BlobStore]]
-
-
-async def memory_store(tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
-    return BlobStore(MemoryIndex(), MemoryPayloads())
-
-
-async def sqlite_files_store(tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
-    return BlobStore(SQLiteIndex(tmp_path / "index.sqlite3"), FilePayloads(tmp_path / "blobs"))
-
-
-async def sqlite_tiered_store(tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
-    payloads = TieredPayloads(
-        SQLitePayloads(tmp_path / "payloads.sqlite3"), FilePayloads(tmp_path / "blobs")
-    )
-    return BlobStore(SQLiteIndex(tmp_path / "index.sqlite3"), payloads)
-
-
-BACKENDS: dict[str, StoreFactory] = {
-    "memory": memory_store,
-    "sqlite-files": sqlite_files_store,
-    "sqlite-tiered": sqlite_tiered_store,
-    "postgres-s3": postgres_s3_store,
-    "postgres-local": postgres_local_store,
+# Where one implementation, run alone, keeps a rule of its own instead of the suite's:
+# (test, param) -> (the exception it raises instead, why). Strict, so that the day it
+# follows the suite's rule the entry fails and is removed.
+KNOWN_DEVIATIONS: dict[tuple[str, str], tuple[type[BaseException], str]] = {
+    ("test_writers_of_one_id_get_distinct_locations", "sqlite"): (
+        ValueError,
+        "SQLitePayloads refuses a location outside its own db: scheme with ValueError, "
+        "not BlobNotFound; in the server only the tiered store calls it, by that prefix",
+    ),
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        if spec is None or "payload_store" not in spec.params:
+            continue
+        name = getattr(item, "originalname", item.name)
+        deviation = KNOWN_DEVIATIONS.get((name, spec.params["payload_store"]))
+        if deviation is not None:
+            raises, reason = deviation
+            item.add_marker(pytest.mark.xfail(raises=raises, reason=reason, strict=True))
+
+
+@contextlib.asynccontextmanager
+async def _opened(store: BlobStore) -> AsyncIterator[BlobStore]:
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture(params=list(INDEXES))
+async def index_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobStore]:
+    index = await INDEXES[request.param](tmp_path, request)
+    async with _opened(BlobStore(index, MemoryPayloads())) as s:
+        yield s
+
+
+@pytest.fixture(params=list(PAYLOADS))
+async def payload_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[BlobStore]:
+    payloads = await PAYLOADS[request.param](tmp_path, request)
+    async with _opened(BlobStore(MemoryIndex(), payloads)) as s:
+        yield s
 
 
 @pytest.fixture(params=list(BACKENDS))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobStore]:
-    s = await BACKENDS[request.param](tmp_path, request)
-    await s.open()
-    try:
+    async with _opened(await BACKENDS[request.param](tmp_path, request)) as s:
         yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture

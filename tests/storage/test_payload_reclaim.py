@@ -12,7 +12,7 @@ from blobsync.format import seal
 from blobsync.server.storage.factory import make_store
 from blobsync.server.storage.sqlitepayloads import SCHEMA, SQLitePayloads
 from blobsync.server.storage.sqlitethread import JOURNAL_SIZE_LIMIT
-from tests.storage.test_storage_suite import NS, chunked, read_all
+from tests.helpers.storage import NS, chunked, read_all
 
 BLOBS = 100_000
 PLAINTEXT = 100  # a small message: its sealed blob is about 4.6 KB

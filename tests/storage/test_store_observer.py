@@ -9,7 +9,7 @@ from blobsync.format import InvalidBlob
 from blobsync.format.errors import BlobsyncError
 from blobsync.server.storage.base import BlobExists, BlobInfo, QuotaExceeded
 from blobsync.server.storage.blobstore import BlobStore
-from tests.storage.test_storage_suite import NS, Sealed, U, chunked, put, read_all
+from tests.helpers.storage import NS, Sealed, U, chunked, put, read_all
 
 
 class Recorder:

@@ -23,7 +23,7 @@ from blobsync.server.storage.base import (
 )
 from blobsync.server.storage.blobstore import BATCH_BLOB_MAX, BlobStore, StreamBatch
 from blobsync.server.storage.files import FilePayloads, shard_parts
-from tests.storage.test_storage_suite import (
+from tests.helpers.storage import (
     NS,
     Sealed,
     U,

@@ -1,7 +1,8 @@
 """What only the tiered store promises: small payloads inline in SQLite, large ones as files.
 
-The shared suite (test_storage_suite.py, backend ``sqlite-tiered``) checks it as a payload
-store like any other; these check where payloads land and what a failure or crash leaves.
+The payload suite (test_payload_suite.py, ``tiered``) checks it as a payload store like
+any other, and the combined suite (``sqlite-tiered``, ``postgres-local``) under a real
+index; these check where payloads land and what a failure or crash leaves.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The two storage interfaces the HTTP layer sees: a metadata index and a payload store.
 
-Every backend implements both (memory, SQLite+files, PostgreSQL, S3) and passes the one
-shared suite in ``tests/storage/``. ``BlobStore`` (``blobstore.py``) combines them into the
-operations the routes call; the routes never touch an implementation directly.
+Every index passes the index suite and every payload store the payload suite in
+``tests/storage/``, and each combination the server runs the combined suite. ``BlobStore``
+(``blobstore.py``) combines them into the operations the routes call; the routes never
+touch an implementation directly.
 
 Write order, for every backend: the payload goes to a location no other writer can use and
 is made durable; only then is the index row inserted, in one transaction that enforces id

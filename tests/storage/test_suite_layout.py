@@ -1,0 +1,70 @@
+"""The shape of the test tree that keeps pytest's imports sound, and the three storage suites.
+
+pytest imports a module of a directory without ``__init__.py`` (``tests/``,
+``tests/storage/``) by its bare basename: two such modules of one name collide, and a test
+module that another imports as ``tests.storage.test_x`` is loaded a second time under that
+name. Shared code lives in ``tests/helpers/`` or a conftest.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+from tests.helpers.storage_backends import BACKENDS, INDEXES, PAYLOADS
+
+TESTS = Path(__file__).resolve().parent.parent
+SUITES = ("test_index_suite.py", "test_payload_suite.py", "test_combined_suite.py")
+
+
+def _python_files() -> list[Path]:
+    return sorted(p for p in TESTS.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _imported_modules(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            names.append(base)
+            # ``from tests.storage import test_x`` names the module in the alias
+            names += [f"{base}.{alias.name}" for alias in node.names]
+    return names
+
+
+def test_no_test_module_is_imported_by_another_file() -> None:
+    offenders = [
+        f"{path.relative_to(TESTS)} imports {name}"
+        for path in _python_files()
+        for name in _imported_modules(path)
+        if name.rsplit(".", 1)[-1].startswith("test_")
+    ]
+    assert offenders == []
+
+
+def test_no_module_basename_repeats_across_directories_without_init() -> None:
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for path in _python_files():
+        if path.name == "conftest.py" or (path.parent / "__init__.py").exists():
+            continue  # pytest imports conftests apart; a package's modules are qualified
+        by_name[path.name].append(str(path.relative_to(TESTS)))
+    assert {name: paths for name, paths in by_name.items() if len(paths) > 1} == {}
+
+
+def test_each_storage_test_lives_in_one_suite_over_its_layer() -> None:
+    where: dict[str, list[str]] = defaultdict(list)
+    for suite in SUITES:
+        tree = ast.parse((TESTS / "storage" / suite).read_text())
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                if node.name.startswith("test_"):
+                    where[node.name].append(suite)
+    assert {name: suites for name, suites in where.items() if len(suites) > 1} == {}
+    assert set(INDEXES) == {"memory", "sqlite", "postgres"}
+    assert set(PAYLOADS) == {"memory", "files", "sqlite", "tiered", "s3"}
+    assert {"memory", "sqlite-files", "sqlite-tiered", "postgres-s3", "postgres-local"} <= set(
+        BACKENDS
+    )
