@@ -28,29 +28,6 @@ from blobsync.server.storage.blobstore import BlobStore
 from blobsync.server.storage.memory import MemoryIndex, MemoryPayloads
 from tests.helpers.storage_backends import BACKENDS, INDEXES, PAYLOADS
 
-# Where one implementation, run alone, keeps a rule of its own instead of the suite's:
-# (test, param) -> (the exception it raises instead, why). Strict, so that the day it
-# follows the suite's rule the entry fails and is removed.
-KNOWN_DEVIATIONS: dict[tuple[str, str], tuple[type[BaseException], str]] = {
-    ("test_writers_of_one_id_get_distinct_locations", "sqlite"): (
-        ValueError,
-        "SQLitePayloads refuses a location outside its own db: scheme with ValueError, "
-        "not BlobNotFound; in the server only the tiered store calls it, by that prefix",
-    ),
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        spec = getattr(item, "callspec", None)
-        if spec is None or "payload_store" not in spec.params:
-            continue
-        name = getattr(item, "originalname", item.name)
-        deviation = KNOWN_DEVIATIONS.get((name, spec.params["payload_store"]))
-        if deviation is not None:
-            raises, reason = deviation
-            item.add_marker(pytest.mark.xfail(raises=raises, reason=reason, strict=True))
-
 
 @contextlib.asynccontextmanager
 async def _opened(store: BlobStore) -> AsyncIterator[BlobStore]:

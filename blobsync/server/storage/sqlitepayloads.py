@@ -100,6 +100,12 @@ def _check_location(location: str) -> None:
         raise ValueError(f"not a SQLite payload location: {location!r}")
 
 
+def _check_readable(location: str) -> None:
+    # A location of another store is simply not here, as the interface promises readers.
+    if not is_inline(location):
+        raise BlobNotFound(f"no payload at {location}")
+
+
 def _check_names(*values: str) -> None:
     # The names are not stored, but a store refuses what FilePayloads would refuse.
     for value in values:
@@ -350,7 +356,7 @@ class SQLitePayloads(PayloadStore):
         """The whole payloads at ``locations``, in order, in one query per 500 distinct
         locations. BlobNotFound if any is missing."""
         for location in locations:
-            _check_location(location)
+            _check_readable(location)
 
         def query() -> dict[str, bytes]:
             found: dict[str, bytes] = {}
@@ -373,7 +379,7 @@ class SQLitePayloads(PayloadStore):
     async def read(
         self, location: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        _check_location(location)
+        _check_readable(location)
         # Clamped as FilePayloads clamps: a negative offset or length counts as zero.
         start = max(offset, 0)
         want = None if length is None else max(length, 0)
