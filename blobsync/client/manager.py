@@ -42,7 +42,8 @@ from .errors import (
     no_space,
 )
 from .incoming import IncomingConsumer, IncomingReport, IncomingStreamConsumer, process_incoming
-from .localstore import FileWriter, LocalStore, Row, Sealed, Source, read_file
+from .localstore import LocalFileWriter as FileWriter
+from .localstore import LocalStore, Row, Sealed, Source, read_file
 from .lock import ProfileLock
 from .model import (
     HAS_PAYLOAD,

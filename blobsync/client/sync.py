@@ -64,7 +64,8 @@ from .errors import (
     TooLarge,
     TransientError,
 )
-from .localstore import Attach, FileWriter, LocalStore, Row, read_file
+from .localstore import Attach, LocalStore, Row, read_file
+from .localstore import LocalFileWriter as FileWriter
 from .lock import NoLock, ProfileLock
 from .model import Progress, ProgressCallback, SyncReport, SyncStatus
 from .settings import ClientSettings

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from blobsync.client import SyncReport, SyncStatus, localstore, manager
+from blobsync.client import SyncReport, SyncStatus, manager
 from blobsync.client.errors import ClientError
+from blobsync.client.localstore import reads
 from tests.helpers.client import copy_sealed
 
 
@@ -51,7 +52,7 @@ async def test_put_many_batch_is_whole_or_absent(devices, tmp_path: Path, monkey
 
 
 async def test_read_sealed_many_matches_one_by_one(devices, monkeypatch) -> None:
-    monkeypatch.setattr(localstore, "INLINE_READ_BYTES", 5000)  # groups of a few blobs
+    monkeypatch.setattr(reads, "INLINE_READ_BYTES", 5000)  # groups of a few blobs
     a = await devices("a")
     sizes = [10, 3000, 200_000, 2500, 1, 4000, 90_000, 50]
     for i, n in enumerate(sizes):

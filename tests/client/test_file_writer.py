@@ -1,4 +1,4 @@
-"""FileWriter: pieces land in order, and large files start flushing to disk early."""
+"""LocalFileWriter: pieces land in order, and large files start flushing to disk early."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from blobsync.client import localstore
-from blobsync.client.localstore import FileWriter
+from blobsync.client.localstore import LocalFileWriter, files
 
 
 async def test_pieces_land_in_order(tmp_path: Path) -> None:
     pieces = [os.urandom(n) for n in (0, 1, 70_000, 1 << 20, 3, 2_000_000)]
-    w = await FileWriter(tmp_path / "f").open()
+    w = await LocalFileWriter(tmp_path / "f").open()
     for p in pieces:
         await w.write(p)
     await w.close()
@@ -23,7 +22,7 @@ async def test_pieces_land_in_order(tmp_path: Path) -> None:
 
 async def test_append_continues_a_partial(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"abc")
-    w = await FileWriter(tmp_path / "f", append=True).open()
+    w = await LocalFileWriter(tmp_path / "f", append=True).open()
     assert w.written == 3
     await w.write(bytearray(b"def"))  # not bytes: copied, so later changes do not leak in
     await w.close()
@@ -33,9 +32,9 @@ async def test_append_continues_a_partial(tmp_path: Path) -> None:
 async def test_background_flushes_start_and_finish(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(localstore, "SYNC_EVERY", 1 << 20)
+    monkeypatch.setattr(files, "SYNC_EVERY", 1 << 20)
     data = os.urandom(6 << 20)
-    w = await FileWriter(tmp_path / "f").open()
+    w = await LocalFileWriter(tmp_path / "f").open()
     started = 0
     for i in range(0, len(data), 100_000):
         await w.write(data[i : i + 100_000])
@@ -52,13 +51,13 @@ async def test_a_failed_background_flush_fails_close(
 ) -> None:
     """A disk that fails a flush: the file is not what it should be, so close() says so
     (and the fd is closed all the same)."""
-    monkeypatch.setattr(localstore, "SYNC_EVERY", 1 << 20)
+    monkeypatch.setattr(files, "SYNC_EVERY", 1 << 20)
 
     def failing(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fdatasync", failing)
-    w = await FileWriter(tmp_path / "f").open()
+    w = await LocalFileWriter(tmp_path / "f").open()
     f = w._f
     with pytest.raises(OSError, match="Input/output"):
         for _ in range(4):

@@ -195,7 +195,9 @@ def _pread(fd: int, size: int, offset: int) -> bytes:
     return os.pread(fd, size, offset)
 
 
-class FileWriter(PayloadWriter):
+class PayloadFileWriter(PayloadWriter):
+    """One payload on its way into a file: a temp file, linked into place by ``commit``."""
+
     def __init__(self, store: FilePayloads, parts: tuple[str, ...], blob_id: str) -> None:
         self._store = store
         self._parts = parts
@@ -443,7 +445,7 @@ class FilePayloads(PayloadStore):
         for value in (user, namespace, blob_id):
             if not valid_id(value):
                 raise ValueError(f"not a valid name: {value!r}")
-        w = FileWriter(self, shard_parts(user, namespace, blob_id), blob_id)
+        w = PayloadFileWriter(self, shard_parts(user, namespace, blob_id), blob_id)
         await w._start()
         return w
 

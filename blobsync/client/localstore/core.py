@@ -1,0 +1,103 @@
+"""What every part of the local store stands on: its connection and the one thread that
+runs every database call (``_run``), transactions (``_tx``), the names of its files, and
+the lookup of one row. The queries (reads.py, writes.py) and the life cycle (store.py)
+are built on ``StoreCore``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlcipher3 import dbapi2 as sqlcipher
+
+from ..errors import is_no_space, no_space
+from .recovery import Transaction
+from .rows import COLUMNS, Row
+from .schema import PAYLOADS_DB
+
+T = TypeVar("T")
+
+
+class StoreCore:
+    def __init__(
+        self,
+        db_path: Path,
+        blobs_dir: Path,
+        tmp_dir: Path,
+        *,
+        db_key: bytes,
+        names_key: bytes,
+        inline_max: int,
+        payloads_path: Path | None = None,
+    ) -> None:
+        if len(db_key) != 32:
+            raise ValueError("db_key must be 32 bytes")
+        self.db_path = db_path
+        self.payloads_path = payloads_path or db_path.with_name(PAYLOADS_DB)
+        self.blobs_dir = blobs_dir
+        self.tmp_dir = tmp_dir
+        self.inline_max = inline_max
+        self._db_key = db_key
+        self._names_key = names_key
+        self._conn: Any = None
+        self._lock_fd: int | None = None
+        # A commit failed midway, or the disk was full: the two databases may disagree,
+        # or files may lie in blobs/ that no row claims. Closed as after a crash.
+        self._torn = False
+        # Set by a caller that only reads: on a disk too full to open the database as
+        # usual, open it for reading alone (``reading_only``) rather than fail.
+        self.read_only_fallback = False
+        self.reading_only = False
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blobsync-db")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        except (sqlcipher.OperationalError, OSError) as exc:
+            if is_no_space(exc):
+                self._torn = True
+                raise no_space(exc, str(self.db_path.parent)) from None
+            raise
+
+    # --- names ---------------------------------------------------------------------------
+
+    def file_name(self, namespace: str, blob_id: str) -> str:
+        msg = f"{namespace}\0{blob_id}".encode()
+        return hmac.new(self._names_key, msg, hashlib.sha256).hexdigest()[:40]
+
+    def blob_path(self, location: str) -> Path:
+        return self.blobs_dir / location[:2] / location
+
+    def partial_path(self, namespace: str, blob_id: str) -> Path:
+        return self.tmp_dir / f"{self.file_name(namespace, blob_id)}.part"
+
+    def temp_path(self) -> Path:
+        return self.tmp_dir / f"{uuid.uuid4().hex}.tmp"
+
+    # --- one row and many keys -----------------------------------------------------------
+
+    def _get(self, namespace: str, blob_id: str) -> Row | None:
+        r = self._conn.execute(
+            f"SELECT {COLUMNS} FROM blobs WHERE namespace = ? AND blob_id = ?",
+            (namespace, blob_id),
+        ).fetchone()
+        return Row.from_db(r) if r else None
+
+    def _select_in(self, sql: str, args: tuple[Any, ...], keys: list[Any]) -> Iterator[Any]:
+        """The rows of ``sql`` (its ``{}`` standing for the placeholders of ``keys``), a
+        query per 500 keys: under SQLite's bound-parameter limit."""
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            yield from self._conn.execute(sql.format(",".join("?" * len(part))), (*args, *part))
+
+    def _tx(self) -> Transaction:
+        return Transaction(self._conn, self._commit_failed)
+
+    def _commit_failed(self) -> None:
+        self._torn = True

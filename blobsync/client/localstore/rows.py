@@ -1,0 +1,80 @@
+"""The rows the local store hands out and takes in: a blob's state (``Row``), a verified
+download to keep (``Attach``), a blob sealed in memory (``Sealed``) and the file it was put
+from (``Source``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..model import HAS_PAYLOAD, SyncStatus
+
+# The columns of ``blobs`` that ``Row.from_db`` reads, in its order.
+COLUMNS = (
+    "id, namespace, blob_id, status, priority, size, sealed_size, location, inline, external, "
+    "retries, next_attempt, verify_failures, partial_tag, created"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: int
+    namespace: str
+    blob_id: str
+    status: SyncStatus
+    priority: int
+    size: int | None
+    sealed_size: int | None
+    location: str | None
+    inline: bool
+    external: bool
+    retries: int
+    next_attempt: float
+    verify_failures: int
+    partial_tag: bytes | None
+    created: float
+
+    @property
+    def has_payload(self) -> bool:
+        return self.status in HAS_PAYLOAD
+
+    @classmethod
+    def from_db(cls, r: tuple[Any, ...]) -> Row:
+        return cls(
+            r[0], r[1], r[2], SyncStatus(r[3]), r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9]),
+            r[10], r[11], r[12], r[13], r[14],
+        )
+
+
+
+@dataclass(frozen=True, slots=True)
+class Attach:
+    """A verified download waiting to be kept: inline ``payload`` or a file ``location``."""
+
+    blob_id: str
+    size: int
+    sealed_size: int
+    external: bool
+    payload: bytes | None = None
+    location: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """The file a blob was put from: absolute path, size and mtime when it was read."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A blob sealed in memory, to be kept inline: ``size`` is its plaintext size,
+    ``source`` the file it came from (recorded with it)."""
+
+    blob_id: str
+    size: int
+    payload: bytes
+    source: Source | None = None
+

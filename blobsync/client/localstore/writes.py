@@ -1,0 +1,434 @@
+"""The local store's writes: rows in and out, status changes, verified downloads kept
+(``attach_many``), payloads forgotten and files kept or removed. Every query runs on the
+store's database thread (``StoreCore._run``), a change of more than one row in one
+transaction (``StoreCore._tx``)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlcipher3 import dbapi2 as sqlcipher
+
+from ..errors import BlobExists
+from ..model import SyncStatus
+from .core import StoreCore
+from .files import disk_full_is_no_space, durable_move, unlink_all
+from .rows import Attach, Row, Sealed, Source
+
+
+class StoreWrites(StoreCore):
+    # --- writing state -------------------------------------------------------------------
+
+    async def insert(
+        self,
+        namespace: str,
+        blob_id: str,
+        status: SyncStatus,
+        *,
+        priority: int = 1,
+        size: int | None = None,
+        sealed_size: int | None = None,
+        location: str | None = None,
+        payload: bytes | None = None,
+        external: bool = False,
+        source: Source | None = None,
+    ) -> None:
+        """Add a row (and its inline payload, and the file it came from) in one
+        transaction; BlobExists if present."""
+
+        def q() -> None:
+            with self._tx():
+                try:
+                    cur = self._conn.execute(
+                        "INSERT INTO blobs (namespace, blob_id, status, priority, size, "
+                        "sealed_size, location, inline, external, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (namespace, blob_id, status.value, priority, size, sealed_size,
+                         location, int(payload is not None), int(external), time.time()),
+                    )
+                except sqlcipher.IntegrityError:
+                    raise BlobExists(
+                        f"blob {blob_id} already exists in namespace {namespace}"
+                    ) from None
+                if payload is not None:
+                    self._conn.execute(
+                        # OR REPLACE: a payload already at a new row's id is an orphan
+                        # (_drop_payloads_past_rows), never a live one.
+                        "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
+                        (cur.lastrowid, payload),
+                    )
+                if source is not None:
+                    self._record_sources(namespace, [(source, blob_id, cur.lastrowid)])
+
+        await self._run(q)
+
+    async def insert_many(
+        self, namespace: str, status: SyncStatus, priority: int, items: list[Sealed]
+    ) -> None:
+        """``insert`` of many inline blobs in one transaction: all of them or none, and one
+        commit instead of one per blob. BlobExists (nothing inserted) if one is present."""
+
+        def q() -> None:
+            now = time.time()
+            conn = self._conn
+            sources: list[tuple[Source, str, int]] = []
+            with self._tx():
+                for it in items:
+                    try:
+                        cur = conn.execute(
+                            "INSERT INTO blobs (namespace, blob_id, status, priority, size, "
+                            "sealed_size, inline, created) VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
+                            (namespace, it.blob_id, status.value, priority, it.size,
+                             len(it.payload), now),
+                        )
+                    except sqlcipher.IntegrityError:
+                        raise BlobExists(
+                            f"blob {it.blob_id} already exists in namespace {namespace}"
+                        ) from None
+                    conn.execute(
+                        "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
+                        (cur.lastrowid, it.payload),
+                    )
+                    if it.source is not None:
+                        sources.append((it.source, it.blob_id, cur.lastrowid))
+                self._record_sources(namespace, sources)
+
+        await self._run(q)
+
+    def _record_sources(self, namespace: str, found: list[tuple[Source, str, int]]) -> None:
+        # Inside the caller's transaction: the blob and where it came from, or neither.
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO sources (namespace, path, size, mtime_ns, blob_id, "
+            "row_id) VALUES (?, ?, ?, ?, ?, ?)",
+            [(namespace, src.path, src.size, src.mtime_ns, b, r) for src, b, r in found],
+        )
+
+    async def add_pending_downloads(self, namespace: str, blob_ids: Iterable[str]) -> int:
+        """Rows PENDING_DOWNLOAD for ids the store does not know; returns how many."""
+        ids = list(blob_ids)
+
+        def q() -> int:
+            now = time.time()
+            with self._tx():
+                before = self._conn.total_changes
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO blobs (namespace, blob_id, status, created) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(namespace, b, SyncStatus.PENDING_DOWNLOAD.value, now) for b in ids],
+                )
+                return self._conn.total_changes - before
+
+        return await self._run(q)
+
+    async def update(
+        self,
+        namespace: str,
+        blob_id: str,
+        *,
+        only_if: Iterable[SyncStatus] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Set ``fields`` on a row, only while its status is in ``only_if`` when given.
+
+        The condition keeps a transfer that ends late from undoing what happened meanwhile
+        (a delete during an upload, say). Returns whether a row changed.
+        """
+        cols = []
+        args: list[Any] = []
+        for k, v in fields.items():
+            cols.append(f"{k} = ?")
+            args.append(v.value if isinstance(v, SyncStatus) else v)
+        sql = f"UPDATE blobs SET {', '.join(cols)} WHERE namespace = ? AND blob_id = ?"
+        args += [namespace, blob_id]
+        if only_if is not None:
+            sts = [s.value for s in only_if]
+            sql += f" AND status IN ({','.join('?' * len(sts))})"
+            args += sts
+
+        def q() -> bool:
+            return self._conn.execute(sql, args).rowcount > 0
+
+        return await self._run(q)
+
+    async def set_many(
+        self, namespace: str, blob_ids: Iterable[str], only_if: Iterable[SyncStatus], **fields: Any
+    ) -> int:
+        """``update`` for many ids in one transaction."""
+        ids = list(blob_ids)
+        sts = [s.value for s in only_if]
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        vals = [v.value if isinstance(v, SyncStatus) else v for v in fields.values()]
+        sql = (
+            f"UPDATE blobs SET {cols} WHERE namespace = ? AND blob_id = ? "
+            f"AND status IN ({','.join('?' * len(sts))})"
+        )
+
+        def q() -> int:
+            with self._tx():
+                n = 0
+                for b in ids:
+                    n += self._conn.execute(sql, [*vals, namespace, b, *sts]).rowcount
+                return n
+
+        return await self._run(q)
+
+    async def attach_payload(
+        self,
+        namespace: str,
+        blob_id: str,
+        *,
+        size: int,
+        sealed_size: int,
+        external: bool,
+        payload: bytes | None = None,
+        location: str | None = None,
+    ) -> bool:
+        """A verified download is in: keep it and mark the row SYNCED.
+
+        Only a row still waiting for its payload takes it, so a blob deleted while it was
+        on its way is not brought back. Returns whether the payload was kept.
+        """
+        item = Attach(blob_id, size, sealed_size, external, payload=payload, location=location)
+        return (await self.attach_many(namespace, [item]))[0]
+
+    async def remove_many(
+        self,
+        namespace: str,
+        blob_ids: Iterable[str],
+        *,
+        only_if: Iterable[SyncStatus] | None = None,
+    ) -> list[Row]:
+        """``remove`` for many ids in one transaction, only rows in ``only_if`` when given;
+        returns the rows removed."""
+        ids = list(blob_ids)
+        allowed = None if only_if is None else set(only_if)
+
+        def q() -> list[Row]:
+            out = []
+            with self._tx():
+                for b in ids:
+                    row = self._get(namespace, b)
+                    if row is None or (allowed is not None and row.status not in allowed):
+                        continue
+                    self._conn.execute("DELETE FROM pl.payloads WHERE id = ?", (row.id,))
+                    self._conn.execute("DELETE FROM blobs WHERE id = ?", (row.id,))
+                    out.append(row)
+            return out
+
+        rows = await self._run(q)
+        for row in rows:
+            await self.discard_files(row)
+        return rows
+
+    async def schedule_retry(
+        self,
+        namespace: str,
+        blob_ids: Iterable[str],
+        status: SyncStatus,
+        *,
+        delay: Callable[[int], float],
+        verify_failed: bool = False,
+        max_verify_failures: int = 3,
+        failed_status: SyncStatus | None = None,
+    ) -> list[str]:
+        """Count a failed attempt on rows still in ``status`` and set their next attempt.
+
+        With ``verify_failed`` the failure was a blob that did not verify: at
+        ``max_verify_failures`` such failures the row turns ``failed_status`` and is left
+        alone. Returns the ids that turned failed.
+        """
+        ids = list(blob_ids)
+
+        def q() -> list[str]:
+            now = time.time()
+            failed: list[str] = []
+            with self._tx():
+                for b in ids:
+                    r = self._conn.execute(
+                        "SELECT retries, verify_failures FROM blobs "
+                        "WHERE namespace = ? AND blob_id = ? AND status = ?",
+                        (namespace, b, status.value),
+                    ).fetchone()
+                    if r is None:
+                        continue
+                    retries, vf = r[0] + 1, r[1] + int(verify_failed)
+                    new_status = status
+                    if verify_failed and failed_status and vf >= max_verify_failures:
+                        new_status = failed_status
+                        failed.append(b)
+                    self._conn.execute(
+                        "UPDATE blobs SET status = ?, retries = ?, verify_failures = ?, "
+                        "next_attempt = ? WHERE namespace = ? AND blob_id = ?",
+                        (new_status.value, retries, vf, now + delay(retries), namespace, b),
+                    )
+            return failed
+
+        return await self._run(q)
+
+    async def attach_many(self, namespace: str, items: list[Attach]) -> list[bool]:
+        """``attach_payload`` for many verified downloads: one commit per batch instead of
+        one per blob is what makes thousands of small blobs cheap.
+
+        Two transactions, payloads first: SQLite commits a transaction over both databases
+        one database after the other (the main one is in WAL mode: no super-journal), the
+        main one first. A disk full while the payload database committed left rows SYNCED
+        without their payload. So the payloads are committed (FULL) before any row says
+        SYNCED; a crash between the two leaves payloads no row claims, which the sweep
+        drops and the next download replaces. Files were made durable by ``keep_file``.
+        """
+        waiting = (SyncStatus.PENDING_DOWNLOAD.value, SyncStatus.FAILED_DOWNLOAD.value)
+        synced = SyncStatus.SYNCED.value
+
+        def waiting_rows() -> dict[str, int]:
+            # One lookup for the batch, not one query a blob.
+            return {
+                r[0]: r[1] for r in self._select_in(
+                    "SELECT blob_id, id, status FROM blobs WHERE namespace = ? "
+                    "AND blob_id IN ({})",
+                    (namespace,), [it.blob_id for it in items],
+                ) if r[2] in waiting
+            }
+
+        def q() -> list[bool]:
+            conn = self._conn
+            before = waiting_rows()
+            written = {before[it.blob_id]: it.payload for it in items
+                       if it.payload is not None and it.blob_id in before}
+            if written:
+                with self._tx():
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
+                        list(written.items()),
+                    )
+            out: list[bool] = []
+            updates: list[tuple[Any, ...]] = []
+            with self._tx():
+                found = waiting_rows()  # another process may have moved some meanwhile
+                for it in items:
+                    row_id = found.pop(it.blob_id, None)  # twice in a batch: kept once
+                    if row_id is None or (it.payload is not None and row_id not in written):
+                        out.append(False)
+                        continue
+                    updates.append((synced, it.size, it.sealed_size, it.location,
+                                    int(it.payload is not None), int(it.external), row_id))
+                    out.append(True)
+                conn.executemany(
+                    "UPDATE blobs SET status = ?, size = ?, sealed_size = ?, location = ?, "
+                    "inline = ?, external = ?, retries = 0, next_attempt = 0, "
+                    "verify_failures = 0, partial_tag = NULL WHERE id = ?",
+                    updates,
+                )
+                # Payloads written for rows that stopped waiting, unless such a row took
+                # a payload of its own meanwhile (same id, same verified blob).
+                unclaimed = set(written) - {u[-1] for u in updates}
+                if unclaimed:
+                    conn.executemany(
+                        "DELETE FROM pl.payloads WHERE id = ? AND id NOT IN "
+                        "(SELECT id FROM main.blobs WHERE inline = 1)",
+                        [(i,) for i in unclaimed],
+                    )
+            return out
+
+        return await self._run(q)
+
+    async def refetch(self, rows: list[Row]) -> list[Row]:
+        """Rows still SYNCED whose local payload is missing or damaged go back to
+        PENDING_DOWNLOAD, their payload forgotten: the next sync fetches them again.
+        Returns the rows moved (their files are removed here)."""
+        synced = SyncStatus.SYNCED.value
+
+        def q() -> list[Row]:
+            conn = self._conn
+            moved: list[Row] = []
+            with self._tx():
+                for row in rows:
+                    if conn.execute(
+                        "UPDATE blobs SET status = ?, location = NULL, inline = 0, "
+                        "retries = 0, next_attempt = 0, verify_failures = 0, "
+                        "partial_tag = NULL WHERE id = ? AND status = ?",
+                        (SyncStatus.PENDING_DOWNLOAD.value, row.id, synced),
+                    ).rowcount:
+                        moved.append(row)
+            # The row no longer claims the payload: what is left of it goes, on its own.
+            with self._tx():
+                conn.executemany(
+                    "DELETE FROM pl.payloads WHERE id = ?", [(r.id,) for r in moved]
+                )
+            return moved
+
+        moved = await self._run(q)
+        await asyncio.to_thread(
+            unlink_all, [self.blob_path(r.location) for r in moved if r.location]
+        )
+        return moved
+
+    async def drop_payload(
+        self, namespace: str, blob_id: str, status: SyncStatus, *, expect_tag: bytes | None = None
+    ) -> Row | None:
+        """Forget the payload but keep the row in ``status`` (PENDING_DELETE). Returns the
+        row as it was, so the caller can remove its file. ``expect_tag``: the blob was never
+        confirmed on the server, and only a server copy with this tag may be deleted."""
+
+        def q() -> Row | None:
+            with self._tx():
+                row = self._get(namespace, blob_id)
+                if row is None:
+                    return None
+                self._conn.execute("DELETE FROM pl.payloads WHERE id = ?", (row.id,))
+                self._conn.execute(
+                    "UPDATE blobs SET status = ?, location = NULL, inline = 0, retries = 0, "
+                    "next_attempt = 0, partial_tag = ? WHERE id = ?",
+                    (status.value, expect_tag, row.id),
+                )
+                return row
+
+        return await self._run(q)
+
+    async def remove(self, namespace: str, blob_id: str) -> Row | None:
+        """Delete the row and its inline payload; returns the row so its file can go too."""
+
+        def q() -> Row | None:
+            with self._tx():
+                row = self._get(namespace, blob_id)
+                if row is None:
+                    return None
+                self._conn.execute("DELETE FROM pl.payloads WHERE id = ?", (row.id,))
+                self._conn.execute("DELETE FROM blobs WHERE id = ?", (row.id,))
+                return row
+
+        row = await self._run(q)
+        if row is not None:
+            await self.discard_files(row)
+        return row
+
+    # --- payload files -------------------------------------------------------------------
+
+    async def discard_files(self, row: Row) -> None:
+        """Remove the payload file and any partial download of a row."""
+        paths = [self.partial_path(row.namespace, row.blob_id)]
+        if row.location:
+            paths.append(self.blob_path(row.location))
+        await asyncio.to_thread(unlink_all, paths)
+
+    async def keep_file(self, namespace: str, blob_id: str, src: Path) -> str:
+        """Move a complete sealed file into blobs/; returns its location.
+
+        Every file gets a name of its own, never derived from the blob: two writers of the
+        same blob (a get() and a stream download at once) each keep their copy under its
+        own name, the one whose row update wins stays, and the loser removes only its
+        own file. The name is random, so it tells nothing about namespace or id either.
+        """
+        del namespace, blob_id  # the name depends on neither, on purpose
+        location = secrets.token_hex(20)
+        try:
+            with disk_full_is_no_space(self.blobs_dir):
+                await asyncio.to_thread(durable_move, src, self.blob_path(location))
+        except BaseException:
+            self._torn = True
+            raise
+        return location
