@@ -32,8 +32,9 @@ if TYPE_CHECKING:
         WrongPassphrase,
     )
     from .incoming import IncomingConsumer, IncomingReport, IncomingStreamConsumer
-    from .manager import SECRET_BLOB_ID, SECRET_NAMESPACE, BlobManager
+    from .manager import BlobManager
     from .model import ForgottenHere, Priority, Progress, ProgressCallback, SyncReport, SyncStatus
+    from .secret_transfer import SECRET_BLOB_ID, SECRET_NAMESPACE
     from .settings import ClientSettings
 
 __all__ = [
@@ -49,7 +50,8 @@ __all__ = [
 _WHERE = {
     **dict.fromkeys(("IncomingConsumer", "IncomingReport", "IncomingStreamConsumer"),
                     "incoming"),
-    **dict.fromkeys(("SECRET_BLOB_ID", "SECRET_NAMESPACE", "BlobManager"), "manager"),
+    **dict.fromkeys(("SECRET_BLOB_ID", "SECRET_NAMESPACE"), "secret_transfer"),
+    "BlobManager": "manager",
     **dict.fromkeys(("Priority", "Progress", "ProgressCallback", "SyncReport", "SyncStatus",
                      "ForgottenHere"), "model"),
     "ClientSettings": "settings",

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
@@ -22,13 +21,14 @@ from blobsync.format import (
     Opener,
     Sealer,
     seal,
-    seal_external,
     sealed_size,
     valid_id,
 )
 
+from .check import Checker
 from .destfile import DestFile, Target, ThroughFile, release_reader
 from .destfile import resolve as resolve_dest
+from .enroll import Unlocked, enroll, unlock
 from .errors import (
     AlreadyOnServer,
     AuthFailed,
@@ -37,7 +37,6 @@ from .errors import (
     ClientError,
     ServerError,
     TransientError,
-    WrongPassphrase,
     is_no_space,
     no_space,
 )
@@ -54,34 +53,13 @@ from .model import (
     SyncStatus,
     priority_rank,
 )
-from .profile import (
-    BLOBS_DIR,
-    CONFIG_NAME,
-    DB_NAME,
-    SECRET_NAME,
-    TMP_DIR,
-    Profile,
-    check_profile_args,
-    write_private,
-)
-from .secrets import (
-    decrypt_secret,
-    encrypt_secret,
-    generate_secret,
-    load_raw_secret,
-    names_key,
-    store_key,
-)
+from .profile import Profile
 from .settings import ClientSettings
 from .sync import PHASES, SyncEngine
-from .transport import Transport, load_http_stack
+from .transport import Transport
 
 log = logging.getLogger("blobsync.client")
 
-# Where the passphrase-encrypted storage secret waits for a new device (init --recover).
-SECRET_NAMESPACE = "blobsync-secret"
-SECRET_BLOB_ID = "storage-secret"
-MAX_SECRET_DOCUMENT = 64 << 10
 # put_many keeps small files this many (or this many plaintext bytes) per transaction:
 # enough to make the commit cost vanish, little enough to bound memory.
 PUT_BATCH_COUNT = 500
@@ -129,48 +107,11 @@ class BlobManager:
         recover: bool = False,
         settings: ClientSettings | None = None,
     ) -> BlobManager:
-        home = Path(home)
-        if Profile.exists(home):
-            raise ClientError(f"a blobsync profile already exists at {home}")
-        check_profile_args(server, user, token)
-        if recover and secret_file is not None:
-            raise ClientError("recover and secret_file exclude each other")
-        if not passphrase:
-            raise ClientError("the passphrase must not be empty")
-        settings = settings or ClientSettings()
-        imported = load_raw_secret(secret_file) if secret_file is not None else None
-        transport = _transport(server, user, token, settings)
-        created: list[Path] = []  # removed if init fails; never what was there before
-        uploaded = False
-        try:
-            await transport.info()  # ServerUnreachable before anything else
-            await transport.check_auth()  # AuthFailed
-            if recover:
-                document = await _download_secret(transport)
-                secret = await asyncio.to_thread(decrypt_secret, document, passphrase)
-            else:
-                secret = imported if imported is not None else generate_secret()
-                document = await asyncio.to_thread(encrypt_secret, secret, passphrase)
-                uploaded = await _upload_secret(transport, document, secret, passphrase)
-            profile = Profile(home, server.rstrip("/"), user, token, settings.to_dict())
-            layout = [home, *(home / n for n in (BLOBS_DIR, TMP_DIR, CONFIG_NAME, SECRET_NAME)),
-                      *(home / f"{DB_NAME}{s}" for s in ("", "-wal", "-shm"))]
-            created = [p for p in layout if not p.exists()]
-            profile.create_dirs()
-            write_private(profile.secret_path, document)
-            profile.save()
-            store = _store(profile, secret, settings)
-            await store.open()
-        except BaseException:
-            if uploaded:
-                # Ours and nobody else's yet: a later init must not be told that the
-                # server already holds a secret (for a passphrase nobody may remember).
-                with contextlib.suppress(Exception):
-                    await transport.delete_blob(SECRET_NAMESPACE, SECRET_BLOB_ID)
-            await transport.close()
-            _remove(created)
-            raise
-        return cls(profile, secret, settings, store, transport)
+        """Create the profile at ``home`` (see enroll.py); fails leaving nothing behind."""
+        return cls._of(await enroll(
+            Path(home), server=server, user=user, token=token, passphrase=passphrase,
+            secret_file=secret_file, recover=recover, settings=settings,
+        ))
 
     @classmethod
     async def open(
@@ -180,20 +121,13 @@ class BlobManager:
         """Open the profile at ``home``. ``reading``: the caller only reads the local
         store (status, ls, check), so on a disk too full for SQLite's -shm file the store
         is opened for reading alone instead of failing (``LocalStore.reading_only``)."""
-        profile = Profile.load(home)
-        settings = settings or profile.client_settings()
-        document = profile.secret_path.read_bytes()
-        unlocking = asyncio.get_running_loop().run_in_executor(
-            None, decrypt_secret, document, passphrase
+        return cls._of(
+            await unlock(home, passphrase=passphrase, settings=settings, reading=reading)
         )
-        # scrypt leaves the GIL free: the HTTP stack loads meanwhile, not after it.
-        load_http_stack()
-        secret = await unlocking
-        store = _store(profile, secret, settings)
-        store.read_only_fallback = reading
-        await store.open()
-        transport = _transport(profile.server, profile.user, profile.token, settings)
-        return cls(profile, secret, settings, store, transport)
+
+    @classmethod
+    def _of(cls, parts: Unlocked) -> BlobManager:
+        return cls(parts.profile, parts.secret, parts.settings, parts.store, parts.transport)
 
     async def close(self) -> None:
         await self.transport.close()
@@ -885,100 +819,11 @@ class BlobManager:
         back to PENDING_DOWNLOAD, for the next sync to fetch; its line says so, and is a
         ``CheckProblem`` whose ``repaired`` is true. A blob never uploaded has no other
         copy: its line says it is lost."""
-        problems: list[str] = [
-            CheckProblem(f"database: {p}") for p in await self.store.check_integrity()
-        ]
-        rows = await self.store.rows(None)
-        referenced = {r.location for r in rows if r.location}
-        verified: dict[tuple[str, str], Row] = {}  # SYNCED and verified here
-        found: list[tuple[Row, str]] = []  # in the order of the rows
-        for row in rows:
-            if row.has_payload:
-                try:
-                    await self._open_local(row, None)
-                except InvalidBlob as exc:
-                    found.append((row, f"local copy does not verify ({exc})"))
-                except ClientError as exc:
-                    found.append((row, str(exc)))
-                else:
-                    if row.status is SyncStatus.SYNCED:
-                        verified[(row.namespace, row.blob_id)] = row
-            if row.status in (SyncStatus.FAILED_DOWNLOAD, SyncStatus.FAILED_UPLOAD):
-                found.append((row, row.status.value))
-        damaged = [r for r, _ in found if r.has_payload]
-        moved: set[int] = set()
-        if repair:
-            async with self.lock.hold("check --repair"):
-                moved = {r.id for r in await self.store.refetch(damaged)}
-            referenced -= {r.location for r in damaged if r.id in moved}
-        for row, reason in found:
-            line = f"{row.namespace}/{row.blob_id}: {reason}"
-            if row.id in moved:
-                problems.append(CheckProblem(
-                    f"{line}; repaired: it is downloaded again at the next sync",
-                    repaired=True,
-                ))
-            elif repair and row.has_payload and row.status is not SyncStatus.SYNCED:
-                problems.append(CheckProblem(
-                    f"{line}; lost: it was never uploaded, so no other copy exists "
-                    f"('blobsync rm {row.blob_id}' forgets it)"
-                ))
-            else:
-                problems.append(CheckProblem(line))
-        for path in await asyncio.to_thread(lambda: list(self.store.blobs_dir.rglob("*"))):
-            if path.is_file() and path.name not in referenced:
-                problems.append(
-                    CheckProblem(f"stray file {path.relative_to(self.profile.home)}")
-                )
-        if remote:
-            by_ns: dict[str, dict[str, Row]] = {}
-            for row in rows:
-                by_ns.setdefault(row.namespace, {})[row.blob_id] = row
-            for ns, local in by_ns.items():
-                listed = await self.transport.list_blobs(ns)
-                there = set(listed)
-                for blob_id, row in local.items():
-                    if row.status is SyncStatus.SYNCED and blob_id not in there:
-                        problems.append(
-                            CheckProblem(f"{ns}/{blob_id}: SYNCED here but not on the server")
-                        )
-                for blob_id in sorted(there - set(local)):
-                    problems.append(
-                        CheckProblem(f"{ns}/{blob_id}: on the server, not known here (sync)")
-                    )
-                for blob_id in listed:
-                    mine = verified.get((ns, blob_id))
-                    if mine is not None:
-                        reason = await self._compare_remote(mine)
-                    else:
-                        reason = await self._verify_remote(ns, blob_id)
-                    if reason:
-                        problems.append(CheckProblem(f"{ns}/{blob_id}: the server's copy {reason}"))
-        return problems
-
-    async def _compare_remote(self, row: Row) -> str | None:
-        """The server's tag against the verified local copy's: 16 bytes instead of the
-        whole blob. Only when they differ is the server's copy downloaded, to tell a
-        damaged copy from another blob under the same id."""
-        theirs = await self.transport.blob_tail(row.namespace, row.blob_id)
-        if theirs is None or theirs == await self.store.tail(row, TAG_SIZE):
-            return None  # None: deleted since the listing
-        reason = await self._verify_remote(row.namespace, row.blob_id)
-        return reason or "is another blob under the same id (this device holds other bytes)"
-
-    async def _verify_remote(self, namespace: str, blob_id: str) -> str | None:
-        """Download the server's copy and open it, keeping nothing; a reason if it fails."""
-        opener = Opener(self._secret, blob_id, lambda _: None)
-        try:
-            async with self.transport.get_blob(namespace, blob_id) as dl:
-                async for chunk in dl.chunks():
-                    opener.feed(chunk)
-            opener.finish()
-        except InvalidBlob as exc:
-            return f"does not verify ({exc})"
-        except BlobNotFound:
-            return None  # deleted since the listing
-        return None
+        checker = Checker(
+            self.store, self.transport, self._secret, self.profile.home, self.lock,
+            lambda row: self._open_local(row, None),
+        )
+        return await checker.run(remote=remote, repair=repair)
 
     # --- incoming box --------------------------------------------------------------------
 
@@ -993,17 +838,6 @@ class BlobManager:
 
 
 PENDING = (SyncStatus.PENDING_DOWNLOAD, SyncStatus.PENDING_UPLOAD, SyncStatus.PENDING_DELETE)
-
-
-class CheckProblem(str):
-    """One line of ``check``; ``repaired`` when ``check(repair=True)`` fixed it."""
-
-    repaired: bool
-
-    def __new__(cls, text: str, *, repaired: bool = False) -> CheckProblem:
-        self = super().__new__(cls, text)
-        self.repaired = repaired
-        return self
 
 
 @contextlib.contextmanager
@@ -1084,77 +918,3 @@ def _check_ids(*ids: str) -> None:
     for i in ids:
         if not isinstance(i, str) or not valid_id(i):
             raise ClientError(f"invalid id {i!r}: 1-254 of letters, digits, _ and -")
-
-
-def _transport(server: str, user: str, token: str, settings: ClientSettings) -> Transport:
-    return Transport(
-        server, user, token,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        ca_file=settings.ca_file,
-    )
-
-
-def _store(profile: Profile, secret: bytes, settings: ClientSettings) -> LocalStore:
-    return LocalStore(
-        profile.db_path, profile.blobs_dir, profile.tmp_dir,
-        db_key=store_key(secret), names_key=names_key(secret), inline_max=settings.inline_max,
-    )
-
-
-def _remove(paths: list[Path]) -> None:
-    for p in reversed(paths):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-
-
-async def _download_secret(transport: Transport) -> bytes:
-    parts: list[bytes] = []
-    opener = Opener(None, SECRET_BLOB_ID, parts.append)
-    total = 0
-    try:
-        async with transport.get_blob(SECRET_NAMESPACE, SECRET_BLOB_ID) as dl:
-            async for chunk in dl.chunks():
-                total += len(chunk)
-                if total > MAX_SECRET_DOCUMENT:
-                    raise ClientError("the storage secret on the server is too large")
-                opener.feed(chunk)
-        opened = opener.finish()
-    except BlobNotFound:
-        raise ClientError(
-            "the server holds no storage secret for this user: run init without recover "
-            "on the first device"
-        ) from None
-    except InvalidBlob as exc:
-        raise ClientError(f"the storage secret on the server is garbled ({exc})") from None
-    if not opened.external:
-        raise ClientError("the storage secret on the server is not in the expected form")
-    return b"".join(parts)
-
-
-async def _upload_secret(
-    transport: Transport, document: bytes, secret: bytes, passphrase: str
-) -> bool:
-    """Store the encrypted secret on the server; True when this call stored it, False
-    when the server already held the same secret."""
-    body = seal_external(SECRET_BLOB_ID, len(document)) + document
-    try:
-        await transport.put_blob(SECRET_NAMESPACE, SECRET_BLOB_ID, body, len(body))
-        return True
-    except AlreadyOnServer:
-        pass
-    # Another device set the user up already. Going on with another secret would make
-    # every blob of one device unreadable on the other.
-    existing = await _download_secret(transport)
-    try:
-        same = await asyncio.to_thread(decrypt_secret, existing, passphrase) == secret
-    except WrongPassphrase:
-        same = False
-    if not same:
-        raise ClientError(
-            "the server already holds a storage secret for this user: use recover to set "
-            "up this device"
-        )
-    return False

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from blobsync.cli import client_cmds
+from blobsync.cli import client_runtime, collect
 from blobsync.cli.failures import (
     EXIT_ERROR,
     EXIT_USAGE,
@@ -28,7 +28,7 @@ def test_collect_files_walks_directories_in_order(tmp_path: Path) -> None:
     (tmp_path / "d" / "z").mkdir(parents=True)
     for rel in ("d/b", "d/a", "d/z/c", "top"):
         (tmp_path / rel).write_text(rel)
-    found = client_cmds.collect_files([str(tmp_path / "top"), str(tmp_path / "d")])
+    found = collect.collect_files([str(tmp_path / "top"), str(tmp_path / "d")])
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["top", "d/a", "d/b", "d/z/c"]
 
 
@@ -42,8 +42,8 @@ def test_collect_files_records_what_it_leaves_out(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "d" / "p")
     (tmp_path / "d" / "loop").symlink_to(tmp_path / "d")
     (tmp_path / "d" / "gone").symlink_to(tmp_path / "missing")
-    skipped: list[client_cmds.Skip] = []
-    found = client_cmds.collect_files([str(tmp_path / "d")], skipped)
+    skipped: list[collect.Skip] = []
+    found = collect.collect_files([str(tmp_path / "d")], skipped)
     assert found == [tmp_path / "d" / "f"]
     assert [(s.path.name, s.reason) for s in skipped] == [
         ("gone", "dangling symlink"), ("loop", "symlink to a directory, not followed"),
@@ -52,7 +52,7 @@ def test_collect_files_records_what_it_leaves_out(tmp_path: Path) -> None:
 
 def test_collect_files_missing_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        client_cmds.collect_files([str(tmp_path / "missing")])
+        collect.collect_files([str(tmp_path / "missing")])
 
 
 def test_classify() -> None:
@@ -107,14 +107,14 @@ def test_global_options_before_and_after_the_command(
 ) -> None:
     monkeypatch.setenv("BLOBSYNC_HOME", str(tmp_path / "env-home"))
     args = parse("ls")
-    assert client_cmds.resolve_home(args) == tmp_path / "env-home"
+    assert client_runtime.resolve_home(args) == tmp_path / "env-home"
     assert args.json is False
     args = parse("--home", str(tmp_path / "h"), "--json", "ls")
     assert (args.home, args.json) == (str(tmp_path / "h"), True)
     args = parse("ls", "--home", str(tmp_path / "h2"), "--json")
     assert (args.home, args.json) == (str(tmp_path / "h2"), True)
     monkeypatch.delenv("BLOBSYNC_HOME")
-    assert client_cmds.resolve_home(parse("ls")) == Path("~/.blobsync").expanduser()
+    assert client_runtime.resolve_home(parse("ls")) == Path("~/.blobsync").expanduser()
 
 
 def test_parser_choices_and_flags() -> None:

@@ -22,6 +22,7 @@ from blobsync.client import (
     SyncStatus,
     WrongPassphrase,
 )
+from blobsync.client.enroll import Unlocked
 from blobsync.client.secrets import names_key, store_key
 from blobsync.format import InvalidBlob, seal
 from blobsync.format.keys import blob_key
@@ -134,6 +135,15 @@ async def test_reprs_hide_secrets(devices) -> None:
         text = repr(obj)
         assert a.profile.token not in text
         assert secret.hex()[:16] not in text and repr(secret[:8])[2:-1] not in text
+
+
+async def test_unlocked_profile_repr_hides_secrets(devices) -> None:
+    """What init and open hand to BlobManager (enroll.py) holds the secret too."""
+    a = await devices("a")
+    parts = Unlocked(a.profile, a._secret, a.settings, a.store, a.transport)
+    text = repr(parts)
+    assert a.profile.token not in text
+    assert a._secret.hex()[:16] not in text and repr(a._secret[:8])[2:-1] not in text
 
 
 async def test_profile_repr_hides_the_token(devices) -> None:

@@ -1,0 +1,140 @@
+"""Which files ``blobsync put`` stores: the regular files named or found under the named
+directories, and every entry it cannot store (a FIFO, a dangling symlink, ...) with why."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An entry put does not store, and why ("FIFO", "dangling symlink", ...)."""
+
+    path: Path
+    reason: str
+
+
+# put names this many skipped entries on stderr, then only counts the rest.
+SKIPS_SHOWN = 20
+
+
+def collect_files(paths: list[str], skipped: list[Skip] | None = None) -> list[Path]:
+    """Regular files named or found under the named directories, in a stable order.
+
+    Everything is collected before anything is stored, so a typo in the last argument
+    fails the command before it has half done its work. What is there but cannot be
+    stored (a FIFO, a socket, a device, a dangling symlink, a symlink to a directory found
+    inside a directory, a file or directory that cannot be read) is appended to
+    ``skipped``, never silently left out.
+    """
+    found: list[Path] = []
+    skips: list[Skip] = [] if skipped is None else skipped
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            # A link to a directory named by the user is followed, as ls does; links met
+            # inside are not (see _files_under).
+            found.extend(_files_under(path, skips))
+        elif path.is_file():
+            if _readable(path, skips):
+                found.append(path)
+        elif not path.exists():
+            raise FileNotFoundError(2, "No such file or directory", name)
+        else:
+            skips.append(Skip(path, _kind(os.stat(path).st_mode)))
+    return found
+
+
+def _files_under(root: Path, skipped: list[Skip]) -> Iterator[Path]:
+    """Files first, then each subdirectory, in name order (as os.walk top-down); links to
+    directories are not followed, so a link to a parent cannot loop. scandir's entries know
+    their type without a stat per file, which counts for tens of thousands of small files."""
+    try:
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        skipped.append(Skip(root, _reason(exc)))
+        return
+    subdirs: list[Path] = []
+    for entry in entries:
+        path = root / entry.name
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(path)
+            elif entry.is_file(follow_symlinks=False):
+                if _readable(path, skipped):
+                    yield path
+            elif entry.is_symlink():
+                target = _link_target(path, skipped)
+                if target is not None and _readable(path, skipped):
+                    yield path
+            else:
+                skipped.append(Skip(path, _kind(entry.stat(follow_symlinks=False).st_mode)))
+        except OSError as exc:
+            skipped.append(Skip(path, _reason(exc)))
+    for subdir in subdirs:
+        yield from _files_under(subdir, skipped)
+
+
+def _link_target(link: Path, skipped: list[Skip]) -> Path | None:
+    """``link`` if it leads to a regular file; else None, its skip recorded."""
+    import stat
+
+    try:
+        mode = os.stat(link).st_mode
+    except FileNotFoundError:
+        skipped.append(Skip(link, "dangling symlink"))
+        return None
+    except OSError as exc:  # a loop of links: ELOOP
+        skipped.append(Skip(link, f"symlink: {_reason(exc)}"))
+        return None
+    if stat.S_ISREG(mode):
+        return link
+    if stat.S_ISDIR(mode):
+        skipped.append(Skip(link, "symlink to a directory, not followed"))
+    else:
+        skipped.append(Skip(link, f"symlink to a {_kind(mode)}"))
+    return None
+
+
+def _readable(path: Path, skipped: list[Skip]) -> bool:
+    """Whether put can read ``path``: opened now, so that a file it may not read is
+    reported and skipped instead of failing the command halfway through."""
+    try:
+        # O_NONBLOCK: should it have become a FIFO meanwhile, open does not wait for a
+        # writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        skipped.append(Skip(path, _reason(exc)))
+        return False
+    os.close(fd)
+    return True
+
+
+def _kind(mode: int) -> str:
+    import stat
+
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _reason(exc: OSError) -> str:
+    # "permission denied", as ls and cp word it, not Python's "[Errno 13] ...".
+    return (exc.strerror or str(exc)).lower()
+
+
+def report_skips(skipped: list[Skip]) -> None:
+    """One stderr line per skipped entry (the first SKIPS_SHOWN), then a count."""
+    for skip in skipped[:SKIPS_SHOWN]:
+        sys.stderr.write(f"blobsync: skipped {skip.path}: {skip.reason}\n")
+    if len(skipped) > SKIPS_SHOWN:
+        sys.stderr.write(f"blobsync: skipped {len(skipped) - SKIPS_SHOWN} more "
+                         "(--json lists them all)\n")
+    sys.stderr.flush()

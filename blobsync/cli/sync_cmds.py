@@ -1,0 +1,156 @@
+"""The commands on the whole profile: sync, status, check and incoming process."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .client_runtime import check_id, count_of, ids_of, open_manager
+from .failures import EXIT_ID_TAKEN, EXIT_OK, EXIT_VERIFY, CommandFailed, UsageError
+from .output import Output, table
+from .progress import Bars, bars_wanted
+
+# sync leaves FAILED_* blobs alone unless given this.
+RETRY_FAILED_OPTION = "--retry-failed"
+
+
+# --------------------------------------------------------------------------- sync, status
+
+
+async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
+    from blobsync.client import SyncStatus
+
+    namespace = check_id(args.namespace, "namespace")
+    given_up = (SyncStatus.FAILED_UPLOAD, SyncStatus.FAILED_DOWNLOAD)
+    async with open_manager(args, stream=not args.no_stream) as manager:
+        retried = 0
+        if args.retry_failed:
+            retried = await manager.retry_failed(namespace)
+        with Bars(bars_wanted(out.json_mode)) as bars:
+            report = await manager.sync(namespace, progress=bars.callback)
+        # Blobs given up on before this run are left alone by sync: they count as a
+        # failure too, or a script would think everything is on the server.
+        still_failed: list[str] = []
+        for status in given_up:
+            still_failed += await manager.local_list(namespace, status=status)
+    failed = ids_of(report.failed)
+    pending = ids_of(getattr(report, "pending", []))
+    summary = {
+        "namespace": namespace,
+        "downloaded": count_of(report.downloaded),
+        "uploaded": count_of(report.uploaded),
+        "deleted_local": count_of(report.deleted_local),
+        "deleted_remote": count_of(report.deleted_remote),
+        "failed": failed,
+        "pending": pending,
+        "retried": retried,
+        "still_failed": sorted(still_failed),
+    }
+    out.line(
+        f"downloaded {summary['downloaded']}, uploaded {summary['uploaded']}, "
+        f"deleted here {summary['deleted_local']}, deleted on the server "
+        f"{summary['deleted_remote']}, failed {len(failed)}"
+    )
+    out.document(summary)
+    taken = sorted(set(failed) & set(ids_of(getattr(report, "taken", []))))
+    earlier = set(still_failed) - set(failed)
+    if failed and len(taken) == len(set(failed)) and not earlier and not pending:
+        # Only id conflicts this run: their own code, so a script can tell them apart.
+        raise CommandFailed(f"{taken_message(taken)} (left FAILED_UPLOAD here)",
+                            EXIT_ID_TAKEN)
+    if failed:
+        shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
+        raise CommandFailed(f"{len(failed)} blobs failed to sync: {shown}; once the cause "
+                            f"is fixed, 'blobsync sync {RETRY_FAILED_OPTION}' tries them again")
+    if still_failed:
+        shown = ", ".join(sorted(still_failed)[:5]) + (", ..." if len(still_failed) > 5 else "")
+        raise CommandFailed(f"{len(still_failed)} blobs failed earlier and were left alone: "
+                            f"{shown}; 'blobsync sync {RETRY_FAILED_OPTION}' tries them again")
+    if pending:
+        raise CommandFailed(f"{len(pending)} blobs are still waiting for a retry; "
+                            "run 'blobsync sync' again later")
+    return EXIT_OK
+
+
+async def cmd_status(args: argparse.Namespace, out: Output) -> int:
+    from blobsync.client import SyncStatus
+
+    namespace = check_id(args.namespace, "namespace") if args.namespace else None
+    async with open_manager(args, reading=True) as manager:
+        counts = await manager.sync_progress(namespace)
+    by_name = {_status_name(k): int(v) for k, v in counts.items()}
+    rows = [(s.name, by_name.get(s.name, 0)) for s in SyncStatus]
+    rows += [(name, n) for name, n in sorted(by_name.items()) if name not in dict(rows)]
+    total = sum(n for _, n in rows)
+    width = len(str(max([total, *(n for _, n in rows)])))
+    out.line(table([(name, f"{n:>{width}}") for name, n in rows] + [("TOTAL", f"{total:>{width}}")],
+                   ("STATUS", "BLOBS")))
+    out.document({"namespace": namespace, "statuses": dict(rows), "total": total})
+    return EXIT_OK
+
+
+def _status_name(status: Any) -> str:
+    return str(getattr(status, "name", status))
+
+
+# --------------------------------------------------------------------------- check
+
+
+async def cmd_check(args: argparse.Namespace, out: Output) -> int:
+    async with open_manager(args, reading=not args.repair) as manager:
+        found = await manager.check(remote=args.remote, repair=args.repair)
+    problems = [str(p) for p in found]
+    repaired = [str(p) for p in found if getattr(p, "repaired", False)]
+    for problem in problems:
+        out.line(problem)
+    doc: dict[str, Any] = {"remote": args.remote, "problems": problems, "ok": not problems}
+    if args.repair:
+        doc["repaired"] = repaired
+    out.document(doc)
+    if len(problems) > len(repaired):
+        extra = f", {len(repaired)} repaired" if repaired else ""
+        raise CommandFailed(f"check found {len(problems)} problem(s){extra}", EXIT_VERIFY)
+    if repaired:
+        out.line(f"repaired {len(repaired)} problem(s): run 'blobsync sync' to download "
+                 "those blobs again")
+    else:
+        out.line("no problems found")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- incoming
+
+
+async def cmd_incoming_process(args: argparse.Namespace, out: Output) -> int:
+    from .incoming_exec import ExecConsumer
+
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    consumer = ExecConsumer(args.exec, stdout_to_stderr=out.json_mode)
+    async with open_manager(args) as manager:
+        manager.register_consumer(consumer)
+        report = await manager.process_incoming(limit=args.limit)
+    details = dict(consumer.outcomes)
+    outcomes: list[tuple[str, str]] = []
+    for attr, label in (("processed_ids", "PROCESSED"), ("failed_ids", "FAILED"),
+                        ("skipped_ids", "SKIPPED")):
+        for blob_id in getattr(report, attr, []):
+            outcome = label if label != "FAILED" else details.get(blob_id, label)
+            outcomes.append((blob_id, outcome))
+            out.line(f"{blob_id}\t{outcome}")
+    summary = {
+        "processed": count_of(getattr(report, "processed", 0)),
+        "failed": count_of(getattr(report, "failed", 0)),
+        "skipped": count_of(getattr(report, "skipped", 0)),
+    }
+    out.line(f"processed {summary['processed']}, failed {summary['failed']}, "
+             f"skipped {summary['skipped']}")
+    out.document({**summary, "messages": [{"id": i, "outcome": o} for i, o in outcomes]})
+    return EXIT_OK
+
+
+def taken_message(ids: list[str]) -> str:
+    if len(ids) == 1:
+        return f"id {ids[0]} is taken by another blob on the server"
+    shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+    return f"{len(ids)} ids are taken by other blobs on the server: {shown}"
