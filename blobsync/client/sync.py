@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ from .lock import NoLock, ProfileLock
 from .model import Progress, ProgressCallback, SyncReport, SyncStatus
 from .settings import ClientSettings
 from .transport import Transport
+from .verified import Provisional, open_into
 
 log = logging.getLogger("blobsync.client.sync")
 
@@ -89,9 +90,6 @@ FLUSH_BYTES = 8 << 20
 # sizes only the first download streams; a wrong guess costs no bytes, since streams are
 # read to the end, just a stream longer or shorter than stream_max_bytes.
 FIRST_SIZE_GUESS = 64 << 10
-
-PlaintextSink = Callable[[bytes], Awaitable[None]]
-
 
 class _Tracker:
     """Progress of one phase across rounds."""
@@ -445,13 +443,13 @@ class SyncEngine:
             if sealed is not None:
                 await self._downloaded(run, row.blob_id, sealed)
 
-    async def download(self, row: Row, plaintext: PlaintextSink | None = None) -> int | None:
+    async def download(self, row: Row, held: Provisional | None = None) -> int | None:
         """Fetch one blob alone, resuming a partial download with Range, verify and keep it.
 
-        ``plaintext`` receives the plaintext as it is decrypted; it is provisional until
-        this returns (the caller writes it aside and keeps it only then). Returns the
-        sealed size, or None when the row no longer wanted the payload. Raises InvalidBlob
-        (partial discarded), TransientError (partial kept), BlobNotFound.
+        ``held`` receives the plaintext as it is decrypted, releasable only once the blob
+        verified (verified.py). Returns the sealed size, or None when the row no longer
+        wanted the payload. Raises InvalidBlob (partial discarded), TransientError
+        (partial kept), BlobNotFound.
         """
         ns, blob_id = row.namespace, row.blob_id
         # One writer per partial file: a get() and a sync may want the same blob at once.
@@ -465,19 +463,19 @@ class SyncEngine:
                     SyncStatus.PENDING_DOWNLOAD, SyncStatus.FAILED_DOWNLOAD
                 ):
                     return None  # kept meanwhile, or no longer wanted
-                return await self._download(fresh, plaintext)
+                return await self._download(fresh, held)
         finally:
             entry.users -= 1
             if not entry.users:
                 del self._locks[key]
 
-    async def _download(self, row: Row, plaintext: PlaintextSink | None) -> int | None:
+    async def _download(self, row: Row, held: Provisional | None) -> int | None:
         ns, blob_id = row.namespace, row.blob_id
         partial = self.store.partial_path(ns, blob_id)
         offset = partial.stat().st_size if partial.exists() and row.partial_tag else 0
         for _ in range(2):
             try:
-                return await self._fetch(row, partial, offset, plaintext)
+                return await self._fetch(row, partial, offset, held)
             except (TransientError, asyncio.CancelledError):
                 raise  # the partial file stays: the next attempt resumes it with Range
             except StaleRange:
@@ -497,46 +495,43 @@ class SyncEngine:
                     with contextlib.suppress(ClientError):
                         await self.store.update(ns, blob_id, partial_tag=None)
                 raise
+            if held is not None:
+                await held.reset()  # the next attempt opens the blob from its start
             partial.unlink(missing_ok=True)
             offset = 0
         raise TransientError(f"download of {blob_id} could not resume")
 
     async def _fetch(
-        self, row: Row, partial: Path, offset: int, plaintext: PlaintextSink | None
+        self, row: Row, partial: Path, offset: int, held: Provisional | None
     ) -> int | None:
         ns, blob_id = row.namespace, row.blob_id
-        pending = bytearray()
-        opener = Opener(self._secret, blob_id, pending.extend if plaintext else _discard)
-
-        async def feed(chunk: bytes) -> None:
-            opener.feed(chunk)
-            if pending:
-                data = bytes(pending)
-                pending.clear()
-                await plaintext(data)  # type: ignore[misc]
-
         async with self.transport.get_blob(ns, blob_id, offset=offset) as dl:
             if offset:
                 if dl.status != 206 or dl.offset != offset or dl.tag != row.partial_tag:
                     raise StaleRange(blob_id)
-                # The opener must see the blob from its first byte.
-                async for chunk in read_file(partial):
-                    await feed(chunk)
-            else:
-                if dl.tag is not None:
-                    await self.store.update(
-                        ns, blob_id, partial_tag=dl.tag, sealed_size=dl.total
-                    )
+            elif dl.total is not None and dl.total <= self.store.inline_max:
+                # Small enough for the database: kept from memory, no partial file (a
+                # few KB are fetched again rather than resumed).
+                sealed = bytearray()
+                opened = await open_into(
+                    self._secret, blob_id, _kept_in(dl.chunks(), sealed), held
+                )
+                kept = await self.store.attach_payload(
+                    ns, blob_id, size=opened.size, sealed_size=len(sealed),
+                    external=opened.external, payload=bytes(sealed),
+                )
+                return len(sealed) if kept else None
+            elif dl.tag is not None:
+                await self.store.update(ns, blob_id, partial_tag=dl.tag, sealed_size=dl.total)
             writer = await FileWriter(partial, append=bool(offset)).open()
             try:
-                async for chunk in dl.chunks():
-                    await writer.write(chunk)
-                    await feed(chunk)
+                # The opener must see the blob from its first byte: the partial file's
+                # bytes first, then the rest as it arrives (written on as it goes).
+                opened = await open_into(
+                    self._secret, blob_id, _resumed(partial, offset, dl.chunks(), writer), held
+                )
             finally:
                 await writer.close()
-        opened = opener.finish()
-        if pending:
-            await plaintext(bytes(pending))  # type: ignore[misc]
         return await self._keep_partial(ns, blob_id, partial, writer.written, opened)
 
     async def _keep_partial(
@@ -654,8 +649,9 @@ class SyncEngine:
             else:
                 self._uploading.pop(key, None)
 
-    async def upload(self, row: Row) -> None:
-        """PUT one blob as its sealed bytes lie in the store. A 409 counts as done.
+    async def upload(self, row: Row, sealed: bytes | None = None) -> None:
+        """PUT one blob as its sealed bytes lie in the store, or from ``sealed`` (its
+        bytes the caller just sealed: not read back). A 409 counts as done.
 
         A row that is no longer PENDING_UPLOAD when its turn comes (deleted meanwhile) is
         not sent; one deleted while it was on its way is deleted on the server once it
@@ -669,7 +665,7 @@ class SyncEngine:
                 return
             assert fresh.sealed_size is not None
             self._check_payload(fresh)
-            body = self.store.read_sealed(fresh)
+            body = self.store.read_sealed(fresh) if sealed is None else sealed
             try:
                 await self.transport.put_blob(ns, fresh.blob_id, body, fresh.sealed_size)
             except AlreadyOnServer:
@@ -964,7 +960,7 @@ class _FrameReader:
             # Held whole anyway: checked in one call at its end (check_sealed).
             self._opener, self._buf, self._file = None, bytearray(), None
         else:
-            self._opener = Opener(engine._secret, ev.blob_id, _discard)
+            self._opener = Opener(engine._secret, ev.blob_id)
             self._buf, self._file = None, await FileWriter(self.store.temp_path()).open()
         return False
 
@@ -975,6 +971,7 @@ class _FrameReader:
             self._buf += data
             return
         try:
+            # Only the tag matters here: the plaintext is dropped, the sealed bytes kept.
             self._opener.feed(data)  # type: ignore[union-attr]
         except InvalidBlob:
             self._bad = True
@@ -1071,8 +1068,22 @@ async def _gather(*aws: Awaitable[Any]) -> list[Any]:
     return [t.result() for t in tasks]
 
 
-def _discard(_: bytes) -> None:
-    pass
+async def _kept_in(chunks: AsyncIterable[bytes], into: bytearray) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        into += chunk
+        yield chunk
+
+
+async def _resumed(
+    partial: Path, offset: int, chunks: AsyncIterable[bytes], writer: FileWriter
+) -> AsyncIterator[bytes]:
+    """The partial file's first ``offset`` bytes, then ``chunks`` appended to it."""
+    if offset:
+        async for chunk in read_file(partial):
+            yield chunk
+    async for chunk in chunks:
+        await writer.write(chunk)
+        yield chunk
 
 
 def _id_taken(blob_id: str) -> IdTaken:
