@@ -46,6 +46,14 @@ def under(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
+# The sync planner takes plain data and returns plain data: no I/O, no store, no transport.
+PLANNER_FORBIDDEN = (
+    "asyncio", "socket", "aiohttp", "sqlite3", "pathlib", "tempfile",
+    *(f"blobsync.client.{m}" for m in (
+        "localstore", "transport", "sync", "download", "upload", "manager", "verified",
+        "jobs",
+    )),
+)
 ROUTES = (
     "blobsync.server.routes_blobs",
     "blobsync.server.routes_stream",
@@ -75,6 +83,7 @@ RULES = (
         ),
     ),
     Rule("routes use no backend class", ROUTES, BACKENDS),
+    Rule("the sync planner is pure", ("blobsync.client.plan",), PLANNER_FORBIDDEN),
 )
 
 
@@ -165,6 +174,8 @@ BREAKS = [
         "client never imports the server",
     ),
     ("blobsync.client.sync", "from ..cli import failures\n", "client never imports the cli"),
+    ("blobsync.client.plan", "import asyncio\n", "the sync planner is pure"),
+    ("blobsync.client.plan", "from .localstore import LocalStore\n", "the sync planner is pure"),
     ("blobsync.server.app", "import blobsync.client.errors\n", "server never imports the client"),
     (
         "blobsync.server.storage.files",

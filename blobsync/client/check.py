@@ -7,13 +7,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from blobsync.format import TAG_SIZE, InvalidBlob, Opener
+from blobsync.format import TAG_SIZE, InvalidBlob
 
 from .errors import BlobNotFound, ClientError
 from .localstore import LocalStore, Row
 from .lock import ProfileLock
 from .model import SyncStatus
 from .transport import Transport
+from .verified import open_into
 
 
 class CheckProblem(str):
@@ -135,12 +136,9 @@ class Checker:
 
     async def _verify_remote(self, namespace: str, blob_id: str) -> str | None:
         """Download the server's copy and open it, keeping nothing; a reason if it fails."""
-        opener = Opener(self._secret, blob_id, lambda _: None)
         try:
             async with self.transport.get_blob(namespace, blob_id) as dl:
-                async for chunk in dl.chunks():
-                    opener.feed(chunk)
-            opener.finish()
+                await open_into(self._secret, blob_id, dl.chunks(), None)
         except InvalidBlob as exc:
             return f"does not verify ({exc})"
         except BlobNotFound:

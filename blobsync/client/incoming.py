@@ -7,8 +7,9 @@ the payload to every registered consumer (process, then save); on success flags 
 round. Incoming blobs never enter the local store: once a consumer saved the result, the
 message itself is done.
 
-A message is downloaded and verified into an unnamed temporary file (O_TMPFILE where the
-system has it: nothing is left behind by a crash), never held twice. Consumers with a
+A message is downloaded and opened into a ``Provisional`` holder (verified.py: in memory
+up to 1 MiB, beyond in an unnamed temporary file, so nothing is left behind by a crash),
+which releases nothing before the tag verified, and is never held twice. Consumers with a
 ``process_stream`` method read it from there in chunks, whatever its size; the others
 get it whole as ``bytes``, one copy in memory, and so only up to MAX_INCOMING_SIZE: a
 larger message is flagged FAILED rather than blowing the memory bound (another device, or
@@ -17,19 +18,17 @@ a streaming consumer, may take it).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from blobsync.format import SEAL_OVERHEAD, InvalidBlob, Opened, Opener
+from blobsync.format import SEAL_OVERHEAD, InvalidBlob
 
 from .errors import BlobNotFound, ClientError, PreconditionFailed, TransientError
 from .transport import Transport
+from .verified import Provisional, open_into
 
 log = logging.getLogger("blobsync.client.incoming")
 
@@ -37,8 +36,6 @@ MX = "MX"
 # Largest message handed whole (bytes) to a consumer: with the process's own ~60 MB this
 # keeps within the 150 MB bound. Streaming consumers have no such limit.
 MAX_INCOMING_SIZE = 64 << 20
-# Bytes per read or write of the temporary file.
-_CHUNK = 1 << 20
 
 
 @runtime_checkable
@@ -87,76 +84,54 @@ class TooLargeToHold(ClientError):
     """A message over MAX_INCOMING_SIZE for a consumer that wants it whole."""
 
 
-async def fetch_payload_file(
+async def fetch_payload(
     transport: Transport,
     secret: bytes,
     blob_id: str,
     tmp_dir: Path | None,
     *,
     max_size: int | None = None,
-) -> tuple[IO[bytes], Opened]:
-    """Download and open one MX blob into an unnamed temporary file (the caller closes
-    it). External payloads come raw. ``max_size`` refuses a larger payload early."""
-    f = await asyncio.to_thread(tempfile.TemporaryFile, dir=tmp_dir)
+) -> Provisional:
+    """Download and open one MX blob into a holder that releases it only once verified
+    (in memory up to 1 MiB, beyond in an unnamed temporary file; the caller closes it).
+    External payloads come raw. ``max_size`` refuses a larger payload early."""
+    held = Provisional(tmp_dir)
     try:
-        pending = bytearray()
-        opener = Opener(secret, blob_id, pending.extend)
-        received = 0
         limit = None if max_size is None else max_size + SEAL_OVERHEAD
         async with transport.get_blob(MX, blob_id) as dl:
             if limit is not None and dl.total is not None and dl.total > limit:
                 raise TooLargeToHold(f"incoming message {blob_id} is over {max_size} bytes")
-            async for chunk in dl.chunks():
-                received += len(chunk)
-                if limit is not None and received > limit:
-                    raise TooLargeToHold(f"incoming message {blob_id} is over {max_size} bytes")
-                opener.feed(chunk)
-                if len(pending) >= _CHUNK:
-                    data = bytes(pending)
-                    pending.clear()
-                    await asyncio.to_thread(f.write, data)
-        opened = opener.finish()
-        await asyncio.to_thread(f.write, bytes(pending))
-        await asyncio.to_thread(f.flush)
-        return f, opened
+            await open_into(secret, blob_id, _limited(dl.chunks(), limit, blob_id, max_size),
+                            held)
+        return held
     except BaseException:
-        f.close()
+        await held.close()
         raise
 
 
-def _read_whole(f: IO[bytes], size: int) -> bytes:
-    """The file's ``size`` bytes as one bytes object: a single allocation, no join."""
-    f.seek(0)
-    data = f.read(size)
-    if len(data) != size:
-        raise ClientError("the incoming message changed on disk while it was read")
-    return data
+async def _limited(
+    chunks: AsyncIterable[bytes], limit: int | None, blob_id: str, max_size: int | None
+) -> AsyncIterator[bytes]:
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if limit is not None and received > limit:
+            raise TooLargeToHold(f"incoming message {blob_id} is over {max_size} bytes")
+        yield chunk
 
 
-async def _chunks(f: IO[bytes], size: int) -> AsyncIterator[bytes]:
-    fd = f.fileno()
-    offset = 0
-    while offset < size:
-        data = await asyncio.to_thread(os.pread, fd, min(_CHUNK, size - offset), offset)
-        if not data:
-            raise ClientError("the incoming message changed on disk while it was read")
-        offset += len(data)
-        yield data
-
-
-async def _deliver(
-    consumers: list[Consumer], blob_id: str, f: IO[bytes], size: int
-) -> None:
+async def _deliver(consumers: list[Consumer], blob_id: str, held: Provisional) -> None:
     """Hand one verified message to every consumer: process, then save."""
     payload: bytes | None = None
+    size = held.opened.size
     for consumer in consumers:
         if _streams(consumer):
             result = await consumer.process_stream(  # type: ignore[union-attr]
-                blob_id, _chunks(f, size), size
+                blob_id, held.chunks(), size
             )
         else:
             if payload is None:  # read once, shared by every consumer that wants bytes
-                payload = await asyncio.to_thread(_read_whole, f, size)
+                payload = await held.whole()
             result = await consumer.process(blob_id, payload)  # type: ignore[union-attr]
         await consumer.save(blob_id, result)
 
@@ -184,11 +159,11 @@ async def process_incoming(
             report.skipped_ids.append(blob_id)
             continue
         try:
-            f, opened = await fetch_payload_file(
+            held = await fetch_payload(
                 transport, secret, blob_id, tmp_dir, max_size=max_size
             )
-            with f:
-                await _deliver(consumers, blob_id, f, opened.size)
+            async with held:
+                await _deliver(consumers, blob_id, held)
         except TransientError:
             # Not the message's fault: give it back so that a later round (or another
             # device) takes it, and stop this round, the server is not answering well.

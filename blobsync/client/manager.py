@@ -12,13 +12,12 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 
 from blobsync.format import (
     TAG_SIZE,
     InvalidBlob,
-    Opener,
     Sealer,
     seal,
     sealed_size,
@@ -57,6 +56,7 @@ from .profile import Profile
 from .settings import ClientSettings
 from .sync import PHASES, SyncEngine
 from .transport import Transport
+from .verified import Provisional, open_into, reread_chunks
 
 log = logging.getLogger("blobsync.client")
 
@@ -64,9 +64,6 @@ log = logging.getLogger("blobsync.client")
 # enough to make the commit cost vanish, little enough to bound memory.
 PUT_BATCH_COUNT = 500
 PUT_BATCH_BYTES = 4 << 20
-
-_AsyncSink = Callable[[bytes], Awaitable[None]]
-
 
 class BlobManager:
     def __init__(
@@ -165,17 +162,21 @@ class BlobManager:
         blob_id = blob_id or uuid.uuid4().hex
         _check_ids(namespace, blob_id)
         async with self.lock.hold("put"):
-            await self._put(blob_id, data, namespace, priority_rank(priority), local_only)
+            sealed = await self._put(
+                blob_id, data, namespace, priority_rank(priority), local_only
+            )
             if upload and not local_only:
                 row = await self.store.get(namespace, blob_id)
                 assert row is not None
-                await self._upload_now(row)
+                await self._upload_now(row, sealed)
         return blob_id
 
     async def _put(
         self, blob_id: str, data: bytes | str | Path, namespace: str, rank: int,
         local_only: bool,
-    ) -> None:
+    ) -> bytes | None:
+        """Store the blob; returns its sealed bytes when they are small enough to have
+        been sealed in memory (the upload sends them as they are, not read back)."""
         await self._make_room(namespace, blob_id)
         status = SyncStatus.LOCAL_ONLY if local_only else SyncStatus.PENDING_UPLOAD
         source: Source | None = None
@@ -191,10 +192,12 @@ class BlobManager:
             plain = data if isinstance(data, bytes) else await asyncio.to_thread(path.read_bytes)
             if len(plain) != size:
                 raise ClientError(f"{path} changed while it was read")
+            sealed = seal(self._secret, blob_id, plain)
             await self.store.insert(
                 namespace, blob_id, status, priority=rank, size=size, sealed_size=total,
-                payload=seal(self._secret, blob_id, plain), source=source,
+                payload=sealed, source=source,
             )
+            return sealed
         else:
             tmp = await self._seal_to_file(blob_id, data, size)
             location = await self.store.keep_file(namespace, blob_id, tmp)
@@ -206,6 +209,7 @@ class BlobManager:
             except BaseException:
                 self.store.blob_path(location).unlink(missing_ok=True)
                 raise
+            return None
 
     async def stored_copies(
         self, paths: Iterable[str | Path], *, namespace: str = "default",
@@ -387,9 +391,9 @@ class BlobManager:
         await writer.close()
         return tmp
 
-    async def _upload_now(self, row: Row) -> None:
+    async def _upload_now(self, row: Row, sealed: bytes | None = None) -> None:
         try:
-            await self.engine.upload(row)
+            await self.engine.upload(row, sealed)
         except AlreadyOnServer:
             pass
         except TransientError as exc:
@@ -430,71 +434,83 @@ class BlobManager:
         """
         _check_ids(namespace, blob_id)
         rank = priority_rank(priority)
-        parts: list[bytes] = []
-        target: Target | None = None
-        if dest is not None:
-            with _writing(Path(dest)):
-                target = await asyncio.to_thread(resolve_dest, Path(dest))
-            if target.through:
-                await self._get_through(namespace, blob_id, rank, Path(dest), target.path)
-                return None
-        out = _PlainOut(Path(dest) if dest is not None else None, target, parts)
-        await out.open()
-        try:
-            row = await self._ensure_local(namespace, blob_id, rank, out)
-            if row is not None:  # local already, or kept by a concurrent download
-                await out.reset()
-                await self._open_local(row, out.write)
-            await out.commit()
-        except BaseException:
-            await out.abort()
-            raise
-        return None if dest is not None else b"".join(parts)
+        if dest is None:
+            # Returned whole: held in memory, as the caller will hold it.
+            async with Provisional(self.store.tmp_dir, memory_max=None) as held:
+                await self._open_into(namespace, blob_id, rank, held)
+                return await held.whole()
+        with _writing(Path(dest)):
+            target = await asyncio.to_thread(resolve_dest, Path(dest))
+        if target.through:
+            await self._get_through(namespace, blob_id, rank, Path(dest), target.path)
+            return None
+        out = await _DestOut(Path(dest), target).open()
+        async with Provisional(self.store.tmp_dir, hidden=out) as held:
+            await self._open_into(namespace, blob_id, rank, held)
+            await held.release()  # the unnamed file becomes ``dest``
+        return None
+
+    async def _open_into(
+        self, namespace: str, blob_id: str, rank: int, held: Provisional
+    ) -> None:
+        """The blob's plaintext into ``held``, verified: opened as it downloads, or from
+        the store when it is here already. One decryption either way."""
+        row = await self._ensure_local(namespace, blob_id, rank, held)
+        if row is not None:  # local already, or kept by a concurrent download
+            await held.reset()
+            await self._open_local(row, held)
 
     async def _get_through(
         self, namespace: str, blob_id: str, rank: int, dest: Path, path: Path
     ) -> None:
         """get() into a device or FIFO: nothing can be taken back once written there, so
-        the blob is kept in the store and verified whole first, then read out again."""
-        try:
-            # Before ``path`` is even opened: a missing blob or a server error fails at
-            # once instead of first waiting for a FIFO's reader, as cp checks its source.
-            row = await self._ensure_local(namespace, blob_id, rank, None)
-            if row is None:
-                row = await self._row(namespace, blob_id)
-            await self._open_local(row, None)  # the verify pass
-        except BaseException:
-            release_reader(path)  # a reader waiting on the FIFO gets EOF, not a hang
-            raise
-        sink = ThroughFile(path)
-        with _writing(dest):
-            await sink.open()  # a FIFO waits here for its reader
-
-        async def write(data: bytes) -> None:
+        the whole blob verifies before ``path`` is even opened (a missing blob or a server
+        error fails at once instead of first waiting for a FIFO's reader, as cp checks its
+        source)."""
+        async with Provisional(self.store.tmp_dir) as held:
+            try:
+                chunks = await self._verified_chunks(namespace, blob_id, rank, held)
+                first = await anext(chunks, None)  # comes once the whole blob verified
+            except BaseException:
+                release_reader(path)  # a reader waiting on the FIFO gets EOF, not a hang
+                raise
+            sink = ThroughFile(path)
             with _writing(dest):
-                await sink.write(data)
+                await sink.open()  # a FIFO waits here for its reader
+            try:
+                while first is not None:
+                    with _writing(dest):
+                        await sink.write(first)
+                    first = await anext(chunks, None)
+                with _writing(dest):
+                    await sink.finish()
+            finally:
+                sink.close()
 
-        try:
-            # Opener.finish() refuses the blob again should the file have changed since.
-            await self._open_local(row, write)
-            with _writing(dest):
-                await sink.finish()
-        finally:
-            sink.close()
+    async def _verified_chunks(
+        self, namespace: str, blob_id: str, rank: int, held: Provisional
+    ) -> AsyncIterator[bytes]:
+        """The blob's verified plaintext, opened once as it downloads (into ``held``,
+        which spills to an unnamed file), or, when local, from the store without a copy
+        on disk (verified.reread_chunks)."""
+        row = await self._ensure_local(namespace, blob_id, rank, held)
+        if row is None:
+            return held.chunks()
+        return reread_chunks(self._secret, row.blob_id, lambda: self.store.read_sealed(row))
 
     async def _ensure_local(
-        self, namespace: str, blob_id: str, rank: int, out: _PlainOut | None
+        self, namespace: str, blob_id: str, rank: int, held: Provisional | None
     ) -> Row | None:
         """Download the blob unless it is local. Returns the local row when the plaintext
-        still has to be read from the store; None when ``out`` got it from the download."""
+        still has to be read from the store; None when ``held`` got it from the download."""
         row = await self.store.get(namespace, blob_id)
         if row is not None and row.has_payload:
             return row  # a reader: no lock, no waiting
         async with self.lock.hold("get"):
-            return await self._fetch(namespace, blob_id, rank, out)
+            return await self._fetch(namespace, blob_id, rank, held)
 
     async def _fetch(
-        self, namespace: str, blob_id: str, rank: int, out: _PlainOut | None
+        self, namespace: str, blob_id: str, rank: int, held: Provisional | None
     ) -> Row | None:
         row = await self.store.get(namespace, blob_id)
         if row is not None and row.has_payload:
@@ -511,9 +527,7 @@ class BlobManager:
         elif rank > row.priority:
             await self.store.update(namespace, blob_id, priority=rank)
         try:
-            kept = await self.engine.download(
-                await self._row(namespace, blob_id), out.write if out else None
-            )
+            kept = await self.engine.download(await self._row(namespace, blob_id), held)
         except InvalidBlob:
             await self.engine._verify_failed(None, namespace, blob_id)
             raise
@@ -536,42 +550,23 @@ class BlobManager:
             raise BlobNotFound(f"blob {blob_id} not found (namespace {namespace})")
         return row
 
-    async def _open_local(self, row: Row, sink: _AsyncSink | None) -> None:
-        """Open a local blob, passing its plaintext to ``sink``; InvalidBlob if it fails."""
-        pending = bytearray()
-        opener = Opener(self._secret, row.blob_id, pending.extend)
-        async for chunk in self.store.read_sealed(row):
-            opener.feed(chunk)
-            if pending:
-                if sink is not None:
-                    await sink(bytes(pending))
-                pending.clear()
-        opener.finish()
-        if pending and sink is not None:
-            await sink(bytes(pending))
+    async def _open_local(self, row: Row, held: Provisional | None) -> None:
+        """Open a local blob into ``held`` (None: verify only); InvalidBlob if it fails."""
+        await open_into(self._secret, row.blob_id, self.store.read_sealed(row), held)
 
     async def open_stream(
         self, blob_id: str, *, namespace: str = "default"
     ) -> AsyncIterator[bytes]:
         """Verified plaintext in chunks (an async generator: ``async for c in
         m.open_stream(id)``). A blob not yet local is fetched first. Every chunk is handed
-        out only after a first pass verified the whole blob."""
+        out only after the whole blob verified (verified.py): a fresh download is opened
+        once, as it arrives, into a holder that spills to an unnamed temporary file past
+        1 MiB; a local blob is opened once into memory when it fits, else verified first
+        and decrypted again as it is handed out (no plaintext copy on disk)."""
         _check_ids(namespace, blob_id)
-        row = await self._ensure_local(namespace, blob_id, 1, None)
-        if row is None:
-            row = await self._row(namespace, blob_id)
-        await self._open_local(row, None)  # verify pass
-        pending = bytearray()
-        opener = Opener(self._secret, row.blob_id, pending.extend)
-        async for chunk in self.store.read_sealed(row):
-            opener.feed(chunk)
-            if pending:
-                data = bytes(pending)
-                pending.clear()
-                yield data
-        opener.finish()  # the file changed between the passes: still refuse it
-        if pending:
-            yield bytes(pending)
+        async with Provisional(self.store.tmp_dir) as held:
+            async for chunk in await self._verified_chunks(namespace, blob_id, 1, held):
+                yield chunk
 
     async def delete(
         self, blob_id: str, *, namespace: str = "default"
@@ -854,51 +849,41 @@ def _writing(dest: Path) -> Iterator[None]:
         raise ClientError(f"cannot write {dest}: {what}") from None
 
 
-class _PlainOut:
-    """Where get() puts plaintext: a list of parts, or a file that becomes ``dest`` only at
-    commit (unnamed until then: see destfile.py). ``target`` says where the file goes
-    (a symlink's target) and its mode."""
+class _DestOut:
+    """The file get() writes for ``dest``: unnamed until ``commit`` (see destfile.py), a
+    ``Hidden`` target of a Provisional holder. ``target`` says where the file goes (a
+    symlink's target) and its mode. OSErrors come out as one line naming ``dest``."""
 
-    def __init__(self, dest: Path | None, target: Target | None, parts: list[bytes]) -> None:
+    def __init__(self, dest: Path, target: Target) -> None:
         self.dest = dest
         self.target = target
-        self.parts = parts
         self._file: DestFile | None = None
 
-    def _os_errors(self) -> contextlib.AbstractContextManager[None]:
-        assert self.dest is not None
-        return _writing(self.dest)
-
-    async def open(self) -> None:
-        if self.dest is not None:
-            target = self.target or Target(self.dest, False, 0o600)
-            with self._os_errors():
-                self._file = await asyncio.to_thread(
-                    DestFile(target.path, target.mode, target.owner).open
-                )
+    async def open(self) -> _DestOut:
+        target = self.target
+        with _writing(self.dest):
+            self._file = await asyncio.to_thread(
+                DestFile(target.path, target.mode, target.owner).open
+            )
+        return self
 
     async def write(self, data: bytes) -> None:
-        if self._file is not None:
-            with self._os_errors():
-                await self._file.write(data)
-        else:
-            self.parts.append(data)
+        assert self._file is not None
+        with _writing(self.dest):
+            await self._file.write(data)
 
     async def reset(self) -> None:
-        """Forget what a download wrote: the plaintext will be read from the store."""
-        self.parts.clear()
-        if self._file is not None:
-            with self._os_errors():
-                await asyncio.to_thread(self._file.reset)
+        assert self._file is not None
+        with _writing(self.dest):
+            await asyncio.to_thread(self._file.reset)
 
     async def commit(self) -> None:
-        if self._file is not None:
-            with self._os_errors():
-                await asyncio.to_thread(self._file.commit)
-            self._file = None
+        assert self._file is not None
+        with _writing(self.dest):
+            await asyncio.to_thread(self._file.commit)
+        self._file = None
 
     async def abort(self) -> None:
-        self.parts.clear()
         if self._file is not None:
             file, self._file = self._file, None
             await asyncio.to_thread(file.abort)

@@ -23,7 +23,7 @@ MAX_SECRET_DOCUMENT = 64 << 10
 
 async def download_secret(transport: Transport) -> bytes:
     parts: list[bytes] = []
-    opener = Opener(None, SECRET_BLOB_ID, parts.append)
+    opener = Opener(None, SECRET_BLOB_ID)
     total = 0
     try:
         async with transport.get_blob(SECRET_NAMESPACE, SECRET_BLOB_ID) as dl:
@@ -31,8 +31,9 @@ async def download_secret(transport: Transport) -> bytes:
                 total += len(chunk)
                 if total > MAX_SECRET_DOCUMENT:
                     raise ClientError("the storage secret on the server is too large")
-                opener.feed(chunk)
+                parts.append(opener.feed(chunk))
         opened = opener.finish()
+        parts.append(opened.rest)
     except BlobNotFound:
         raise ClientError(
             "the server holds no storage secret for this user: run init without recover "

@@ -1,16 +1,16 @@
 """Sealing and opening blobs: the one facade over AES-256-GCM.
 
 The caller never picks an IV, and an opened blob is reported good only after its tag
-verifies. Plaintext handed to an opener's sink before that is provisional: the sink must
-hold it aside (a temporary file, say) until ``finish`` returns.
+verifies. The Opener is pull-style (sans-IO, as h11): ``feed`` returns the plaintext it
+could decrypt, which is UNVERIFIED until ``finish`` returns; the client holds it aside in
+one place (``blobsync.client.verified``) until then.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -35,6 +35,21 @@ from .verifier import SealedVerifier
 SEAL_OVERHEAD = 736 + 1 + TAG_SIZE
 # Bytes an external sealed blob adds to its payload: the head only.
 EXTERNAL_OVERHEAD = 736 + 1
+
+
+# Decryptions begun in this process (an Opener's cipher set up, a check_sealed): a counter
+# tests read to show that a path decrypts a blob once, not a knob.
+_decryptions = 0
+
+
+def decryptions() -> int:
+    """How many blob decryptions this process has begun so far."""
+    return _decryptions
+
+
+def _count_decryption() -> None:
+    global _decryptions
+    _decryptions += 1
 
 
 def sealed_size(plaintext_size: int) -> int:
@@ -116,26 +131,31 @@ class Opened:
     """What a successful opening reports."""
 
     preamble: Preamble
-    size: int  # bytes handed to the sink
+    size: int  # plaintext bytes of the blob
     external: bool  # True: the payload is a service's, raw, not decrypted by us
+    # Plaintext only finish() could release (the last bytes of an external payload, held
+    # back in case they were a tag). Not part of the report's identity, never shown.
+    rest: bytes = field(default=b"", compare=False, repr=False)
 
 
 class Opener:
-    """Open one sealed blob fed in arbitrary chunks, passing plaintext to ``sink``.
+    """Open one sealed blob fed in arbitrary chunks, pull-style: ``feed(chunk)`` returns
+    the plaintext it could decrypt (b"" if none), ``finish()`` the report.
 
-    ``finish()`` returns Opened only after the tag verifies; any failure is InvalidBlob.
-    The structure is checked by a SealedVerifier, which holds back the last 16 bytes fed
-    (they may be the tag); this adds only the cipher.
+    The bytes ``feed`` returns are UNVERIFIED until ``finish()`` returned: whoever takes
+    them must hold them aside and release nothing before (the client does that in one
+    place, ``blobsync.client.verified``). ``finish()`` returns Opened only after the tag
+    verifies, with ``Opened.rest`` the plaintext still held back; any failure is
+    InvalidBlob. The structure is checked by a SealedVerifier, which holds back the last
+    16 bytes fed (they may be the tag); this adds only the cipher.
     """
 
-    def __init__(
-        self, secret: bytes | None, blob_id: str, sink: Callable[[bytes], object]
-    ) -> None:
+    def __init__(self, secret: bytes | None, blob_id: str) -> None:
         if secret is not None:
             check_secret(secret)
         self._secret = secret
         self._blob_id = blob_id
-        self._sink = sink
+        self._out: list[bytes] = []
         self._dec: Any = None
         self._verifier = SealedVerifier(blob_id, on_head=self._begin, on_body=self._body)
         self._done = False
@@ -143,7 +163,8 @@ class Opener:
         # must not get a success from finish() (nor hand on data as if it were the payload).
         self._error: InvalidBlob | None = None
 
-    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+    def feed(self, chunk: bytes | bytearray | memoryview) -> bytes:
+        """The plaintext this chunk completes, unverified; raises InvalidBlob."""
         if self._done:
             raise RuntimeError("feed() after finish()")
         if self._error is not None:
@@ -152,7 +173,13 @@ class Opener:
             self._verifier.feed(chunk)
         except InvalidBlob as exc:
             self._error = exc
+            self._out.clear()
             raise
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def _begin(self, head: SealedHead) -> None:
         if head.preamble.scheme is Scheme.SYMKEY:
@@ -161,9 +188,10 @@ class Opener:
             key = blob_key(self._secret, self._blob_id)
             self._dec = Cipher(algorithms.AES(key), modes.GCM(head.preamble.iv)).decryptor()
             self._dec.authenticate_additional_data(head.raw_preamble)
+            _count_decryption()
 
     def _body(self, piece: memoryview) -> None:
-        self._sink(self._dec.update(piece) if self._dec is not None else bytes(piece))
+        self._out.append(self._dec.update(piece) if self._dec is not None else bytes(piece))
 
     def finish(self) -> Opened:
         """Call once, at the end of input: verifies and reports, or raises InvalidBlob."""
@@ -174,17 +202,13 @@ class Opener:
             raise InvalidBlob(f"refused earlier: {self._error.reason}")
         verified = self._verifier.finish()
         if verified.external:
-            if verified.tail:
-                self._sink(verified.tail)
             return Opened(verified.preamble, verified.body_size + len(verified.tail),
-                          external=True)
+                          external=True, rest=bytes(verified.tail))
         try:
             last = self._dec.finalize_with_tag(verified.tail)
         except InvalidTag:
             raise InvalidBlob("sealed blob: tag does not verify") from None
-        if last:
-            self._sink(last)
-        return Opened(verified.preamble, verified.body_size, external=False)
+        return Opened(verified.preamble, verified.body_size, external=False, rest=last)
 
 
 def seal(secret: bytes, blob_id: str, plaintext: bytes) -> bytes:
@@ -195,11 +219,9 @@ def seal(secret: bytes, blob_id: str, plaintext: bytes) -> bytes:
 
 def open_sealed(secret: bytes | None, blob_id: str, sealed: bytes) -> bytes:
     """Open a whole sealed blob in memory; raises InvalidBlob."""
-    parts: list[bytes] = []
-    opener = Opener(secret, blob_id, parts.append)
-    opener.feed(sealed)
-    opener.finish()
-    return b"".join(parts)
+    opener = Opener(secret, blob_id)
+    body = opener.feed(sealed)
+    return body + opener.finish().rest
 
 
 def check_sealed(secret: bytes | None, blob_id: str, sealed: bytes | bytearray) -> Opened:
@@ -216,6 +238,7 @@ def check_sealed(secret: bytes | None, blob_id: str, sealed: bytes | bytearray) 
     if secret is None:  # refused at the head already; this tells the type checker
         raise InvalidBlob("symkey blob but no secret to open it")
     body = memoryview(sealed)[verified.head.size :]
+    _count_decryption()
     try:
         AESGCM(blob_key(secret, blob_id)).decrypt(
             verified.preamble.iv, body, verified.head.raw_preamble

@@ -148,10 +148,11 @@ def open_chunks(
 ) -> tuple[Opened, bytes]:
     """Open a sealed blob fed piece by piece; returns the report and the plaintext."""
     parts: list[bytes] = []
-    opener = Opener(secret, blob_id, parts.append)
+    opener = Opener(secret, blob_id)
     for chunk in chunks:
-        opener.feed(chunk)
+        parts.append(opener.feed(chunk))
     opened = opener.finish()
+    parts.append(opened.rest)
     return opened, b"".join(parts)
 
 
@@ -165,11 +166,13 @@ def refusal(
 
     Whether feed() or finish() notices first, finish() must never report success.
     """
-    opener = Opener(secret, blob_id, sink or (lambda _piece: None))
+    opener = Opener(secret, blob_id)
     first: Exception | None = None
     try:
         for chunk in chunks:
-            opener.feed(chunk)
+            out = opener.feed(chunk)
+            if out and sink is not None:
+                sink(out)
     except InvalidBlob as exc:
         first = exc
     try:

@@ -17,7 +17,7 @@ from .helpers import EXTERNAL, EXTERNAL_SEALED, SEALED, SECRET
 
 def streamed(secret: bytes | None, blob_id: str, sealed: bytes) -> Opened | str:
     """What the streaming Opener says: the report, or the refusal's message."""
-    opener = Opener(secret, blob_id, lambda _: None)
+    opener = Opener(secret, blob_id)
     try:
         opener.feed(sealed)
         return opener.finish()

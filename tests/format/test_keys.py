@@ -78,4 +78,4 @@ def test_wrong_secret_length_refused(length: int) -> None:
     with pytest.raises(ValueError, match="128"):
         Sealer(secret, "b", 0)
     with pytest.raises(ValueError, match="128"):
-        Opener(secret, "b", lambda _piece: None)
+        Opener(secret, "b")

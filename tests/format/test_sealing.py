@@ -82,21 +82,22 @@ def test_64_mib_blob_in_bounded_memory() -> None:
     tracemalloc.start()
     try:
         sealer = Sealer(SECRET, "big", size)
-        opener = Opener(SECRET, "big", got.update)
+        opener = Opener(SECRET, "big")
         head = sealer.start()
         travelled += len(head)
-        opener.feed(head)
+        got.update(opener.feed(head))
         for i in range(size // CHUNK_SIZE):
             # Made on the fly and distinct per chunk: the whole plaintext never exists.
             plain = hashlib.shake_128(i.to_bytes(8, "big")).digest(CHUNK_SIZE)
             want.update(plain)
             cipher = sealer.update(plain)
             travelled += len(cipher)
-            opener.feed(cipher)
+            got.update(opener.feed(cipher))
         tag = sealer.finish()
         travelled += len(tag)
-        opener.feed(tag)
+        got.update(opener.feed(tag))
         opened = opener.finish()
+        got.update(opened.rest)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -117,13 +118,13 @@ def test_opener_hands_on_all_but_the_tag_as_it_goes() -> None:
         nonlocal received
         received += len(piece)
 
-    opener = Opener(SECRET, "flow", sink)
+    opener = Opener(SECRET, "flow")
     fed = 0
     for piece in chunked(sealed, 4096):
-        opener.feed(piece)
+        sink(opener.feed(piece))
         fed += len(piece)
         assert received == max(0, fed - 737 - 16)
-    opener.finish()
+    sink(opener.finish().rest)
     assert received == len(plaintext)
 
 
@@ -177,7 +178,7 @@ def test_opener_truncated_anywhere_fails_at_the_end(
     blob_id: str, sealed: bytes, secret: bytes | None
 ) -> None:
     for end in truncations(len(sealed), limit=2000):
-        opener = Opener(secret, blob_id, lambda _piece: None)
+        opener = Opener(secret, blob_id)
         opener.feed(sealed[:end])  # a prefix of a good blob: nothing to refuse yet
         with pytest.raises(InvalidBlob):
             opener.finish()
@@ -188,7 +189,7 @@ def test_opener_truncated_fed_bytewise_fails_at_the_end(
     blob_id: str, sealed: bytes, secret: bytes | None
 ) -> None:
     for end in (0, 1, 736, 737, 738, len(sealed) - 17, len(sealed) - 16, len(sealed) - 1):
-        opener = Opener(secret, blob_id, lambda _piece: None)
+        opener = Opener(secret, blob_id)
         for piece in bytewise(sealed[:end]):
             opener.feed(piece)
         with pytest.raises(InvalidBlob):
@@ -212,7 +213,7 @@ def test_opener_random_splits_truncated_or_extended(data: st.DataObject) -> None
         bad = sealed[: data.draw(st.integers(0, len(sealed) - 1))]
     else:
         bad = sealed + data.draw(st.binary(min_size=1, max_size=40))
-    opener = Opener(secret, blob_id, lambda _piece: None)
+    opener = Opener(secret, blob_id)
     try:
         for piece in data.draw(splits(bad)):
             opener.feed(piece)
@@ -301,7 +302,7 @@ def test_symkey_blob_without_secret_never_succeeds() -> None:
 
 
 def test_refused_opener_stays_refused() -> None:
-    opener = Opener(SECRET, "blob_2", lambda _piece: None)
+    opener = Opener(SECRET, "blob_2")
     with pytest.raises(InvalidBlob):
         opener.feed(SMALL.sealed)
     with pytest.raises(InvalidBlob):
@@ -312,14 +313,14 @@ def test_refused_opener_stays_refused() -> None:
 
 def test_finish_reports_once() -> None:
     for blob_id, sealed, secret in (CASES[0], CASES[-1]):
-        opener = Opener(secret, blob_id, lambda _piece: None)
+        opener = Opener(secret, blob_id)
         opener.feed(sealed)
         opener.finish()
         with pytest.raises(RuntimeError):
             opener.finish()
         with pytest.raises(RuntimeError):
             opener.feed(b"x")
-    opener = Opener(SECRET, SMALL.blob_id, lambda _piece: None)
+    opener = Opener(SECRET, SMALL.blob_id)
     opener.feed(flipped(SMALL.sealed, len(SMALL.sealed) - 1))
     with pytest.raises(InvalidBlob):
         opener.finish()

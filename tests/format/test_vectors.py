@@ -179,10 +179,10 @@ def test_stream_blobs_open() -> None:
     for ev in events:
         if isinstance(ev, BlobStart):
             out[ev.index] = []
-            openers[ev.index] = Opener(SECRET, ev.blob_id, out[ev.index].append)
+            openers[ev.index] = Opener(SECRET, ev.blob_id)
         elif isinstance(ev, BlobData):
-            openers[ev.index].feed(ev.data)
+            out[ev.index].append(openers[ev.index].feed(ev.data))
         elif isinstance(ev, BlobEnd):
-            openers[ev.index].finish()
+            out[ev.index].append(openers[ev.index].finish().rest)
     for index, blob_id in enumerate(DOWNSTREAM_IDS):
         assert b"".join(out[index]) == SEALED_BY_ID[blob_id].plaintext
