@@ -22,16 +22,14 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import json
 import os
-import socket
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from blobsync.lockinfo import LockHolder
 
 from .errors import ClientError, ProfileBusy
 
@@ -60,38 +58,19 @@ def describe_process(name: str) -> None:
     _process_name = name
 
 
-@dataclass(frozen=True)
-class Holder:
+class Holder(LockHolder):
     """Who holds a profile, as its info file says (fields may be missing or garbled)."""
 
-    pid: int | None
-    host: str
-    command: str
-    since: float | None
-
     def describe(self) -> str:
-        when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
-                if self.since else "an unknown time")
-        who = f"pid {self.pid}" if self.pid is not None else "an unknown process"
-        return f"{who} on {self.host or 'an unknown host'} ({self.command or '?'}), " \
-               f"since {when}"
+        return f"{self.who} on {self.where} ({self.command or '?'}), since {self.when}"
 
     @classmethod
     def read(cls, path: Path) -> Holder | None:
         try:
-            doc = json.loads(path.read_bytes())
-        except (OSError, ValueError):
+            text = path.read_bytes()
+        except OSError:
             return None
-        if not isinstance(doc, dict):
-            return None
-        pid = doc.get("pid")
-        since = doc.get("since")
-        return cls(
-            pid=pid if isinstance(pid, int) else None,
-            host=str(doc.get("host") or ""),
-            command=str(doc.get("command") or ""),
-            since=float(since) if isinstance(since, int | float) else None,
-        )
+        return cls.parse(text)
 
 
 class _Shared:
@@ -232,14 +211,12 @@ class ProfileLock:
         # Unnamed (the library in someone's program): the program, and what it does here.
         program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
         command = _process_name or " ".join(filter(None, (program, activity)))
-        doc: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(),
-                               "command": command, "activity": activity,
-                               "since": time.time()}
+        note = Holder.note(command, activity=activity)
         tmp = self.info_path.with_name(f".{INFO_NAME}.{os.getpid()}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(doc))
+            with os.fdopen(fd, "wb") as f:
+                f.write(note)
             os.replace(tmp, self.info_path)
         except OSError:
             # Only the message of a waiting process would miss it; the lock itself holds.

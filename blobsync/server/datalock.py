@@ -24,16 +24,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
-import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from multiprocessing import reduction
 from typing import Any
 
+from blobsync.lockinfo import LockHolder
 from blobsync.server.config import ConfigError, ServerConfig
 from blobsync.server.storage.modes import FILE_MODE, private_dir
 
@@ -55,49 +53,12 @@ def embedded(config: ServerConfig) -> bool:
     return config.metadata is None and config.payload is None
 
 
-@dataclass(frozen=True)
-class Holder:
+class Holder(LockHolder):
     """Who holds the lock, as its content says (fields may be missing or garbled)."""
 
-    pid: int | None
-    host: str
-    command: str
-    since: float | None
-
     def describe(self) -> str:
-        when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
-                if self.since else "an unknown time")
-        who = f"pid {self.pid}" if self.pid is not None else "an unknown process"
-        return f"{self.command or 'another process'} ({who} on " \
-               f"{self.host or 'an unknown host'}, since {when})"
-
-    def gone(self) -> bool:
-        """Whether the named holder is a process of this host that no longer exists."""
-        if self.pid is None or self.host != socket.gethostname():
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            return False  # EPERM: it exists, as another user
-        return False
-
-    @classmethod
-    def parse(cls, text: bytes) -> Holder | None:
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(doc, dict):
-            return None
-        pid, since = doc.get("pid"), doc.get("since")
-        return cls(
-            pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
-            host=str(doc.get("host") or ""),
-            command=str(doc.get("command") or ""),
-            since=float(since) if isinstance(since, int | float) else None,
-        )
+        return f"{self.command or 'another process'} ({self.who} on {self.where}, " \
+               f"since {self.when})"
 
 
 class DataDirLock:
@@ -200,9 +161,7 @@ def _busy(data_dir: str, holder: Holder | None) -> str:
 
 
 def _write_holder(fd: int, command: str) -> None:
-    doc = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-           "since": time.time()}
-    data = json.dumps(doc).encode() + b"\n"
+    data = Holder.note(command)
     # Only the message of a process that cannot get in would miss it: the lock holds.
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
