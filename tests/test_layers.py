@@ -61,6 +61,11 @@ ROUTES = (
     "blobsync.server.app",
 )
 RULES = (
+    Rule(
+        "the shared bottom modules import nothing of blobsync",
+        ("blobsync.allocator", "blobsync.lockinfo"),
+        ("blobsync.format", "blobsync.client", "blobsync.server", "blobsync.cli"),
+    ),
     Rule("format is sans-IO", ("blobsync.format",), FORMAT_FORBIDDEN),
     Rule(
         "format is the bottom layer",
@@ -175,6 +180,8 @@ BREAKS = [
     ),
     ("blobsync.client.sync", "from ..cli import failures\n", "client never imports the cli"),
     ("blobsync.client.plan", "import asyncio\n", "the sync planner is pure"),
+    ("blobsync.lockinfo", "from blobsync.client.errors import ProfileBusy\n",
+     "the shared bottom modules import nothing of blobsync"),
     ("blobsync.client.plan", "from .localstore import LocalStore\n", "the sync planner is pure"),
     ("blobsync.server.app", "import blobsync.client.errors\n", "server never imports the client"),
     (
@@ -222,6 +229,8 @@ def test_the_checker_reports_each_broken_rule(module: str, source: str, rule: st
         ("blobsync.server.routes_blobs", "from ..format.limits import CHUNK_SIZE\n"),
         ("blobsync.cli.server_cmds", "from blobsync.server.storage.factory import make_store\n"),
         ("blobsync.server.storage.s3", "import aiohttp\n"),
+        ("blobsync.client.lock", "from blobsync.lockinfo import LockHolder\n"),
+        ("blobsync.server.datalock", "from blobsync.lockinfo import LockHolder\n"),
     ],
 )
 def test_the_checker_allows_what_the_table_allows(module: str, source: str) -> None:
