@@ -214,6 +214,17 @@ async def _write_stdout(manager: Any, args: argparse.Namespace, out: Output,
 async def cmd_get(args: argparse.Namespace, out: Output) -> int:
     namespace = check_id(args.namespace, "namespace")
     check_id(args.blob_id, "blob id")
+    from blobsync.format import InvalidBlob
+
+    try:
+        return await _get(args, out, namespace)
+    except InvalidBlob as exc:
+        # Name the blob, and the way to learn which copy (this device's, the server's) is bad.
+        raise InvalidBlob(f"blob {args.blob_id}: {exc} ('blobsync check --remote' tells "
+                          "which copy is damaged)") from None
+
+
+async def _get(args: argparse.Namespace, out: Output, namespace: str) -> int:
     async with open_manager(args) as manager:
         if args.output in (None, "-"):
             return await _write_stdout(manager, args, out, namespace)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import getpass
 import os
+import signal
 import sys
+import threading
 
 from .failures import CommandFailed, UsageError
 
@@ -26,6 +28,8 @@ def read_passphrase(*, confirm: bool = False) -> str:
         if confirm and _ask("Passphrase again: ") != first:
             raise CommandFailed("the two passphrases differ")
     except EOFError:
+        if _has_terminal():  # Ctrl-D at the prompt: the user chose to give none
+            raise UsageError("no passphrase given") from None
         raise UsageError(f"no passphrase: set {PASSPHRASE_ENV} or run at a terminal") from None
     if not first:
         raise UsageError("the passphrase must not be empty")
@@ -42,10 +46,30 @@ def _has_terminal() -> bool:
 
 def _ask(prompt: str) -> str:
     if _has_terminal():
-        return getpass.getpass(prompt)
+        # Asked from inside asyncio.run, whose SIGINT handler only cancels the main task:
+        # that cannot happen while getpass blocks the loop, so Ctrl-C would do nothing.
+        # Python's own handler raises KeyboardInterrupt right here instead.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
+        try:
+            return getpass.getpass(prompt)
+        except (EOFError, KeyboardInterrupt):
+            _end_prompt_line()  # or the error would follow "Passphrase: " on its line
+            raise
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
     # No terminal at all (a cron job, a pipe): one line from stdin, without getpass's
     # "input may be echoed" warnings, which would break the one-line error contract.
     line = sys.stdin.readline()
     if not line:
         raise EOFError
     return line.rstrip("\r\n")
+
+
+def _end_prompt_line() -> None:
+    try:
+        with open("/dev/tty", "w") as tty:
+            tty.write("\n")
+    except OSError:
+        pass

@@ -403,8 +403,9 @@ def register(subparsers: Any) -> None:
     admin_sub = _subcommands(admin)
     p = admin_sub.add_parser("gc", parents=[full],
                              help="delete payloads no index row names; print how many")
-    p.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
-                   help="spare payloads younger than this (default 3600)")
+    p.add_argument("--grace", type=_duration, default=3600.0, metavar="SECONDS",
+                   help="spare payloads younger than this: seconds, or 30s, 15m, 1h, 2d "
+                   "(default 3600)")
     p.set_defaults(func=_guard(cmd_admin_gc))
     p = admin_sub.add_parser(
         "import-soledad", parents=[full],
@@ -419,3 +420,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--namespace-default", dest="namespace_default", default="default",
                    metavar="NS", help="namespace for Soledad's default one (default: default)")
     p.set_defaults(func=_guard(cmd_admin_import_soledad))
+
+
+def _duration(text: str) -> float:
+    """A duration argument, read as the config file reads one (``90``, ``15m``, ``1h``)."""
+    from blobsync.server.config import ConfigError, parse_duration
+
+    try:
+        return parse_duration(text, "duration")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("duration: ")) from None

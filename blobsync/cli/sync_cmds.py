@@ -60,14 +60,15 @@ async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
                             EXIT_ID_TAKEN)
     if failed:
         shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
-        raise CommandFailed(f"{len(failed)} blobs failed to sync: {shown}; once the cause "
+        raise CommandFailed(f"{_blobs(len(failed))} failed to sync: {shown}; once the cause "
                             f"is fixed, 'blobsync sync {RETRY_FAILED_OPTION}' tries them again")
     if still_failed:
         shown = ", ".join(sorted(still_failed)[:5]) + (", ..." if len(still_failed) > 5 else "")
-        raise CommandFailed(f"{len(still_failed)} blobs failed earlier and were left alone: "
+        raise CommandFailed(f"{_blobs(len(still_failed))} failed earlier and were left alone: "
                             f"{shown}; 'blobsync sync {RETRY_FAILED_OPTION}' tries them again")
     if pending:
-        raise CommandFailed(f"{len(pending)} blobs are still waiting for a retry; "
+        verb = "is" if len(pending) == 1 else "are"
+        raise CommandFailed(f"{_blobs(len(pending))} {verb} still waiting for a retry; "
                             "run 'blobsync sync' again later")
     return EXIT_OK
 
@@ -154,3 +155,7 @@ def taken_message(ids: list[str]) -> str:
         return f"id {ids[0]} is taken by another blob on the server"
     shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
     return f"{len(ids)} ids are taken by other blobs on the server: {shown}"
+
+
+def _blobs(n: int) -> str:
+    return f"{n} blob" if n == 1 else f"{n} blobs"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -66,10 +67,18 @@ def _mapped(what: str) -> Iterator[None]:
 
     try:
         yield
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-        raise ServerUnreachable(f"cannot reach the server ({what}): {_short(exc)}") from None
     except aiohttp.ClientSSLError as exc:
         raise ServerUnreachable(f"TLS failure talking to the server: {_short(exc)}") from None
+    except aiohttp.ClientConnectorError as exc:
+        # aiohttp's own text names its SSL context ("ssl:default"), even for http://,
+        # and asyncio's says "Connect call failed": the errno's words say why.
+        err = exc.os_error
+        why = os.strerror(err.errno) if err.errno else (err.strerror or _short(err))
+        raise ServerUnreachable(
+            f"cannot reach the server ({what}): {exc.host}:{exc.port}: {why}"
+        ) from None
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise ServerUnreachable(f"cannot reach the server ({what}): {_short(exc)}") from None
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise ConnectionLost(f"connection lost ({what}): {_short(exc)}") from None
     except TimeoutError:

@@ -39,6 +39,11 @@ def test_check_finds_a_corrupted_local_blob(ready_a: Device, tmp_path: Path) -> 
     assert ids[str(big)] in report
     assert ids[str(small)] not in report
 
+    # get names the blob that failed, and how to learn which copy is damaged.
+    line = assert_one_line_error(ready_a.run("get", ids[str(big)], "-o", str(tmp_path / "o")), 5)
+    assert ids[str(big)] in line and "check --remote" in line, line
+    assert not (tmp_path / "o").exists()
+
 
 def test_check_remote_downloads_and_verifies_the_servers_copies(
     ready_a: Device, tmp_path: Path

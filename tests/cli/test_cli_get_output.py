@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import stat
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 
 from tests.helpers.cli_output import forge
 from tests.helpers.special_files import FifoReader, char_device
+from tests.helpers.terminal import read_until
 
 from .conftest import ROOT, TIMEOUT, Device, assert_one_line_error
 
@@ -119,27 +119,6 @@ def test_ctrl_c_while_a_fifo_waits_for_its_reader(ready_a: Device, tmp_path: Pat
     assert "blobsync: error: interrupted" in text
     assert "Traceback" not in text
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
-
-
-def read_until(fd: int, marker: bytes | None, deadline: float) -> bytes:
-    """Read the pty until ``marker`` shows (or, with None, until it closes)."""
-    got = b""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            return got
-        if not chunk:
-            return got
-        got += chunk
-        if marker is not None and marker in got:
-            return got
-    if marker is not None:
-        raise AssertionError(f"{marker!r} never showed: {got!r}")
-    return got
 
 
 def test_a_symlink_to_a_file_is_followed(ready_a: Device, tmp_path: Path) -> None:

@@ -194,6 +194,8 @@ def test_admin_gc(tmp_path: Path) -> None:
     assert any(loc.startswith("db:") for loc in made)
     assert any((data / "blobs" / loc).is_file() for loc in made)
     assert blobsync("admin", "gc", "--data", str(data)).stdout.strip() == "0"  # within grace
+    # A duration as the config file and --sweep-grace read it (server.md, "Durations").
+    assert blobsync("admin", "gc", "--grace", "15m", "--data", str(data)).stdout.strip() == "0"
     assert asyncio.run(stored()) == made
     out = blobsync("admin", "gc", "--grace", "0", "--data", str(data))
     assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr
