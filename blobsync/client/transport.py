@@ -104,9 +104,7 @@ class Download:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         with _mapped("downloading"):
-            # Whatever has arrived, as it arrived: no splitting or joining into fixed sizes
-            # (the read buffer bounds a piece).
-            async for chunk in self._resp.content.iter_any():
+            async for chunk in _arrived(self._resp.content):
                 yield chunk
 
 
@@ -365,7 +363,7 @@ class Transport:
 
                 async def body() -> AsyncIterator[bytes]:
                     with _mapped(what):
-                        async for chunk in resp.content.iter_any():
+                        async for chunk in _arrived(resp.content):
                             yield chunk
 
                 yield body()
@@ -400,6 +398,40 @@ class Transport:
         if not isinstance(stored, list) or not isinstance(existing, list):
             raise ServerError(f"{what}: answer lacks stored/existing lists", 502)
         return [str(s) for s in stored], [str(e) for e in existing]
+
+
+async def _arrived(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """A body as it arrives: whatever is there, as it came (no splitting or joining into
+    fixed sizes; the read buffer bounds a piece), up to a dropped connection included.
+
+    aiohttp's readers (``readany``, ``read``, ``read_nowait``...) raise a connection error
+    as soon as it is recorded, before the bytes that arrived ahead of it and still sit in
+    the read buffer (up to twice READ_BUFFER). Those were received: a download cut short
+    must keep them (a resume would fetch them again, a stream would lose whole frames), so
+    they are handed over first, then the error.
+    """
+    import aiohttp
+
+    try:
+        async for chunk in content.iter_any():
+            yield chunk
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
+        rest = _buffered(content)
+        if rest:
+            yield rest
+        raise
+
+
+def _buffered(content: aiohttp.StreamReader) -> bytes:
+    """What ``content`` holds already, past a recorded error. aiohttp has no public call
+    for it: this uses its private buffer, and gives nothing if that ever changes."""
+    read = getattr(content, "_read_nowait", None)
+    if read is None or not getattr(content, "_buffer", None):
+        return b""
+    try:
+        return bytes(read(-1))
+    except Exception:
+        return b""
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
