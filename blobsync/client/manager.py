@@ -1,9 +1,9 @@
 """BlobManager: the one object applications (and the CLI) use.
 
 It ties the profile, the storage secret, the local store, the transport, the sync engine
-and the incoming box together (the put path is putting.py, the get path getting.py).
-Plaintext exists only in memory and in files the caller names; keys never leave this
-process, and neither reaches a log.
+and the incoming box together (the put, get and delete paths are putting.py, getting.py
+and deleting.py). Plaintext exists only in memory and in files the caller names; keys
+never leave this process, and neither reaches a log.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
-from blobsync.format import TAG_SIZE
-
 from .check import Checker
+from .deleting import Deleter
 from .enroll import Unlocked, enroll, unlock
-from .errors import BlobNotFound, ClientError, ServerError, TransientError
+from .errors import ServerError, TransientError
 from .getting import Getter
 from .incoming import IncomingConsumer, IncomingReport, IncomingStreamConsumer, process_incoming
 from .localstore import LocalStore, Row
@@ -65,6 +64,7 @@ class BlobManager:
         self._sync_lock = asyncio.Lock()
         self._putter = Putter(store, transport, self.engine, secret, self.lock, settings)
         self._getter = Getter(store, self.engine, secret, self.lock)
+        self._deleter = Deleter(store, transport, self.engine, self.lock, settings)
 
     def __repr__(self) -> str:  # never show the secret
         return f"<BlobManager {self.profile.user}@{self.profile.server} home={self.profile.home}>"
@@ -245,87 +245,7 @@ class BlobManager:
         while the server holds another blob or none under its id) is forgotten here only,
         and ForgottenHere says why: a DELETE would remove another device's blob (SPEC 7)."""
         check_ids(namespace, blob_id)
-        # Under the writer lock: an upload of this blob by another process (which holds
-        # it for the whole upload) lands first, and the DELETE comes after it.
-        async with self.lock.hold("rm"):
-            return await self._delete(namespace, blob_id)
-
-    async def _delete(
-        self, namespace: str, blob_id: str
-    ) -> TransientError | ForgottenHere | None:
-        row = await self.store.get(namespace, blob_id)
-        if row is not None and row.status is SyncStatus.LOCAL_ONLY:
-            await self.store.remove(namespace, blob_id)
-            return None
-        if row is not None and row.status is SyncStatus.FAILED_UPLOAD:
-            # Given up on: the server never held this device's blob, and what it may hold
-            # under the id (an id conflict) is another device's.
-            await self.store.remove(namespace, blob_id)
-            return ForgottenHere("it never reached the server")
-        expect_tag: bytes | None = None
-        if row is not None and row.status is SyncStatus.PENDING_UPLOAD:
-            try:
-                expect_tag = await self.store.tail(row, TAG_SIZE)
-            except ClientError:  # no readable local copy: nothing to tell ours by
-                await self.store.remove(namespace, blob_id)
-                return ForgottenHere("its local copy is unreadable")
-            if not self.engine.uploading(namespace, blob_id):
-                try:
-                    theirs = await self.transport.blob_tail(namespace, blob_id)
-                except TransientError as exc:
-                    # Queued with the tag: the sync deletes only this very blob.
-                    return await self._postpone_delete(namespace, blob_id, expect_tag, exc)
-                if theirs is None:
-                    await self.store.remove(namespace, blob_id)
-                    return ForgottenHere("it never reached the server")
-                if theirs != expect_tag:
-                    await self.store.remove(namespace, blob_id)
-                    return ForgottenHere("the server holds another blob under that id")
-                expect_tag = None  # the very blob is there: ours to delete
-        if row is None:
-            try:
-                await self.transport.delete_blob(namespace, blob_id)
-            except BlobNotFound:
-                raise BlobNotFound(f"blob {blob_id} not found (namespace {namespace})") from None
-            except TransientError as exc:
-                await self.store.insert(namespace, blob_id, SyncStatus.PENDING_DELETE)
-                return exc
-            return None
-        old = await self.store.drop_payload(
-            namespace, blob_id, SyncStatus.PENDING_DELETE, expect_tag=expect_tag
-        )
-        if old is not None:
-            await self.store.discard_files(old)
-        if self.engine.uploading(namespace, blob_id):
-            # A DELETE now could come before that upload lands, and the blob would be
-            # back. The upload sends the DELETE once done (else the next sync does).
-            return None
-        try:
-            await self.transport.delete_blob(namespace, blob_id)
-        except BlobNotFound:
-            pass
-        except TransientError as exc:
-            log.warning("delete of %s on the server postponed: %s", blob_id, exc)
-            await self.store.schedule_retry(
-                namespace, [blob_id], SyncStatus.PENDING_DELETE, delay=self.settings.retry_delay
-            )
-            return exc
-        await self.store.remove_many(namespace, [blob_id], only_if=[SyncStatus.PENDING_DELETE])
-        return None
-
-    async def _postpone_delete(
-        self, namespace: str, blob_id: str, expect_tag: bytes, exc: TransientError
-    ) -> TransientError:
-        log.warning("delete of %s on the server postponed: %s", blob_id, exc)
-        old = await self.store.drop_payload(
-            namespace, blob_id, SyncStatus.PENDING_DELETE, expect_tag=expect_tag
-        )
-        if old is not None:
-            await self.store.discard_files(old)
-        await self.store.schedule_retry(
-            namespace, [blob_id], SyncStatus.PENDING_DELETE, delay=self.settings.retry_delay
-        )
-        return exc
+        return await self._deleter.delete(namespace, blob_id)
 
     async def status(self, blob_id: str, *, namespace: str = "default") -> SyncStatus | None:
         """The local sync status of one blob; None when the store does not know it."""
