@@ -1,43 +1,50 @@
-"""Issue 11's structural aims, kept: one idea per module, so no CLI module grows past about
-500 lines and BlobManager stays the glue (init and open's set-up are in client/enroll.py,
-the secret on the server in client/secret_transfer.py, check in client/check.py)."""
+"""Issue 11's one budget for module length: every module of the client library and of the
+CLI holds one idea and is read in one sitting, so none is longer than 500 lines. The local
+store (client/localstore/) is under the same rule; BlobManager is the glue, with the put,
+get and delete paths, init and open, the secret on the server and check in their own
+modules (docs/architecture.md).
+
+The other layout rules (which modules the local store's may import, the writers' names,
+what --help loads) are tests/test_module_layout.py; who may import whom is
+tests/test_layers.py.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "blobsync"
-CLI_MODULE_MAX = 500
-# It was 1,159 lines before check, init and the secret transfer moved out.
-MANAGER_MAX = 1000
+BUDGETED = ("client", "cli")
+MAX_LINES = 500
+
+# A module allowed past the budget, by its path under blobsync/, with the reason it is
+# one idea all the same. None today: keep it so.
+EXCEPTIONS: dict[str, str] = {}
 
 
 def lines(path: Path) -> int:
     return len(path.read_text().splitlines())
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE / "cli").glob("*.py")), ids=lambda p: p.name)
-def test_cli_modules_hold_one_idea_each(path: Path) -> None:
-    assert lines(path) <= CLI_MODULE_MAX, f"{path.name}: split it by idea (docs/architecture.md)"
+def budgeted() -> list[Path]:
+    return sorted(p for part in BUDGETED for p in (PACKAGE / part).rglob("*.py"))
 
 
-def test_manager_is_the_glue_only() -> None:
-    assert lines(PACKAGE / "client" / "manager.py") <= MANAGER_MAX
+def test_the_budget_walks_every_module() -> None:
+    names = {p.relative_to(PACKAGE).as_posix() for p in budgeted()}
+    assert {"client/manager.py", "client/localstore/store.py", "cli/main.py"} <= names
+    assert set(EXCEPTIONS) <= names, "an exception names a module that is gone"
 
 
-def test_help_loads_no_client_stack() -> None:
-    """The command modules load their heavy parts inside the commands: building the whole
-    parser (what --help does) imports neither the client library nor aiohttp nor rich."""
-    probe = (
-        "import sys; from blobsync.cli.main import build_parser; build_parser(); "
-        "print(' '.join(sorted(m for m in sys.modules "
-        "if m.split('.')[0] in ('aiohttp', 'rich') or m.startswith('blobsync.client'))))"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
-    assert out.stdout.split() == []
+@pytest.mark.parametrize(
+    "path", budgeted(), ids=lambda p: p.relative_to(PACKAGE).as_posix()
+)
+def test_every_module_holds_one_idea(path: Path) -> None:
+    name = path.relative_to(PACKAGE).as_posix()
+    if name in EXCEPTIONS:
+        assert lines(path) > MAX_LINES, f"{name} is within budget now: drop its exception"
+        return
+    assert lines(path) <= MAX_LINES, f"{name}: split it by idea (docs/architecture.md)"

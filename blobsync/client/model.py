@@ -1,4 +1,5 @@
-"""Plain data the client hands out: statuses, priorities, reports and progress."""
+"""Plain data the client hands out: statuses, priorities, reports and progress; and the
+checks of the ids and priorities callers hand in."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
+
+from blobsync.format import valid_id
+
+from .errors import ClientError
 
 Priority = Literal["low", "medium", "high", "urgent"]
 # Stored as integers so that "highest first" is a plain ORDER BY.
@@ -20,6 +25,12 @@ def priority_rank(priority: str) -> int:
         raise ValueError(
             f"priority must be one of {', '.join(PRIORITY_RANK)}, got {priority!r}"
         ) from None
+
+
+def check_ids(*ids: str) -> None:
+    for i in ids:
+        if not isinstance(i, str) or not valid_id(i):
+            raise ClientError(f"invalid id {i!r}: 1-254 of letters, digits, _ and -")
 
 
 class SyncStatus(StrEnum):

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from blobsync.client import SyncReport, SyncStatus, manager
+from blobsync.client import SyncReport, SyncStatus, putting
 from blobsync.client.errors import ClientError
 from blobsync.client.localstore import reads
 from tests.helpers.client import copy_sealed
 
 
 async def test_put_many_stores_in_order_and_syncs(devices, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(manager, "PUT_BATCH_COUNT", 3)  # several batches out of few files
+    monkeypatch.setattr(putting, "PUT_BATCH_COUNT", 3)  # several batches out of few files
     a = await devices("a")
     b = await devices("b")
     files = []
@@ -36,7 +36,7 @@ async def test_put_many_stores_in_order_and_syncs(devices, tmp_path: Path, monke
 
 
 async def test_put_many_batch_is_whole_or_absent(devices, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(manager, "PUT_BATCH_COUNT", 2)
+    monkeypatch.setattr(putting, "PUT_BATCH_COUNT", 2)
     a = await devices("a")
     ok = [tmp_path / "a", tmp_path / "b"]
     for f in ok:
@@ -109,7 +109,7 @@ async def test_statuses_with_an_id_holding_the_separator(devices) -> None:
 async def test_put_many_uploads_each_batch_as_it_is_stored(
     devices, tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(manager, "PUT_BATCH_COUNT", 4)
+    monkeypatch.setattr(putting, "PUT_BATCH_COUNT", 4)
     a = await devices("a", concurrency=2)
     files = []
     for i in range(11):

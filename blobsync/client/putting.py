@@ -1,0 +1,296 @@
+"""The put path: files and bytes sealed into the local store, and uploaded when asked.
+
+``BlobManager.put``, ``put_many`` and ``stored_copies`` delegate here; the manager checks
+the ids and the priority first. A ``Putter`` is handed what it uses (the store, the
+transport, the sync engine, the storage secret, the writer lock, the settings), nothing of
+the manager's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from blobsync.format import Sealer, seal, sealed_size
+
+from .errors import (
+    AlreadyOnServer,
+    AuthFailed,
+    BlobExists,
+    BlobNotFound,
+    ClientError,
+    TransientError,
+)
+from .localstore import LocalFileWriter, LocalStore, Row, Sealed, Source, read_file
+from .lock import ProfileLock
+from .model import HAS_PAYLOAD, ProgressCallback, SyncReport, SyncStatus
+from .settings import ClientSettings
+from .sync import SyncEngine
+from .transport import Transport
+
+log = logging.getLogger("blobsync.client")
+
+# put_many keeps small files this many (or this many plaintext bytes) per transaction:
+# enough to make the commit cost vanish, little enough to bound memory.
+PUT_BATCH_COUNT = 500
+PUT_BATCH_BYTES = 4 << 20
+
+
+class Putter:
+    def __init__(
+        self,
+        store: LocalStore,
+        transport: Transport,
+        engine: SyncEngine,
+        secret: bytes,
+        lock: ProfileLock,
+        settings: ClientSettings,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.engine = engine
+        self._secret = secret
+        self.lock = lock
+        self.settings = settings
+
+    async def put(
+        self, blob_id: str, data: bytes | str | Path, namespace: str, rank: int,
+        local_only: bool, upload: bool,
+    ) -> None:
+        """BlobManager.put with its ids checked: store the blob, then upload it unless
+        ``local_only`` or not ``upload``."""
+        async with self.lock.hold("put"):
+            sealed = await self._put(blob_id, data, namespace, rank, local_only)
+            if upload and not local_only:
+                row = await self.store.get(namespace, blob_id)
+                assert row is not None
+                await self.upload_now(row, sealed)
+
+    async def _put(
+        self, blob_id: str, data: bytes | str | Path, namespace: str, rank: int,
+        local_only: bool,
+    ) -> bytes | None:
+        """Store the blob; returns its sealed bytes when they are small enough to have
+        been sealed in memory (the upload sends them as they are, not read back)."""
+        await self._make_room(namespace, blob_id)
+        status = SyncStatus.LOCAL_ONLY if local_only else SyncStatus.PENDING_UPLOAD
+        source: Source | None = None
+        if isinstance(data, bytes | bytearray | memoryview):
+            data = bytes(data)
+            size = len(data)
+        else:
+            path = Path(data)
+            source = file_source(path)
+            size = source.size
+        total = sealed_size(size)
+        if total <= self.store.inline_max:
+            plain = data if isinstance(data, bytes) else await asyncio.to_thread(path.read_bytes)
+            if len(plain) != size:
+                raise ClientError(f"{path} changed while it was read")
+            sealed = seal(self._secret, blob_id, plain)
+            await self.store.insert(
+                namespace, blob_id, status, priority=rank, size=size, sealed_size=total,
+                payload=sealed, source=source,
+            )
+            return sealed
+        else:
+            tmp = await self._seal_to_file(blob_id, data, size)
+            location = await self.store.keep_file(namespace, blob_id, tmp)
+            try:
+                await self.store.insert(
+                    namespace, blob_id, status, priority=rank, size=size, sealed_size=total,
+                    location=location, source=source,
+                )
+            except BaseException:
+                self.store.blob_path(location).unlink(missing_ok=True)
+                raise
+            return None
+
+    async def stored_copies(
+        self, files: list[tuple[Path, Source]], namespace: str, local_only: bool
+    ) -> dict[Path, str]:
+        """BlobManager.stored_copies, for files whose sources are taken already."""
+        statuses = HAS_PAYLOAD if local_only else HAS_PAYLOAD - {SyncStatus.LOCAL_ONLY}
+        found = await self.store.stored_sources(namespace, [s for _, s in files], statuses)
+        return {p: found[src.path] for p, src in files if src.path in found}
+
+    async def put_many(
+        self,
+        files: list[tuple[Path, Source]],
+        namespace: str,
+        rank: int,
+        local_only: bool,
+        stored: Callable[[str, Path], None] | None,
+        upload: bool,
+        progress: ProgressCallback | None,
+        report: SyncReport | None,
+        force: bool,
+        already: Callable[[str, Path], None] | None,
+    ) -> list[str]:
+        """BlobManager.put_many (its docstring says what) with the namespace checked and
+        every file's source taken."""
+        status = SyncStatus.LOCAL_ONLY if local_only else SyncStatus.PENDING_UPLOAD
+        ids: list[str] = []
+        # (path, its source, its blob when stored before): reported in path order.
+        batch: list[tuple[Path, Source, str | None]] = []
+        batch_bytes = 0
+        run = None
+        if upload and not local_only and self.settings.stream:
+            run = self.engine.upload_run(namespace, report or SyncReport(), progress)
+        uploads: set[asyncio.Task[None]] = set()
+
+        def tell(blob_id: str, path: Path, new: bool) -> None:
+            ids.append(blob_id)
+            callback = stored if new else already
+            if callback is not None:
+                callback(blob_id, path)
+
+        async def settle(at_most: int) -> None:
+            while len(uploads) > at_most:
+                done, _ = await asyncio.wait(uploads, return_when=asyncio.FIRST_COMPLETED)
+                uploads.difference_update(done)
+                for task in done:
+                    task.result()  # AuthFailed and bugs stop the put
+
+        async def flush() -> None:
+            nonlocal batch, batch_bytes
+            todo, batch, batch_bytes = batch, [], 0
+            new = [(path, src) for path, src, known in todo if known is None]
+            items: list[Sealed] = []
+            if new:
+                # Sealing the next batch while this one commits was tried: slower (the GIL).
+                items = await asyncio.to_thread(self._seal_small, new)
+                await self.store.insert_many(namespace, status, rank, items)
+            fresh = iter(items)
+            for path, _, known in todo:
+                tell(known or next(fresh).blob_id, path, known is None)
+            if run is not None and items:
+                await settle(self.settings.concurrency - 1)
+                sealed = {it.blob_id: it.payload for it in items}
+                uploads.add(asyncio.create_task(self.engine.upload_sealed(run, sealed)))
+
+        async with self.lock.hold("put"):
+            found: dict[Path, str] = {}
+            if not force and files:
+                found = await self.stored_copies(files, namespace, local_only)
+            try:
+                for path, src in files:
+                    known = found.get(path)
+                    if known is not None or sealed_size(src.size) <= self.store.inline_max:
+                        batch.append((path, src, known))
+                        if known is None:
+                            batch_bytes += src.size
+                        if len(batch) >= PUT_BATCH_COUNT or batch_bytes >= PUT_BATCH_BYTES:
+                            await flush()
+                        continue
+                    await flush()  # ids stay in the order of the paths
+                    blob_id = uuid.uuid4().hex
+                    await self.put(blob_id, path, namespace, rank, local_only, upload=False)
+                    tell(blob_id, path, True)
+                await flush()
+                await settle(0)
+            finally:
+                # On failure: what is on its way stops; those blobs stay pending here.
+                for task in uploads:
+                    task.cancel()
+                await asyncio.gather(*uploads, return_exceptions=True)
+        return ids
+
+    def _seal_small(self, files: list[tuple[Path, Source]]) -> list[Sealed]:
+        """Read and seal small files (in a worker thread: one hop per batch)."""
+        out = []
+        for path, src in files:
+            try:
+                plain = path.read_bytes()
+            except OSError as exc:
+                raise ClientError(f"cannot read {path}: {exc.strerror}") from None
+            if len(plain) != src.size:
+                raise ClientError(f"{path} changed while it was read")
+            blob_id = uuid.uuid4().hex
+            out.append(Sealed(blob_id, src.size, seal(self._secret, blob_id, plain), src))
+        return out
+
+    async def _make_room(self, namespace: str, blob_id: str) -> None:
+        """Refuse an id the store holds; finish a pending delete of it first."""
+        row = await self.store.get(namespace, blob_id)
+        if row is None:
+            return
+        if row.status is not SyncStatus.PENDING_DELETE:
+            raise BlobExists(f"blob {blob_id} already exists in namespace {namespace}")
+        # The old blob must leave the server before a new one takes its id, or the next
+        # sync would delete the new one.
+        try:
+            await self.transport.delete_blob(namespace, blob_id)
+        except BlobNotFound:
+            pass
+        except TransientError as exc:
+            raise ClientError(
+                f"blob {blob_id} is still being deleted on the server ({exc}); sync first"
+            ) from None
+        await self.store.remove_many(namespace, [blob_id], only_if=[SyncStatus.PENDING_DELETE])
+
+    async def _seal_to_file(self, blob_id: str, data: bytes | Path, size: int) -> Path:
+        tmp = self.store.temp_path()
+        sealer = Sealer(self._secret, blob_id, size)
+        writer = await LocalFileWriter(tmp).open()
+        try:
+            await writer.write(sealer.start())
+            if isinstance(data, bytes):
+                for i in range(0, len(data), 1 << 20):
+                    await writer.write(sealer.update(data[i : i + (1 << 20)]))
+            else:
+                async for chunk in read_file(data):
+                    await writer.write(sealer.update(chunk))
+            await writer.write(sealer.finish())
+        except ValueError:
+            await writer.close()
+            tmp.unlink(missing_ok=True)
+            raise ClientError(f"{data} changed size while it was read") from None
+        except BaseException:
+            await writer.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        await writer.close()
+        return tmp
+
+    async def upload_now(self, row: Row, sealed: bytes | None = None) -> None:
+        """Upload one stored blob at once (put's ``upload``): SYNCED when it went, still
+        pending with its retry scheduled on a passing failure, FAILED_UPLOAD (raised) on a
+        refusal."""
+        try:
+            await self.engine.upload(row, sealed)
+        except AlreadyOnServer:
+            pass
+        except TransientError as exc:
+            log.warning("blob %s stays pending upload: %s", row.blob_id, exc)
+            await self.store.schedule_retry(
+                row.namespace, [row.blob_id], SyncStatus.PENDING_UPLOAD,
+                delay=self.settings.retry_delay,
+            )
+            return
+        except AuthFailed:
+            raise
+        except ClientError:
+            await self.store.update(
+                row.namespace, row.blob_id, only_if=[SyncStatus.PENDING_UPLOAD],
+                status=SyncStatus.FAILED_UPLOAD,
+            )
+            raise
+        await self.store.update(
+            row.namespace, row.blob_id, only_if=[SyncStatus.PENDING_UPLOAD],
+            status=SyncStatus.SYNCED, retries=0, next_attempt=0,
+        )
+
+
+def file_source(path: Path) -> Source:
+    """What identifies the content of a file for a put run again: where it is (absolute,
+    links not resolved: the name the user gave), its size and its mtime."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror}") from None
+    return Source(os.path.abspath(path), st.st_size, st.st_mtime_ns)
