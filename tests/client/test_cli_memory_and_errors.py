@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 from blobsync.client import SyncStatus
-from tests.client.conftest import Account
-from tests.helpers.client import cli, cli_env, home_with, one_line_error
+from tests.helpers.client import Account, cli, cli_env, home_with, one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 1 << 30

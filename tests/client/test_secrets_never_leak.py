@@ -26,8 +26,7 @@ from blobsync.client.enroll import Unlocked
 from blobsync.client.secrets import names_key, store_key
 from blobsync.format import InvalidBlob, seal
 from blobsync.format.keys import blob_key
-from tests.client.conftest import Account, fast_settings
-from tests.helpers.client import corrupt_on_server
+from tests.helpers.client import Account, corrupt_on_server, fast_settings
 from tests.helpers.relay import relay_to
 from tests.helpers.servers import auth_header
 

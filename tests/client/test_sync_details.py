@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from blobsync.client import BlobManager, SyncReport, SyncStatus
-from tests.client.conftest import PASSPHRASE, fast_settings
+from tests.helpers.client import fast_settings
+from tests.helpers.passphrase import PASSPHRASE
 from tests.helpers.relay import relay_to
 
 

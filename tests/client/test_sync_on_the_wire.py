@@ -14,8 +14,7 @@ import pytest
 from blobsync.client import ConnectionLost, SyncStatus
 from blobsync.client.errors import IdTaken
 from blobsync.format import InvalidBlob
-from tests.client.conftest import Account
-from tests.helpers.client import copy_sealed, corrupt_on_server, device
+from tests.helpers.client import Account, copy_sealed, corrupt_on_server, device
 from tests.helpers.relay import Hold, relay_to
 
 

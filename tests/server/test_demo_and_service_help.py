@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from blobsync.server.routes_incoming import SERVICES
-
-from .subproc import START_TIMEOUT, blobsync, cli_env
+from tests.helpers.subproc import START_TIMEOUT, blobsync, cli_env
 
 PASSPHRASE = "correct horse battery staple"
 # A PATH with the system's tools and no blobsync: as after `make run` in a new shell.
