@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 
 from blobsync.format import seal
+from tests.helpers.cli import Device, assert_one_line_error, http
 from tests.helpers.cli_output import put_ids
-
-from .conftest import Device, assert_one_line_error, http
 
 
 def test_put_get_and_recover_on_a_second_device(

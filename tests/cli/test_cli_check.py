@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.helpers.cli import Device, assert_one_line_error
 from tests.helpers.cli_output import put_ids
 from tests.helpers.payloads import damage_payload, flip_byte, stored_location
-
-from .conftest import Device, assert_one_line_error
 
 # Larger than the library's in-database limit (1 MiB sealed), so the sealed blob is a file
 # under home/blobs/ that the test can damage like a failing disk would.

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 
 from blobsync.cli.failures import EXIT_ID_TAKEN, EXIT_VERIFY
+from tests.helpers.cli import Device, assert_one_line_error
 from tests.helpers.cli_output import move_server
-
-from .conftest import Device, assert_one_line_error, free_port
+from tests.helpers.net import free_port
 
 
 def test_put_of_a_taken_id_exits_10_and_stays_failed(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.helpers.cli import Device, assert_one_line_error, blobsync
 from tests.helpers.cli_output import forge
-
-from .conftest import Device, assert_one_line_error, blobsync, free_port
+from tests.helpers.net import free_port
 
 
 def test_init_errors(device_a: Device) -> None:

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from blobsync.cli.failures import EXIT_NO_SPACE, EXIT_VERIFY
+from tests.helpers.cli import Device, assert_one_line_error
 from tests.helpers.cli_output import put_ids, read_all
 from tests.helpers.tmpfs import small_tmpfs
-
-from .conftest import Device, assert_one_line_error
 
 SMALL = 400  # blobs of SMALL_SIZE: sealed, they go inline and travel in streams
 SMALL_SIZE = 80 << 10

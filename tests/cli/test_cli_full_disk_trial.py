@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from blobsync.cli.failures import EXIT_NO_SPACE
+from tests.helpers.cli import Device, assert_one_line_error
 from tests.helpers.cli_output import put_ids, read_all
 from tests.helpers.tmpfs import small_tmpfs
-
-from .conftest import Device, assert_one_line_error
 
 SMALL = 400
 SMALL_SIZE = 20 << 10

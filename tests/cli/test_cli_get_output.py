@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import ROOT, TIMEOUT, Device, assert_one_line_error
 from tests.helpers.cli_output import forge
 from tests.helpers.special_files import FifoReader, char_device
 from tests.helpers.terminal import read_until
-
-from .conftest import ROOT, TIMEOUT, Device, assert_one_line_error
 
 
 def put_one(device: Device, path: Path, data: bytes) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Account, Device, Server, http
+from tests.helpers.cli import Account, Device, Server, http
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from .conftest import Device
+from tests.helpers.cli import Device
 
 
 def test_json_documents(ready_a: Device, device_b: Device, tmp_path: Path) -> None:

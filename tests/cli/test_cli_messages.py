@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .conftest import Device, assert_one_line_error
+from tests.helpers.cli import Device, assert_one_line_error
 
 
 def test_server_only_ls_options_say_they_need_remote(ready_a: Device) -> None:

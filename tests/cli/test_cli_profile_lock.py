@@ -17,9 +17,8 @@ from pathlib import Path
 
 from blobsync.client import BlobManager, SyncStatus
 from blobsync.client.lock import INFO_NAME
+from tests.helpers.cli import ROOT, TIMEOUT, Device, assert_one_line_error
 from tests.helpers.cli_output import put_ids, write_big
-
-from .conftest import ROOT, TIMEOUT, Device, assert_one_line_error
 
 # A process that holds the profile's lock, as a writer in the middle of a round does.
 HOLDER = """

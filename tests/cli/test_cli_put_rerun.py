@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from blobsync.client import BlobManager
+from tests.helpers.cli import ROOT, TIMEOUT, Device, assert_one_line_error
 from tests.helpers.cli_output import put_ids, write_big
-
-from .conftest import ROOT, TIMEOUT, Device, assert_one_line_error, free_port
+from tests.helpers.net import free_port
 
 SMALL = 500
 # The size: a put killed while this one is sealed or on its way.

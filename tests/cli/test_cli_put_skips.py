@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, TIMEOUT, Device, assert_one_line_error, free_port
+from tests.helpers.cli import ROOT, TIMEOUT, Device, assert_one_line_error
+from tests.helpers.net import free_port
 
 
 def put_ids(stdout: bytes) -> dict[str, str]:

@@ -19,7 +19,7 @@ import termios
 import time
 from pathlib import Path
 
-from .conftest import ROOT, TIMEOUT, Device
+from tests.helpers.cli import ROOT, TIMEOUT, Device
 
 # Rich draws the bars with these; a line of the bar holds at least one of them.
 BAR_CHARS = ("━", "╸", "╺")

@@ -31,11 +31,11 @@ from blobsync.cli.main import build_parser
 from blobsync.client import errors as client_errors
 from blobsync.format import InvalidBlob
 from blobsync.server.auth import hash_token, new_token
+from tests.helpers.cli import ROOT, Device, assert_one_line_error
 from tests.helpers.cli_output import move_server
+from tests.helpers.net import free_port
 from tests.helpers.special_files import char_device
 from tests.helpers.tmpfs import small_tmpfs as mounted_tmpfs
-
-from .conftest import ROOT, Device, assert_one_line_error, free_port
 
 DOCS = ROOT / "docs" / "cli.md"
 

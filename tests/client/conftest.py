@@ -1,4 +1,5 @@
 """Fixtures for client tests: a real server on loopback, a user, and devices (homes).
+The parts they are made of (Account, fast_settings) are in tests/helpers/client.py.
 
 Nothing is mocked: every device talks HTTP to the server started here.
 """
@@ -6,38 +7,18 @@ Nothing is mocked: every device talks HTTP to the server started here.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from blobsync.client import BlobManager, ClientSettings
+from blobsync.client import BlobManager
+from tests.helpers.client import Account
+
+# test_resilience.py still imports these two from here; new code takes them from
+# tests/helpers/ (importing a conftest loads it a second time, under another name).
+from tests.helpers.client import fast_settings as fast_settings
+from tests.helpers.passphrase import PASSPHRASE as PASSPHRASE
 from tests.helpers.servers import RunningServer, make_user, running_server
-
-PASSPHRASE = "correct horse battery staple"
-
-
-def fast_settings(**changes: object) -> ClientSettings:
-    """Retries in tenths of a second instead of tens of seconds."""
-    return ClientSettings(**{"retry_scale": 0.01, **changes})  # type: ignore[arg-type]
-
-
-@dataclass
-class Account:
-    server: RunningServer
-    user: str
-    token: str
-    tmp_path: Path
-
-    async def device(self, name: str, **settings: object) -> BlobManager:
-        """A new device (home dir) of this user. The first one creates the storage secret,
-        the others recover it."""
-        home = self.tmp_path / f"home-{name}"
-        recover = any(p.name.startswith("home-") for p in self.tmp_path.iterdir())
-        return await BlobManager.init(
-            home, server=self.server.url, user=self.user, token=self.token,
-            passphrase=PASSPHRASE, recover=recover, settings=fast_settings(**settings),
-        )
 
 
 @pytest.fixture

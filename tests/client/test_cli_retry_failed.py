@@ -6,8 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from tests.client.conftest import Account
-from tests.helpers.client import cli, home_with, one_line_error
+from tests.helpers.client import Account, cli, home_with, one_line_error
 
 
 async def test_sync_names_and_retries_refused_blobs(account: Account, tmp_path: Path) -> None:

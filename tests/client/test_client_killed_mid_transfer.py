@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from blobsync.client import BlobManager, SyncStatus
-from tests.client.conftest import PASSPHRASE, Account, fast_settings
+from tests.helpers.client import Account, fast_settings
+from tests.helpers.passphrase import PASSPHRASE
 from tests.helpers.relay import Hold, relay_to
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.client.conftest import PASSPHRASE, Account
+from tests.helpers.client import Account
+from tests.helpers.passphrase import PASSPHRASE
 from tests.helpers.servers import auth_header, make_service
 
 ROOT = Path(__file__).resolve().parents[2]

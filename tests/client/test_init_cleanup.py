@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from blobsync.client import SECRET_BLOB_ID, SECRET_NAMESPACE, BlobManager, ClientError
-from tests.client.conftest import PASSPHRASE, Account
+from tests.helpers.client import Account
+from tests.helpers.passphrase import PASSPHRASE
 
 
 async def test_failed_init_deletes_the_secret_it_uploaded(

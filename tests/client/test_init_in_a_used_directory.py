@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from blobsync.client import BlobManager, ClientError
-from tests.client.conftest import PASSPHRASE, Account
+from tests.helpers.client import Account
+from tests.helpers.passphrase import PASSPHRASE
 
 
 def users_files(home: Path) -> None:

@@ -12,9 +12,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.cli.conftest import free_port
-from tests.client.conftest import Account
-from tests.helpers.client import cli, home_with, one_line_error
+from tests.helpers.client import Account, cli, home_with, one_line_error
+from tests.helpers.net import free_port
 from tests.helpers.relay import relay_to
 
 BODY = b'{"error": "down"}'

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from blobsync.client import BlobManager, SyncStatus
 from blobsync.client.localstore import PAYLOADS_DB, SCHEMA_VERSION
-from tests.client.conftest import PASSPHRASE
+from tests.helpers.passphrase import PASSPHRASE
 
 
 def payload_ids(home: Path) -> set[int]:

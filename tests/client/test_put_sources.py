@@ -8,7 +8,7 @@ from pathlib import Path
 
 from blobsync.client import BlobManager, SyncStatus
 from blobsync.client.localstore import SCHEMA_VERSION
-from tests.client.conftest import PASSPHRASE
+from tests.helpers.passphrase import PASSPHRASE
 
 
 def files(tmp_path: Path, n: int) -> list[Path]:

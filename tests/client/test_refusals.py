@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from blobsync.client import BlobManager, QuotaExceeded, SyncStatus
-from tests.client.conftest import PASSPHRASE, fast_settings
+from tests.helpers.client import fast_settings
+from tests.helpers.passphrase import PASSPHRASE
 from tests.helpers.payloads import damage_payload
 from tests.helpers.servers import make_user, running_server
 

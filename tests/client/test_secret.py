@@ -20,7 +20,8 @@ from blobsync.client import (
     WrongPassphrase,
 )
 from blobsync.client.secrets import decrypt_secret, encrypt_secret
-from tests.client.conftest import PASSPHRASE, fast_settings
+from tests.helpers.client import fast_settings
+from tests.helpers.passphrase import PASSPHRASE
 
 
 def test_secret_document_round_trip_and_wrong_passphrase() -> None:

@@ -26,8 +26,7 @@ from blobsync.client.enroll import Unlocked
 from blobsync.client.secrets import names_key, store_key
 from blobsync.format import InvalidBlob, seal
 from blobsync.format.keys import blob_key
-from tests.client.conftest import Account, fast_settings
-from tests.helpers.client import corrupt_on_server
+from tests.helpers.client import Account, corrupt_on_server, fast_settings
 from tests.helpers.relay import relay_to
 from tests.helpers.servers import auth_header
 
@@ -226,3 +225,15 @@ async def test_get_to_a_file_with_a_long_valid_name(devices, tmp_path: Path) -> 
     dest.write_bytes(b"old content")  # the name itself is fine
     await a.get("x", dest=dest)
     assert dest.read_bytes() == b"data"
+
+
+async def test_server_holds_only_sealed_bytes(devices, account) -> None:
+    a = await devices("a")
+    marker = b"SERVER-MUST-NOT-SEE-" * 100
+    await a.put("s", marker)
+    await a.put("l", marker * 1000)
+    srv_root = Path(account.server.config.data)  # payloads inline in SQLite and as files
+    assert (srv_root / "payloads.sqlite3").is_file()
+    for p in srv_root.rglob("*"):
+        if p.is_file():
+            assert b"SERVER-MUST-NOT-SEE" not in p.read_bytes()

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from blobsync.client import BlobManager
-from tests.client.conftest import PASSPHRASE
+from tests.helpers.passphrase import PASSPHRASE
 
 
 def debris(home: Path) -> list[Path]:

@@ -8,8 +8,7 @@ import json
 import os
 
 from blobsync.client import SyncStatus
-from tests.client.conftest import Account
-from tests.helpers.client import device
+from tests.helpers.client import Account, device
 from tests.helpers.relay import Hold, relay_to
 
 FRAME_HEADER = 33

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 from blobsync.format import seal
-from tests.cli.conftest import PASSPHRASE, Account, Device, http
+from tests.helpers.cli import Account, Device, http
+from tests.helpers.passphrase import PASSPHRASE
 
 
 def forge(account: Account, blob_id: str, plaintext: bytes) -> None:

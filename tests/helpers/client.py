@@ -1,21 +1,47 @@
-"""What client tests share: devices of one account, the CLI run as a child, sealed blobs
-copied between devices or damaged on the server, and incoming messages delivered."""
+"""What client tests share: an account on a real server and its devices, fast retry
+settings, the CLI run as a child, sealed blobs copied between devices or damaged on the
+server, and incoming messages delivered. The fixtures around them are in
+tests/client/conftest.py."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from blobsync.client import BlobManager, SyncStatus
-from tests.client.conftest import PASSPHRASE, Account, fast_settings
+from blobsync.client import BlobManager, ClientSettings, SyncStatus
+from tests.helpers.passphrase import PASSPHRASE
 from tests.helpers.payloads import damage_payload, flip_byte
-from tests.helpers.servers import auth_header, make_service
+from tests.helpers.servers import RunningServer, auth_header, make_service
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def fast_settings(**changes: object) -> ClientSettings:
+    """Retries in tenths of a second instead of tens of seconds."""
+    return ClientSettings(**{"retry_scale": 0.01, **changes})  # type: ignore[arg-type]
+
+
+@dataclass
+class Account:
+    server: RunningServer
+    user: str
+    token: str
+    tmp_path: Path
+
+    async def device(self, name: str, **settings: object) -> BlobManager:
+        """A new device (home dir) of this user. The first one creates the storage secret,
+        the others recover it."""
+        home = self.tmp_path / f"home-{name}"
+        recover = any(p.name.startswith("home-") for p in self.tmp_path.iterdir())
+        return await BlobManager.init(
+            home, server=self.server.url, user=self.user, token=self.token,
+            passphrase=PASSPHRASE, recover=recover, settings=fast_settings(**settings),
+        )
 
 
 async def corrupt_on_server(server, blob_id: str, namespace: str = "default") -> None:

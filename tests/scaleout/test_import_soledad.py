@@ -16,7 +16,7 @@ from blobsync.server.storage.base import NewBlob, Order
 from blobsync.server.storage.blobstore import BlobStore
 from blobsync.server.storage.factory import make_store
 from tests.harness.stores import postgres_s3_store
-from tests.server import subproc
+from tests.helpers import subproc
 
 SECRET = os.urandom(128)
 BASE_TIME = 1_600_000_000

@@ -12,8 +12,8 @@ import pytest
 
 from blobsync.format import encode_upstream_header, seal
 from tests.helpers.metrics import scrape, value
+from tests.helpers.rawhttp import head, open_raw
 from tests.helpers.servers import RunningServer, auth_header, make_user, running_server
-from tests.server.rawhttp import head, open_raw
 
 SECRET = os.urandom(128)
 BLOB_ROUTE = "/blobs/{uuid}/{blob_id}"

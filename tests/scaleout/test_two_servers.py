@@ -19,10 +19,10 @@ from blobsync.server.auth import hash_token, new_token
 from blobsync.server.storage.factory import make_index
 from blobsync.server.storage.s3 import S3Payloads
 from tests.harness.s3 import S3Endpoint
+from tests.helpers import subproc
 from tests.helpers.metrics import parse, value
 from tests.helpers.servers import auth_header
-from tests.server import subproc
-from tests.server.subproc import ServerProcess, cli_env
+from tests.helpers.subproc import ServerProcess, cli_env
 
 SECRET = os.urandom(128)
 PREFIX = "scale/out"

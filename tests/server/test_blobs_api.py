@@ -9,10 +9,10 @@ import aiohttp
 import pytest
 
 from blobsync.format import b64url_encode, seal
+from tests.helpers.rawhttp import raw_request
 from tests.helpers.servers import auth_header, make_user
 
 from .conftest import SECRET, Api, MakeApi, sealed
-from .rawhttp import raw_request
 
 
 async def test_server_info_is_anonymous(api: Api) -> None:

@@ -23,11 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from blobsync.format import seal
+from tests.helpers.rawhttp import head
 from tests.helpers.server_cli import self_signed
 from tests.helpers.servers import RunningServer, auth_header, make_user, running_server
-
-from .rawhttp import head
-from .subproc import ServerProcess, blobsync, new_data_dir
+from tests.helpers.subproc import ServerProcess, blobsync, new_data_dir
 
 SECRET = os.urandom(128)
 # Larger than what loopback's socket buffers hold, so that a client reading only the start

@@ -16,9 +16,9 @@ from pathlib import Path
 from blobsync.format import encode_upstream_header
 from blobsync.server.storage.factory import make_store
 from tests.helpers.server_cli import add_user, call, orphans, start_upload, wait_until
+from tests.helpers.subproc import ServerProcess
 
 from .conftest import sealed
-from .subproc import ServerProcess
 
 
 def test_sigkill_during_uploads(tmp_path: Path) -> None:

@@ -31,9 +31,9 @@ from tests.helpers.server_cli import (
     start_upload,
     wait_until,
 )
+from tests.helpers.subproc import ServerProcess, blobsync, cli_env
 
 from .conftest import sealed
-from .subproc import ServerProcess, blobsync, cli_env
 
 ARGS = ("--port", "0", "--local-port", "0")
 

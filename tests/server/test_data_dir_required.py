@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.server_cli import ok_token
-
-from .subproc import ServerProcess, blobsync, cli_env, new_data_dir
+from tests.helpers.subproc import ServerProcess, blobsync, cli_env, new_data_dir
 
 # Every command that opens the store of a data dir, but the server.
 COMMANDS = [

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from blobsync.server.routes_incoming import SERVICES
+from tests.helpers.passphrase import PASSPHRASE
+from tests.helpers.subproc import START_TIMEOUT, blobsync, cli_env
 
-from .subproc import START_TIMEOUT, blobsync, cli_env
-
-PASSPHRASE = "correct horse battery staple"
 # A PATH with the system's tools and no blobsync: as after `make run` in a new shell.
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 

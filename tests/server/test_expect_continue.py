@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from blobsync.format import encode_upstream_header, seal
+from tests.helpers.rawhttp import RawResponse, head, open_raw, read_response
 from tests.helpers.servers import RunningServer, auth_header, make_service, make_user, start_server
-
-from .rawhttp import RawResponse, head, open_raw, read_response
 
 SECRET = os.urandom(128)
 QUOTA = 48 << 10

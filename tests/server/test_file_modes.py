@@ -12,9 +12,9 @@ from pathlib import Path
 
 from blobsync.format import encode_upstream_header
 from tests.helpers.server_cli import call
+from tests.helpers.subproc import ServerProcess, blobsync, cli_env, new_data_dir
 
 from .conftest import sealed
-from .subproc import ServerProcess, blobsync, cli_env, new_data_dir
 
 
 @contextlib.contextmanager

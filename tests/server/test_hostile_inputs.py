@@ -29,9 +29,8 @@ import pytest_asyncio
 from blobsync.format import encode_frame, encode_upstream_header, seal
 from blobsync.server.metrics import StoreMetrics
 from blobsync.server.storage.sqlitepayloads import INLINE_MAX
+from tests.helpers.rawhttp import RawResponse, head, open_raw, read_response
 from tests.helpers.servers import RunningServer, auth_header, make_user, start_server
-
-from .rawhttp import RawResponse, head, open_raw, read_response
 
 SECRET = os.urandom(128)
 # Users are u1, u2...; their other user (valid credentials, wrong account) is u1-bob...

@@ -7,10 +7,10 @@ import base64
 import pytest
 
 from blobsync.format import Preamble, Scheme, b64url_decode, parse_sealed_head
+from tests.helpers.rawhttp import raw_request
 from tests.helpers.servers import auth_header, make_service
 
 from .conftest import VECTORS, Api, MakeApi
-from .rawhttp import raw_request
 
 PAYLOAD = base64.b64decode(VECTORS["external"]["payload_b64"])
 

@@ -19,9 +19,9 @@ from blobsync.format import Sealer
 from blobsync.format.limits import CHUNK_SIZE
 from tests.helpers.server_cli import add_user
 from tests.helpers.servers import auth_header
+from tests.helpers.subproc import ServerProcess
 
 from .conftest import SECRET
-from .subproc import ServerProcess
 
 SIZE = 1 << 30
 LIMIT_KIB = 150 * 1000  # 150 MB

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from tests.harness.s3 import S3Endpoint
 from tests.helpers.server_cli import call, ok_token, one_line_error, self_signed
-
-from .subproc import ServerProcess, blobsync, cli_env, new_data_dir
+from tests.helpers.subproc import ServerProcess, blobsync, cli_env, new_data_dir
 
 
 def settings_lines(server: ServerProcess) -> list[str]:

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from blobsync.cli.main import main
+from tests.helpers.net import free_port
 from tests.helpers.server_cli import call, ok_token, one_line_error
+from tests.helpers.subproc import ServerProcess, blobsync, cli_env, new_data_dir
 
 from .conftest import sealed
-from .subproc import ServerProcess, blobsync, cli_env, free_port, new_data_dir
 
 
 def test_server_end_to_end(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.server_cli import add_user, start_upload, wait_until
+from tests.helpers.subproc import ServerProcess, blobsync, new_data_dir
 
 from .conftest import sealed
-from .subproc import ServerProcess, blobsync, new_data_dir
 
 TEMP_LINE = re.compile(
     r" INFO blobsync\.server\.storage\.files: removed (\d+) temp files \((\d+) bytes\) that "

@@ -18,9 +18,9 @@ from blobsync.format import (
     encode_frame,
     encode_upstream_header,
 )
+from tests.helpers.rawhttp import head, open_raw, read_response
 
 from .conftest import VECTORS, Api, MakeApi, sealed
-from .rawhttp import head, open_raw, read_response
 
 SEALED_VECTORS = {v["blob_id"]: base64.b64decode(v["sealed_b64"]) for v in VECTORS["sealed"]}
 

@@ -3,7 +3,9 @@
 pytest imports a module of a directory without ``__init__.py`` (``tests/``,
 ``tests/storage/``) by its bare basename: two such modules of one name collide, and a test
 module that another imports as ``tests.storage.test_x`` is loaded a second time under that
-name. Shared code lives in ``tests/helpers/`` or a conftest.
+name. Shared code lives in ``tests/helpers/`` or a conftest; a conftest is imported only by
+the modules of its own directory, as pytest loads it under a name of its own and an import
+from elsewhere (``tests.cli.conftest``) loads it a second time.
 """
 
 from __future__ import annotations
@@ -41,6 +43,54 @@ def test_no_test_module_is_imported_by_another_file() -> None:
         for path in _python_files()
         for name in _imported_modules(path)
         if name.rsplit(".", 1)[-1].startswith("test_")
+    ]
+    assert offenders == []
+
+
+def _imported_conftest_dirs(path: Path) -> list[Path]:
+    """The directories whose conftest.py ``path`` imports, however the import is spelled."""
+    dirs: list[Path] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            dotted = [alias.name for alias in node.names]
+            anchor = TESTS.parent
+        elif isinstance(node, ast.ImportFrom):
+            module = (node.module or "").split(".") if node.module else []
+            dotted = [".".join([*module, alias.name]) for alias in node.names]
+            dotted.append(".".join(module))
+            anchor = TESTS.parent
+            if node.level:
+                anchor = path.parent
+                for _ in range(node.level - 1):
+                    anchor = anchor.parent
+        else:
+            continue
+        for name in dotted:
+            parts = [p for p in name.split(".") if p]
+            if parts and parts[-1] == "conftest":
+                dirs.append(anchor.joinpath(*parts[:-1]).resolve())
+    return dirs
+
+
+def test_no_module_imports_the_conftest_of_another_directory() -> None:
+    offenders = [
+        f"{path.relative_to(TESTS)} imports {where.relative_to(TESTS.parent)}/conftest.py"
+        for path in _python_files()
+        for where in _imported_conftest_dirs(path)
+        if where != path.parent
+    ]
+    assert offenders == []
+
+
+def test_code_shared_across_directories_lives_in_helpers_or_harness() -> None:
+    shared = {"helpers", "harness"}
+    offenders = [
+        f"{path.relative_to(TESTS)} imports {name}"
+        for path in _python_files()
+        for name in _imported_modules(path)
+        if name.startswith("tests.")
+        and (where := name.split(".")[1]) not in shared
+        and where != path.relative_to(TESTS).parts[0]
     ]
     assert offenders == []
 

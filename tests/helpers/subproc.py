@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,12 +16,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"public API on (\S+), incoming box on (\S+)")
 START_TIMEOUT = 30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli_env(**extra: str) -> dict[str, str]:
