@@ -10,9 +10,8 @@ import time
 
 import pytest
 
+from tests.helpers.cli import ROOT, TIMEOUT, Device
 from tests.helpers.terminal import read_until
-
-from .conftest import ROOT, TIMEOUT, Device
 
 
 def at_the_prompt(device: Device, key: bytes) -> tuple[int, str]:

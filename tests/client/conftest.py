@@ -13,11 +13,6 @@ import pytest
 
 from blobsync.client import BlobManager
 from tests.helpers.client import Account
-
-# test_resilience.py still imports these two from here; new code takes them from
-# tests/helpers/ (importing a conftest loads it a second time, under another name).
-from tests.helpers.client import fast_settings as fast_settings
-from tests.helpers.passphrase import PASSPHRASE as PASSPHRASE
 from tests.helpers.servers import RunningServer, make_user, running_server
 
 

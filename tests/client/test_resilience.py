@@ -16,8 +16,8 @@ from blobsync.format import InvalidBlob
 from blobsync.server.app import start_sites
 from blobsync.server.config import ServerConfig
 from blobsync.server.storage.factory import make_store
-from tests.client.conftest import PASSPHRASE, fast_settings
-from tests.helpers.client import copy_sealed, corrupt_on_server
+from tests.helpers.client import copy_sealed, corrupt_on_server, fast_settings
+from tests.helpers.passphrase import PASSPHRASE
 from tests.helpers.relay import Relay, relay_to
 from tests.helpers.servers import make_user
 
@@ -56,7 +56,7 @@ async def test_409_on_upload_counts_as_synced(devices) -> None:
     # Updated for issue 10 item 3 (SPEC 7): a 409 counts as SYNCED only when the server
     # holds the same sealed blob. a used to hold other bytes here, and ended SYNCED with
     # them; now a holds b's very sealed blobs, as after an upload whose answer was lost.
-    # Other bytes: test_sync_on_the_wire.py::test_upload_conflicts_fail_with_id_taken.
+    # Other bytes: test_sync_id_conflicts.py::test_upload_conflicts_fail_with_id_taken.
     a = await devices("a")
     b = await devices("b")
     # b sends blobs first; a holds the same ones, not marked sent
