@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from blobsync.format import TAG_SIZE, InvalidBlob
 
 from .errors import BlobNotFound, ClientError
-from .localstore import LocalStore, Row
-from .lock import ProfileLock
+from .localstore import Row
 from .model import SyncStatus
-from .transport import Transport
+from .parts import Parts, UsesParts
 from .verified import open_into
 
 
@@ -28,28 +26,13 @@ class CheckProblem(str):
         return self
 
 
-class Checker:
+class Checker(UsesParts):
     """One profile's check. ``verify_local`` opens a local blob, keeping nothing, and
     raises InvalidBlob (or ClientError) when it does not verify."""
 
-    def __init__(
-        self,
-        store: LocalStore,
-        transport: Transport,
-        secret: bytes,
-        home: Path,
-        lock: ProfileLock,
-        verify_local: Callable[[Row], Awaitable[None]],
-    ) -> None:
-        self.store = store
-        self.transport = transport
-        self._secret = secret
-        self.home = home
-        self.lock = lock
+    def __init__(self, parts: Parts, verify_local: Callable[[Row], Awaitable[None]]) -> None:
+        super().__init__(parts)
         self._verify_local = verify_local
-
-    def __repr__(self) -> str:  # never show the secret
-        return f"<Checker home={self.home}>"
 
     async def run(self, *, remote: bool, repair: bool) -> list[str]:
         """See ``BlobManager.check``."""

@@ -13,31 +13,13 @@ import logging
 from blobsync.format import TAG_SIZE
 
 from .errors import BlobNotFound, ClientError, TransientError
-from .localstore import LocalStore
-from .lock import ProfileLock
 from .model import ForgottenHere, SyncStatus
-from .settings import ClientSettings
-from .sync import SyncEngine
-from .transport import Transport
+from .parts import UsesParts
 
 log = logging.getLogger("blobsync.client")
 
 
-class Deleter:
-    def __init__(
-        self,
-        store: LocalStore,
-        transport: Transport,
-        engine: SyncEngine,
-        lock: ProfileLock,
-        settings: ClientSettings,
-    ) -> None:
-        self.store = store
-        self.transport = transport
-        self.engine = engine
-        self.lock = lock
-        self.settings = settings
-
+class Deleter(UsesParts):
     async def delete(
         self, namespace: str, blob_id: str
     ) -> TransientError | ForgottenHere | None:

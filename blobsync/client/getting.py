@@ -18,22 +18,13 @@ from blobsync.format import InvalidBlob
 from .destfile import DestFile, Target, ThroughFile, release_reader
 from .destfile import resolve as resolve_dest
 from .errors import BlobExists, BlobNotFound, ClientError, is_no_space, no_space
-from .localstore import LocalStore, Row
-from .lock import ProfileLock
+from .localstore import Row
 from .model import SyncStatus, check_ids
-from .sync import SyncEngine
+from .parts import UsesParts
 from .verified import Provisional, open_into, reread_chunks
 
 
-class Getter:
-    def __init__(
-        self, store: LocalStore, engine: SyncEngine, secret: bytes, lock: ProfileLock
-    ) -> None:
-        self.store = store
-        self.engine = engine
-        self._secret = secret
-        self.lock = lock
-
+class Getter(UsesParts):
     async def get(
         self, namespace: str, blob_id: str, rank: int, dest: str | Path | None
     ) -> bytes | None:

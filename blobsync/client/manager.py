@@ -33,6 +33,7 @@ from .model import (
     check_ids,
     priority_rank,
 )
+from .parts import Parts
 from .profile import Profile
 from .putting import Putter, file_source
 from .settings import ClientSettings
@@ -62,9 +63,11 @@ class BlobManager:
         self.engine.lock = self.lock
         self._consumers: list[IncomingConsumer] = []
         self._sync_lock = asyncio.Lock()
-        self._putter = Putter(store, transport, self.engine, secret, self.lock, settings)
-        self._getter = Getter(store, self.engine, secret, self.lock)
-        self._deleter = Deleter(store, transport, self.engine, self.lock, settings)
+        self._parts = Parts(profile.home, store, transport, self.engine, self.lock, settings,
+                            secret)
+        self._putter = Putter(self._parts)
+        self._getter = Getter(self._parts)
+        self._deleter = Deleter(self._parts)
 
     def __repr__(self) -> str:  # never show the secret
         return f"<BlobManager {self.profile.user}@{self.profile.server} home={self.profile.home}>"
@@ -399,10 +402,7 @@ class BlobManager:
         back to PENDING_DOWNLOAD, for the next sync to fetch; its line says so, and is a
         ``CheckProblem`` whose ``repaired`` is true. A blob never uploaded has no other
         copy: its line says it is lost."""
-        checker = Checker(
-            self.store, self.transport, self._secret, self.profile.home, self.lock,
-            lambda row: self._getter.open_local(row, None),
-        )
+        checker = Checker(self._parts, lambda row: self._getter.open_local(row, None))
         return await checker.run(remote=remote, repair=repair)
 
     # --- incoming box --------------------------------------------------------------------

@@ -25,12 +25,9 @@ from .errors import (
     ClientError,
     TransientError,
 )
-from .localstore import LocalFileWriter, LocalStore, Row, Sealed, Source, read_file
-from .lock import ProfileLock
+from .localstore import LocalFileWriter, Row, Sealed, Source, read_file
 from .model import HAS_PAYLOAD, ProgressCallback, SyncReport, SyncStatus
-from .settings import ClientSettings
-from .sync import SyncEngine
-from .transport import Transport
+from .parts import UsesParts
 
 log = logging.getLogger("blobsync.client")
 
@@ -40,23 +37,7 @@ PUT_BATCH_COUNT = 500
 PUT_BATCH_BYTES = 4 << 20
 
 
-class Putter:
-    def __init__(
-        self,
-        store: LocalStore,
-        transport: Transport,
-        engine: SyncEngine,
-        secret: bytes,
-        lock: ProfileLock,
-        settings: ClientSettings,
-    ) -> None:
-        self.store = store
-        self.transport = transport
-        self.engine = engine
-        self._secret = secret
-        self.lock = lock
-        self.settings = settings
-
+class Putter(UsesParts):
     async def put(
         self, blob_id: str, data: bytes | str | Path, namespace: str, rank: int,
         local_only: bool, upload: bool,
