@@ -363,7 +363,7 @@ class _FrameReader:
             # Held whole anyway: checked in one call at its end (check_sealed).
             self._opener, self._buf, self._file = None, bytearray(), None
         else:
-            self._opener = Opener(engine._secret, ev.blob_id)
+            self._opener = Opener(engine._secret, ev.blob_id, keep=False)
             self._buf, self._file = None, await LocalFileWriter(self.store.temp_path()).open()
         return False
 

@@ -102,10 +102,8 @@ class Download:
     tag: bytes | None  # the Tag header, decoded
     _resp: aiohttp.ClientResponse
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        with _mapped("downloading"):
-            async for chunk in _arrived(self._resp.content):
-                yield chunk
+    def chunks(self) -> AsyncIterator[bytes]:
+        return _arrived(self._resp.content, "downloading")
 
 
 class Transport:
@@ -361,12 +359,7 @@ class Transport:
             ) as resp:
                 await self._raise_for(resp, what)
 
-                async def body() -> AsyncIterator[bytes]:
-                    with _mapped(what):
-                        async for chunk in _arrived(resp.content):
-                            yield chunk
-
-                yield body()
+                yield _arrived(resp.content, what)
 
     async def stream_upload(
         self,
@@ -400,7 +393,7 @@ class Transport:
         return [str(s) for s in stored], [str(e) for e in existing]
 
 
-async def _arrived(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+async def _arrived(content: aiohttp.StreamReader, what: str) -> AsyncIterator[bytes]:
     """A body as it arrives: whatever is there, as it came (no splitting or joining into
     fixed sizes; the read buffer bounds a piece), up to a dropped connection included.
 
@@ -412,14 +405,17 @@ async def _arrived(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
     """
     import aiohttp
 
-    try:
-        async for chunk in content.iter_any():
-            yield chunk
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
-        rest = _buffered(content)
-        if rest:
-            yield rest
-        raise
+    # One generator with the error mapping inside: this runs once per piece of a 1 GiB
+    # download, and every generator layer costs there.
+    with _mapped(what):
+        try:
+            async for chunk in content.iter_any():
+                yield chunk
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
+            rest = _buffered(content)
+            if rest:
+                yield rest
+            raise
 
 
 def _buffered(content: aiohttp.StreamReader) -> bytes:

@@ -213,7 +213,7 @@ async def open_into(
     """Open the sealed blob read from ``sealed`` into ``held`` (None: verify only, keep
     no plaintext). ``held`` becomes releasable only when the tag verified; on InvalidBlob
     (or any error) it stays unreleasable and the caller closes it."""
-    opener = Opener(secret, blob_id)
+    opener = Opener(secret, blob_id, keep=held is not None)
     async for chunk in sealed:
         plain = opener.feed(chunk)
         if plain and held is not None:

@@ -150,11 +150,14 @@ class Opener:
     16 bytes fed (they may be the tag); this adds only the cipher.
     """
 
-    def __init__(self, secret: bytes | None, blob_id: str) -> None:
+    def __init__(self, secret: bytes | None, blob_id: str, *, keep: bool = True) -> None:
+        """``keep=False``: verify only; ``feed`` returns b"" and ``rest`` is empty (a
+        download that is kept sealed needs its tag checked, not its plaintext gathered)."""
         if secret is not None:
             check_secret(secret)
         self._secret = secret
         self._blob_id = blob_id
+        self._keep = keep
         self._out: list[bytes] = []
         self._dec: Any = None
         self._verifier = SealedVerifier(blob_id, on_head=self._begin, on_body=self._body)
@@ -191,7 +194,12 @@ class Opener:
             _count_decryption()
 
     def _body(self, piece: memoryview) -> None:
-        self._out.append(self._dec.update(piece) if self._dec is not None else bytes(piece))
+        if self._dec is not None:
+            plain = self._dec.update(piece)  # GCM checks the tag over all it decrypts
+            if self._keep:
+                self._out.append(plain)
+        elif self._keep:
+            self._out.append(bytes(piece))
 
     def finish(self) -> Opened:
         """Call once, at the end of input: verifies and reports, or raises InvalidBlob."""
@@ -203,12 +211,13 @@ class Opener:
         verified = self._verifier.finish()
         if verified.external:
             return Opened(verified.preamble, verified.body_size + len(verified.tail),
-                          external=True, rest=bytes(verified.tail))
+                          external=True, rest=bytes(verified.tail) if self._keep else b"")
         try:
             last = self._dec.finalize_with_tag(verified.tail)
         except InvalidTag:
             raise InvalidBlob("sealed blob: tag does not verify") from None
-        return Opened(verified.preamble, verified.body_size, external=False, rest=last)
+        return Opened(verified.preamble, verified.body_size, external=False,
+                      rest=last if self._keep else b"")
 
 
 def seal(secret: bytes, blob_id: str, plaintext: bytes) -> bytes:

@@ -128,6 +128,23 @@ def test_opener_hands_on_all_but_the_tag_as_it_goes() -> None:
     assert received == len(plaintext)
 
 
+@pytest.mark.parametrize("tamper", [None, -1, -17, 800])
+def test_opener_that_keeps_nothing_still_checks_the_tag(tamper: int | None) -> None:
+    # keep=False (a download kept sealed): no plaintext handed out, the same verdict.
+    sealed = bytearray(seal(SECRET, "verify-only", os.urandom(100_000)))
+    if tamper is not None:
+        sealed[tamper] ^= 0x01
+    opener = Opener(SECRET, "verify-only", keep=False)
+    out = [opener.feed(piece) for piece in chunked(bytes(sealed), 4096)]
+    assert set(out) == {b""}
+    if tamper is None:
+        opened = opener.finish()
+        assert opened.size == 100_000 and opened.rest == b""
+    else:
+        with pytest.raises(InvalidBlob):
+            opener.finish()
+
+
 # --- readers' three ways of feeding, on the vectors ---------------------------------------
 
 VECTOR_IDS = [v.blob_id[:16] for v in SEALED]
