@@ -57,10 +57,20 @@ _DASH_VALUE = re.compile(r"^-.")
 
 def _max_wait_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--max-wait", type=float, metavar="SECONDS", default=None,
+        "--max-wait", type=_seconds, metavar="SECONDS", default=None,
         help="stop retrying passing failures after this long; what is left stays pending "
              f"for the next sync (default: the profile's setting, else {DEFAULT_MAX_WAIT:g})",
     )
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {value!r}")
+    return seconds
 
 
 def _flag(value: str) -> str:

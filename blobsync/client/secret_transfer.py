@@ -36,8 +36,8 @@ async def download_secret(transport: Transport) -> bytes:
         parts.append(opened.rest)
     except BlobNotFound:
         raise ClientError(
-            "the server holds no storage secret for this user: run init without recover "
-            "on the first device"
+            "the server holds no storage secret for this user: set up the first device "
+            "with a plain init (blobsync init, without --recover)"
         ) from None
     except InvalidBlob as exc:
         raise ClientError(f"the storage secret on the server is garbled ({exc})") from None
@@ -66,8 +66,8 @@ async def upload_secret(
         same = False
     if not same:
         raise ClientError(
-            "the server already holds a storage secret for this user: use recover to set "
-            "up this device"
+            "the server already holds a storage secret for this user: set this device up "
+            "with recover (blobsync init --recover)"
         )
     return False
 

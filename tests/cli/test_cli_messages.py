@@ -14,3 +14,10 @@ def test_server_only_ls_options_say_they_need_remote(ready_a: Device) -> None:
         ready_a.run("ls", "--flag", "PENDING", "--order-by", "date", "--deleted"), 2)
     assert line == ("blobsync: error: --flag, --order-by and --deleted need --remote: flags, "
                     "dates and deletions are known to the server")
+
+
+def test_max_wait_takes_no_negative_seconds(ready_a: Device) -> None:
+    for bad in ("-5", "soon", "inf"):
+        line = assert_one_line_error(ready_a.run("sync", f"--max-wait={bad}"), 2)
+        assert "--max-wait" in line and bad in line, line
+    ready_a.ok("sync", "--max-wait", "0")

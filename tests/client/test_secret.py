@@ -52,7 +52,7 @@ async def test_init_recover_and_open(account, tmp_path: Path) -> None:
     # the encrypted copy is on the server, as an external sealed blob
     assert await srv.store.index.get_blob("alice", SECRET_NAMESPACE, SECRET_BLOB_ID)
     # a second device without recover is refused: it would make another secret
-    with pytest.raises(ClientError, match="recover"):
+    with pytest.raises(ClientError, match=r"init --recover\)"):
         await BlobManager.init(tmp_path / "x", server=srv.url, user="alice",
                                token=account.token, passphrase=PASSPHRASE)
     assert not (tmp_path / "x").exists()
@@ -113,7 +113,7 @@ async def test_secret_file_import(account, tmp_path: Path) -> None:
 
 
 async def test_recover_without_a_secret_on_the_server(account, tmp_path: Path) -> None:
-    with pytest.raises(ClientError, match="no storage secret"):
+    with pytest.raises(ClientError, match=r"no storage secret .*without --recover\)"):
         await BlobManager.init(tmp_path / "r", server=account.server.url, user="alice",
                                token=account.token, passphrase=PASSPHRASE, recover=True)
 
