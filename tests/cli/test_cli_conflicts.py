@@ -71,11 +71,7 @@ def test_rm_after_an_id_conflict_forgets_here_and_leaves_the_other_blob(
 ) -> None:
     """After a conflict, the advice is `rm conflict` on B: it must never send a DELETE,
     which would remove A's blob from the server, and A's next sync would drop it too."""
-    mine, theirs = tmp_path / "a.txt", tmp_path / "b.txt"
-    mine.write_bytes(b"device A wrote this")
-    theirs.write_bytes(b"device B wrote something else")
-    ready_a.ok("put", "--id", "conflict", str(mine))
-    assert_one_line_error(ready_b.run("put", "--id", "conflict", str(theirs)), EXIT_ID_TAKEN)
+    mine, _ = id_conflict(ready_a, ready_b, tmp_path)
 
     rm = ready_b.run("rm", "conflict")
     assert rm.returncode == 0 and rm.stdout == b""  # a notice, not a result: on stderr
@@ -126,14 +122,21 @@ def test_rm_of_a_queued_put_deletes_it_once_it_is_there(
     assert "mine" not in ready_a.ok("ls", "--remote")
 
 
-def test_put_run_again_after_an_id_conflict_tries_again_and_exits_10(
-    ready_a: Device, ready_b: Device, tmp_path: Path
-) -> None:
+def id_conflict(ready_a: Device, ready_b: Device, tmp_path: Path) -> tuple[Path, Path]:
+    """A's file under the id "conflict" on the server; B's put of other bytes under it is
+    refused (exit 10). Returns (A's file, B's file)."""
     mine, theirs = tmp_path / "a.txt", tmp_path / "b.txt"
     mine.write_bytes(b"device A wrote this")
     theirs.write_bytes(b"device B wrote something else")
     ready_a.ok("put", "--id", "conflict", str(mine))
     assert_one_line_error(ready_b.run("put", "--id", "conflict", str(theirs)), EXIT_ID_TAKEN)
+    return mine, theirs
+
+
+def test_put_run_again_after_an_id_conflict_tries_again_and_exits_10(
+    ready_a: Device, ready_b: Device, tmp_path: Path
+) -> None:
+    mine, theirs = id_conflict(ready_a, ready_b, tmp_path)
 
     proc = ready_b.run("--json", "put", "--id", "conflict", str(theirs))
     line = assert_one_line_error(proc, EXIT_ID_TAKEN)
@@ -147,11 +150,7 @@ def test_put_run_again_after_an_id_conflict_tries_again_and_exits_10(
 def test_rm_of_a_conflicted_blob_says_local_only_in_json(
     ready_a: Device, ready_b: Device, tmp_path: Path
 ) -> None:
-    mine, theirs = tmp_path / "a.txt", tmp_path / "b.txt"
-    mine.write_bytes(b"device A wrote this")
-    theirs.write_bytes(b"device B wrote something else")
-    ready_a.ok("put", "--id", "conflict", str(mine))
-    assert_one_line_error(ready_b.run("put", "--id", "conflict", str(theirs)), EXIT_ID_TAKEN)
+    id_conflict(ready_a, ready_b, tmp_path)
     assert ready_b.json("rm", "conflict") == {
         "id": "conflict", "namespace": "default", "deleted": True, "queued": False,
         "local_only": True}

@@ -9,7 +9,8 @@ from pathlib import Path
 from tests.helpers.client import Account, cli, home_with, one_line_error
 
 
-async def test_sync_names_and_retries_refused_blobs(account: Account, tmp_path: Path) -> None:
+async def over_quota(account: Account, tmp_path: Path) -> tuple[Path, Path]:
+    """A profile, and a 100 kB file that the server's quota (50 kB of room) will refuse."""
     a = await home_with(account, "a")
     home = a.profile.home
     await a.close()
@@ -17,6 +18,12 @@ async def test_sync_names_and_retries_refused_blobs(account: Account, tmp_path: 
     store.quota = await store.index.usage(account.user) + 50_000
     src = tmp_path / "report.pdf"
     src.write_bytes(os.urandom(100_000))
+    return home, src
+
+
+async def test_sync_names_and_retries_refused_blobs(account: Account, tmp_path: Path) -> None:
+    home, src = await over_quota(account, tmp_path)
+    store = account.server.store
     rc, _, err = await cli(home, "put", "--id", "report", str(src))
     assert "--retry-failed" in one_line_error(rc, err, 1)
     store.quota = 0  # space was freed
@@ -40,13 +47,8 @@ async def test_put_run_again_sends_a_refused_blob_again(
 ) -> None:
     """`put` of the same file again retries its FAILED_UPLOAD blob: refused again while
     over quota (exit 1, named in the JSON's "refused"), uploaded once there is room."""
-    a = await home_with(account, "a")
-    home = a.profile.home
-    await a.close()
+    home, src = await over_quota(account, tmp_path)
     store = account.server.store
-    store.quota = await store.index.usage(account.user) + 50_000
-    src = tmp_path / "report.pdf"
-    src.write_bytes(os.urandom(100_000))
     rc, _, err = await cli(home, "put", "--id", "report", str(src))
     one_line_error(rc, err, 1)
     rc, out, err = await cli(home, "--json", "put", "--id", "report", str(src))
