@@ -27,6 +27,7 @@ from blobsync.server.config import (
 )
 from blobsync.server.errors import error_middleware
 from blobsync.server.expect import expect_handler
+from blobsync.server.feed import HUB, ChangeHub
 from blobsync.server.logs import ACCESS_LOGGER, AccessLogger
 from blobsync.server.metrics import Metrics, StoreMetrics, install
 from blobsync.server.openapi import build_openapi
@@ -40,6 +41,7 @@ from blobsync.server.routes_blobs import (
     server_info,
     set_flags,
 )
+from blobsync.server.routes_changes import changes
 from blobsync.server.routes_incoming import deliver, deliver_checks
 from blobsync.server.routes_stream import stream, stream_checks
 from blobsync.server.storage.blobstore import BlobStore
@@ -76,6 +78,19 @@ def make_public_app(store: BlobStore, config: ServerConfig) -> web.Application:
     r.add_post("/blobs/{uuid}/{blob_id}", set_flags)
     r.add_delete("/blobs/{uuid}/{blob_id}", delete_blob)
     r.add_post("/stream/{uuid}", stream, expect_handler=expect_handler(stream_checks))
+    r.add_get("/changes/{uuid}", changes, allow_head=False)
+    # One hub per process: commits made through either app wake this one's waiters.
+    hub = app[HUB] = ChangeHub(store.index)
+    store.on_change = hub.notify
+
+    async def start_hub(_app: web.Application) -> None:
+        await hub.start()
+
+    async def stop_hub(_app: web.Application) -> None:
+        await hub.stop()
+
+    app.on_startup.append(start_hub)
+    app.on_shutdown.append(stop_hub)
     return app
 
 

@@ -35,6 +35,12 @@ DEFAULT_SWEEP_INTERVAL = 3600.0
 DEFAULT_SWEEP_GRACE = 3600.0
 
 
+# SPEC 8's default: a device away for a month still catches up from its cursor.
+DEFAULT_FEED_RETENTION = 30 * 86400.0
+# SPEC 8 asks for a comment at least every 15 s on an idle event stream.
+DEFAULT_FEED_HEARTBEAT = 15.0
+
+
 class ConfigError(BlobsyncError):
     pass
 
@@ -59,6 +65,11 @@ class ServerConfig:
     # sweep_interval seconds (0: never); spares orphans younger than sweep_grace seconds.
     sweep_interval: float = DEFAULT_SWEEP_INTERVAL
     sweep_grace: float = DEFAULT_SWEEP_GRACE
+    # The change feed (SPEC 8): changes older than feed_retention seconds are dropped by
+    # the sweep (0: kept for ever); an idle event stream gets a comment every
+    # feed_heartbeat seconds.
+    feed_retention: float = DEFAULT_FEED_RETENTION
+    feed_heartbeat: float = DEFAULT_FEED_HEARTBEAT
 
     @property
     def blob_limit(self) -> int | None:
@@ -76,7 +87,7 @@ KEYS = tuple(f.name for f in fields(ServerConfig))
 _PORTS = {"port", "local_port"}
 _COUNTS = {"workers"}
 _SIZES = {"quota", "max_blob_size", "max_stream_size"}
-_DURATIONS = {"sweep_interval", "sweep_grace"}
+_DURATIONS = {"sweep_interval", "sweep_grace", "feed_retention", "feed_heartbeat"}
 _OPTIONAL = {"tls_cert", "tls_key", "metadata", "payload"}
 _LEVELS = {"debug", "info", "warning", "error"}
 _SIZE = re.compile(r"(\d+)\s*([kmgt]i?b?)?", re.IGNORECASE)

@@ -16,6 +16,7 @@ from blobsync.format.preamble import b64url_encode
 from blobsync.server.auth import authenticate_user
 from blobsync.server.errors import ApiError, client_gone, end_cut, write_body
 from blobsync.server.expect import before_body, check_room
+from blobsync.server.feed import encode_cursor
 from blobsync.server.params import (
     CONFIG,
     STORE,
@@ -81,8 +82,13 @@ async def list_blobs(request: web.Request) -> web.Response:
     if only_count:
         count = await store.index.count_blobs(uuid, ns, filter_flag=flag)
         return web.json_response({"count": min(count, limit) if limit else count})
+    # The feed position first: every change after it is either in the listing already or
+    # still to come, and a client applying one it has seen does nothing (SPEC 8).
+    position = await store.index.feed_position(uuid)
     ids = await store.index.list_blobs(uuid, ns, filter_flag=flag, order=order, limit=limit)
-    return web.json_response(ids)
+    return web.json_response(
+        ids, headers={"Changes-Cursor": encode_cursor(store.index.feed_id, position)}
+    )
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
@@ -168,7 +174,7 @@ async def set_flags(request: web.Request) -> web.Response:
     if unknown:
         raise ApiError(406, f"unknown flags {unknown}; flags are {sorted(FLAGS)}")
     flags = frozenset(doc)
-    await store.index.set_flags(uuid, ns, blob_id, flags, expect=expect)
+    await store.set_flags(uuid, ns, blob_id, flags, expect=expect)
     return web.json_response({"flags": sorted(flags)})
 
 

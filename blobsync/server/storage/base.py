@@ -16,7 +16,7 @@ a grace period. Deletion removes the row first, then the payload.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -72,6 +72,14 @@ class UserNotFound(StorageError):
     status_hint = 404
 
 
+class CursorGone(StorageError):
+    """A change-feed position this index can no longer serve (SPEC 8): before what
+    retention dropped, or past anything it ever handed out. The client lists in full."""
+
+    status_hint = 410
+    extra = {"resync": True}  # in the JSON error body (SPEC 8)
+
+
 class Order(Enum):
     NONE = "none"  # any order; the cheapest
     OLDEST_FIRST = "date"  # stored order, SPEC 4's `date` and `+date`
@@ -99,6 +107,35 @@ class NewBlob:
     tag: bytes
     location: str  # where the payload store committed it
     flags: frozenset[str] = frozenset()
+
+
+# The operations a change records (SPEC 8).
+CHANGE_OPS = ("put", "delete", "flags")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of a user's change feed, appended in the transaction of its write."""
+
+    seq: int  # feed position: per user, changes commit in seq order (cursors never skip)
+    namespace: str
+    blob_id: str
+    op: str  # one of CHANGE_OPS
+    size: int | None = None  # sealed size; put only
+    tag: bytes | None = None  # put only
+    flags: frozenset[str] | None = None  # put and flags
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePage:
+    """What ``MetadataIndex.read_changes`` found."""
+
+    changes: list[Change]
+    # The position after this page: past every change read, never past a change that
+    # commits later. A full page stops at its last change; a page that is not full
+    # stops at the user's newest change (other namespaces included).
+    position: int
+    done: bool  # False: more changes are waiting after ``position``
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +293,65 @@ class MetadataIndex(abc.ABC):
     @abc.abstractmethod
     async def all_locations(self) -> set[str]:
         """Every location a row names, for garbage collection."""
+
+    # the change feed (SPEC 8) -----------------------------------------------------------
+    # insert_blob(s), delete_blob and set_flags each append one change per blob written,
+    # in their own transaction; a failed or refused write appends none. Each user's
+    # changes commit in seq order, in every process (serialise the user's writers, and
+    # take the seq under that serialisation). remove_user drops the user's changes.
+
+    # A random id of this database, made with the schema and kept in it, set by ``open``.
+    # Cursors carry it, so that a cursor made by another database is told apart (410).
+    feed_id: str = ""
+
+    @abc.abstractmethod
+    async def read_changes(
+        self, user: str, since: int | None, limit: int, namespace: str | None = None
+    ) -> ChangePage:
+        """The user's changes after position ``since``, oldest first, at most ``limit``;
+        with ``namespace``, only that namespace's (the position still moves over all).
+
+        Read in one snapshot. Raises CursorGone when ``since`` lies before the user's
+        horizon (changes that retention dropped) or after the newest seq the index ever
+        gave out. ``since=None`` starts at the beginning of what is kept and never raises.
+        """
+
+    @abc.abstractmethod
+    async def feed_position(self, user: str) -> int:
+        """A position that every change committed later lies after: the user's newest
+        change, or its horizon, or 0. Taken before a listing, it bootstraps a client."""
+
+    @abc.abstractmethod
+    async def compact_changes(
+        self, retention_seconds: float | None, now: float | None = None
+    ) -> int:
+        """Keep the feed small; return how many changes were dropped.
+
+        Drops changes that a later change of the same blob supersedes (a later put or
+        delete supersedes everything before it; a later flags change supersedes earlier
+        flags changes only), which loses nothing a reader needs, so no cursor goes bad.
+        With ``retention_seconds``, also drops changes committed more than that long
+        before ``now`` (default: the clock), and moves the user's horizon up to the
+        newest one dropped: older cursors get CursorGone.
+        """
+
+    @abc.abstractmethod
+    async def changed_since(self, seq: int) -> tuple[int, set[str]]:
+        """The newest seq given out, and the users with changes after ``seq``. A process
+        polls this to learn of other processes' commits (see ``follow_commits``)."""
+
+    async def follow_commits(
+        self, wake: Callable[[set[str] | None], None], active: Callable[[], bool]
+    ) -> None:
+        """Run until cancelled, calling ``wake(users)`` when another process commits
+        changes for ``users`` (None: anyone may have changed, e.g. after a reconnect).
+        ``active()`` is False while nobody in this process waits: a poller may rest then.
+
+        Only a hint: waiters re-read the feed. This default returns at once, for indexes
+        that one process alone uses (memory). SQLite polls ``changed_since``; PostgreSQL
+        LISTENs on a connection of its own.
+        """
+        return
 
 
 class PayloadWriter(abc.ABC):

@@ -142,6 +142,9 @@ class BlobStore:
         self._writes: dict[int, float] = {}
         self._write_ids = itertools.count()
         self._handed_off: set[int] = set()  # writes that a task running on will end
+        # Called with the user after every write that appended to the user's change feed
+        # (the server's ChangeHub wakes that user's waiters in this process).
+        self.on_change: Callable[[str], None] = lambda user: None
 
     async def open(self) -> None:
         await self.index.open()
@@ -178,6 +181,7 @@ class BlobStore:
             self.observer.on_refused(exc)
             raise
         self.observer.on_stored(info)
+        self.on_change(user)
         return info
 
     async def _put(
@@ -378,6 +382,8 @@ class BlobStore:
                     self.observer.on_stored(outcome)
                 else:
                     self.observer.on_refused(outcome)
+            if any(isinstance(o, BlobInfo) for o in outcomes):
+                self.on_change(user)
             for i, location in enumerate(locations):
                 if i >= len(outcomes) or not isinstance(outcomes[i], BlobInfo):
                     await self.payloads.delete(location)  # not ours: a row names another
@@ -485,7 +491,20 @@ class BlobStore:
         # crash in between leaves an orphan for gc, never a row without bytes.
         info = await self.index.delete_blob(user, namespace, blob_id)
         self.observer.on_deleted(info)
+        self.on_change(user)
         await self.payloads.delete(info.location)
+
+    # flags ------------------------------------------------------------------------------
+    async def set_flags(
+        self,
+        user: str,
+        namespace: str,
+        blob_id: str,
+        flags: frozenset[str],
+        expect: str | None = None,
+    ) -> None:
+        await self.index.set_flags(user, namespace, blob_id, flags, expect=expect)
+        self.on_change(user)
 
     async def gc(self, grace_seconds: float = 3600) -> int:
         """Delete payloads no row names, older than ``grace_seconds``; return how many.

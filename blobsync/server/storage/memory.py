@@ -17,6 +17,9 @@ from .base import (
     BlobExists,
     BlobInfo,
     BlobNotFound,
+    Change,
+    ChangePage,
+    CursorGone,
     MetadataIndex,
     NewBlob,
     Order,
@@ -43,6 +46,20 @@ class MemoryIndex(MetadataIndex):
         self._tombstones: dict[_Space, dict[str, None]] = {}
         self._usage: dict[str, int] = {}
         self._seq = 0
+        # The change feed: per user, (commit time, change) in seq order, and the horizon
+        # (the newest seq retention dropped). A fresh id per index: nothing survives.
+        self._changes: dict[str, list[tuple[float, Change]]] = {}
+        self._horizon: dict[str, int] = {}
+        self._change_seq = 0
+        self.feed_id = os.urandom(8).hex()
+
+    def _append(
+        self, user: str, namespace: str, blob_id: str, op: str, *, size: int | None = None,
+        tag: bytes | None = None, flags: frozenset[str] | None = None,
+    ) -> None:
+        self._change_seq += 1
+        change = Change(self._change_seq, namespace, blob_id, op, size, tag, flags)
+        self._changes.setdefault(user, []).append((time.time(), change))
 
     # users and services -----------------------------------------------------------------
     async def add_user(self, uuid: str, token_hash: str) -> None:
@@ -63,6 +80,8 @@ class MemoryIndex(MetadataIndex):
         for space in [s for s in self._tombstones if s[0] == uuid]:
             del self._tombstones[space]
         self._usage.pop(uuid, None)
+        self._changes.pop(uuid, None)
+        self._horizon.pop(uuid, None)
 
     async def get_user(self, uuid: str) -> Principal | None:
         return self._users.get(uuid)
@@ -106,6 +125,7 @@ class MemoryIndex(MetadataIndex):
         rows[blob_id] = info
         self._usage[user] = used + size
         self._tombstones.get((user, namespace), {}).pop(blob_id, None)
+        self._append(user, namespace, blob_id, "put", size=size, tag=info.tag, flags=info.flags)
         return info
 
     async def get_blob(self, user: str, namespace: str, blob_id: str) -> BlobInfo | None:
@@ -119,6 +139,7 @@ class MemoryIndex(MetadataIndex):
         tombs = self._tombstones.setdefault((user, namespace), {})
         tombs.pop(blob_id, None)  # a second deletion of a re-created id is the newest
         tombs[blob_id] = None
+        self._append(user, namespace, blob_id, "delete")
         return info
 
     async def set_flags(
@@ -136,6 +157,7 @@ class MemoryIndex(MetadataIndex):
         if expect is not None and expect not in info.flags:
             raise PreconditionFailed(f"blob {blob_id} is not flagged {expect}")
         rows[blob_id] = replace(info, flags=frozenset(flags))
+        self._append(user, namespace, blob_id, "flags", flags=frozenset(flags))
 
     def _select(self, user: str, namespace: str, filter_flag: str | None) -> list[str]:
         rows = self._blobs.get((user, namespace), {})
@@ -181,6 +203,56 @@ class MemoryIndex(MetadataIndex):
 
     async def all_locations(self) -> set[str]:
         return {info.location for rows in self._blobs.values() for info in rows.values()}
+
+    # the change feed --------------------------------------------------------------------
+    async def read_changes(
+        self, user: str, since: int | None, limit: int, namespace: str | None = None
+    ) -> ChangePage:
+        horizon = self._horizon.get(user, 0)
+        if since is not None and not horizon <= since <= self._change_seq:
+            raise CursorGone(f"cursor {since} is outside the feed ({horizon}..{self._change_seq})")
+        start = horizon if since is None else since
+        log = self._changes.get(user, [])
+        out: list[Change] = []
+        for _, change in log:
+            if change.seq <= start or (namespace is not None and change.namespace != namespace):
+                continue
+            if len(out) == limit:
+                return ChangePage(out, out[-1].seq, False)
+            out.append(change)
+        return ChangePage(out, max(start, log[-1][1].seq if log else 0), True)
+
+    async def feed_position(self, user: str) -> int:
+        log = self._changes.get(user)
+        return max(self._horizon.get(user, 0), log[-1][1].seq if log else 0)
+
+    async def compact_changes(
+        self, retention_seconds: float | None, now: float | None = None
+    ) -> int:
+        now = time.time() if now is None else now
+        dropped = 0
+        for user, log in self._changes.items():
+            kept: list[tuple[float, Change]] = []
+            # Newest first: what a later change of the same blob supersedes is dropped.
+            replaced: set[tuple[str, str]] = set()  # a put or delete came later
+            reflagged: set[tuple[str, str]] = set()  # a flags change came later
+            for when, change in reversed(log):
+                key = (change.namespace, change.blob_id)
+                old = retention_seconds is not None and when < now - retention_seconds
+                if old:
+                    self._horizon[user] = max(self._horizon.get(user, 0), change.seq)
+                if old or key in replaced or (change.op == "flags" and key in reflagged):
+                    dropped += 1
+                    continue
+                kept.append((when, change))
+                (reflagged if change.op == "flags" else replaced).add(key)
+            kept.reverse()
+            log[:] = kept
+        return dropped
+
+    async def changed_since(self, seq: int) -> tuple[int, set[str]]:
+        users = {u for u, log in self._changes.items() if log and log[-1][1].seq > seq}
+        return self._change_seq, users
 
 
 class _MemoryWriter(PayloadWriter):
