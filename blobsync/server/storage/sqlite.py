@@ -13,10 +13,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from .base import (
@@ -24,6 +25,9 @@ from .base import (
     BlobExists,
     BlobInfo,
     BlobNotFound,
+    Change,
+    ChangePage,
+    CursorGone,
     MetadataIndex,
     NewBlob,
     Order,
@@ -95,7 +99,37 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX tombstones_by_seq ON tombstones (user, namespace, seq, blob_id)",
         "CREATE TABLE usage (user TEXT PRIMARY KEY, bytes INTEGER NOT NULL) WITHOUT ROWID",
     ],
+    # 2: the change feed (SPEC 8). Writers are serialised by BEGIN IMMEDIATE, so the
+    # AUTOINCREMENT seq commits in order in every process: cursors never skip.
+    [
+        """CREATE TABLE changes (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            user TEXT NOT NULL,
+            namespace TEXT NOT NULL,
+            blob_id TEXT NOT NULL,
+            op TEXT NOT NULL,
+            size INTEGER,
+            tag BLOB,
+            flags INTEGER,
+            created REAL NOT NULL
+        )""",
+        "CREATE INDEX changes_by_user ON changes (user, seq)",
+        # Compaction finds a blob's later changes through this one.
+        "CREATE INDEX changes_by_blob ON changes (user, namespace, blob_id, seq)",
+        # Per user, the newest seq that retention dropped: older cursors get 410.
+        "CREATE TABLE feed_horizon (user TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE feed (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+        "INSERT INTO feed VALUES ('id', lower(hex(randomblob(8))))",
+    ],
 ]
+
+_CHANGE_INSERT = (
+    "INSERT INTO changes (user, namespace, blob_id, op, size, tag, flags, created) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# How often a process looks for other processes' commits while requests wait on the feed:
+# a wake-up within this (SPEC 8 asks for one second), for one cheap query each time.
+COMMIT_POLL_INTERVAL = 0.05
 
 _BLOB_COLUMNS = "user, namespace, blob_id, size, tag, flags, seq, location"
 
@@ -123,6 +157,9 @@ class SQLiteIndex(MetadataIndex):
         try:
             await self._run(self._write, self._migrate)
             await self._scan.open()
+            self.feed_id = await self._run(
+                lambda: self._db().execute("SELECT value FROM feed WHERE key = 'id'").fetchone()[0]
+            )
         except BaseException:
             await self.close()
             raise
@@ -182,7 +219,7 @@ class SQLiteIndex(MetadataIndex):
         def tx(conn: sqlite3.Connection) -> None:
             if conn.execute("DELETE FROM users WHERE uuid = ?", (uuid,)).rowcount == 0:
                 raise UserNotFound(f"no user {uuid}")
-            for table in ("blobs", "tombstones", "usage"):
+            for table in ("blobs", "tombstones", "usage", "changes", "feed_horizon"):
                 conn.execute(f"DELETE FROM {table} WHERE user = ?", (uuid,))
 
         await self._run(self._write, tx)
@@ -266,6 +303,10 @@ class SQLiteIndex(MetadataIndex):
             "DELETE FROM tombstones WHERE user = ? AND namespace = ? AND blob_id = ?",
             (user, namespace, blob_id),
         )
+        conn.execute(
+            _CHANGE_INSERT,
+            (user, namespace, blob_id, "put", size, bytes(tag), mask, time.time()),
+        )
         return BlobInfo(user, namespace, blob_id, size, bytes(tag), frozenset(flags), seq,
                         location)
 
@@ -306,6 +347,7 @@ class SQLiteIndex(MetadataIndex):
             now = time.time()
             out: list[BlobInfo | BlobExists | QuotaExceeded] = []
             inserted: list[tuple[str, str, str]] = []
+            changes: list[tuple[Any, ...]] = []
             for blob in blobs:
                 blob_id, size, tag, location, flags = (
                     blob.blob_id, blob.size, blob.tag, blob.location, blob.flags
@@ -330,6 +372,8 @@ class SQLiteIndex(MetadataIndex):
                     break
                 added += size
                 inserted.append((user, namespace, blob_id))
+                changes.append((user, namespace, blob_id, "put", size, bytes(tag),
+                                flags_to_mask(flags), now))
                 out.append(BlobInfo(user, namespace, blob_id, size, bytes(tag),
                                     frozenset(flags), seq, location))
             if inserted:
@@ -342,6 +386,7 @@ class SQLiteIndex(MetadataIndex):
                     "DELETE FROM tombstones WHERE user = ? AND namespace = ? AND blob_id = ?",
                     inserted,
                 )
+                conn.executemany(_CHANGE_INSERT, changes)
             return out
 
         return await self._run(self._write, tx)
@@ -381,6 +426,9 @@ class SQLiteIndex(MetadataIndex):
                 "DELETE FROM tombstones WHERE user = ? AND namespace = ? AND blob_id = ?",
                 [v[:3] for v in values],
             )
+            conn.executemany(
+                _CHANGE_INSERT, [(*v[:3], "put", v[3], v[4], v[6], v[7]) for v in values]
+            )
             return len(values)
 
         return await self._run(self._write, tx)
@@ -413,6 +461,10 @@ class SQLiteIndex(MetadataIndex):
                 "VALUES (?, ?, ?, ?)",
                 (user, namespace, blob_id, time.time()),
             )
+            conn.execute(
+                _CHANGE_INSERT,
+                (user, namespace, blob_id, "delete", None, None, None, time.time()),
+            )
             return info
 
         return await self._run(self._write, tx)
@@ -439,6 +491,10 @@ class SQLiteIndex(MetadataIndex):
             conn.execute(
                 "UPDATE blobs SET flags = ? WHERE user = ? AND namespace = ? AND blob_id = ?",
                 (mask, user, namespace, blob_id),
+            )
+            conn.execute(
+                _CHANGE_INSERT,
+                (user, namespace, blob_id, "flags", None, None, mask, time.time()),
             )
 
         await self._run(self._write, tx)
@@ -560,3 +616,137 @@ class SQLiteIndex(MetadataIndex):
             return {r[0] for r in self._scan.db().execute("SELECT location FROM blobs")}
 
         return await self._scan.run(read)
+
+    # the change feed --------------------------------------------------------------------
+    @staticmethod
+    def _last_seq(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    @staticmethod
+    def _user_position(conn: sqlite3.Connection, user: str) -> int:
+        (newest,) = conn.execute(
+            "SELECT max(seq) FROM changes WHERE user = ?", (user,)
+        ).fetchone()
+        row = conn.execute("SELECT seq FROM feed_horizon WHERE user = ?", (user,)).fetchone()
+        return max(newest or 0, 0 if row is None else int(row[0]))
+
+    async def read_changes(
+        self, user: str, since: int | None, limit: int, namespace: str | None = None
+    ) -> ChangePage:
+        def read() -> ChangePage:
+            conn = self._db()
+            # One read transaction: the changes and the position come from one snapshot,
+            # so the position never lies past a change this page did not see.
+            conn.execute("BEGIN")
+            try:
+                row = conn.execute(
+                    "SELECT seq FROM feed_horizon WHERE user = ?", (user,)
+                ).fetchone()
+                horizon = 0 if row is None else int(row[0])
+                if since is not None:
+                    last = self._last_seq(conn)
+                    if not horizon <= since <= last:
+                        raise CursorGone(
+                            f"cursor position {since} is outside the feed ({horizon}..{last})"
+                        )
+                start = horizon if since is None else since
+                sql = (
+                    "SELECT seq, namespace, blob_id, op, size, tag, flags FROM changes "
+                    "WHERE user = ? AND seq > ?"
+                )
+                args: tuple[Any, ...] = (user, start)
+                if namespace is not None:
+                    sql += " AND namespace = ?"
+                    args += (namespace,)
+                rows = conn.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit + 1)).fetchall()
+                changes = [_row_to_change(r) for r in rows[:limit]]
+                if len(rows) > limit:
+                    return ChangePage(changes, changes[-1].seq, False)
+                return ChangePage(changes, max(start, self._user_position(conn, user)), True)
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._run(read)
+
+    async def feed_position(self, user: str) -> int:
+        def read() -> int:
+            conn = self._db()
+            conn.execute("BEGIN")
+            try:
+                return self._user_position(conn, user)
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._run(read)
+
+    async def compact_changes(
+        self, retention_seconds: float | None, now: float | None = None
+    ) -> int:
+        cutoff = None if retention_seconds is None else (
+            (time.time() if now is None else now) - retention_seconds
+        )
+
+        def tx(conn: sqlite3.Connection) -> int:
+            dropped = 0
+            if cutoff is not None:
+                conn.execute(
+                    "INSERT INTO feed_horizon (user, seq) "
+                    "SELECT user, max(seq) FROM changes WHERE created < ? GROUP BY user "
+                    "ON CONFLICT (user) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    (cutoff,),
+                )
+                dropped += conn.execute(
+                    "DELETE FROM changes WHERE created < ?", (cutoff,)
+                ).rowcount
+            # A later put or delete of the blob supersedes all before it; a later flags
+            # change supersedes earlier flags changes. Lossless: no horizon moves.
+            dropped += conn.execute(
+                "DELETE FROM changes WHERE EXISTS (SELECT 1 FROM changes AS later "
+                "WHERE later.user = changes.user AND later.namespace = changes.namespace "
+                "AND later.blob_id = changes.blob_id AND later.seq > changes.seq "
+                "AND (later.op != 'flags' OR changes.op = 'flags'))"
+            ).rowcount
+            return dropped
+
+        return await self._run(self._write, tx)
+
+    async def changed_since(self, seq: int) -> tuple[int, set[str]]:
+        def read() -> tuple[int, set[str]]:
+            conn = self._db()
+            conn.execute("BEGIN")
+            try:
+                users = {
+                    r[0] for r in conn.execute(
+                        "SELECT DISTINCT user FROM changes WHERE seq > ?", (seq,)
+                    )
+                }
+                return self._last_seq(conn), users
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._run(read)
+
+    async def follow_commits(
+        self, wake: Callable[[set[str] | None], None], active: Callable[[], bool]
+    ) -> None:
+        # Workers share the file but not a channel: each polls, cheaply and only while
+        # a request of its own waits. A wake-up for our own commits too is harmless.
+        seen, _ = await self.changed_since(1 << 62)
+        while True:
+            await asyncio.sleep(COMMIT_POLL_INTERVAL)
+            if not active():
+                continue
+            last, users = await self.changed_since(seen)
+            if last != seen:
+                seen = last
+                if users:
+                    wake(users)
+
+
+def _row_to_change(row: tuple[Any, ...]) -> Change:
+    seq, namespace, blob_id, op, size, tag, flags = row
+    return Change(
+        seq, namespace, blob_id, op, size, None if tag is None else bytes(tag),
+        None if flags is None else mask_to_flags(flags),
+    )
