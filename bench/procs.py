@@ -158,7 +158,8 @@ def _proc_status_kib(pid: int, key: str) -> int:
 class ServerProc:
     """``python -m blobsync server`` on free loopback ports, its log in a file."""
 
-    def __init__(self, data: Path, *, log_level: str = "info", extra: tuple[str, ...] = ()):
+    def __init__(self, data: Path, *, log_level: str = "info", extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None):
         self.data = data
         self.port = free_port()
         self.local_port = free_port()
@@ -173,7 +174,7 @@ class ServerProc:
             argv = [sys.executable, "-c",
                     "import sys, uvloop; uvloop.install(); from blobsync.cli.main import main; "
                     "sys.exit(main(sys.argv[1:]))", *argv[3:]]
-        env = clean_env()
+        env = clean_env(**(env or {}))
         tree = os.environ.get("BENCH_SERVER_TREE")
         if tree:
             # Another copy of the package (the code before a change, for a before/after).

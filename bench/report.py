@@ -114,10 +114,19 @@ def targets(r: dict[str, Any], scale_count: int | None = None) -> list[Target]:
     below("large blob: server peak RSS",
           max(rss) if all(v is not None for v in rss) else None, RSS_LIMIT_MB, "MB")
     count = _get(r, "noop.count")
-    below(f"no-op sync of {count or '?'} blobs (blobsync sync)", _get(r, "noop.cli_seconds"),
-          1.0, "s")
-    below(f"no-op sync of {count or '?'} blobs (BlobManager.sync)",
-          _get(r, "noop.library_seconds"), 1.0, "s")
+    # Issue 12: the feed makes a no-op sync one request, whatever the number of blobs.
+    below(f"no-op sync of {count or '?'} blobs, feed (blobsync sync)",
+          _get(r, "noop.cli_seconds"), 0.25, "s")
+    below(f"no-op sync of {count or '?'} blobs, feed (BlobManager.sync, warm)",
+          _get(r, "noop.library_seconds"), 0.010, "s")
+    below("propagation put -> watching device: p50", _get(r, "feed.put_to_device.p50_ms"),
+          50, "ms")
+    below("propagation put -> watching device: p99", _get(r, "feed.put_to_device.p99_ms"),
+          250, "ms")
+    below("1,000 idle SSE watchers: server CPU", _get(r, "feed.idle.cpu_percent_of_one_core"),
+          1.0, "% of a core")
+    below("1,000 idle SSE watchers: RSS per waiter", _get(r, "feed.idle.kb_per_waiter"),
+          20, "KB")
     errors = _get(r, "load.errors")
     if errors is not None:
         errors += (_get(r, "load.server_5xx") or 0) + (_get(r, "load.server_tracebacks") or 0)
@@ -168,9 +177,26 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      _fmt(_get(r, "noop.cli_seconds"), "s"), "-",
                      f"BlobManager.sync {_fmt(_get(r, 'noop.library_seconds'), 's')}; "
                      f"python start {_fmt(_get(r, 'noop.python_startup_s'), 's')}"))
+        if _get(r, "noop.full_cli_seconds") is not None:
+            rows.append((f"no-op sync --full (listing diff), {_get(r, 'noop.count'):,} blobs",
+                         _fmt(_get(r, "noop.full_cli_seconds"), "s"), "-",
+                         f"BlobManager.sync(full=True) "
+                         f"{_fmt(_get(r, 'noop.full_library_seconds'), 's')}"))
         rows.append((f"first sync, {_get(r, 'noop.count'):,} tiny blobs",
                      _fmt(_get(r, "noop.initial_sync.files_per_s"), "files/s"), "-",
                      f"{_fmt(_get(r, 'noop.initial_sync.seconds'), 's')}"))
+    for key, label in (("put_to_device", "put on server 1 -> device watching server 2"),
+                       ("delivery_to_consumer", "incoming delivery -> watching consumer")):
+        x = _get(r, f"feed.{key}")
+        if x:
+            rows.append((f"propagation, {label} (PostgreSQL + S3)",
+                         _fmt(x.get("p50_ms"), "ms p50"), "-",
+                         f"p99 {x.get('p99_ms')} ms over {x.get('count')}"))
+    idle = _get(r, "feed.idle")
+    if idle:
+        rows.append((f"{idle.get('count'):,} idle SSE watchers, {idle.get('seconds')} s",
+                     _fmt(idle.get("cpu_percent_of_one_core"), "% CPU"), "-",
+                     f"{idle.get('kb_per_waiter')} KB RSS per waiter"))
     if _get(r, "server.count"):
         for d, verb in (("upload", "up"), ("download", "down")):
             rows.append((f"server alone: {_get(r, 'server.count'):,} blobs {verb}, streams",

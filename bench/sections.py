@@ -279,10 +279,11 @@ def peer(ctx: Context) -> dict[str, Any]:
 
 
 # 4. a no-op sync over many blobs ----------------------------------------------------------
-def _library_syncs(home: Path, namespace: str, repeats: int) -> list[float]:
+def _library_syncs(home: Path, namespace: str, repeats: int, full: bool = False) -> list[float]:
     """BlobManager.sync timed in a process of its own (bench/lib_sync.py)."""
     m = run_measured([sys.executable, str(BENCH_DIR / "lib_sync.py"), str(home), namespace,
-                      str(repeats)], env=cli_env(), cwd=client_tree()).check()
+                      str(repeats), *(["full"] if full else [])],
+                     env=cli_env(), cwd=client_tree()).check()
     return [float(t) for t in json.loads(m.stdout)]
 
 
@@ -321,6 +322,12 @@ def noop(ctx: Context) -> dict[str, Any]:
             cmd_times.append(stats["seconds"])
             out.setdefault("cli_runs", []).append(stats)
         lib_times = _library_syncs(home, "default", ctx.scale.noop_repeats)
+        # The baseline of issue 12: the same no-op sync listing everything and diffing.
+        full_cmd = [_sync(ctx, server, home, "default", ["--full"], 0, None)[0]["seconds"]
+                    for _ in range(ctx.scale.noop_repeats)]
+        full_lib = _library_syncs(home, "default", ctx.scale.noop_repeats, full=True)
+        out["full_cli_seconds"] = round(statistics.median(full_cmd), 3)
+        out["full_library_seconds"] = round(statistics.median(full_lib), 3)
         out["cli_seconds"] = round(statistics.median(cmd_times), 3)
         out["library_seconds"] = round(statistics.median(lib_times), 3)
         out["library_runs"] = [round(t, 3) for t in lib_times]
@@ -328,7 +335,9 @@ def noop(ctx: Context) -> dict[str, Any]:
                                env=clean_env()).seconds
         out["python_startup_s"] = round(startup, 3)
         ctx.log(f"    blobsync sync: {out['cli_seconds']:.2f} s (median of "
-                f"{len(cmd_times)}); BlobManager.sync: {out['library_seconds']:.3f} s")
+                f"{len(cmd_times)}); BlobManager.sync: {out['library_seconds']:.4f} s; "
+                f"with --full (listing diff): {out['full_cli_seconds']:.2f} s and "
+                f"{out['full_library_seconds']:.3f} s")
     return out
 
 
@@ -396,5 +405,25 @@ def server(ctx: Context) -> dict[str, Any]:
     return out
 
 
+# 7. the change feed ----------------------------------------------------------------------------
+def feed(ctx: Context) -> dict[str, Any]:
+    """Propagation through two servers on PostgreSQL + S3 (bench/propagation.py), and the
+    cost of idle event-stream watchers (bench/idle_watchers.py)."""
+    import idle_watchers
+    import propagation
+
+    quick = ctx.scale.name == "quick"
+    out = ctx.start({})
+    out.update(propagation.measure(ctx.work / "feed", 50 if quick else 300,
+                                   20 if quick else 100, log=ctx.log))
+    count, seconds = (200, 5.0) if quick else (1000, 30.0)
+    ctx.log(f"  feed: {count} idle SSE watchers for {seconds:g} s")
+    idle = idle_watchers.measure(count, seconds)
+    out["idle"] = idle
+    ctx.log(f"    {idle['cpu_percent_of_one_core']}% of a core, "
+            f"{idle['kb_per_waiter']} KB per waiter")
+    return out
+
+
 SECTIONS = {"small": small, "large": large, "peer": peer, "noop": noop, "server": server,
-            "load": load}
+            "load": load, "feed": feed}
