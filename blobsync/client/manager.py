@@ -323,6 +323,12 @@ class BlobManager:
         return Watcher(self.feed, self._sync_lock, namespace,
                        process_incoming=self.process_incoming if incoming else None).events()
 
+    def watch_incoming(self) -> AsyncIterator[WatchEvent]:
+        """Process the incoming box as messages are delivered, and nothing else: what
+        ``incoming process --watch`` runs. Needs a registered consumer."""
+        return Watcher(self.feed, self._sync_lock, "MX", process_incoming=self.process_incoming,
+                       follow=False).events()
+
     async def send_missing(
         self,
         namespace: str = "default",

@@ -84,6 +84,7 @@ class Watcher:
         namespace: str,
         *,
         process_incoming: Callable[[], Awaitable[IncomingReport]] | None = None,
+        follow: bool = True,
     ) -> None:
         self.feed = feed
         self.store = feed.store
@@ -92,6 +93,7 @@ class Watcher:
         self.sync_lock = sync_lock
         self.namespace = namespace
         self.process_incoming = process_incoming
+        self.follow = follow  # False: the incoming box alone
         self._queue: asyncio.Queue[WatchEvent | _Failed] = asyncio.Queue()
         self._offline = False
         self._wake: float | None = None  # when the earliest retry falls due
@@ -99,8 +101,10 @@ class Watcher:
     # --- the iterator --------------------------------------------------------------------
 
     async def events(self) -> AsyncIterator[WatchEvent]:
-        tasks = [asyncio.create_task(self._guard(self._follow()))]
-        tasks.append(asyncio.create_task(self._guard(self._local())))
+        tasks = []
+        if self.follow:
+            tasks.append(asyncio.create_task(self._guard(self._follow())))
+            tasks.append(asyncio.create_task(self._guard(self._local())))
         if self.process_incoming is not None:
             tasks.append(asyncio.create_task(self._guard(self._incoming())))
         try:

@@ -131,10 +131,14 @@ class StoreFeed(StoreCore):
 
     # --- other processes -----------------------------------------------------------------
 
-    async def data_version(self) -> int:
-        """SQLite's ``data_version`` of the state database: it changes when ANOTHER
-        connection (another process on this profile) commits, never for this one's own
-        commits. A watcher polls it to notice a ``blobsync put`` made in another shell."""
-        return await self._run(
-            lambda: int(self._conn.execute("PRAGMA main.data_version").fetchone()[0])
-        )
+    async def data_version(self) -> tuple[int, int]:
+        """What changes whenever the state database does: SQLite's ``data_version`` moves
+        when ANOTHER connection (another process on this profile) commits, the
+        connection's ``total_changes`` when this one writes (a put of this process). A
+        watcher polls it to notice a ``blobsync put`` made in another shell; one pragma,
+        no row read."""
+        def q() -> tuple[int, int]:
+            version = int(self._conn.execute("PRAGMA main.data_version").fetchone()[0])
+            return version, int(self._conn.total_changes)
+
+        return await self._run(q)
