@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import CursorGone, NoFeed, TransientError
+from .errors import CursorGone, NoFeed, ProfileBusy, TransientError
 from .feedsync import FIRST, RESYNC, FeedSync
 from .incoming import MX, IncomingReport
 from .model import SyncReport, SyncStatus
@@ -47,6 +47,8 @@ LOCAL_POLL = 0.2
 NO_FEED_POLL = 5.0
 # Messages taken per round of the incoming box (process_incoming's limit).
 INCOMING_ROUND = 100
+# After another process kept the profile's lock past lock_wait, before trying again.
+BUSY_PAUSE = 1.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 
@@ -166,6 +168,11 @@ class Watcher:
                 if not await self._poll():
                     await asyncio.sleep(NO_FEED_POLL)
                     caught_up = False
+            except ProfileBusy as exc:
+                # Another process holds the profile longer than lock_wait (a big put): the
+                # page was not applied, its cursor not stored; read it again in a while.
+                log.info("waiting for the profile: %s", exc)
+                await asyncio.sleep(BUSY_PAUSE)
             except CursorGone:
                 caught_up = False  # the catch-up meets the 410 and lists in full
             except NoFeed:
@@ -213,11 +220,14 @@ class Watcher:
             version = await self.store.data_version()
             due = self._wake is not None and time.time() >= self._wake
             if version != seen or due:
-                seen = version
                 try:
                     await self._round()
+                except ProfileBusy as exc:
+                    log.info("waiting for the profile: %s", exc)
+                    continue  # ``seen`` unchanged: the next tick tries again
                 except TransientError as exc:
                     self._went_offline(exc)
+                seen = version
 
     async def _round(self) -> None:
         """Move what is pending, once (no waiting for retries), and say what went."""
@@ -244,7 +254,9 @@ class Watcher:
     async def _incoming(self) -> None:
         delay = BACKOFF_FIRST
         cursor: str | None = None
-        server = self.feed.server
+        # Its own key: this cursor says what was processed, not what the local store holds
+        # of MX (a ``sync("MX")`` keeps the other one).
+        server = self.feed.server + "#incoming"
         while True:
             try:
                 if cursor is None:

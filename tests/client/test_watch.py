@@ -185,3 +185,31 @@ async def test_leaving_the_iteration_stops_the_watch(devices) -> None:
     # No task of the watch is left running against the store.
     names = [t.get_coro().__qualname__ for t in asyncio.all_tasks()]  # type: ignore[union-attr]
     assert not any("Watcher" in n for n in names), names
+
+
+HOLD_THE_LOCK = textwrap.dedent("""
+    import fcntl, sys, time
+    with open(sys.argv[1], "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        print("held", flush=True)
+        time.sleep(float(sys.argv[2]))
+""")
+
+
+async def test_a_profile_held_long_by_another_process_only_delays_the_watch(devices) -> None:
+    """Another process keeps the profile's writer lock past lock_wait (a big put, say):
+    the watcher waits for it instead of ending with ProfileBusy."""
+    a = await devices("a")
+    b = await devices("b", lock_wait=0.2)
+    async with watching(b) as events:
+        await events.expect("resync")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HOLD_THE_LOCK, str(b.profile.home / "lock"), "2.0",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        assert await proc.stdout.readline() == b"held\n"
+        x = await a.put(None, b"while the profile was busy")
+        await events.expect("downloaded", x, within=WAIT + 2)
+        await proc.wait()
+    assert await b.get(x) == b"while the profile was busy"
