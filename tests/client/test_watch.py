@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -213,3 +215,44 @@ async def test_a_profile_held_long_by_another_process_only_delays_the_watch(devi
         await events.expect("downloaded", x, within=WAIT + 2)
         await proc.wait()
     assert await b.get(x) == b"while the profile was busy"
+
+
+async def test_the_cli_watch_says_offline_once_and_online_on_stderr(tmp_path: Path) -> None:
+    """`blobsync sync --watch` as a real process: the server stops and starts again on the
+    same port; stderr says offline once and online once, stdout carries events only."""
+    port = free_port()
+    data = tmp_path / "srv"
+    srv = await start_on(data, port)
+    token = await make_user(srv.store, "alice")
+    acct = Account(srv, "alice", token, tmp_path)
+    a = await acct.device("a")
+    b = await acct.device("b")
+    home = b.profile.home
+    await b.close()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "blobsync", "--home", str(home), "sync", "--watch",
+        env=cli_env(), cwd=str(ROOT), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert line.startswith(b"resync default")
+        await srv.stop()
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert line.startswith(b"blobsync: offline: cannot reach the server"), line
+        await asyncio.sleep(2.0)
+        srv = await start_on(data, port)
+        line = await asyncio.wait_for(proc.stderr.readline(), 40)
+        assert line == b"blobsync: online again\n"
+        x = await a.put(None, b"after")
+        line = await asyncio.wait_for(proc.stdout.readline(), WAIT)
+        assert line == f"downloaded default {x}\n".encode()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        _, rest = await asyncio.wait_for(proc.communicate(), 30)
+        await a.close()
+        await srv.stop()
+    assert proc.returncode == 130
+    assert rest == b"blobsync: error: interrupted\n"
