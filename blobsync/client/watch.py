@@ -199,7 +199,7 @@ class Watcher:
     async def _poll(self) -> bool:
         """One long poll and what it brings; False when there is no feed to poll."""
         cursor = await self.store.cursor(self.feed.server, self.namespace)
-        if cursor is None:
+        if cursor is None or self.feed.no_feed:
             return False
         page = await self.transport.changes(self.namespace, cursor, timeout=POLL_TIMEOUT)
         await self._back_online()
@@ -253,22 +253,23 @@ class Watcher:
 
     async def _incoming(self) -> None:
         delay = BACKOFF_FIRST
-        cursor: str | None = None
         # Its own key: this cursor says what was processed, not what the local store holds
         # of MX (a ``sync("MX")`` keeps the other one).
         server = self.feed.server + "#incoming"
+        cursor = await self.store.cursor(server, MX)
+        no_feed = self.feed.no_feed
         while True:
             try:
-                if cursor is None:
-                    cursor = await self.store.cursor(server, MX)
-                if cursor is None:
+                if cursor is None or no_feed:
                     # The listing's cursor: every delivery after what it shows comes in
                     # the feed; those it shows are processed now.
-                    _, cursor = await self.transport.listing(MX, filter_flag="PENDING")
+                    _, listed = await self.transport.listing(MX, filter_flag="PENDING")
+                    await self._back_online()
                     await self._process()
-                    if cursor is None:  # no feed: look again now and then
+                    if listed is None or no_feed:  # no feed: look again now and then
                         await asyncio.sleep(NO_FEED_POLL)
                         continue
+                    cursor = listed
                     await self.store.set_cursor(server, MX, cursor)
                 page = await self.transport.changes(MX, cursor, timeout=POLL_TIMEOUT)
                 await self._back_online()
@@ -278,9 +279,10 @@ class Watcher:
                 if page.cursor != cursor:
                     cursor = page.cursor
                     await self.store.set_cursor(server, MX, cursor)
-            except (CursorGone, NoFeed):
+            except CursorGone:
                 cursor = None
-                await self.store.set_cursor(server, MX, None)
+            except NoFeed:
+                no_feed = True
             except TransientError as exc:
                 self._went_offline(exc)
                 await asyncio.sleep(delay)

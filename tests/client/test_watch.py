@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from blobsync.client import BlobManager, WatchEvent
-from tests.helpers.client import ROOT, Account, Recorder, cli_env, deliver
+from tests.helpers.client import ROOT, Account, Recorder, cli_env, deliver, device
 from tests.helpers.fixed_port import start_on
 from tests.helpers.net import free_port
 from tests.helpers.passphrase import PASSPHRASE
+from tests.helpers.relay import relay_to
 from tests.helpers.servers import make_user
 
 WAIT = 5.0
@@ -256,3 +257,39 @@ async def test_the_cli_watch_says_offline_once_and_online_on_stderr(tmp_path: Pa
         await srv.stop()
     assert proc.returncode == 130
     assert rest == b"blobsync: error: interrupted\n"
+
+
+NOT_FOUND = (b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 24\r\nConnection: close\r\n\r\n{\"error\": \"not found\"}\r\n")
+
+
+async def test_a_watch_against_a_server_without_the_feed_lists_now_and_then(
+    account: Account, devices
+) -> None:
+    """`/changes` answers 404 (a relay in front of the real server): the watch falls back
+    to listing every few seconds, for the namespace and the incoming box, without
+    hammering the server."""
+    a = await devices("a")
+
+    def no_feed(head: bytes) -> bytes | None:
+        return NOT_FOUND if head.startswith(b"GET /changes/") else None
+
+    async with relay_to(account.server.url, answer=no_feed) as relay:
+        b = await device(account, "b", relay.url)
+        consumer = Recorder()
+        b.register_consumer(consumer)
+        try:
+            async with watching(b) as events:
+                await events.expect("resync")
+                x = await a.put(None, b"found by a listing")
+                await deliver(account.server, "alice", {"mail-2": b"by a listing too"})
+                await events.expect("downloaded", x, within=15)
+                await events.expect("incoming", "mail-2", within=15)
+                started = len(relay.requests)
+                await asyncio.sleep(3.0)
+                # A few listings in 3 s (one namespace, the incoming box), not a loop.
+                assert len(relay.requests) - started <= 12, relay.lines()[started:]
+                assert len([ln for ln in relay.lines() if ln.startswith("GET /changes/")]) <= 3
+            assert consumer.saved == {"mail-2": b"BY A LISTING TOO"}
+        finally:
+            await b.close()
