@@ -4,6 +4,7 @@ person stops them (exit 130, one line, no traceback)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pty
@@ -17,14 +18,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_cli_incoming import deliver
-from tests.helpers.cli import ROOT, TIMEOUT, Device, Server
+from tests.helpers.cli import ROOT, TIMEOUT, Account, Device, Server, http
 from tests.helpers.terminal import read_until
 
 
 @pytest.fixture(scope="session")
 def incoming_token(server: Server) -> str:
     return server.add_service("incoming")
+
+
+def deliver(account: Account, token: str, blob_id: str, payload: bytes) -> None:
+    """What a mail service does: PUT the message into the user's incoming box."""
+    auth = "Token " + base64.b64encode(f"incoming:{token}".encode()).decode()
+    status, body = http(
+        "PUT", f"{account.server.local_url}/incoming/{account.user}/{blob_id}",
+        body=payload, headers={"Authorization": auth},
+    )
+    assert status == 200, body
 
 
 def put_file(device: Device, path: Path, data: bytes) -> str:
