@@ -187,12 +187,22 @@ def register(subparsers: Any) -> None:
     _namespace_arg(p)
 
     p = add("sync", cmd_sync, "synchronize a namespace with the server",
-            "Apply the server's deletions, then download what is missing here and upload "
-            "what is missing there. Blobs that failed for good (refused by the server, or "
-            "failing verification three times) are left alone unless --retry-failed is "
-            "given. Exits 1 if some blobs failed, now or before; 10 if the only failures of "
-            "this run are ids the server holds under other blobs.")
+            "Learn what changed on the server since the last sync (its change feed; a full "
+            "listing the first time, with --full, or when the server asks for one), apply "
+            "its deletions, then download what is missing here and upload what is missing "
+            "there. Blobs that failed for good (refused by the server, or failing "
+            "verification three times) are left alone unless --retry-failed is given. Exits "
+            "1 if some blobs failed, now or before; 10 if the only failures of this run are "
+            "ids the server holds under other blobs. With --watch it keeps the namespace in "
+            "sync until Ctrl-C (exit 130), printing one line per blob moved.")
     _namespace_arg(p)
+    p.add_argument("--full", action="store_true",
+                   help="list every blob on the server instead of reading its change feed")
+    p.add_argument("--watch", action="store_true",
+                   help="keep syncing until Ctrl-C: remote changes as they happen, local "
+                        "puts (from any shell) as they are made; one line per event "
+                        "(downloaded, uploaded, deleted_here, deleted_there, resync), "
+                        "offline/online notices on stderr")
     p.add_argument(RETRY_FAILED_OPTION, action="store_true",
                    help="give the blobs marked FAILED_UPLOAD or FAILED_DOWNLOAD another try "
                         "(after the quota was raised, say)")
@@ -234,3 +244,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--exec", required=True, metavar="CMD", help="shell command per message")
     p.add_argument("--limit", type=int, default=100, metavar="N",
                    help="process at most N messages (default: %(default)s)")
+    p.add_argument("--watch", action="store_true",
+                   help="keep processing messages as they are delivered, until Ctrl-C "
+                        "(exit 130); one line per message: incoming MX ID (OUTCOME)")

@@ -22,12 +22,19 @@ async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
 
     namespace = check_id(args.namespace, "namespace")
     given_up = (SyncStatus.FAILED_UPLOAD, SyncStatus.FAILED_DOWNLOAD)
+    if args.watch and args.full:
+        raise UsageError("--watch and --full do not go together (a watch lists in full "
+                         "when it has to)")
     async with open_manager(args, stream=not args.no_stream) as manager:
         retried = 0
         if args.retry_failed:
             retried = await manager.retry_failed(namespace)
+        if args.watch:
+            from .watch_cmds import follow
+
+            return await follow(manager.watch(namespace), out)
         with Bars(bars_wanted(out.json_mode)) as bars:
-            report = await manager.sync(namespace, progress=bars.callback)
+            report = await manager.sync(namespace, progress=bars.callback, full=args.full)
         # Blobs given up on before this run are left alone by sync: they count as a
         # failure too, or a script would think everything is on the server.
         still_failed: list[str] = []
@@ -130,6 +137,10 @@ async def cmd_incoming_process(args: argparse.Namespace, out: Output) -> int:
     consumer = ExecConsumer(args.exec, stdout_to_stderr=out.json_mode)
     async with open_manager(args) as manager:
         manager.register_consumer(consumer)
+        if args.watch:
+            from .watch_cmds import follow
+
+            return await follow(manager.watch_incoming(), out)
         report = await manager.process_incoming(limit=args.limit)
     details = dict(consumer.outcomes)
     outcomes: list[tuple[str, str]] = []

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
         BlobNotFound,
         ClientError,
         ConnectionLost,
+        CursorGone,
         MissingBlobs,
+        NoFeed,
         NotInitialized,
         PreconditionFailed,
         QuotaExceeded,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from .model import ForgottenHere, Priority, Progress, ProgressCallback, SyncReport, SyncStatus
     from .secret_transfer import SECRET_BLOB_ID, SECRET_NAMESPACE
     from .settings import ClientSettings
+    from .watch import WatchEvent
 
 __all__ = [
     "AlreadyOnServer", "AuthFailed", "BlobExists", "BlobNotFound", "ClientError",
@@ -44,6 +47,7 @@ __all__ = [
     "WrongPassphrase", "IncomingConsumer", "IncomingReport", "IncomingStreamConsumer",
     "SECRET_BLOB_ID", "SECRET_NAMESPACE", "BlobManager", "Priority", "Progress",
     "ProgressCallback", "SyncReport", "SyncStatus", "ClientSettings", "ForgottenHere",
+    "WatchEvent", "CursorGone", "NoFeed",
 ]
 
 # Which module defines each name; errors are the rest.
@@ -55,6 +59,7 @@ _WHERE = {
     **dict.fromkeys(("Priority", "Progress", "ProgressCallback", "SyncReport", "SyncStatus",
                      "ForgottenHere"), "model"),
     "ClientSettings": "settings",
+    "WatchEvent": "watch",
 }
 
 

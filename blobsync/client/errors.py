@@ -92,6 +92,16 @@ class MissingBlobs(RemoteError):
         self.missing = missing
 
 
+class CursorGone(RemoteError):
+    """410 on the change feed: the server can no longer serve this cursor (older than
+    what it keeps, or made by another database). The client lists in full (SPEC 8)."""
+
+
+class NoFeed(RemoteError):
+    """404 on the change feed: a server without one (Soledad, or a v1 server); the
+    client syncs by listing (SPEC 7)."""
+
+
 class NoSpace(ClientError):
     """The local disk is full (ENOSPC, or SQLite's "database or disk is full")."""
 

@@ -19,6 +19,7 @@ from .check import Checker
 from .deleting import Deleter
 from .enroll import Unlocked, enroll, unlock
 from .errors import ServerError, TransientError
+from .feedsync import FeedSync
 from .getting import Getter
 from .incoming import IncomingConsumer, IncomingReport, IncomingStreamConsumer, process_incoming
 from .localstore import LocalStore, Row
@@ -39,6 +40,7 @@ from .putting import Putter, file_source
 from .settings import ClientSettings
 from .sync import PHASES, SyncEngine
 from .transport import Transport
+from .watch import Watcher, WatchEvent
 
 log = logging.getLogger("blobsync.client")
 
@@ -68,6 +70,7 @@ class BlobManager:
         self._putter = Putter(self._parts)
         self._getter = Getter(self._parts)
         self._deleter = Deleter(self._parts)
+        self.feed = FeedSync(self._parts)
 
     def __repr__(self) -> str:  # never show the secret
         return f"<BlobManager {self.profile.user}@{self.profile.server} home={self.profile.home}>"
@@ -298,9 +301,33 @@ class BlobManager:
     # --- sync ----------------------------------------------------------------------------
 
     async def sync(
-        self, namespace: str = "default", *, progress: ProgressCallback | None = None
+        self, namespace: str = "default", *, progress: ProgressCallback | None = None,
+        full: bool = False,
     ) -> SyncReport:
-        return await self._reconcile_and_run(namespace, PHASES, progress)
+        """Learn what changed on the server (its change feed from this device's cursor;
+        a full listing with ``full``, without a cursor, on 410 or against a server without
+        a feed: SPEC 8), then download, upload and delete what is pending (SPEC 7)."""
+        return await self._reconcile_and_run(namespace, PHASES, progress, full=full)
+
+    def watch(
+        self, namespace: str = "default", *, incoming: bool | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        """Keep ``namespace`` in sync until the iteration stops: remote changes applied as
+        they arrive (a long poll of the feed), local puts (of any process on this profile)
+        uploaded as they are made, and with ``incoming`` (by default: when consumers are
+        registered) incoming messages processed as they are delivered. Yields a
+        ``WatchEvent`` per thing done; see watch.py."""
+        check_ids(namespace)
+        if incoming is None:
+            incoming = bool(self._consumers)
+        return Watcher(self.feed, self._sync_lock, namespace,
+                       process_incoming=self.process_incoming if incoming else None).events()
+
+    def watch_incoming(self) -> AsyncIterator[WatchEvent]:
+        """Process the incoming box as messages are delivered, and nothing else: what
+        ``incoming process --watch`` runs. Needs a registered consumer."""
+        return Watcher(self.feed, self._sync_lock, "MX", process_incoming=self.process_incoming,
+                       follow=False).events()
 
     async def send_missing(
         self,
@@ -324,11 +351,13 @@ class BlobManager:
         phases: Iterable[str],
         progress: ProgressCallback | None,
         report: SyncReport | None = None,
+        *,
+        full: bool = False,
     ) -> SyncReport:
         check_ids(namespace)
         async with self._sync_lock:
             report = report if report is not None else SyncReport()
-            waited = await self._reconcile(namespace, report)
+            waited = await self._reconcile(namespace, report, full=full)
             return await self.engine.run(
                 namespace, phases, progress=progress, report=report, waited=waited
             )
@@ -341,8 +370,9 @@ class BlobManager:
         async with self._sync_lock:
             await self._reconcile(namespace, SyncReport())
 
-    async def _reconcile(self, namespace: str, report: SyncReport) -> float:
-        """The listing and what follows from it. A server that answers with a 5xx is
+    async def _reconcile(self, namespace: str, report: SyncReport, *, full: bool = False
+                         ) -> float:
+        """The feed (or the listing) and what follows from it. A server answering a 5xx is
         retried on the transfers' schedule, within ``max_sync_wait`` (never without one: a
         library call must not wait forever); returns the seconds waited, which the run
         counts against the same budget. A server that cannot be reached at all fails at
@@ -353,9 +383,8 @@ class BlobManager:
         while True:
             try:
                 # The lock per step, not for the whole run: engine.run takes it per round
-                # and lets go while it waits for a retry.
-                async with self.lock.hold("sync"):
-                    await self.engine.reconcile(namespace, report)
+                # and lets go while it waits for a retry; the feed takes it per page.
+                await self.feed.reconcile(namespace, report, full=full)
                 return waited
             except ServerError as exc:
                 attempt += 1

@@ -9,6 +9,8 @@ test_sync_plan.py):
   on the server (remove here), which we waited for in vain (forget), which the server
   lost (upload again), which large uploads are already there (compare tags) and which
   are new (download);
+- ``plan_feed``: the same from a page of the change feed (SPEC 8), with the tags telling
+  a blob deleted and created again under its id;
 - ``batches``, ``take_batch``, ``order_uploads``, ``rank``: which blobs travel together
   in a stream, and in which order, highest priority first;
 - ``SizeBook``: the average sealed size learned per namespace, to size download streams
@@ -97,6 +99,59 @@ def reconcile(
                 plan.vanished.append(b)
     plan.already = sorted(set(large_pending_upload) & remote)
     plan.new = sorted(remote - known - tombs)
+    return plan
+
+
+@dataclass
+class FeedPlan:
+    """What follows from a page of the change feed (SPEC 8). Every list is sorted."""
+
+    gone_here: list[str] = field(default_factory=list)  # deleted on the server: remove here
+    vanished: list[str] = field(default_factory=list)  # PENDING_DELETE, gone there already
+    replace: list[str] = field(default_factory=list)  # held, another blob there now: fetch
+    already: list[str] = field(default_factory=list)  # large pending uploads it has
+    new: list[str] = field(default_factory=list)  # put there, unknown here: download
+
+
+def plan_feed(
+    changes: Iterable[tuple[str, str, bytes | None]],
+    held: dict[str, str],
+    tags: dict[str, bytes | None],
+    *,
+    uploading: Collection[str] = (),
+    large_pending_upload: Collection[str] = (),
+) -> FeedPlan:
+    """``changes``: (blob_id, op, tag) of one namespace, oldest first; ``held``: the status
+    value of those ids that are here; ``tags``: the tags of the held payloads (None: not
+    readable, so another blob). A put or delete supersedes what came before it for its
+    blob, as on the server; flags change nothing here. The rules are the listing's
+    (``reconcile``) with a delete for a tombstone, plus the tag: a put of a held id with
+    another tag is a blob deleted and created again there, fetched anew."""
+    last: dict[str, tuple[str, bytes | None]] = {}
+    for blob_id, op, tag in changes:
+        if op in ("put", "delete"):
+            last[blob_id] = (op, tag)
+    plan = FeedPlan()
+    synced = SyncStatus.SYNCED.value
+    waiting = (SyncStatus.PENDING_DOWNLOAD.value, SyncStatus.FAILED_DOWNLOAD.value)
+    for blob_id, (op, tag) in last.items():
+        st = held.get(blob_id)
+        if op == "delete":
+            if st == synced or st in waiting:
+                plan.gone_here.append(blob_id)
+            elif st == SyncStatus.PENDING_DELETE.value and blob_id not in uploading:
+                plan.vanished.append(blob_id)
+        elif st is None:
+            plan.new.append(blob_id)
+        elif st == synced:
+            if tag is None or tags.get(blob_id) != tag:
+                plan.replace.append(blob_id)
+        elif st == SyncStatus.FAILED_DOWNLOAD.value:
+            plan.replace.append(blob_id)  # a new blob under the id: worth another try
+        elif st == SyncStatus.PENDING_UPLOAD.value and blob_id in large_pending_upload:
+            plan.already.append(blob_id)
+    for ids in (plan.gone_here, plan.vanished, plan.replace, plan.already, plan.new):
+        ids.sort()
     return plan
 
 

@@ -118,16 +118,18 @@ class SyncEngine(Downloads, Uploads):
 
     # --- reconcile -----------------------------------------------------------------------
 
-    async def reconcile(self, namespace: str, report: SyncReport) -> None:
-        """Apply the server's deletions, and mark what is missing on either side."""
+    async def reconcile(self, namespace: str, report: SyncReport) -> str | None:
+        """Apply the server's deletions, and mark what is missing on either side. Returns
+        the listing's ``Changes-Cursor`` (SPEC 8), None from a server without a feed."""
         # The store's query runs on its thread (SQLite lets go of the GIL) while the
         # listings travel. They go one after the other: one connection, as for any
-        # request outside the ``concurrency`` transfers.
-        async def listings() -> tuple[list[str], list[str]]:
-            return (await self.transport.list_blobs(namespace),
-                    await self.transport.list_blobs(namespace, deleted=True))
+        # request outside the ``concurrency`` transfers. The cursor is the first
+        # listing's: every change after what it shows lies after that cursor.
+        async def listings() -> tuple[list[str], str | None, list[str]]:
+            listed, cursor = await self.transport.listing(namespace)
+            return listed, cursor, await self.transport.list_blobs(namespace, deleted=True)
 
-        (listed, tombstoned), (known, unsynced) = await gather(
+        (listed, cursor, tombstoned), (known, unsynced) = await gather(
             listings(), self.store.statuses(namespace)
         )
         large = await self.store.ids_larger(
@@ -160,6 +162,7 @@ class SyncEngine(Downloads, Uploads):
             )
         if plan.new:
             await self.store.add_pending_downloads(namespace, plan.new)
+        return cursor
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -171,9 +174,11 @@ class SyncEngine(Downloads, Uploads):
         progress: ProgressCallback | None = None,
         report: SyncReport | None = None,
         waited: float = 0.0,
+        wait: bool = True,
     ) -> SyncReport:
         """Rounds until nothing is due; ``waited``: seconds of ``max_sync_wait`` spent
-        already (retrying the listing)."""
+        already (retrying the listing). Without ``wait``, stop at the first pause for a
+        retry instead of sleeping through it (a watcher comes back by itself)."""
         run = _Run(namespace, report or SyncReport())
         phases = [p for p in PHASES if p in set(phases)]
         for p in phases:
@@ -191,7 +196,7 @@ class SyncEngine(Downloads, Uploads):
             if worked:
                 continue
             wake = await self.store.next_wake(namespace, [PHASE_STATUS[p] for p in phases])
-            if wake is None:
+            if wake is None or not wait:
                 break
             pause = max(0.0, wake - time.time())
             if wait_budget is not None and waited + pause > wait_budget:

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     import aiohttp
     from yarl import URL
 
+    from .feedwire import FeedPage
+
 log = logging.getLogger("blobsync.client.transport")
 
 # Error bodies are short JSON; never read more of one than this.
@@ -264,10 +266,36 @@ class Transport:
             deleted="true" if deleted else None,
             limit=str(limit) if limit else None,  # an extension of this server; sliced too
         )
-        doc = await self._call_json("GET", url, f"listing namespace {namespace}")
+        doc, _ = await self._listed(url, f"listing namespace {namespace}")
+        return doc[:limit] if limit else doc
+
+    async def listing(
+        self, namespace: str, *, filter_flag: str | None = None, deleted: bool = False
+    ) -> tuple[list[str], str | None]:
+        """The ids, and the listing's ``Changes-Cursor`` (SPEC 8; None: the server has no feed)."""
+        url = self._blobs(namespace=namespace, filter_flag=filter_flag,
+                          deleted="true" if deleted else None)
+        return await self._listed(url, f"listing namespace {namespace}")
+
+    async def _listed(self, url: URL, what: str) -> tuple[list[str], str | None]:
+        with _mapped(what):
+            async with self.session.get(url) as resp:
+                await self._raise_for(resp, what)
+                doc = await self._json(resp, what)
+                cursor = resp.headers.get("Changes-Cursor")
         if not isinstance(doc, list) or not all(isinstance(i, str) for i in doc):
             raise ServerError("listing: not a JSON list of ids", 502)
-        return doc[:limit] if limit else doc
+        return doc, cursor
+
+    async def changes(
+        self, namespace: str, since: str | None, *, limit: int | None = None,
+        timeout: float = 0.0,
+    ) -> FeedPage:
+        """A page of the feed of ``namespace`` after ``since`` (SPEC 8), a long poll with
+        ``timeout``: feedwire.read_changes (NoFeed on 404, CursorGone on 410)."""
+        from .feedwire import read_changes
+
+        return await read_changes(self, namespace, since, limit=limit, timeout=timeout)
 
     async def count_blobs(self, namespace: str, *, filter_flag: str | None = None) -> int:
         url = self._blobs(namespace=namespace, filter_flag=filter_flag, only_count="true")

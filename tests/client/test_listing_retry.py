@@ -24,12 +24,13 @@ UNAVAILABLE = (
 
 
 def first_listings_down(user: str, n: int) -> tuple[Callable[[bytes], bytes | None], list[int]]:
-    """A relay hook answering 503 to the first ``n`` listings; and how many it answered."""
+    """A relay hook answering 503 to the first ``n`` listings (or change feed reads, which
+    start a sync once the device has a cursor: SPEC 8); and how many it answered."""
     answered = [0]
-    listing = f"GET /blobs/{user}?".encode()
+    starts = (f"GET /blobs/{user}?".encode(), f"GET /changes/{user}?".encode())
 
     def answer(head: bytes) -> bytes | None:
-        if head.startswith(listing) and answered[0] < n:
+        if head.startswith(starts) and answered[0] < n:
             answered[0] += 1
             return UNAVAILABLE
         return None

@@ -57,6 +57,7 @@ class Attach:
     external: bool
     payload: bytes | None = None
     location: str | None = None
+    tag: bytes | None = None  # for a file, when known (an inline payload ends with it)
 
 
 @dataclass(frozen=True, slots=True)

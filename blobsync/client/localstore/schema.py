@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS blobs (
     -- server holds that very blob (never another device's blob under the same id).
     partial_tag BLOB,
     created REAL NOT NULL,
+    -- The sealed blob's tag (its last 16 bytes) where known without reading it (schema 4):
+    -- a feed ``put`` is compared with it. NULL: read the payload's last 16 bytes.
+    tag BLOB,
     UNIQUE (namespace, blob_id)
 );
 CREATE INDEX IF NOT EXISTS blobs_work ON blobs (namespace, status, next_attempt);
@@ -57,9 +60,20 @@ CREATE TABLE IF NOT EXISTS sources (
     PRIMARY KEY (namespace, path)
 );
 """
+# Where the change feed of each server and namespace was read up to (SPEC 8): the cursor
+# the server gave, opaque here. Added by schema 4 (add_feed_state).
+CURSORS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cursors (
+    server TEXT NOT NULL,         -- the server's URL, as the profile names it
+    namespace TEXT NOT NULL,
+    cursor TEXT NOT NULL,
+    PRIMARY KEY (server, namespace)
+);
+"""
 # 2: inline payloads moved out of the SQLCipher database (which held them in 1).
 # 3: the sources table.
-SCHEMA_VERSION = "3"
+# 4: the cursors table, and the tag of each blob.
+SCHEMA_VERSION = "4"
 
 # The payload database, next to the SQLCipher one.
 PAYLOADS_DB = "payloads.db"
@@ -86,9 +100,10 @@ def prepare(conn: Any, db_path: Path, payloads_path: Path) -> None:
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
     ).rowcount
     if fresh:
-        conn.executescript(SOURCES_SCHEMA)
+        conn.executescript(SOURCES_SCHEMA + CURSORS_SCHEMA)
     move_payloads_out(conn)
     add_sources(conn)
+    add_feed_state(conn)
     os.chmod(db_path, 0o600)
     os.chmod(payloads_path, 0o600)
 
@@ -132,6 +147,24 @@ def add_sources(conn: Any) -> None:
     try:
         conn.execute(SOURCES_SCHEMA)
         conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def add_feed_state(conn: Any) -> None:
+    """Schema 3 to 4: the cursors table and the tag column, in one transaction with the
+    version bump. Existing rows keep a NULL tag: it is read from the payload when needed."""
+    if version(conn) != "3":
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # A store rolled back to 3 by hand (tests do) may have the column already.
+        if "tag" not in {r[1] for r in conn.execute("PRAGMA main.table_info(blobs)")}:
+            conn.execute("ALTER TABLE blobs ADD COLUMN tag BLOB")
+        conn.execute(CURSORS_SCHEMA)
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -13,6 +13,7 @@ from sqlcipher3 import dbapi2 as sqlcipher
 
 from ..errors import ClientError, NoSpace
 from . import recovery, schema
+from .feedstate import StoreFeed
 from .reads import StoreReads
 from .writes import StoreWrites
 
@@ -31,7 +32,7 @@ def _no_room(path: Path) -> bool:
     return blocks * st.f_frsize < _SHM_ROOM
 
 
-class LocalStore(StoreReads, StoreWrites):
+class LocalStore(StoreReads, StoreWrites, StoreFeed):
     # --- life cycle ----------------------------------------------------------------------
 
     async def open(self) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlcipher3 import dbapi2 as sqlcipher
 
+from blobsync.format import TAG_SIZE
+
 from ..errors import BlobExists
 from ..model import SyncStatus
 from .core import StoreCore
@@ -46,10 +48,11 @@ class StoreWrites(StoreCore):
                 try:
                     cur = self._conn.execute(
                         "INSERT INTO blobs (namespace, blob_id, status, priority, size, "
-                        "sealed_size, location, inline, external, created) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "sealed_size, location, inline, external, created, tag) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (namespace, blob_id, status.value, priority, size, sealed_size,
-                         location, int(payload is not None), int(external), time.time()),
+                         location, int(payload is not None), int(external), time.time(),
+                         None if payload is None else bytes(payload[-TAG_SIZE:])),
                     )
                 except sqlcipher.IntegrityError:
                     raise BlobExists(
@@ -82,9 +85,10 @@ class StoreWrites(StoreCore):
                     try:
                         cur = conn.execute(
                             "INSERT INTO blobs (namespace, blob_id, status, priority, size, "
-                            "sealed_size, inline, created) VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
+                            "sealed_size, inline, created, tag) "
+                            "VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
                             (namespace, it.blob_id, status.value, priority, it.size,
-                             len(it.payload), now),
+                             len(it.payload), now, bytes(it.payload[-TAG_SIZE:])),
                         )
                     except sqlcipher.IntegrityError:
                         raise BlobExists(
@@ -294,6 +298,8 @@ class StoreWrites(StoreCore):
                 ) if r[2] in waiting
             }
 
+        old_files: list[Path] = []
+
         def q() -> list[bool]:
             conn = self._conn
             before = waiting_rows()
@@ -314,15 +320,28 @@ class StoreWrites(StoreCore):
                     if row_id is None or (it.payload is not None and row_id not in written):
                         out.append(False)
                         continue
+                    tag = it.tag if it.payload is None else bytes(it.payload[-TAG_SIZE:])
                     updates.append((synced, it.size, it.sealed_size, it.location,
-                                    int(it.payload is not None), int(it.external), row_id))
+                                    int(it.payload is not None), int(it.external), tag, row_id))
                     out.append(True)
+                # A row the feed moved back to waiting (another blob under its id) still
+                # holds its old payload: a file goes once the new one is kept, an inline
+                # one is replaced above or goes here.
+                replaced = [r for r in self._select_in(
+                    "SELECT id, location, inline FROM blobs WHERE id IN ({})", (),
+                    [u[-1] for u in updates],
+                ) if r[1] is not None or r[2]]
                 conn.executemany(
                     "UPDATE blobs SET status = ?, size = ?, sealed_size = ?, location = ?, "
-                    "inline = ?, external = ?, retries = 0, next_attempt = 0, "
+                    "inline = ?, external = ?, tag = ?, retries = 0, next_attempt = 0, "
                     "verify_failures = 0, partial_tag = NULL WHERE id = ?",
                     updates,
                 )
+                conn.executemany(
+                    "DELETE FROM pl.payloads WHERE id = ?",
+                    [(r[0],) for r in replaced if r[0] not in written],
+                )
+                old_files.extend(self.blob_path(r[1]) for r in replaced if r[1] is not None)
                 # Payloads written for rows that stopped waiting, unless such a row took
                 # a payload of its own meanwhile (same id, same verified blob).
                 unclaimed = set(written) - {u[-1] for u in updates}
@@ -334,7 +353,10 @@ class StoreWrites(StoreCore):
                     )
             return out
 
-        return await self._run(q)
+        kept = await self._run(q)
+        if old_files:
+            await asyncio.to_thread(unlink_all, old_files)
+        return kept
 
     async def refetch(self, rows: list[Row]) -> list[Row]:
         """Rows still SYNCED whose local payload is missing or damaged go back to

@@ -1,0 +1,56 @@
+"""``blobsync sync --watch`` and ``blobsync incoming process --watch``: follow the server
+until Ctrl-C, one line per event on stdout (a JSON object per line with --json), and the
+server going away or coming back as notices on stderr. No progress bars."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .output import Output, writing_stdout
+
+# Said on stderr, not stdout: they are about the link, not about blobs.
+NOTICES = ("offline", "online")
+
+
+def notice(event: Any) -> None:
+    if event.kind == "offline":
+        text = f"blobsync: offline: {event.detail}; retrying"
+    else:
+        text = "blobsync: online again"
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def event_line(event: Any) -> str:
+    """``KIND NAMESPACE [ID] [(DETAIL)]``: stable words, split on blanks by scripts."""
+    parts = [event.kind, event.namespace]
+    if event.blob_id:
+        parts.append(event.blob_id)
+    if event.detail:
+        parts.append(f"({event.detail})")
+    return " ".join(parts)
+
+
+def write_event(out: Output, event: Any) -> None:
+    if event.kind in NOTICES:
+        notice(event)
+    elif out.json_mode:
+        import json
+
+        doc = {"event": event.kind, "namespace": event.namespace, "blob_id": event.blob_id,
+               "detail": event.detail}
+        with writing_stdout():
+            sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
+            sys.stdout.flush()
+        out.mark_written()  # lines were the answer: no error document after them
+    else:
+        out.line(event_line(event))
+
+
+async def follow(events: AsyncIterator[Any], out: Output) -> int:
+    """Print ``events`` until interrupted (Ctrl-C ends the command with 130)."""
+    async for event in events:
+        write_event(out, event)
+    return 0

@@ -1,0 +1,144 @@
+"""The local store's part of the change feed (SPEC 8): the cursor of each server and
+namespace, the tags of the blobs held (to compare a feed ``put`` with them without reading
+the payload), a cheap "did another process write?" probe, and the one status move that
+only the feed makes (a held blob whose id now names another blob on the server)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from blobsync.format import TAG_SIZE
+
+from ..errors import ClientError
+from ..model import SyncStatus
+from .core import StoreCore
+from .files import read_tail
+from .rows import COLUMNS, Row
+
+
+class StoreFeed(StoreCore):
+    # --- cursors -------------------------------------------------------------------------
+
+    async def cursor(self, server: str, namespace: str) -> str | None:
+        def q() -> str | None:
+            r = self._conn.execute(
+                "SELECT cursor FROM cursors WHERE server = ? AND namespace = ?",
+                (server, namespace),
+            ).fetchone()
+            return None if r is None else str(r[0])
+
+        return await self._run(q)
+
+    async def set_cursor(self, server: str, namespace: str, cursor: str | None) -> None:
+        """Remember ``cursor`` (None: forget it, the next sync lists in full)."""
+
+        def q() -> None:
+            if cursor is None:
+                self._conn.execute(
+                    "DELETE FROM cursors WHERE server = ? AND namespace = ?", (server, namespace)
+                )
+            else:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO cursors (server, namespace, cursor) "
+                    "VALUES (?, ?, ?)", (server, namespace, cursor),
+                )
+
+        await self._run(q)
+
+    # --- what is held --------------------------------------------------------------------
+
+    async def held(self, namespace: str, blob_ids: Iterable[str]) -> dict[str, Row]:
+        """The rows of ``blob_ids`` that exist (a feed page's ids: few)."""
+        ids = list(blob_ids)
+
+        def q() -> dict[str, Row]:
+            rows = self._select_in(
+                f"SELECT {COLUMNS} FROM blobs WHERE namespace = ? AND blob_id IN ({{}})",
+                (namespace,), ids,
+            )
+            return {row.blob_id: row for row in map(Row.from_db, rows)}
+
+        return await self._run(q)
+
+    async def tags(self, rows: Iterable[Row]) -> dict[str, bytes | None]:
+        """The sealed tag of each row holding a payload: the ``tag`` column, else the
+        payload's last 16 bytes, which are then written to the column (read once). None
+        for a payload that cannot be read (the caller treats it as another blob)."""
+        wanted = [r for r in rows if r.location or r.inline]
+
+        def q() -> dict[int, bytes | None]:
+            found: dict[int, bytes | None] = {}
+            for i in range(0, len(wanted), 500):
+                part = [r.id for r in wanted[i : i + 500]]
+                sql = f"SELECT id, tag FROM blobs WHERE id IN ({','.join('?' * len(part))})"
+                found.update((r[0], r[1]) for r in self._conn.execute(sql, part))
+            return found
+
+        known = await self._run(q)
+        out: dict[str, bytes | None] = {}
+        learned: list[tuple[bytes, int]] = []
+        for row in wanted:
+            tag = known.get(row.id)
+            if tag is None:
+                try:
+                    tag = await self._tail(row)
+                except (ClientError, OSError):
+                    out[row.blob_id] = None
+                    continue
+                learned.append((tag, row.id))
+            out[row.blob_id] = bytes(tag)
+        if learned:
+            await self._run(
+                lambda: self._conn.executemany("UPDATE blobs SET tag = ? WHERE id = ?", learned)
+            )
+        return out
+
+    async def _tail(self, row: Row) -> bytes:
+        if row.inline:
+            def q() -> bytes:
+                r = self._conn.execute(
+                    "SELECT substr(data, ?) FROM pl.payloads WHERE id = ?", (-TAG_SIZE, row.id)
+                ).fetchone()
+                if r is None:
+                    raise ClientError("local store: an inline payload is missing")
+                return bytes(r[0])
+
+            return await self._run(q)
+        assert row.location is not None
+        return await asyncio.to_thread(read_tail, self.blob_path(row.location), TAG_SIZE)
+
+    async def replace_later(self, namespace: str, blob_ids: Iterable[str]) -> int:
+        """Held blobs (SYNCED, or given up downloading) whose id names another blob on the
+        server now: PENDING_DOWNLOAD, keeping the old payload until the new one verified
+        (``attach_many`` replaces it then). Returns how many moved."""
+        ids = list(blob_ids)
+        movable = (SyncStatus.SYNCED.value, SyncStatus.FAILED_DOWNLOAD.value)
+
+        def q() -> int:
+            n = 0
+            with self._tx():
+                for b in ids:
+                    n += self._conn.execute(
+                        "UPDATE blobs SET status = ?, retries = 0, next_attempt = 0, "
+                        "verify_failures = 0, partial_tag = NULL "
+                        "WHERE namespace = ? AND blob_id = ? AND status IN (?, ?)",
+                        (SyncStatus.PENDING_DOWNLOAD.value, namespace, b, *movable),
+                    ).rowcount
+            return n
+
+        return await self._run(q)
+
+    # --- other processes -----------------------------------------------------------------
+
+    async def data_version(self) -> tuple[int, int]:
+        """What changes whenever the state database does: SQLite's ``data_version`` moves
+        when ANOTHER connection (another process on this profile) commits, the
+        connection's ``total_changes`` when this one writes (a put of this process). A
+        watcher polls it to notice a ``blobsync put`` made in another shell; one pragma,
+        no row read."""
+        def q() -> tuple[int, int]:
+            version = int(self._conn.execute("PRAGMA main.data_version").fetchone()[0])
+            return version, int(self._conn.total_changes)
+
+        return await self._run(q)

@@ -1,0 +1,149 @@
+"""`blobsync sync --full`, `blobsync sync --watch` and `blobsync incoming process --watch`
+against the real server; the watches under a real pseudo-terminal, stopped by ^C as a
+person stops them (exit 130, one line, no traceback)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.cli import ROOT, TIMEOUT, Account, Device, Server, http
+from tests.helpers.terminal import read_until
+
+
+@pytest.fixture(scope="session")
+def incoming_token(server: Server) -> str:
+    return server.add_service("incoming")
+
+
+def deliver(account: Account, token: str, blob_id: str, payload: bytes) -> None:
+    """What a mail service does: PUT the message into the user's incoming box."""
+    auth = "Token " + base64.b64encode(f"incoming:{token}".encode()).decode()
+    status, body = http(
+        "PUT", f"{account.server.local_url}/incoming/{account.user}/{blob_id}",
+        body=payload, headers={"Authorization": auth},
+    )
+    assert status == 200, body
+
+
+def put_file(device: Device, path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return device.ok("put", str(path)).split("\t")[0].strip()
+
+
+@contextmanager
+def on_a_terminal(device: Device, *args: str) -> Iterator[tuple[int, list[int]]]:
+    """``blobsync ARGS`` with a new pty as its controlling terminal, stdout and stderr;
+    yields the master side and a list that receives the exit code once it ended."""
+    argv = [sys.executable, "-m", "blobsync", "--home", str(device.home), *args]
+    pid, master = pty.fork()
+    if pid == 0:  # the child
+        os.chdir(ROOT)
+        os.execve(argv[0], argv, device.env())
+    code: list[int] = []
+    try:
+        yield master, code
+    finally:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                code.append(os.waitstatus_to_exitcode(status))
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(master)
+
+
+def interrupt(master: int, seen: bytes) -> bytes:
+    os.write(master, b"\x03")  # ^C, as typed
+    seen += read_until(master, b"interrupted", time.monotonic() + TIMEOUT)
+    return seen + read_until(master, None, time.monotonic() + 10)
+
+
+def test_sync_full_lists_and_then_the_feed_goes_on(ready_a: Device, ready_b: Device,
+                                                   tmp_path: Path) -> None:
+    blob_id = put_file(ready_a, tmp_path / "one.txt", b"one")
+    first = ready_b.json("sync", "--full")
+    assert first["downloaded"] == 1  # type: ignore[index]
+    assert ready_b.json("sync")["downloaded"] == 0  # type: ignore[index]
+    assert ready_b.ok("get", blob_id) == "one"
+    proc = ready_b.run("sync", "--watch", "--full")
+    assert proc.returncode == 2 and b"--watch and --full" in proc.stderr
+
+
+def test_sync_watch_at_a_terminal_until_ctrl_c(ready_a: Device, ready_b: Device,
+                                                tmp_path: Path) -> None:
+    with on_a_terminal(ready_b, "sync", "--watch") as (master, code):
+        seen = read_until(master, b"resync default", time.monotonic() + TIMEOUT)
+        blob_id = put_file(ready_a, tmp_path / "live.txt", b"arrives while watching")
+        seen += read_until(master, f"downloaded default {blob_id}".encode(),
+                           time.monotonic() + 5)
+        # A put in another shell on the watching profile gets in (the lock is free
+        # between rounds) and is done at once.
+        mine = put_file(ready_b, tmp_path / "mine.txt", b"put beside the watch")
+        time.sleep(0.5)
+        seen = interrupt(master, seen)
+    text = seen.decode(errors="replace")
+    assert code == [130], text
+    assert "Traceback" not in text
+    # The terminal echoes ^C; then the one error line.
+    assert text.strip().splitlines()[-1].strip().endswith("blobsync: error: interrupted")
+    assert ready_a.ok("get", mine) == "put beside the watch"
+    assert ready_b.ok("get", blob_id) == "arrives while watching"
+
+
+def test_sync_watch_json_lines(ready_a: Device, ready_b: Device, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blobsync", "--home", str(ready_b.home), "--json", "sync",
+         "--watch"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ready_b.env(), cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["event"] == "resync" and first["namespace"] == "default"
+        blob_id = put_file(ready_a, tmp_path / "x.txt", b"x")
+        second = json.loads(proc.stdout.readline())
+        assert second == {"event": "downloaded", "namespace": "default", "blob_id": blob_id,
+                          "detail": ""}
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130
+    assert err.decode().strip() == "blobsync: error: interrupted"
+
+
+def test_incoming_process_watch_handles_mail_as_it_comes(
+    ready_a: Device, incoming_token: str, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    deliver(ready_a.account, incoming_token, "early", b"before the watch")
+    with on_a_terminal(ready_a, "incoming", "process", "--watch", "--exec",
+                       f'cat > "{inbox}/$BLOBSYNC_BLOB_ID"') as (master, code):
+        seen = read_until(master, b"incoming MX early (PROCESSED)", time.monotonic() + TIMEOUT)
+        time.sleep(0.3)
+        deliver(ready_a.account, incoming_token, "late", b"while watching")
+        seen += read_until(master, b"incoming MX late (PROCESSED)", time.monotonic() + 5)
+        seen = interrupt(master, seen)
+    text = seen.decode(errors="replace")
+    assert code == [130], text
+    assert "Traceback" not in text
+    assert {p.name: p.read_bytes() for p in inbox.iterdir()} == {
+        "early": b"before the watch", "late": b"while watching"}
+    assert ready_a.ok("ls", "--remote", "-n", "MX").split() == []
