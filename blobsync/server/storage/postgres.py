@@ -372,6 +372,11 @@ class PostgresIndex(MetadataIndex):
         self._acquire_timeout = acquire_timeout
         self._pool: asyncpg.Pool | None = None
 
+    @property
+    def dsn(self) -> str:
+        """The database this index uses (with its password: never log it, see redact_dsn)."""
+        return self._dsn
+
     # lifecycle --------------------------------------------------------------------------
     async def open(self) -> None:
         where = redact_dsn(self._dsn)
