@@ -9,6 +9,14 @@ conditional UPDATE of the flags.
 The schema is versioned: ``MIGRATIONS`` lists SQL steps applied in order, each recorded in
 ``schema_version``. ``migrate`` runs them under a transaction-scoped advisory lock, so any
 number of processes starting at once migrate exactly once and the rest find it done.
+
+The change feed (SPEC 8, schema step 2): every write appends its changes in its own
+transaction, as its last step, under the user's feed lock (an advisory lock, held to the
+commit), which makes each user's changes take their seqs in commit order: cursors never
+skip, whichever processes commit (the argument is at ``_LOCKED``). The same statement
+notifies ``CHANGES_CHANNEL`` with the user; ``follow_commits`` LISTENs on a connection of
+its own (``pglisten.py``) and wakes this process's waiters. Feed reads are one statement
+each, so one snapshot. docs/storage.md has the tables and the reasons.
 """
 
 from __future__ import annotations
