@@ -32,7 +32,9 @@ from blobsync.server.storage.pglisten import APPLICATION_NAME, listen
 from blobsync.server.storage.postgres import (
     CHANGES_CHANNEL,
     FEED_LOCK_CLASS,
+    FEED_POSITION_QUERY,
     MIGRATIONS,
+    READ_CHANGES_QUERY,
     PostgresIndex,
     migrate,
     schema_version,
@@ -148,6 +150,26 @@ async def test_one_users_writers_wait_for_the_feed_lock(
         ("d", "delete"), ("m", "flags"), ("n", "put"), ("r", "put"),
     ]
     assert [c.seq for c in after.changes] == sorted(c.seq for c in after.changes)
+
+
+async def test_feed_reads_go_through_the_index(index: PostgresIndex, postgres_db: str) -> None:
+    for n in range(300):
+        await put(index, f"b{n}", user=f"u{n % 5}")
+    conn = await asyncpg.connect(postgres_db)
+    try:
+        await conn.execute("ANALYZE")
+        await conn.execute("SET enable_seqscan = off")  # small tables: make the plan tell
+
+        async def plan(sql: str, *args: object) -> str:
+            return "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {sql}", *args))
+
+        for args in (("u1", None, None, 11), ("u1", 40, "default", 11)):
+            text = await plan(READ_CHANGES_QUERY, *args)
+            assert "changes_by_user" in text and "Seq Scan on changes" not in text, text
+        text = await plan(FEED_POSITION_QUERY, "u1")
+        assert "changes_by_user" in text and "Seq Scan on changes" not in text, text
+    finally:
+        await conn.close()
 
 
 # notifications ------------------------------------------------------------------------

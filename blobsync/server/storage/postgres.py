@@ -199,7 +199,7 @@ _HORIZON = "coalesce((SELECT seq FROM feed_horizon WHERE user_id = $1), 0)"
 _NEWEST = "coalesce((SELECT max(seq) FROM changes WHERE user_id = $1), 0)"
 # One statement, so one snapshot: the page, the user's newest change and the horizon agree.
 # Parameters: user, since (NULL: from the horizon), namespace (NULL: all), limit + 1.
-_READ_CHANGES = (
+READ_CHANGES_QUERY = (
     "SELECT b.horizon, b.last, b.newest,"
     " c.seq, c.namespace, c.blob_id, c.op, c.size, c.tag, c.flags"
     f" FROM (SELECT {_HORIZON} AS horizon, {_LAST_SEQ} AS last, {_NEWEST} AS newest) AS b"
@@ -210,7 +210,7 @@ _READ_CHANGES = (
     " ORDER BY seq LIMIT $4) AS c ON true"
     " ORDER BY c.seq"
 )
-_FEED_POSITION = f"SELECT greatest({_NEWEST}, {_HORIZON})"
+FEED_POSITION_QUERY = f"SELECT greatest({_NEWEST}, {_HORIZON})"
 # Retention: per user, drop every change up to the newest one older than the cut-off, and
 # move the horizon there. Parameters: retention seconds, now (epoch seconds; NULL: the
 # database's clock, which also dated the changes).
@@ -779,7 +779,7 @@ class PostgresIndex(MetadataIndex):
         if since is not None and not 0 <= since <= _SEQ_MAX:
             raise CursorGone(f"cursor position {since} is outside the feed")
         async with self._connection() as conn:
-            rows = await conn.fetch(_READ_CHANGES, user, since, namespace, limit + 1)
+            rows = await conn.fetch(READ_CHANGES_QUERY, user, since, namespace, limit + 1)
         head = rows[0]
         horizon, last = int(head["horizon"]), int(head["last"])
         if since is not None and not horizon <= since <= last:
@@ -793,7 +793,7 @@ class PostgresIndex(MetadataIndex):
 
     async def feed_position(self, user: str) -> int:
         async with self._connection() as conn:
-            return int(await conn.fetchval(_FEED_POSITION, user))
+            return int(await conn.fetchval(FEED_POSITION_QUERY, user))
 
     async def compact_changes(
         self, retention_seconds: float | None, now: float | None = None
