@@ -10,8 +10,9 @@ Sections: small (10,000 x 10 kB put and sync, with and without streams), large (
 --transfers 16, on the same files), noop (sync of 100,000 unchanged blobs), server (the
 server alone on streams of the small blobs), load (32 clients streaming small blobs for
 30 s), feed (a put reaching a watching device through two servers on PostgreSQL + S3, an
-incoming delivery reaching a watching consumer, 1,000 idle event-stream watchers). Everything runs on loopback in a temporary directory. Prints the figures and the
-targets (ratios from this run, PASS/FAIL), writes bench/results/<date>.json (quick runs:
+incoming delivery reaching a watching consumer, 1,000 idle event-stream watchers).
+Everything runs on loopback in a temporary directory. Prints the figures and the targets
+(ratios from this run, PASS/FAIL), writes bench/results/<date>.json (quick runs:
 bench/results/quick/) and draws the chart (bench/results/latest.png; quick runs:
 bench/results/quick/latest.png). --server-tree and --client-tree run either side from
 another copy of the package, for before/after figures of a change.
