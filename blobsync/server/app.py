@@ -281,7 +281,8 @@ def _sweeper(
     ``swept``: the start-up sweep is done, the first one here waits an interval."""
     if config.sweep_interval <= 0 or (worker or 0) != 0:
         return None
-    return Sweeper(store, config.sweep_interval, config.sweep_grace, swept=swept)
+    return Sweeper(store, config.sweep_interval, config.sweep_grace, swept=swept,
+                   feed_retention=config.feed_retention or None)
 
 
 @contextlib.contextmanager
