@@ -29,6 +29,12 @@ async def changes(api: Api, **params: object) -> tuple[int, dict]:
 
 
 @feed_backends
+async def test_server_information_names_the_extension(api: Api) -> None:
+    async with api.session.get(f"{api.url}/") as r:
+        assert "changes" in (await r.json())["extensions"]  # SPEC 1.1
+
+
+@feed_backends
 @pytest.mark.parametrize(("query", "message"), [
     ({"limit": "0"}, "limit: from 1 to 10000"),
     ({"limit": "10001"}, "limit: from 1 to 10000"),
