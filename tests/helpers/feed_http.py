@@ -103,3 +103,7 @@ async def open_events(session: aiohttp.ClientSession, url: str, user: str,
 
 def key(change: dict[str, Any]) -> tuple[str, str, str]:
     return change["namespace"], change["blob_id"], change["op"]
+
+
+# The backends whose index has the feed; PostgreSQL joins with the feed-pg branch.
+FEED_BACKENDS = ["sqlite-files", "memory"]

@@ -13,14 +13,13 @@ import aiohttp
 import pytest
 
 from blobsync.server.feed import MAX_POSITION
-from tests.helpers.feed_http import get_changes, hub_of, open_events, wait_for
+from tests.helpers.feed_http import FEED_BACKENDS, get_changes, hub_of, open_events, wait_for
 from tests.helpers.server_cli import add_user
 from tests.helpers.servers import auth_header, make_user
 from tests.helpers.subproc import ServerProcess
 
 from .conftest import Api, MakeApi, sealed
 
-FEED_BACKENDS = ["sqlite-files", "memory"]
 feed_backends = pytest.mark.parametrize("backend", FEED_BACKENDS)
 
 
