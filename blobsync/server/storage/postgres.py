@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -25,6 +25,9 @@ from .base import (
     BlobExists,
     BlobInfo,
     BlobNotFound,
+    Change,
+    ChangePage,
+    CursorGone,
     MetadataIndex,
     NewBlob,
     Order,
@@ -35,6 +38,7 @@ from .base import (
     UserExists,
     UserNotFound,
 )
+from .pglisten import listen
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +96,140 @@ MIGRATIONS: list[str] = [
         bytes bigint NOT NULL DEFAULT 0
     );
     """,
+    # 2: the change feed (SPEC 8). Each write appends its changes in its own transaction
+    # (``_APPEND_ONE``, ``_APPEND_PUTS``), under the user's feed lock: see the module doc.
+    """
+    CREATE SEQUENCE change_seq;
+    CREATE TABLE changes (
+        seq bigint NOT NULL DEFAULT nextval('change_seq'),
+        user_id text NOT NULL,
+        namespace text NOT NULL,
+        blob_id text NOT NULL,
+        op text NOT NULL CHECK (op IN ('put', 'delete', 'flags')),
+        size bigint,
+        tag bytea,
+        flags text[],
+        -- clock_timestamp, taken under the feed lock: per user, time order is seq order,
+        -- so retention drops a prefix of each user's feed.
+        created timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    -- Reading a user's feed, and the user's newest change. The only index: each one costs
+    -- every write (a second, by blob, made a stream upload's index work 8% slower), and
+    -- compaction, which would be its only reader, reads the whole table anyway.
+    CREATE INDEX changes_by_user ON changes (user_id, seq);
+    -- Per user, the newest seq that retention dropped: older cursors get 410.
+    CREATE TABLE feed_horizon (
+        user_id text PRIMARY KEY,
+        seq bigint NOT NULL
+    );
+    -- The feed id, random, made once with the schema: cursors of another database are 410.
+    CREATE TABLE feed (
+        key text PRIMARY KEY,
+        value text NOT NULL
+    );
+    INSERT INTO feed VALUES ('id', substr(md5(gen_random_uuid()::text), 1, 16));
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# The change feed. Each user's writers take this advisory lock (two-key form: its key space
+# is apart from MIGRATION_LOCK_KEY's) on (FEED_LOCK_CLASS, hashtext(user)) as the LAST lock
+# of their transaction, then draw the change's seq, and hold it to the commit.
+FEED_LOCK_CLASS = 0x62736663  # "bsfc"
+# Compaction takes this one alone, remove_user shared: the two never delete the same rows
+# in opposite orders (a deadlock), and two compactions never race.
+COMPACTION_LOCK_KEY = 0x626C6F62636D7063  # "blobcmpc"
+# Every transaction that appends a change notifies this channel with the user; PostgreSQL
+# delivers it to the listeners at commit, and drops it on rollback.
+CHANGES_CHANNEL = "blobsync_changes"
+# Positions are bigints: a cursor past this cannot name anything this index gave out.
+_SEQ_MAX = (1 << 63) - 1
+
+# Why cursors never skip (SPEC 8). A change's seq comes from the sequence in the INSERT,
+# evaluated per row after ``locked`` has produced its row, i.e. with the user's feed lock
+# held; the lock goes only after the commit is visible (PostgreSQL releases locks after it
+# marks the transaction committed). So the user's changes take their seqs in commit order:
+# when a snapshot sees the user's newest change N, every seq below N of that user is
+# committed (or rolled back) and every later one will be above N. A position is never
+# handed out past a change that commits later, in any process.
+#
+# Why no deadlock: the feed lock is each transaction's last lock. Before it, a write has
+# taken its blob rows, tombstone rows and the usage row (the order the rest of this module
+# keeps); after it, it only inserts into ``changes`` (no unique key: nothing to wait on)
+# and commits. A transaction holding a user's feed lock therefore waits for nobody, and no
+# cycle can pass through it. The lock and the row locks must not share one statement whose
+# order PostgreSQL may choose, except where the row locks are already held.
+_LOCKED = (
+    f"locked AS MATERIALIZED (SELECT pg_advisory_xact_lock({FEED_LOCK_CLASS}, hashtext($1::text))),"
+    f" told AS MATERIALIZED (SELECT pg_notify('{CHANGES_CHANNEL}', $1::text))"
+)
+# One change: user, namespace, blob id, op, size, tag, flags.
+_APPEND_ONE = (
+    f"WITH {_LOCKED} INSERT INTO changes (user_id, namespace, blob_id, op, size, tag, flags)"
+    " SELECT $1::text, $2::text, $3::text, $4::text, $5::bigint, $6::bytea, $7::text[]"
+    " FROM locked, told"
+)
+# A run's puts in one statement, with the rest of the run's bookkeeping: the usage added
+# (its row is locked already) and the tombstones of its ids removed (rows nobody else can
+# be holding while waiting on us: the ids were free when this transaction inserted them).
+# Parameters: user, namespace, bytes added, then blob ids, sizes, tags, comma-joined flags.
+_APPEND_PUTS = (
+    "WITH bump AS (UPDATE usage SET bytes = bytes + $3::bigint WHERE user_id = $1::text),"
+    " unmarked AS (DELETE FROM tombstones WHERE user_id = $1::text AND namespace = $2::text"
+    " AND blob_id = ANY($4::text[])),"
+    f" {_LOCKED}"
+    " INSERT INTO changes (user_id, namespace, blob_id, op, size, tag, flags)"
+    " SELECT $1::text, $2::text, r.blob_id, 'put', r.size, r.tag, string_to_array(r.flags, ',')"
+    " FROM locked, told,"
+    " unnest($4::text[], $5::bigint[], $6::bytea[], $7::text[]) WITH ORDINALITY"
+    " AS r(blob_id, size, tag, flags, n)"
+    " ORDER BY r.n"
+)
+_LAST_SEQ = "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM change_seq)"
+_HORIZON = "coalesce((SELECT seq FROM feed_horizon WHERE user_id = $1), 0)"
+_NEWEST = "coalesce((SELECT max(seq) FROM changes WHERE user_id = $1), 0)"
+# One statement, so one snapshot: the page, the user's newest change and the horizon agree.
+# Parameters: user, since (NULL: from the horizon), namespace (NULL: all), limit + 1.
+_READ_CHANGES = (
+    "SELECT b.horizon, b.last, b.newest,"
+    " c.seq, c.namespace, c.blob_id, c.op, c.size, c.tag, c.flags"
+    f" FROM (SELECT {_HORIZON} AS horizon, {_LAST_SEQ} AS last, {_NEWEST} AS newest) AS b"
+    " LEFT JOIN LATERAL (SELECT seq, namespace, blob_id, op, size, tag, flags FROM changes"
+    " WHERE user_id = $1 AND seq > coalesce($2::bigint, b.horizon)"
+    " AND ($3::text IS NULL OR namespace = $3::text)"
+    " AND ($2::bigint IS NULL OR $2::bigint BETWEEN b.horizon AND b.last)"
+    " ORDER BY seq LIMIT $4) AS c ON true"
+    " ORDER BY c.seq"
+)
+_FEED_POSITION = f"SELECT greatest({_NEWEST}, {_HORIZON})"
+# Retention: per user, drop every change up to the newest one older than the cut-off, and
+# move the horizon there. Parameters: retention seconds, now (epoch seconds; NULL: the
+# database's clock, which also dated the changes).
+_RETAIN = (
+    "WITH cut AS (SELECT user_id, max(seq) AS seq FROM changes"
+    " WHERE created < coalesce(to_timestamp($2::float8), clock_timestamp())"
+    " - make_interval(secs => $1::float8) GROUP BY user_id),"
+    " moved AS (INSERT INTO feed_horizon (user_id, seq) SELECT user_id, seq FROM cut"
+    " ON CONFLICT (user_id) DO UPDATE SET seq = greatest(feed_horizon.seq, excluded.seq)),"
+    " gone AS (DELETE FROM changes AS c USING cut"
+    " WHERE c.user_id = cut.user_id AND c.seq <= cut.seq RETURNING 1)"
+    " SELECT count(*) FROM gone"
+)
+# A later put or delete of the blob supersedes all before it; a later flags change
+# supersedes earlier flags changes. Lossless: no horizon moves. One pass over the table
+# sorted by blob, newest first: ``replaced`` is whether a put or delete came later,
+# ``later`` how many changes came later.
+_SUPERSEDED = (
+    "WITH doomed AS (SELECT user_id, seq FROM (SELECT user_id, seq, op,"
+    " bool_or(op <> 'flags') OVER after AS replaced, count(*) OVER after AS later"
+    " FROM changes WINDOW after AS (PARTITION BY user_id, namespace, blob_id"
+    " ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) AS w"
+    " WHERE replaced OR (op = 'flags' AND later > 0)),"
+    " gone AS (DELETE FROM changes AS c USING doomed AS d"
+    " WHERE c.user_id = d.user_id AND c.seq = d.seq RETURNING 1)"
+    " SELECT count(*) FROM gone"
+)
 
 # What a lost, refused or exhausted database connection raises; everything else is a bug
 # or a constraint and passes through unchanged.
@@ -258,6 +393,7 @@ class PostgresIndex(MetadataIndex):
                     raise StorageError(
                         f"cannot create or migrate the schema at {where}: {exc}"
                     ) from exc
+                self.feed_id = await conn.fetchval("SELECT value FROM feed WHERE key = 'id'")
         except BaseException:
             await self.close()
             raise
@@ -310,6 +446,10 @@ class PostgresIndex(MetadataIndex):
             await conn.execute("DELETE FROM blobs WHERE user_id = $1", uuid)
             await conn.execute("DELETE FROM tombstones WHERE user_id = $1", uuid)
             await conn.execute("DELETE FROM usage WHERE user_id = $1", uuid)
+            # Not while a compaction runs: it deletes these rows too, in an order of its own.
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", COMPACTION_LOCK_KEY)
+            await conn.execute("DELETE FROM feed_horizon WHERE user_id = $1", uuid)
+            await conn.execute("DELETE FROM changes WHERE user_id = $1", uuid)
 
     async def get_user(self, uuid: str) -> Principal | None:
         async with self._connection() as conn:
@@ -389,6 +529,10 @@ class PostgresIndex(MetadataIndex):
                 )
                 if not accepted:
                     raise QuotaExceeded(f"quota of {quota} bytes exceeded")
+                await conn.execute(
+                    _APPEND_ONE, user, namespace, blob.blob_id, "put", blob.size,
+                    bytes(blob.tag), _flag_list(blob.flags),
+                )
         except asyncpg.UniqueViolationError:
             raise BlobExists(f"blob {blob.blob_id} exists") from None
         assert row is not None
@@ -404,77 +548,74 @@ class PostgresIndex(MetadataIndex):
         """``MetadataIndex.insert_blobs`` in one transaction, exact across processes."""
         if not blobs:
             return []
-        ids = [b.blob_id for b in blobs]
         async with self._connection() as conn, conn.transaction():
-            # Stored order is the order of ``blobs``; the inserts below go in id order.
-            seqs = sorted(
-                await conn.fetchval(
-                    "SELECT array_agg(nextval('blob_seq')) FROM generate_series(1, $1)",
-                    len(blobs),
-                )
-            )
-            # Inserting in id order means two runs that share ids wait for each other in
-            # the same order, never in a cycle. DO NOTHING skips an id indexed already
-            # (or twice in the run: the first wins) and RETURNING names those that went in.
+            # Stored order is the order of ``blobs``: the materialized ``run`` draws the seqs
+            # row by row in that order. The inserts go in id order, so two runs that share
+            # ids wait for each other in the same order, never in a cycle. DO NOTHING skips
+            # an id indexed already (or twice in the run: the first, with the lower seq,
+            # wins) and RETURNING names those that went in.
             inserted = await conn.fetch(
-                "INSERT INTO blobs (user_id, namespace, blob_id, size, tag, flags, location,"
+                "WITH run AS MATERIALIZED (SELECT r.*, nextval('blob_seq') AS seq"
+                " FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::text[], $7::text[])"
+                " WITH ORDINALITY AS r(blob_id, size, tag, flags, location, n))"
+                " INSERT INTO blobs (user_id, namespace, blob_id, size, tag, flags, location,"
                 " seq) SELECT $1, $2, r.blob_id, r.size, r.tag,"
-                " string_to_array(r.flags, ','), r.location, r.seq"
-                " FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::text[], $7::text[],"
-                " $8::bigint[]) AS r(blob_id, size, tag, flags, location, seq)"
+                " string_to_array(r.flags, ','), r.location, r.seq FROM run AS r"
                 " ORDER BY r.blob_id, r.seq"
                 f" ON CONFLICT (user_id, namespace, blob_id) DO NOTHING RETURNING {_COLUMNS}",
                 user,
                 namespace,
-                ids,
+                [b.blob_id for b in blobs],
                 [b.size for b in blobs],
                 [bytes(b.tag) for b in blobs],
                 [",".join(_flag_list(b.flags)) for b in blobs],
                 [b.location for b in blobs],
-                seqs,
             )
-            by_seq = {rec["seq"]: _info(rec) for rec in inserted}
+            by_id = {rec["blob_id"]: _info(rec) for rec in inserted}
             # Locked after the blob rows, as insert_blob does, and held to the commit: this
             # user's other writers, in any process, wait here, so the sum below is exact.
-            await conn.execute(
-                "INSERT INTO usage (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user
-            )
+            # DO UPDATE locks the row whether this inserts it or finds it, and reads its
+            # newest committed version.
             used = await conn.fetchval(
-                "SELECT bytes FROM usage WHERE user_id = $1 FOR UPDATE", user
+                "INSERT INTO usage (user_id) VALUES ($1) ON CONFLICT (user_id)"
+                " DO UPDATE SET bytes = usage.bytes RETURNING bytes",
+                user,
             )
             out: list[BlobInfo | BlobExists | QuotaExceeded] = []
             added = 0
-            for blob, seq in zip(blobs, seqs, strict=True):
+            for blob in blobs:
                 blob_id, size = blob.blob_id, blob.size
-                info = by_seq.pop(seq, None)
+                info = by_id.pop(blob_id, None)  # a second time in the run: BlobExists
                 if info is None:
                     out.append(BlobExists(f"blob {blob_id} exists"))
                 elif quota > 0 and used + added + size > quota:
                     out.append(QuotaExceeded(f"quota of {quota} bytes exceeded"))
-                    by_seq[seq] = info  # with the rest of the run: taken out again below
+                    by_id[blob_id] = info  # with the rest of the run: taken out again below
                     break
                 else:
                     added += size
                     out.append(info)
-            if by_seq:
+            if by_id:
                 await conn.execute(
                     "DELETE FROM blobs WHERE user_id = $1 AND namespace = $2"
                     " AND seq = ANY($3::bigint[])",
                     user,
                     namespace,
-                    list(by_seq),
+                    [info.seq for info in by_id.values()],
                 )
-            kept = [o.blob_id for o in out if isinstance(o, BlobInfo)]
+            kept = [o for o in out if isinstance(o, BlobInfo)]
             if kept:
+                # Tombstones, usage and the run's changes in one statement: the feed costs
+                # the stream path no round trip, whatever the run's length.
                 await conn.execute(
-                    "DELETE FROM tombstones WHERE user_id = $1 AND namespace = $2"
-                    " AND blob_id = ANY($3::text[])",
+                    _APPEND_PUTS,
                     user,
                     namespace,
-                    kept,
-                )
-                await conn.execute(
-                    "UPDATE usage SET bytes = bytes + $2 WHERE user_id = $1", user, added
+                    added,
+                    [o.blob_id for o in kept],
+                    [o.size for o in kept],
+                    [o.tag for o in kept],
+                    [",".join(_flag_list(o.flags)) for o in kept],
                 )
         return out
 
@@ -512,6 +653,7 @@ class PostgresIndex(MetadataIndex):
             await conn.execute(
                 "UPDATE usage SET bytes = bytes - $2 WHERE user_id = $1", user, row["size"]
             )
+            await conn.execute(_APPEND_ONE, user, namespace, blob_id, "delete", None, None, None)
         return _info(row)
 
     async def set_flags(
@@ -522,7 +664,7 @@ class PostgresIndex(MetadataIndex):
         flags: frozenset[str],
         expect: str | None = None,
     ) -> None:
-        async with self._connection() as conn:
+        async with self._connection() as conn, conn.transaction():
             # One statement: the check and the change see the same row version, and a
             # concurrent reservation waits on the row lock, then re-checks the condition.
             done = await conn.fetchval(
@@ -536,6 +678,11 @@ class PostgresIndex(MetadataIndex):
                 expect,
             )
             if done:
+                # In the UPDATE's transaction, after its row lock (the feed lock is last).
+                await conn.execute(
+                    _APPEND_ONE, user, namespace, blob_id, "flags", None, None,
+                    _flag_list(flags),
+                )
                 return
             exists = await conn.fetchval(
                 "SELECT true FROM blobs WHERE user_id = $1 AND namespace = $2 AND blob_id = $3",
@@ -612,15 +759,68 @@ class PostgresIndex(MetadataIndex):
             # A cursor, so a large index streams to us instead of arriving as one result.
             return {r["location"] async for r in conn.cursor("SELECT location FROM blobs")}
 
-    # the change feed: being written (issue 12) --------------------------------------------
-    async def read_changes(self, user, since, limit, namespace=None):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
+    # the change feed ------------------------------------------------------------------
+    async def read_changes(
+        self, user: str, since: int | None, limit: int, namespace: str | None = None
+    ) -> ChangePage:
+        if since is not None and not 0 <= since <= _SEQ_MAX:
+            raise CursorGone(f"cursor position {since} is outside the feed")
+        async with self._connection() as conn:
+            rows = await conn.fetch(_READ_CHANGES, user, since, namespace, limit + 1)
+        head = rows[0]
+        horizon, last = int(head["horizon"]), int(head["last"])
+        if since is not None and not horizon <= since <= last:
+            raise CursorGone(f"cursor position {since} is outside the feed ({horizon}..{last})")
+        start = horizon if since is None else since
+        found = [_change(r) for r in rows if r["seq"] is not None]
+        changes = found[:limit]
+        if len(found) > limit:
+            return ChangePage(changes, changes[-1].seq, False)
+        return ChangePage(changes, max(start, int(head["newest"])), True)
 
-    async def feed_position(self, user):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
+    async def feed_position(self, user: str) -> int:
+        async with self._connection() as conn:
+            return int(await conn.fetchval(_FEED_POSITION, user))
 
-    async def compact_changes(self, retention_seconds, now=None):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
+    async def compact_changes(
+        self, retention_seconds: float | None, now: float | None = None
+    ) -> int:
+        dropped = 0
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", COMPACTION_LOCK_KEY)
+            if retention_seconds is not None:
+                dropped += await conn.fetchval(_RETAIN, float(retention_seconds), now)
+            dropped += await conn.fetchval(_SUPERSEDED)
+        return int(dropped)
 
-    async def changed_since(self, seq):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
+    async def changed_since(self, seq: int) -> tuple[int, set[str]]:
+        """As the interface says; a poller of it may miss a commit here, though: two users'
+        changes commit in any order, so one may commit below a seq already seen. The
+        server's processes follow each other through NOTIFY instead (``follow_commits``)."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_LAST_SEQ} AS last,"
+                " ARRAY(SELECT DISTINCT user_id FROM changes WHERE seq > $1) AS users",
+                min(seq, _SEQ_MAX),
+            )
+        assert row is not None
+        return int(row["last"]), set(row["users"])
+
+    async def follow_commits(
+        self, wake: Callable[[set[str] | None], None], active: Callable[[], bool]
+    ) -> None:
+        # LISTEN costs nothing while idle, so ``active`` is not needed to rest.
+        await listen(self._dsn, CHANGES_CHANNEL, wake, redact_dsn(self._dsn))
+
+
+def _change(row: asyncpg.Record) -> Change:
+    tag, flags = row["tag"], row["flags"]
+    return Change(
+        seq=row["seq"],
+        namespace=row["namespace"],
+        blob_id=row["blob_id"],
+        op=row["op"],
+        size=row["size"],
+        tag=None if tag is None else bytes(tag),
+        flags=None if flags is None else frozenset(flags),
+    )
