@@ -33,6 +33,9 @@ MAX_CURSOR = 64
 MAX_POSITION = (1 << 63) - 1
 # How soon a waiter whose client went away is freed (one task scans them all).
 REAP_INTERVAL = 1.0
+# Stopping the hub's tasks: cancel, wait this long, cancel again, at most this many times.
+STOP_WAIT = 1.0
+STOP_TRIES = 5
 
 
 def encode_cursor(feed_id: str, position: int) -> str:
@@ -129,14 +132,12 @@ class ChangeHub:
         """End every wait now: long polls answer, event streams end. aiohttp runs this
         before it gives requests their shutdown timeout, so that none waits it out."""
         self.closed = True
+        self.wake(None)
         for name in ("_follower", "_reaper"):
             task = getattr(self, name)
             setattr(self, name, None)
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self.wake(None)
+                await _cancel(task)
 
     async def _follow(self) -> None:
         try:
@@ -190,6 +191,19 @@ class ChangeHub:
 
     def notify(self, user: str) -> None:
         self.wake({user})
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end; cancel again while it has not: a library
+    that swallows one cancellation (a connect under way, say) must not hang shutdown."""
+    for _ in range(STOP_TRIES):
+        task.cancel()
+        done, _pending = await asyncio.wait({task}, timeout=STOP_WAIT)
+        if done:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
+            return
+    log.warning("%s did not stop when cancelled; left behind", task.get_name())
 
 
 HUB: web.AppKey[ChangeHub] = web.AppKey("blobsync.hub", ChangeHub)

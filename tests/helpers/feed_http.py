@@ -105,5 +105,5 @@ def key(change: dict[str, Any]) -> tuple[str, str, str]:
     return change["namespace"], change["blob_id"], change["op"]
 
 
-# The backends whose index has the feed; PostgreSQL joins with the feed-pg branch.
-FEED_BACKENDS = ["sqlite-files", "memory"]
+# Every backend of tests/server/conftest.py: each index has the feed.
+FEED_BACKENDS = ["sqlite-files", "memory", "postgres-s3"]

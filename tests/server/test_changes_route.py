@@ -13,9 +13,10 @@ import aiohttp
 import pytest
 
 from blobsync.server.feed import MAX_POSITION
+from blobsync.server.storage.factory import make_store
 from tests.helpers.feed_http import FEED_BACKENDS, get_changes, hub_of, open_events, wait_for
 from tests.helpers.server_cli import add_user
-from tests.helpers.servers import auth_header, make_user
+from tests.helpers.servers import auth_header, make_user, start_server
 from tests.helpers.subproc import ServerProcess
 
 from .conftest import Api, MakeApi, sealed
@@ -253,3 +254,23 @@ async def test_sigterm_ends_open_long_polls_and_streams_at_once(tmp_path: Path) 
         assert "Traceback" not in srv.log
     finally:
         srv.kill()
+
+
+async def test_stop_survives_a_follower_that_swallows_a_cancellation(tmp_path: Path) -> None:
+    """asyncpg may swallow a cancellation that lands during a connect: the hub cancels
+    again, and the server still stops."""
+    store = make_store(str(tmp_path / "srv"), "memory:", "memory:")
+
+    async def stubborn(wake: object, active: object) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass  # swallowed once, as a library might
+        await asyncio.sleep(3600)
+
+    store.index.follow_commits = stubborn  # type: ignore[method-assign]
+    srv = await start_server(tmp_path, store=store)
+    await asyncio.sleep(0.1)
+    start = time.monotonic()
+    await asyncio.wait_for(srv.stop(), 10)
+    assert time.monotonic() - start < 5
