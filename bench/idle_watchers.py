@@ -76,6 +76,7 @@ class Server:
             [sys.executable, "-m", "blobsync", "server", "--data", str(data), "--port", "0",
              "--local-port", "0", "--sweep-interval", "0", "--feed-heartbeat", str(heartbeat)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
+            cwd=ROOT,  # `-m blobsync` looks in the current directory first
         )
         self.host = ""
         self.port = 0
@@ -116,7 +117,7 @@ def measure(count: int = 1000, seconds: float = 30.0,
         try:
             add = subprocess.run(
                 [sys.executable, "-m", "blobsync", "user", "add", USER, "--data", str(data)],
-                capture_output=True, text=True, env=_env(), check=True,
+                capture_output=True, text=True, env=_env(), check=True, cwd=ROOT,
             )
             token = add.stdout.strip()
             pid = server.proc.pid
@@ -130,6 +131,7 @@ def measure(count: int = 1000, seconds: float = 30.0,
                 [sys.executable, __file__, "--client", server.host, str(server.port),
                  token, str(count)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(),
+                cwd=ROOT,
             )
             assert client.stdout is not None and client.stdin is not None
             opened = json.loads(client.stdout.readline())

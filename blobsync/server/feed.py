@@ -112,8 +112,11 @@ def _expire(fut: asyncio.Future[bool]) -> None:
 class ChangeHub:
     """Per process: who waits on which user's feed, and what wakes them."""
 
-    def __init__(self, index: MetadataIndex) -> None:
+    def __init__(self, index: MetadataIndex, *, follow: bool = True) -> None:
+        """``follow``: also wake waiters on other processes' commits (the index's
+        ``follow_commits``); False when this process is the index's only writer."""
         self._index = index
+        self._follow_others = follow
         self._waiters: dict[str, set[Waiter]] = {}
         self._count = 0
         self._follower: asyncio.Task[None] | None = None
@@ -124,9 +127,15 @@ class ChangeHub:
     def waiting(self) -> int:
         return self._count
 
+    @property
+    def following(self) -> bool:
+        """Whether other processes' commits are followed (a task runs for it)."""
+        return self._follower is not None
+
     async def start(self) -> None:
         self.closed = False
-        self._follower = asyncio.get_running_loop().create_task(self._follow())
+        if self._follow_others:
+            self._follower = asyncio.get_running_loop().create_task(self._follow())
 
     async def stop(self) -> None:
         """End every wait now: long polls answer, event streams end. aiohttp runs this

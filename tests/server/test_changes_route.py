@@ -12,7 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from blobsync.server.feed import MAX_POSITION
+from blobsync.server.app import start_sites
+from blobsync.server.config import ServerConfig
+from blobsync.server.feed import HUB, MAX_POSITION
 from blobsync.server.storage.factory import make_store
 from tests.helpers.feed_http import FEED_BACKENDS, get_changes, hub_of, open_events, wait_for
 from tests.helpers.server_cli import add_user
@@ -274,3 +276,21 @@ async def test_stop_survives_a_follower_that_swallows_a_cancellation(tmp_path: P
     start = time.monotonic()
     await asyncio.wait_for(srv.stop(), 10)
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("alone", [True, False])
+async def test_a_server_alone_on_its_store_follows_no_other_process(
+    tmp_path: Path, alone: bool
+) -> None:
+    """Alone (the data dir's lock held, the embedded index), nobody else commits: no poll
+    of the index while watchers wait, which was most of what idle watchers cost
+    (bench/idle_watchers.py). Workers and shared stores follow each other."""
+    store = make_store(str(tmp_path / "srv"), None, None)
+    await store.open()
+    config = ServerConfig(data=str(tmp_path / "srv"), port=0, local_port=0)
+    sites = await start_sites(store, config, alone=alone)
+    try:
+        assert sites.public.app[HUB].following is not alone
+    finally:
+        await sites.stop()
+        await store.close()
