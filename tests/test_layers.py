@@ -22,6 +22,7 @@ BACKENDS = (
     "blobsync.server.storage.sqlitepayloads",
     "blobsync.server.storage.sqlitethread",
     "blobsync.server.storage.postgres",
+    "blobsync.server.storage.pglisten",
     "blobsync.server.storage.s3",
     "blobsync.server.storage.files",
     "blobsync.server.storage.tiered",

@@ -1,4 +1,4 @@
-"""The shape of the test tree that keeps pytest's imports sound, and the three storage suites.
+"""The shape of the test tree that keeps pytest's imports sound, and the storage suites.
 
 pytest imports a module of a directory without ``__init__.py`` (``tests/``,
 ``tests/storage/``) by its bare basename: two such modules of one name collide, and a test
@@ -17,7 +17,12 @@ from pathlib import Path
 from tests.helpers.storage_backends import BACKENDS, INDEXES, PAYLOADS
 
 TESTS = Path(__file__).resolve().parent.parent
-SUITES = ("test_index_suite.py", "test_payload_suite.py", "test_combined_suite.py")
+SUITES = (
+    "test_index_suite.py",
+    "test_feed_suite.py",
+    "test_payload_suite.py",
+    "test_combined_suite.py",
+)
 
 
 def _python_files() -> list[Path]:

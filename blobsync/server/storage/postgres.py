@@ -9,6 +9,14 @@ conditional UPDATE of the flags.
 The schema is versioned: ``MIGRATIONS`` lists SQL steps applied in order, each recorded in
 ``schema_version``. ``migrate`` runs them under a transaction-scoped advisory lock, so any
 number of processes starting at once migrate exactly once and the rest find it done.
+
+The change feed (SPEC 8, schema step 2): every write appends its changes in its own
+transaction, as its last step, under the user's feed lock (an advisory lock, held to the
+commit), which makes each user's changes take their seqs in commit order: cursors never
+skip, whichever processes commit (the argument is at ``_LOCKED``). The same statement
+notifies ``CHANGES_CHANNEL`` with the user; ``follow_commits`` LISTENs on a connection of
+its own (``pglisten.py``) and wakes this process's waiters. Feed reads are one statement
+each, so one snapshot. docs/storage.md has the tables and the reasons.
 """
 
 from __future__ import annotations
@@ -191,7 +199,7 @@ _HORIZON = "coalesce((SELECT seq FROM feed_horizon WHERE user_id = $1), 0)"
 _NEWEST = "coalesce((SELECT max(seq) FROM changes WHERE user_id = $1), 0)"
 # One statement, so one snapshot: the page, the user's newest change and the horizon agree.
 # Parameters: user, since (NULL: from the horizon), namespace (NULL: all), limit + 1.
-_READ_CHANGES = (
+READ_CHANGES_QUERY = (
     "SELECT b.horizon, b.last, b.newest,"
     " c.seq, c.namespace, c.blob_id, c.op, c.size, c.tag, c.flags"
     f" FROM (SELECT {_HORIZON} AS horizon, {_LAST_SEQ} AS last, {_NEWEST} AS newest) AS b"
@@ -202,7 +210,7 @@ _READ_CHANGES = (
     " ORDER BY seq LIMIT $4) AS c ON true"
     " ORDER BY c.seq"
 )
-_FEED_POSITION = f"SELECT greatest({_NEWEST}, {_HORIZON})"
+FEED_POSITION_QUERY = f"SELECT greatest({_NEWEST}, {_HORIZON})"
 # Retention: per user, drop every change up to the newest one older than the cut-off, and
 # move the horizon there. Parameters: retention seconds, now (epoch seconds; NULL: the
 # database's clock, which also dated the changes).
@@ -371,6 +379,11 @@ class PostgresIndex(MetadataIndex):
         self._max_size = max_size
         self._acquire_timeout = acquire_timeout
         self._pool: asyncpg.Pool | None = None
+
+    @property
+    def dsn(self) -> str:
+        """The database this index uses (with its password: never log it, see redact_dsn)."""
+        return self._dsn
 
     # lifecycle --------------------------------------------------------------------------
     async def open(self) -> None:
@@ -766,7 +779,7 @@ class PostgresIndex(MetadataIndex):
         if since is not None and not 0 <= since <= _SEQ_MAX:
             raise CursorGone(f"cursor position {since} is outside the feed")
         async with self._connection() as conn:
-            rows = await conn.fetch(_READ_CHANGES, user, since, namespace, limit + 1)
+            rows = await conn.fetch(READ_CHANGES_QUERY, user, since, namespace, limit + 1)
         head = rows[0]
         horizon, last = int(head["horizon"]), int(head["last"])
         if since is not None and not horizon <= since <= last:
@@ -780,7 +793,7 @@ class PostgresIndex(MetadataIndex):
 
     async def feed_position(self, user: str) -> int:
         async with self._connection() as conn:
-            return int(await conn.fetchval(_FEED_POSITION, user))
+            return int(await conn.fetchval(FEED_POSITION_QUERY, user))
 
     async def compact_changes(
         self, retention_seconds: float | None, now: float | None = None
