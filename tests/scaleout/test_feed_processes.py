@@ -21,17 +21,53 @@ import psutil
 import pytest
 
 from blobsync.format import encode_upstream_header, seal
+from blobsync.server.auth import hash_token, new_token
+from blobsync.server.storage.factory import make_index
 from tests.harness.s3 import S3Endpoint
 from tests.helpers.feed_http import get_changes, open_events
 from tests.helpers.rawhttp import head, open_raw, read_response
 from tests.helpers.servers import auth_header
 from tests.helpers.subproc import ServerProcess, cli_env
 
-from .test_two_servers import add_user, listening_children, pg_s3_args, start
-
 SECRET = os.urandom(128)
 WRITERS = 6
 ROUNDS = 5
+
+
+PREFIX = "feed/procs"
+
+
+# Process helpers as test_two_servers.py has them (test modules import no test module).
+async def start(stop_later: list[ServerProcess], *args: str,
+                env: dict[str, str] | None = None) -> ServerProcess:
+    argv = ("--port", "0", "--local-port", "0", *args)
+    proc = await asyncio.to_thread(ServerProcess, *argv, env=env or cli_env())
+    stop_later.append(proc)
+    return proc
+
+
+async def add_user(metadata: str | None, data: Path, uuid: str) -> str:
+    index = make_index(str(data), metadata)
+    await index.open()
+    try:
+        token = new_token()
+        await index.add_user(uuid, hash_token(token))
+        return token
+    finally:
+        await index.close()
+
+
+def pg_s3_args(dsn: str, bucket: str, data: Path) -> tuple[str, ...]:
+    return ("--data", str(data), "--metadata", dsn, "--payload", f"s3://{bucket}/{PREFIX}")
+
+
+def listening_children(master: int, port: int) -> set[int]:
+    """Pids of the master's children that listen on ``port``."""
+    return {
+        child.pid for child in psutil.Process(master).children()
+        for conn in child.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+    }
 
 
 @pytest.fixture

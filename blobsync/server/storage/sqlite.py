@@ -135,6 +135,13 @@ COMMIT_POLL_INTERVAL = 0.05
 IDLE_CHECK_INTERVAL = 0.25
 
 _BLOB_COLUMNS = "user, namespace, blob_id, size, tag, flags, seq, location"
+# A change that a later change of the same blob supersedes (compact_changes).
+_SUPERSEDED = (
+    "EXISTS (SELECT 1 FROM changes AS later "
+    "WHERE later.user = changes.user AND later.namespace = changes.namespace "
+    "AND later.blob_id = changes.blob_id AND later.seq > changes.seq "
+    "AND (later.op != 'flags' OR changes.op = 'flags'))"
+)
 
 
 def _row_to_info(row: tuple[Any, ...]) -> BlobInfo:
@@ -704,14 +711,28 @@ class SQLiteIndex(MetadataIndex):
                 ).rowcount
             # A later put or delete of the blob supersedes all before it; a later flags
             # change supersedes earlier flags changes. Lossless: no horizon moves.
-            dropped += conn.execute(
-                "DELETE FROM changes WHERE EXISTS (SELECT 1 FROM changes AS later "
-                "WHERE later.user = changes.user AND later.namespace = changes.namespace "
-                "AND later.blob_id = changes.blob_id AND later.seq > changes.seq "
-                "AND (later.op != 'flags' OR changes.op = 'flags'))"
-            ).rowcount
+            dropped += conn.execute("DELETE FROM changes WHERE " + _SUPERSEDED).rowcount
             return dropped
 
+        def anything() -> bool:
+            conn = self._scan.db()
+            conn.execute("BEGIN")
+            try:
+                if cutoff is not None and conn.execute(
+                    "SELECT 1 FROM changes WHERE created < ? LIMIT 1", (cutoff,)
+                ).fetchone():
+                    return True
+                return conn.execute(
+                    "SELECT 1 FROM changes WHERE " + _SUPERSEDED + " LIMIT 1"
+                ).fetchone() is not None
+            finally:
+                conn.execute("COMMIT")
+
+        # Look first, on the scan connection and under no lock: most sweeps find nothing
+        # to drop, and waiting for the write lock (a busy writer may hold it a while)
+        # holds the index's one thread, and every request behind it.
+        if not await self._scan.run(anything):
+            return 0
         return await self._run(self._write, tx)
 
     async def changed_since(self, seq: int) -> tuple[int, set[str]]:

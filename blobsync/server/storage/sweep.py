@@ -49,6 +49,7 @@ class Sweeper:
         self.swept = swept
         self.feed_retention = feed_retention
         self._task: asyncio.Task[None] | None = None
+        self._compaction: asyncio.Task[int | None] | None = None
 
     def start(self) -> None:
         """Sweep in the background now (unless ``swept``), then every ``interval`` s."""
@@ -56,18 +57,23 @@ class Sweeper:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="sweep")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._compaction):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._compaction = None
 
     async def _run(self) -> None:
         if self.swept:
             await asyncio.sleep(self.interval)
         while True:
             await self.sweep_once()
-            await self.compact_once()
+            # Beside the sweeps, not in their way: a compaction may wait for the index's
+            # write lock. One at a time.
+            if self._compaction is None or self._compaction.done():
+                self._compaction = asyncio.get_running_loop().create_task(
+                    self.compact_once(), name="feed compaction")
             await asyncio.sleep(self.interval)
 
     async def sweep_once(self) -> SweepReport | None:
