@@ -255,15 +255,20 @@ def cmd_admin_gc(args: argparse.Namespace) -> int:
     config = _config(args)
     _require_store(config)
 
-    async def run() -> int:
+    async def run() -> tuple[int, int]:
+        from blobsync.server.storage.sweep import compact_feed
+
         store = make_store(config.data, config.metadata, config.payload)
         await store.open()
         try:
-            return (await store.sweep(args.grace)).removed  # and gives the space back
+            removed = (await store.sweep(args.grace)).removed  # and gives the space back
+            return removed, await compact_feed(store, config.feed_retention)
         finally:
             await store.close()
 
-    _print(str(asyncio.run(run())))
+    removed, dropped = asyncio.run(run())
+    _print(str(removed))  # the first line, as before the feed: scripts read it
+    _print(str(dropped))
     return 0
 
 
@@ -360,6 +365,11 @@ def register(subparsers: Any) -> None:
                         "(default 3600; 15m, 1h, 2d also work)")
     server.add_argument("--sweep-grace", dest="sweep_grace", metavar="SECONDS",
                         help="spare orphan payloads younger than this (default 3600)")
+    server.add_argument("--feed-retention", dest="feed_retention", metavar="SECONDS",
+                        help="drop feed changes older than this at each sweep, 0 never "
+                        "(default 30d); older cursors get 410")
+    server.add_argument("--feed-heartbeat", dest="feed_heartbeat", metavar="SECONDS",
+                        help="comment line on an idle event stream this often (default 15)")
     # `make run` only: create (or reuse) a demo user and print a client command.
     server.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(func=_guard(cmd_server))
@@ -402,10 +412,14 @@ def register(subparsers: Any) -> None:
     admin = subparsers.add_parser("admin", help="maintenance")
     admin_sub = _subcommands(admin)
     p = admin_sub.add_parser("gc", parents=[full],
-                             help="delete payloads no index row names; print how many")
+                             help="delete payloads no index row names and compact the change "
+                             "feed; print how many payloads, then how many changes")
     p.add_argument("--grace", type=_duration, default=3600.0, metavar="SECONDS",
                    help="spare payloads younger than this: seconds, or 30s, 15m, 1h, 2d "
                    "(default 3600)")
+    p.add_argument("--feed-retention", dest="feed_retention", metavar="SECONDS",
+                   help="also drop feed changes older than this, 0 never (default 30d, or "
+                   "BLOBSYNC_FEED_RETENTION / the config file's)")
     p.set_defaults(func=_guard(cmd_admin_gc))
     p = admin_sub.add_parser(
         "import-soledad", parents=[full],

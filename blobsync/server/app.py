@@ -65,7 +65,11 @@ def _base_app(store: BlobStore, config: ServerConfig) -> web.Application:
     return app
 
 
-def make_public_app(store: BlobStore, config: ServerConfig) -> web.Application:
+def make_public_app(
+    store: BlobStore, config: ServerConfig, *, alone: bool = False
+) -> web.Application:
+    """``alone``: no other process can commit to this store's index (a single server
+    holding the data dir's lock), so the hub need not follow other processes' commits."""
     app = _base_app(store, config)
     r = app.router
     # HEAD is not part of the protocol; leaving it out keeps the OpenAPI document exact.
@@ -80,7 +84,7 @@ def make_public_app(store: BlobStore, config: ServerConfig) -> web.Application:
     r.add_post("/stream/{uuid}", stream, expect_handler=expect_handler(stream_checks))
     r.add_get("/changes/{uuid}", changes, allow_head=False)
     # One hub per process: commits made through either app wake this one's waiters.
-    hub = app[HUB] = ChangeHub(store.index)
+    hub = app[HUB] = ChangeHub(store.index, follow=not alone)
     store.on_change = hub.notify
 
     async def start_hub(_app: web.Application) -> None:
@@ -135,7 +139,8 @@ def _url(scheme: str, runner: web.AppRunner) -> str:
 
 
 async def start_sites(
-    store: BlobStore, config: ServerConfig, *, reuse_port: bool = False, worker: int = 0
+    store: BlobStore, config: ServerConfig, *, reuse_port: bool = False, worker: int = 0,
+    alone: bool = False,
 ) -> Sites:
     """Start the public and local sites on the configured hosts and ports (0: any free).
 
@@ -146,7 +151,7 @@ async def start_sites(
     tls = ssl_context(config)
     metrics = Metrics(worker=worker)
     store.observer = StoreMetrics(metrics)  # counts what the store does, for /metrics
-    public_app = make_public_app(store, config)
+    public_app = make_public_app(store, config, alone=alone)
     install(public_app, metrics)
     local_app = make_local_app(store, config)
     install(local_app, metrics, serve=True)
@@ -225,7 +230,10 @@ async def _serve(
             # Before the ports accept anything: no upload of ours is under way either.
             swept = await sweep_alone(store) is not None
         sweeper = _sweeper(store, config, worker, swept)
-        sites = await start_sites(store, config, reuse_port=reuse_port, worker=worker or 0)
+        # Alone on the embedded store: nobody else commits, so no polling for their commits
+        # while requests wait (what most of an idle watcher's cost was).
+        sites = await start_sites(store, config, reuse_port=reuse_port, worker=worker or 0,
+                                  alone=alone and config.metadata is None)
         try:
             # Caught from before the ready line: whoever reads it may stop us at once.
             with _stop_signals() as stop:
@@ -281,7 +289,8 @@ def _sweeper(
     ``swept``: the start-up sweep is done, the first one here waits an interval."""
     if config.sweep_interval <= 0 or (worker or 0) != 0:
         return None
-    return Sweeper(store, config.sweep_interval, config.sweep_grace, swept=swept)
+    return Sweeper(store, config.sweep_interval, config.sweep_grace, swept=swept,
+                   feed_retention=config.feed_retention or None)
 
 
 @contextlib.contextmanager

@@ -193,6 +193,8 @@ def load_config(
     for source in (read_toml(path) if path else {}, from_env(env), cli):
         merged.update(source)
     config = ServerConfig(**{k: _convert(k, v) for k, v in merged.items()})  # type: ignore[arg-type]
+    if config.feed_heartbeat <= 0:
+        raise ConfigError("feed_heartbeat: must be more than 0 seconds")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("tls_cert and tls_key go together: give both or neither")
     return config
@@ -246,12 +248,15 @@ def describe(config: ServerConfig) -> str:
     tls = "on" if config.tls_cert else "off"
     sweep = (f"every {config.sweep_interval:g} s, grace {config.sweep_grace:g} s"
              if config.sweep_interval > 0 else "off")
+    retention = (f"{config.feed_retention:g} s" if config.feed_retention > 0
+                 else "kept for ever")
     return (
         f"settings: data {data}; metadata {metadata}; payload {payload}; "
         f"quota {_size(config.quota)}; max blob size {_size(config.max_blob_size)}; "
         f"max stream size {_size(config.max_stream_size)}; TLS {tls}; "
         f"workers {config.workers}; public {host_port(config.host, config.port)}; "
-        f"incoming box {host_port(config.local_host, config.local_port)}; orphan sweep {sweep}"
+        f"incoming box {host_port(config.local_host, config.local_port)}; orphan sweep {sweep}; "
+        f"feed retention {retention}; feed heartbeat {config.feed_heartbeat:g} s"
     )
 
 

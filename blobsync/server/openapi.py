@@ -20,6 +20,8 @@ _REASONS = {
     404: "no such blob (or, for a stream download, some blobs missing)",
     406: "a flag outside PENDING, PROCESSING, PROCESSED, FAILED",
     409: "the blob already exists",
+    410: 'a cursor this feed cannot serve (too old, another database\'s, or not one): '
+         '"resync": true; list in full and go on from the listing\'s Changes-Cursor',
     412: "the expect flag did not hold",
     413: "over the maximum blob, stream or JSON body size",
     416: "unsatisfiable range; Content-Range: bytes */size",
@@ -45,6 +47,28 @@ _FLAG_SCHEMA = {"type": "string", "enum": ["PENDING", "PROCESSING", "PROCESSED",
 _BOOL = {"type": "string", "enum": ["true", "false"]}
 _IDS = {"type": "array", "items": {"type": "string"}}
 _BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+_CHANGE = {
+    "type": "object",
+    "required": ["namespace", "blob_id", "op"],
+    "properties": {
+        "namespace": {"type": "string"},
+        "blob_id": {"type": "string"},
+        "op": {"type": "string", "enum": ["put", "delete", "flags"]},
+        "size": {"type": "integer", "description": "sealed size; put only"},
+        "tag": {"type": "string", "description": "base64url of the 16-byte tag; put only"},
+        "flags": {"type": "array", "items": _FLAG_SCHEMA,
+                  "description": "put and flags only"},
+    },
+}
+_CHANGES_PAGE = {
+    "type": "object",
+    "required": ["changes", "cursor", "done"],
+    "properties": {
+        "changes": {"type": "array", "items": _CHANGE},
+        "cursor": {"type": "string", "description": "opaque: the `since` of the next call"},
+        "done": {"type": "boolean", "description": "false: more are waiting; ask at once"},
+    },
+}
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -68,8 +92,9 @@ def build_openapi() -> dict[str, Any]:
         "info": {
             "title": "blobsync public API",
             "version": __version__,
-            "description": "LEAP Soledad's blobs protocol (SPEC sections 3 to 5). Errors are "
-            'JSON `{"error": "..."}`; unknown routes answer 404 and wrong methods 405.',
+            "description": "LEAP Soledad's blobs protocol (SPEC sections 3 to 5) and the "
+            'change feed (SPEC 8). Errors are JSON `{"error": "..."}`; unknown routes answer '
+            "404 and wrong methods 405.",
         },
         "components": {
             "securitySchemes": {
@@ -92,6 +117,8 @@ def build_openapi() -> dict[str, Any]:
                                     "wrong; null when the error names none"},
                         "stored": _IDS,
                         "existing": _IDS,
+                        "resync": {"type": "boolean",
+                                   "description": "410 of the change feed: list in full"},
                     },
                 }
             },
@@ -132,6 +159,10 @@ def build_openapi() -> dict[str, Any]:
                     ],
                     "responses": _responses(
                         {"description": "ids, or a count",
+                         "headers": {"Changes-Cursor": {
+                             "description": "a listing of ids: the change feed's cursor "
+                             "consistent with it (SPEC 8); follow the feed from there",
+                             "required": False, "schema": {"type": "string"}}},
                          "content": _json({"oneOf": [_IDS, {"type": "object", "properties": {
                              "count": {"type": "integer"}}}]})},
                         400, 401, 403, 406,
@@ -185,6 +216,36 @@ def build_openapi() -> dict[str, Any]:
                     "responses": _responses({"description": "deleted",
                                              "content": _json({"type": "object"})},
                                             400, 401, 403, 404),
+                },
+            },
+            "/changes/{uuid}": {
+                "parameters": [_UUID],
+                "get": {
+                    "operationId": "changes",
+                    "summary": "the change feed after a cursor (SPEC 8): a page, a long poll, "
+                    "or with Accept: text/event-stream, Server-Sent Events",
+                    "security": auth,
+                    "parameters": [
+                        _param("since", "query", "a cursor this feed gave; absent: from the "
+                               "oldest change kept", {"type": "string"}),
+                        _param("limit", "query", "at most this many changes (default 1000)",
+                               {"type": "integer", "minimum": 1, "maximum": 10000}),
+                        _param("timeout", "query", "long poll: wait up to this many seconds "
+                               "for a change (default 0)",
+                               {"type": "number", "minimum": 0, "maximum": 300}),
+                        {**_NAMESPACE, "description": "only this namespace's changes (the "
+                         "cursor still moves over all of them); absent: every namespace"},
+                        _param("Last-Event-ID", "header", "event stream: the last event's id, "
+                               "in place of since", {"type": "string"}),
+                    ],
+                    "responses": _responses(
+                        {"description": "changes committed after the cursor, oldest first; "
+                         "an event stream: `event: change`, `id: <cursor>`, `data: <change>` "
+                         "per change, and a comment line when idle",
+                         "content": {**_json(_CHANGES_PAGE),
+                                     "text/event-stream": {"schema": {"type": "string"}}}},
+                        400, 401, 403, 410,
+                    ),
                 },
             },
             "/stream/{uuid}": {

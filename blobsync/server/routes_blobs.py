@@ -49,6 +49,7 @@ async def server_info(request: web.Request) -> web.Response:
             "version": __version__,
             "protocol": 1,
             "services": ["blobs", "stream", "incoming"],
+            "extensions": ["changes"],  # SPEC 1.1: what this server has beyond Soledad
             "limits": {
                 "quota": store.quota,
                 "max_blob_size": store.max_blob_size,

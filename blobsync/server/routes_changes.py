@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from blobsync.format.limits import valid_id
 from blobsync.server.auth import authenticate_user
-from blobsync.server.errors import ApiError, client_gone
-from blobsync.server.feed import HUB, change_json, decode_cursor, encode_cursor
+from blobsync.server.config import DEFAULT_FEED_HEARTBEAT
+from blobsync.server.errors import ApiError, client_gone, log_client_gone, write_body
+from blobsync.server.feed import HUB, Waiter, change_json, decode_cursor, encode_cursor
 from blobsync.server.params import CONFIG, STORE, path_id, query_one
 from blobsync.server.storage.base import ChangePage
 
@@ -63,7 +65,6 @@ def _wants_events(request: web.Request) -> bool:
 
 async def changes(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
-    hub = request.app[HUB]
     uuid = path_id(request, "uuid")
     ns = _namespace(request)
     limit = _limit(request)
@@ -71,7 +72,7 @@ async def changes(request: web.Request) -> web.StreamResponse:
     events = _wants_events(request)
     cursor = query_one(request, "since")
     if events and "Last-Event-ID" in request.headers:
-        cursor = request.headers["Last-Event-ID"]
+        cursor = request.headers["Last-Event-ID"]  # a reconnecting EventSource's
     await authenticate_user(request, store.index, uuid)
     index = store.index
     since = None if cursor is None else decode_cursor(index.feed_id, cursor)
@@ -81,25 +82,7 @@ async def changes(request: web.Request) -> web.StreamResponse:
 
     if events:
         return await _events(request, uuid, since, read)
-    page = await read(since)
-    if not page.changes and timeout > 0:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        since = page.position
-        while not page.changes:
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            woken = hub.register(uuid)
-            try:
-                # Read again once registered: a commit just before it is not missed.
-                page = await read(since)
-                if page.changes:
-                    break
-                await asyncio.wait({woken}, timeout=left)
-            finally:
-                hub.release(uuid, woken)
-            page = await read(since)
+    page = await _long_poll(request, uuid, await read(since), timeout, read)
     return web.json_response({
         "changes": [change_json(c) for c in page.changes],
         "cursor": encode_cursor(index.feed_id, page.position),
@@ -107,46 +90,78 @@ async def changes(request: web.Request) -> web.StreamResponse:
     })
 
 
-async def _events(request, uuid, since, read) -> web.StreamResponse:  # type: ignore[no-untyped-def]
-    page = await read(since)  # a bad cursor is a plain 410 before the stream starts
-    resp = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream",
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",  # nginx: pass each event on at once
-    })
-    await resp.prepare(request)
-    try:
-        await _stream_events(request, resp, uuid, page, read)
-    except ConnectionError:
-        pass  # the client went away: nothing is owed to it
-    return resp
+Read = Callable[[int | None], Awaitable[ChangePage]]
 
 
-async def _stream_events(request, resp, uuid, page, read) -> None:  # type: ignore[no-untyped-def]
+async def _long_poll(
+    request: web.Request, uuid: str, page: ChangePage, timeout: float, read: Read
+) -> ChangePage:
+    """``page``, or when it is empty, the first page with changes within ``timeout``: the
+    same position (or a later one, when only other namespaces moved) if none came."""
+    if page.changes or timeout <= 0:
+        return page
     hub = request.app[HUB]
-    heartbeat = request.app[CONFIG].feed_heartbeat
-    feed_id = request.app[STORE].index.feed_id
-    while not client_gone(request):
-        if page.changes:
-            out = []
-            for change in page.changes:
-                out.append(
-                    f"event: change\nid: {encode_cursor(feed_id, change.seq)}\n"
-                    f"data: {json.dumps(change_json(change), separators=(',', ':'))}\n\n"
-                )
-            await resp.write("".join(out).encode())
-        position = page.position
-        if not page.done:
-            page = await read(position)
-            continue
-        woken = hub.register(uuid)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    since = page.position
+    waiter = hub.register(uuid, request)
+    try:
+        # Read again once registered: a commit just before it is not missed.
+        page = await read(since)
+        while not page.changes and not hub.closed:
+            left = deadline - loop.time()
+            if left <= 0 or not await waiter.wait(left):
+                break
+            if client_gone(request):
+                raise ConnectionResetError("the client went away during a long poll")
+            page = await read(since)
+    finally:
+        hub.release(waiter)
+    return page
+
+
+async def _events(
+    request: web.Request, uuid: str, since: int | None, read: Read
+) -> web.StreamResponse:
+    hub = request.app[HUB]
+    waiter = hub.register(uuid, request)  # before the first read: no commit is missed
+    try:
+        page = await read(since)  # a bad cursor is a plain 410 before the stream starts
+        resp = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # nginx: pass each event on at once
+        })
+        await resp.prepare(request)
         try:
-            page = await read(position)
-            if page.changes:
-                continue
-            await asyncio.wait({woken}, timeout=heartbeat)
-            if not woken.done():
-                await resp.write(b": keep-alive\n\n")
-        finally:
-            hub.release(uuid, woken)
-        page = await read(position)
+            await _stream_events(request, resp, waiter, page, read)
+        except ConnectionError:
+            log_client_gone(request, " (event stream)")
+        return resp
+    finally:
+        hub.release(waiter)
+
+
+async def _stream_events(
+    request: web.Request, resp: web.StreamResponse, waiter: Waiter, page: ChangePage,
+    read: Read,
+) -> None:
+    """Events until the client goes or the server stops; a comment line whenever
+    ``feed_heartbeat`` seconds pass with nothing to send."""
+    hub = request.app[HUB]
+    heartbeat = request.app[CONFIG].feed_heartbeat or DEFAULT_FEED_HEARTBEAT
+    feed_id = request.app[STORE].index.feed_id
+    while not hub.closed:
+        if page.changes:
+            await write_body(request, resp, "".join(
+                f"event: change\nid: {encode_cursor(feed_id, change.seq)}\n"
+                f"data: {json.dumps(change_json(change), separators=(',', ':'))}\n\n"
+                for change in page.changes
+            ).encode())
+        if page.done and not await waiter.wait(heartbeat):
+            await write_body(request, resp, b": keep-alive\n\n")
+            page = ChangePage([], page.position, True)
+            continue
+        if client_gone(request):
+            raise ConnectionResetError("the client went away")
+        page = await read(page.position)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from blobsync.server.app import start_sites
 from blobsync.server.auth import hash_token, new_token
@@ -38,12 +39,14 @@ async def start_server(
     max_blob_size: int | None = None,
     store: BlobStore | None = None,
     max_stream_size: int = 0,
+    settings: dict[str, Any] | None = None,
 ) -> RunningServer:
     """Both apps on 127.0.0.1, ports chosen by the OS.
 
     Without ``store``: SQLite and files under ``tmp_path/srv``. A given store must not be
     opened yet (this opens it, and ``stop`` closes it); ``quota`` and ``max_blob_size``
-    override its own when they are not the defaults.
+    override its own when they are not the defaults. ``settings``: other ServerConfig
+    fields (``feed_heartbeat``, ...).
     """
     if store is None:
         store = make_store(str(tmp_path / "srv"), None, None, quota=quota,
@@ -60,6 +63,7 @@ async def start_server(
         quota=store.quota,
         max_blob_size=store.max_blob_size or 0,
         max_stream_size=max_stream_size,
+        **(settings or {}),
     )
     await store.open()
     try:

@@ -33,6 +33,7 @@ from schemathesis.specs.openapi.checks import (
 from blobsync.format import seal
 from blobsync.format.limits import valid_id
 from blobsync.server.openapi import build_openapi
+from blobsync.server.routes_changes import MAX_CHANGES_TIMEOUT
 from tests.helpers.servers import RunningServer, auth_header, make_user, start_server
 
 T = TypeVar("T")
@@ -42,6 +43,8 @@ USER = "fuzzer"
 # and DELETE reach storage), the last does not.
 POOL = ("fz0", "fz1", "fz2", "fz-absent")
 MAX_EXAMPLES = 25
+# The longest long poll a fuzzed /changes request makes (see _bound_long_poll).
+MAX_LONG_POLL = 0.2
 
 # The document the server serves (test_served_document_is_the_fuzzed_one keeps them equal).
 schema = schemathesis.openapi.from_dict(build_openapi())
@@ -146,6 +149,20 @@ def _aim(case: schemathesis.Case) -> None:
     blob_id = params.get("blob_id")
     if isinstance(blob_id, str) and valid_id(blob_id):
         params["blob_id"] = POOL[sum(blob_id.encode()) % len(POOL)]
+    _bound_long_poll(case)
+
+
+def _bound_long_poll(case: schemathesis.Case) -> None:
+    """A valid change-feed timeout waits that long when nothing changes (up to 300 s):
+    keep the poll, but short. Invalid ones (400 at once) are left as generated."""
+    query = case.query or {}
+    value = query.get("timeout")
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return
+    if 0 < seconds <= MAX_CHANGES_TIMEOUT:
+        query["timeout"] = min(seconds, MAX_LONG_POLL)
 
 
 def _run(case: schemathesis.Case, live: Live, checks: list[Any] = CHECKS) -> None:
@@ -172,7 +189,7 @@ FUZZ_SETTINGS = settings(
 )
 
 
-@schema.exclude(operation_id="stream").parametrize()
+@schema.exclude(operation_id=["stream", "changes"]).parametrize()
 @FUZZ_SETTINGS
 def test_api_never_fails_and_keeps_its_document(case: schemathesis.Case, live: Live) -> None:
     _run(case, live)
@@ -199,6 +216,22 @@ def test_stream_upload_errors_match_the_document(live: Live, body: bytes) -> Non
         additional_checks=[error_body_is_json], timeout=10,
     )
     assert response.status_code == 400
+
+
+@schema.include(operation_id="changes").parametrize()
+@FUZZ_SETTINGS
+def test_changes_are_fuzzed_too(case: schemathesis.Case, live: Live) -> None:
+    """Its own run (long polls bounded by _bound_long_poll), as for the stream."""
+    _run(case, live)
+
+
+def test_the_feed_was_fuzzed(live: Live) -> None:
+    """Runs after the fuzzing: requests reached the feed itself, pages and 410s both."""
+    text = "\n".join(live.log.lines)
+    assert f"GET /changes/{USER} 200 " in text
+    assert f"GET /changes/{USER} 410 " in text
+    r = requests.get(f"{live.url}/changes/{USER}", headers=live.headers, timeout=10)
+    assert r.status_code == 200 and len(r.json()["changes"]) >= len(POOL) - 1
 
 
 def test_served_document_is_the_fuzzed_one(live: Live) -> None:

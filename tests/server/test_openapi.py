@@ -17,7 +17,8 @@ from tests.helpers.servers import auth_header, make_user
 
 from .conftest import Api, MakeApi, sealed
 
-SPEC_STATUSES = {200, 206, 400, 401, 403, 404, 406, 409, 412, 413, 416, 507}
+# SPEC 4's statuses, and 410 of the change feed (SPEC 8).
+SPEC_STATUSES = {200, 206, 400, 401, 403, 404, 406, 409, 410, 412, 413, 416, 507}
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
 
@@ -198,6 +199,12 @@ def _scenarios() -> dict[tuple[str, str, int], Scenario]:
         return await _status(api, "POST", up, data=encode_upstream_header([("a", 200)]))
 
     add("post", t, 507, stream_507)
+
+    t = "/changes/{uuid}"
+    for status, fn in _common("GET", "/changes/alice").items():
+        add("get", t, status, fn)
+    add("get", t, 200, lambda api: _status(api, "GET", "/changes/alice?timeout=0"))
+    add("get", t, 410, lambda api: _status(api, "GET", "/changes/alice?since=nonsense"))
     return out
 
 

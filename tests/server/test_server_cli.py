@@ -194,14 +194,15 @@ def test_admin_gc(tmp_path: Path) -> None:
     made = asyncio.run(orphans())
     assert any(loc.startswith("db:") for loc in made)
     assert any((data / "blobs" / loc).is_file() for loc in made)
-    assert blobsync("admin", "gc", "--data", str(data)).stdout.strip() == "0"  # within grace
+    # Two lines: payloads removed, then feed changes dropped (none: no blob was written).
+    assert blobsync("admin", "gc", "--data", str(data)).stdout == "0\n0\n"  # within grace
     # A duration as the config file and --sweep-grace read it (server.md, "Durations").
-    assert blobsync("admin", "gc", "--grace", "15m", "--data", str(data)).stdout.strip() == "0"
+    assert blobsync("admin", "gc", "--grace", "15m", "--data", str(data)).stdout == "0\n0\n"
     assert asyncio.run(stored()) == made
     out = blobsync("admin", "gc", "--grace", "0", "--data", str(data))
-    assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr
+    assert out.returncode == 0 and out.stdout == "2\n0\n", out.stderr
     assert asyncio.run(stored()) == set()
-    assert blobsync("admin", "gc", "--grace", "0", "--data", str(data)).stdout.strip() == "0"
+    assert blobsync("admin", "gc", "--grace", "0", "--data", str(data)).stdout == "0\n0\n"
 
 
 def test_demo_user_for_make_run(tmp_path: Path) -> None:

@@ -75,6 +75,7 @@ async def listen(
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a listener outlives whatever its connection does
+            _stop_if_cancelled()  # asyncpg may answer a cancellation with an error of its own
             if not down:
                 log.warning(
                     "not listening for other processes' changes at %s (%s: %s); "
@@ -89,8 +90,18 @@ async def listen(
         # dropping at once backs off as if it never came up.
         if up_since is not None and loop.time() - up_since >= retry_max:
             delay = retry_first
+        _stop_if_cancelled()
         await asyncio.sleep(delay)
         delay = min(delay * 2, retry_max)
+
+
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was asked to stop: a cancellation that an await
+    swallowed (asyncpg turns some into errors of its own) must still end the loop, or
+    whoever cancelled it (server shutdown) waits for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _settle(lost: asyncio.Future[None], _conn: object) -> None:
@@ -109,8 +120,10 @@ async def _until_lost(
 
 
 async def _close(conn: asyncpg.Connection) -> None:
+    # asyncpg's own timeout, not asyncio.wait_for: on Python 3.11, wait_for loses a
+    # cancellation that lands as the close finishes (a lost connection closes at once).
     try:
-        await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
+        await conn.close(timeout=CLOSE_TIMEOUT)
     except asyncio.CancelledError:
         conn.terminate()
         raise
