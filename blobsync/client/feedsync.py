@@ -119,7 +119,7 @@ class FeedSync(UsesParts):
         ids = {c.blob_id for c in changes if c.op in ("put", "delete")}
         if not ids:
             return
-        rows = await self.store.held(namespace, ids)
+        rows = await self.store.get_many(namespace, ids)
         compare = [r for r in rows.values()
                    if r.status is SyncStatus.SYNCED]
         tags = await self.store.tags(compare) if compare else {}

@@ -238,7 +238,7 @@ class Watcher:
                 self._wake = None
                 return
             await self.engine.run(ns, PHASES, wait=False)
-            after = await self.store.held(ns, [r.blob_id for r in before])
+            after = await self.store.get_many(ns, [r.blob_id for r in before])
             self._wake = await self.store.next_wake(ns, _PENDING)
         for r in before:
             now = after.get(r.blob_id)

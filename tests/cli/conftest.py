@@ -53,3 +53,9 @@ def ready_b(ready_a: Device, device_b: Device) -> Device:
     proc = device_b.init("--recover")
     assert proc.returncode == 0, proc.stderr.decode()
     return device_b
+
+
+@pytest.fixture(scope="session")
+def incoming_token(server: Server) -> str:
+    """The token of the server's ``incoming`` service (a mail exchanger, say)."""
+    return server.add_service("incoming")

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import os
 from pathlib import Path
 
-import pytest
-
-from tests.helpers.cli import Account, Device, Server, http
-
-
-@pytest.fixture(scope="session")
-def incoming_token(server: Server) -> str:
-    return server.add_service("incoming")
-
-
-def deliver(account: Account, token: str, blob_id: str, payload: bytes) -> None:
-    auth = "Token " + base64.b64encode(f"incoming:{token}".encode()).decode()
-    status, body = http(
-        "PUT", f"{account.server.local_url}/incoming/{account.user}/{blob_id}",
-        body=payload, headers={"Authorization": auth},
-    )
-    assert status == 200, body
+from tests.helpers.cli import Device, deliver
 
 
 def test_process_runs_the_command_per_message(

@@ -4,7 +4,6 @@ person stops them (exit 130, one line, no traceback)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import pty
@@ -16,25 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
-from tests.helpers.cli import ROOT, TIMEOUT, Account, Device, Server, http
+from tests.helpers.cli import ROOT, TIMEOUT, Device, deliver
 from tests.helpers.terminal import read_until
-
-
-@pytest.fixture(scope="session")
-def incoming_token(server: Server) -> str:
-    return server.add_service("incoming")
-
-
-def deliver(account: Account, token: str, blob_id: str, payload: bytes) -> None:
-    """What a mail service does: PUT the message into the user's incoming box."""
-    auth = "Token " + base64.b64encode(f"incoming:{token}".encode()).decode()
-    status, body = http(
-        "PUT", f"{account.server.local_url}/incoming/{account.user}/{blob_id}",
-        body=payload, headers={"Authorization": auth},
-    )
-    assert status == 200, body
 
 
 def put_file(device: Device, path: Path, data: bytes) -> str:

@@ -146,3 +146,13 @@ def http(method: str, url: str, *, body: bytes | None = None,
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def deliver(account: Account, token: str, blob_id: str, payload: bytes) -> None:
+    """What a mail service does: PUT the message into the user's incoming box."""
+    auth = "Token " + base64.b64encode(f"incoming:{token}".encode()).decode()
+    status, body = http(
+        "PUT", f"{account.server.local_url}/incoming/{account.user}/{blob_id}",
+        body=payload, headers={"Authorization": auth},
+    )
+    assert status == 200, body

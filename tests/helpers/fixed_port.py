@@ -7,32 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from blobsync.server.app import start_sites
 from blobsync.server.config import ServerConfig
 from blobsync.server.storage.blobstore import BlobStore
 from blobsync.server.storage.factory import make_store
-from tests.helpers.servers import RunningServer
+from tests.helpers.servers import RunningServer, serve
 
 
 async def start_on(data: Path, port: int, store: BlobStore | None = None) -> RunningServer:
     """Both apps on 127.0.0.1, the public one on ``port``; SQLite and files under ``data``
     unless ``store`` (not opened yet) is given."""
     store = store if store is not None else make_store(str(data), None, None)
-    config = ServerConfig(data=str(data), port=port, local_port=0)
-    await store.open()
-    try:
-        sites = await start_sites(store, config)
-    except BaseException:
-        await store.close()
-        raise
-
-    async def stop() -> None:
-        try:
-            await sites.stop()
-        finally:
-            await store.close()
-
-    return RunningServer(sites.url, sites.local_url, store, stop, config)
+    return await serve(store, ServerConfig(data=str(data), port=port, local_port=0))
 
 
 @asynccontextmanager

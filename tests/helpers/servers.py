@@ -65,6 +65,11 @@ async def start_server(
         max_stream_size=max_stream_size,
         **(settings or {}),
     )
+    return await serve(store, config)
+
+
+async def serve(store: BlobStore, config: ServerConfig) -> RunningServer:
+    """Open ``store`` and serve both apps on it as ``config`` says; closed by ``stop``."""
     await store.open()
     try:
         sites = await start_sites(store, config)

@@ -11,20 +11,17 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psutil
-import pytest
 
 from blobsync.format import encode_upstream_header, seal
-from blobsync.server.auth import hash_token, new_token
-from blobsync.server.storage.factory import make_index
 from tests.harness.s3 import S3Endpoint
 from tests.helpers.feed_http import get_changes, open_events
+from tests.helpers.processes import add_user, listening_children, pg_s3_args, start
 from tests.helpers.rawhttp import head, open_raw, read_response
 from tests.helpers.servers import auth_header
 from tests.helpers.subproc import ServerProcess, cli_env
@@ -35,54 +32,6 @@ ROUNDS = 5
 
 
 PREFIX = "feed/procs"
-
-
-# Process helpers as test_two_servers.py has them (test modules import no test module).
-async def start(stop_later: list[ServerProcess], *args: str,
-                env: dict[str, str] | None = None) -> ServerProcess:
-    argv = ("--port", "0", "--local-port", "0", *args)
-    proc = await asyncio.to_thread(ServerProcess, *argv, env=env or cli_env())
-    stop_later.append(proc)
-    return proc
-
-
-async def add_user(metadata: str | None, data: Path, uuid: str) -> str:
-    index = make_index(str(data), metadata)
-    await index.open()
-    try:
-        token = new_token()
-        await index.add_user(uuid, hash_token(token))
-        return token
-    finally:
-        await index.close()
-
-
-def pg_s3_args(dsn: str, bucket: str, data: Path) -> tuple[str, ...]:
-    return ("--data", str(data), "--metadata", dsn, "--payload", f"s3://{bucket}/{PREFIX}")
-
-
-def listening_children(master: int, port: int) -> set[int]:
-    """Pids of the master's children that listen on ``port``."""
-    return {
-        child.pid for child in psutil.Process(master).children()
-        for conn in child.net_connections(kind="tcp")
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
-    }
-
-
-@pytest.fixture
-def stop_later() -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for proc in started:
-        proc.kill()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    # A new connection per request: with --workers, the kernel spreads them over both.
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-        yield s
 
 
 @dataclass
@@ -109,7 +58,7 @@ async def two_servers_on_postgres(
 ) -> Deployment:
     token = await add_user(dsn, tmp_path, "alice")
     env = cli_env(**endpoint.env())
-    args = pg_s3_args(dsn, bucket, tmp_path)
+    args = pg_s3_args(dsn, bucket, tmp_path, PREFIX)
     a, b = await asyncio.gather(start(stop_later, *args, env=env),
                                 start(stop_later, *args, env=env))
     return Deployment([a.url, b.url], auth_header("alice", token), [a, b])

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -15,48 +14,16 @@ import psutil
 import pytest
 
 from blobsync.format import seal
-from blobsync.server.auth import hash_token, new_token
-from blobsync.server.storage.factory import make_index
 from blobsync.server.storage.s3 import S3Payloads
 from tests.harness.s3 import S3Endpoint
 from tests.helpers import subproc
 from tests.helpers.metrics import parse, value
+from tests.helpers.processes import add_user, listening_children, pg_s3_args, start
 from tests.helpers.servers import auth_header
 from tests.helpers.subproc import ServerProcess, cli_env
 
 SECRET = os.urandom(128)
 PREFIX = "scale/out"
-
-
-@pytest.fixture
-def stop_later() -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for proc in started:
-        proc.kill()
-
-
-async def start(stop_later: list[ServerProcess], *args: str,
-                env: dict[str, str] | None = None) -> ServerProcess:
-    argv = ("--port", "0", "--local-port", "0", *args)
-    proc = await asyncio.to_thread(ServerProcess, *argv, env=env or cli_env())
-    stop_later.append(proc)
-    return proc
-
-
-async def add_user(metadata: str | None, data: Path, uuid: str) -> str:
-    index = make_index(str(data), metadata)
-    await index.open()
-    try:
-        token = new_token()
-        await index.add_user(uuid, hash_token(token))
-        return token
-    finally:
-        await index.close()
-
-
-def pg_s3_args(dsn: str, bucket: str, data: Path) -> tuple[str, ...]:
-    return ("--data", str(data), "--metadata", dsn, "--payload", f"s3://{bucket}/{PREFIX}")
 
 
 async def payload_count(endpoint: S3Endpoint, bucket: str) -> int:
@@ -67,13 +34,6 @@ async def payload_count(endpoint: S3Endpoint, bucket: str) -> int:
         return len([loc async for loc, _ in payloads.locations()])
     finally:
         await payloads.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    # A new connection per request, so that SO_REUSEPORT spreads them over the workers.
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-        yield s
 
 
 async def put(session: aiohttp.ClientSession, url: str, body: bytes,
@@ -97,7 +57,7 @@ async def test_two_servers_share_postgres_and_s3(
     token = await add_user(postgres_db, tmp_path, "alice")
     auth = auth_header("alice", token)
     env = cli_env(**s3_endpoint.env())
-    args = (*pg_s3_args(postgres_db, s3_bucket, tmp_path), "--quota", str(quota))
+    args = (*pg_s3_args(postgres_db, s3_bucket, tmp_path, PREFIX), "--quota", str(quota))
     a, b = await asyncio.gather(start(stop_later, *args, env=env),
                                 start(stop_later, *args, env=env))
 
@@ -139,16 +99,6 @@ async def test_two_servers_share_postgres_and_s3(
 
 
 # --------------------------------------------------------------------------- --workers
-
-
-def listening_children(master: int, port: int) -> set[int]:
-    """Pids of the master's children that listen on ``port``."""
-    pids = set()
-    for child in psutil.Process(master).children():
-        for conn in child.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
-                pids.add(child.pid)
-    return pids
 
 
 async def worker_counts(session: aiohttp.ClientSession, srv: ServerProcess) -> list[float]:
@@ -204,7 +154,7 @@ async def test_workers_on_postgres_and_s3(
 ) -> None:
     token = await add_user(postgres_db, tmp_path, "alice")
     env = cli_env(**s3_endpoint.env())
-    srv = await start(stop_later, *pg_s3_args(postgres_db, s3_bucket, tmp_path),
+    srv = await start(stop_later, *pg_s3_args(postgres_db, s3_bucket, tmp_path, PREFIX),
                       "--workers", "2", env=env)
     await exercise_workers(session, srv, auth_header("alice", token))
     workers = listening_children(srv.pid, int(srv.url.rsplit(":", 1)[1]))

@@ -14,7 +14,7 @@ from ..errors import ClientError
 from ..model import SyncStatus
 from .core import StoreCore
 from .files import read_tail
-from .rows import COLUMNS, Row
+from .rows import Row
 
 
 class StoreFeed(StoreCore):
@@ -47,19 +47,6 @@ class StoreFeed(StoreCore):
         await self._run(q)
 
     # --- what is held --------------------------------------------------------------------
-
-    async def held(self, namespace: str, blob_ids: Iterable[str]) -> dict[str, Row]:
-        """The rows of ``blob_ids`` that exist (a feed page's ids: few)."""
-        ids = list(blob_ids)
-
-        def q() -> dict[str, Row]:
-            rows = self._select_in(
-                f"SELECT {COLUMNS} FROM blobs WHERE namespace = ? AND blob_id IN ({{}})",
-                (namespace,), ids,
-            )
-            return {row.blob_id: row for row in map(Row.from_db, rows)}
-
-        return await self._run(q)
 
     async def tags(self, rows: Iterable[Row]) -> dict[str, bytes | None]:
         """The sealed tag of each row holding a payload: the ``tag`` column, else the
