@@ -30,6 +30,7 @@ from .sync_cmds import (
     cmd_incoming_process,
     cmd_status,
     cmd_sync,
+    sync_prelude,
 )
 
 PRIORITIES = ("low", "medium", "high", "urgent")
@@ -209,6 +210,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-stream", action="store_true",
                    help="transfer one request per blob instead of batching in streams")
     _max_wait_arg(p)
+    # The passphrase read and the KDF started before the event loop (sync_prelude).
+    p.set_defaults(func=as_command(cmd_sync, prelude=sync_prelude), unlocking=None,
+                   passphrase=None)
 
     p = add("status", cmd_status, "count blobs per sync status",
             "Print a table of how many blobs of this device are in each sync status.")

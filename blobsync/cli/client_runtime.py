@@ -57,21 +57,33 @@ def _quiet_library_logs() -> None:
         client_log.propagate = False
 
 
-def as_command(handler: Handler) -> Callable[[argparse.Namespace], int]:
-    """Wrap an async handler into the ``func(args) -> int`` that main dispatches."""
+def as_command(
+    handler: Handler, prelude: Callable[[argparse.Namespace], None] | None = None
+) -> Callable[[argparse.Namespace], int]:
+    """Wrap an async handler into the ``func(args) -> int`` that main dispatches.
+    ``prelude(args)`` runs first, before the event loop and most of the client are loaded
+    (sync starts its passphrase KDF there, so that loading overlaps it)."""
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
-        import asyncio
-
-        from blobsync.client.lock import describe_process
-
-        _quiet_library_logs()
-        # Who holds the profile, as a waiting process will read it: the command, never
-        # its arguments (put's are file paths, which stay in the encrypted store).
-        describe_process(f"blobsync {handler.__name__.removeprefix('cmd_').replace('_', ' ')}")
         out = Output(bool(getattr(args, "json", False)))
-        return guarded(lambda: asyncio.run(handler(args, out)), out.error)
+
+        def body() -> int:
+            if prelude is not None:
+                prelude(args)
+            import asyncio
+
+            from blobsync.client.lock import describe_process
+
+            _quiet_library_logs()
+            # Who holds the profile, as a waiting process will read it: the command, never
+            # its arguments (put's are file paths, which stay in the encrypted store).
+            describe_process(
+                f"blobsync {handler.__name__.removeprefix('cmd_').replace('_', ' ')}"
+            )
+            return asyncio.run(handler(args, out))
+
+        return guarded(body, out.error)
 
     return run
 
@@ -104,10 +116,12 @@ def _settings(settings: Any, *, stream: bool = True, max_wait: float | None = No
 
 @asynccontextmanager
 async def open_manager(
-    args: argparse.Namespace, *, stream: bool = True, reading: bool = False
+    args: argparse.Namespace, *, stream: bool = True, reading: bool = False,
+    passphrase: str | None = None,
 ) -> AsyncIterator[Any]:
     """The opened BlobManager of the profile at --home, closed however the command ends.
-    ``reading``: the command only reads the local store, which then opens on a full disk."""
+    ``reading``: the command only reads the local store, which then opens on a full disk.
+    ``passphrase``: read already (else it is read here)."""
     from blobsync.client import BlobManager
     from blobsync.client.profile import Profile
 
@@ -116,7 +130,9 @@ async def open_manager(
     profile = Profile.load(home)
     settings = _settings(profile.client_settings(), stream=stream,
                          max_wait=getattr(args, "max_wait", None))
-    manager = await BlobManager.open(home, passphrase=read_passphrase(), settings=settings,
+    if passphrase is None:
+        passphrase = read_passphrase()
+    manager = await BlobManager.open(home, passphrase=passphrase, settings=settings,
                                      reading=reading)
     try:
         yield manager

@@ -13,7 +13,6 @@ is not indexed yet.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import os
 import sys
@@ -100,6 +99,8 @@ def _with_index(args: argparse.Namespace, job: Callable[[Any], Awaitable[T]]) ->
         finally:
             await index.close()
 
+    import asyncio
+
     return asyncio.run(run())
 
 
@@ -125,6 +126,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         return serve_workers(config, config.workers)
     on_ready = functools.partial(_demo_user, config.data) if args.demo else None
     try:
+        import asyncio
+
         asyncio.run(run_server(config, on_ready=on_ready))
     except KeyboardInterrupt:
         pass  # a second Ctrl-C during shutdown
@@ -266,6 +269,8 @@ def cmd_admin_gc(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
+    import asyncio
+
     removed, dropped = asyncio.run(run())
     _print(str(removed))  # the first line, as before the feed: scripts read it
     _print(str(dropped))
@@ -304,6 +309,8 @@ def cmd_admin_import_soledad(args: argparse.Namespace) -> int:
             await store.close()
 
     with hold_data_dir(config, "blobsync admin import-soledad"):
+        import asyncio
+
         report = asyncio.run(run())
     progress(report.summary())
     return 5 if report.invalid else 0

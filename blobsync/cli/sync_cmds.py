@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .client_runtime import check_id, count_of, ids_of, open_manager
+from .client_runtime import check_id, count_of, ids_of, open_manager, resolve_home
 from .failures import EXIT_ID_TAKEN, EXIT_OK, EXIT_VERIFY, CommandFailed, UsageError
 from .output import Output, table
+from .passphrase import read_passphrase
 from .progress import Bars, bars_wanted
 
 # sync leaves FAILED_* blobs alone unless given this.
@@ -18,28 +19,25 @@ RETRY_FAILED_OPTION = "--retry-failed"
 
 
 async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
-    from blobsync.client import SyncStatus
-
     namespace = check_id(args.namespace, "namespace")
-    given_up = (SyncStatus.FAILED_UPLOAD, SyncStatus.FAILED_DOWNLOAD)
     if args.watch and args.full:
         raise UsageError("--watch and --full do not go together (a watch lists in full "
                          "when it has to)")
-    async with open_manager(args, stream=not args.no_stream) as manager:
-        retried = 0
-        if args.retry_failed:
-            retried = await manager.retry_failed(namespace)
-        if args.watch:
-            from .watch_cmds import follow
+    passphrase = None
+    quiet = None
+    if args.unlocking is not None:  # started by sync_prelude
+        from blobsync.client.quicksync import unchanged
 
-            return await follow(manager.watch(namespace), out)
-        with Bars(bars_wanted(out.json_mode)) as bars:
-            report = await manager.sync(namespace, progress=bars.callback, full=args.full)
-        # Blobs given up on before this run are left alone by sync: they count as a
-        # failure too, or a script would think everything is on the server.
-        still_failed: list[str] = []
-        for status in given_up:
-            still_failed += await manager.local_list(namespace, status=status)
+        passphrase = args.passphrase
+        quiet = await unchanged(args.unlocking, namespace)
+    if quiet is not None:
+        from blobsync.client import SyncReport
+
+        report, retried, still_failed = SyncReport(), 0, quiet
+    else:
+        report, retried, still_failed = await _sync(args, out, namespace, passphrase)
+        if report is None:
+            return EXIT_OK  # a watch, stopped
     failed = ids_of(report.failed)
     pending = ids_of(getattr(report, "pending", []))
     summary = {
@@ -78,6 +76,48 @@ async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
         raise CommandFailed(f"{_blobs(len(pending))} {verb} still waiting for a retry; "
                             "run 'blobsync sync' again later")
     return EXIT_OK
+
+
+def sync_prelude(args: argparse.Namespace) -> None:
+    """Before the event loop: a plain sync reads the passphrase and starts its KDF, so
+    that finding nothing to do costs little more than the KDF (quicksync.py)."""
+    if args.watch or args.full or args.retry_failed:
+        return
+    from blobsync.client.quicksync import Unlocking
+
+    # The profile first: NotInitialized before a passphrase is asked for.
+    home = resolve_home(args)
+    from blobsync.client.profile import Profile
+
+    Profile.load(home)
+    args.passphrase = read_passphrase()
+    args.unlocking = Unlocking(home, args.passphrase)
+
+
+async def _sync(
+    args: argparse.Namespace, out: Output, namespace: str, passphrase: str | None
+) -> tuple[Any, int, list[str]]:
+    """The sync itself (or the watch): (report, retried, still failed); report None after
+    a watch."""
+    from blobsync.client import SyncStatus
+
+    async with open_manager(args, stream=not args.no_stream, passphrase=passphrase) as manager:
+        retried = 0
+        if args.retry_failed:
+            retried = await manager.retry_failed(namespace)
+        if args.watch:
+            from .watch_cmds import follow
+
+            await follow(manager.watch(namespace), out)
+            return None, retried, []
+        with Bars(bars_wanted(out.json_mode)) as bars:
+            report = await manager.sync(namespace, progress=bars.callback, full=args.full)
+        # Blobs given up on before this run are left alone by sync: they count as a
+        # failure too, or a script would think everything is on the server.
+        still_failed: list[str] = []
+        for status in (SyncStatus.FAILED_UPLOAD, SyncStatus.FAILED_DOWNLOAD):
+            still_failed += await manager.local_list(namespace, status=status)
+    return report, retried, still_failed
 
 
 async def cmd_status(args: argparse.Namespace, out: Output) -> int:

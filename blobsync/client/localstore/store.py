@@ -97,6 +97,34 @@ class LocalStore(StoreReads, StoreWrites, StoreFeed):
             conn.close()
             raise
 
+    async def peek(self) -> bool:
+        """Open for a look only (client/quicksync.py): one reading connection, no crash
+        recovery, no sessions count, nothing written; closed by ``close`` as usual.
+        False when the store needs more than a look (a migration, another key, a damaged
+        file): the real ``open`` then does it or says why."""
+
+        def q() -> bool:
+            conn = sqlcipher.connect(str(self.db_path), check_same_thread=False,
+                                     isolation_level=None)
+            try:
+                conn.execute("PRAGMA cipher_log_level = NONE")
+                conn.execute(f"PRAGMA key = \"x'{self._db_key.hex()}'\"")
+                conn.execute("PRAGMA query_only = ON")
+                if schema.version(conn) != schema.SCHEMA_VERSION:
+                    conn.close()
+                    return False
+                conn.execute("ATTACH DATABASE ? AS pl KEY ''", (str(self.payloads_path),))
+            except sqlcipher.DatabaseError:
+                conn.close()
+                return False
+            self._conn = conn
+            self.reading_only = True
+            return True
+
+        if not self.db_path.exists():
+            return False
+        return await self._run(q)
+
     def _open_reading(self) -> None:
         """Open for reading on a full disk. In WAL mode every connection maps the -shm
         file, which a full disk cannot grow (read-only opens, ``mode=ro``, fail the same
