@@ -138,9 +138,9 @@ async def cmd_incoming_process(args: argparse.Namespace, out: Output) -> int:
     async with open_manager(args) as manager:
         manager.register_consumer(consumer)
         if args.watch:
-            from .watch_cmds import follow
+            from .watch_cmds import follow, with_outcomes
 
-            return await follow(manager.watch_incoming(), out)
+            return await follow(with_outcomes(manager.watch_incoming(), consumer), out)
         report = await manager.process_incoming(limit=args.limit)
     details = dict(consumer.outcomes)
     outcomes: list[tuple[str, str]] = []

@@ -49,6 +49,20 @@ def write_event(out: Output, event: Any) -> None:
         out.line(event_line(event))
 
 
+async def with_outcomes(events: AsyncIterator[Any], consumer: Any) -> AsyncIterator[Any]:
+    """``events`` with each message's outcome as the --exec consumer gave it: ``FAILED
+    (exit status 3)`` says why, where the library's bare ``FAILED`` left a person to
+    guess (the same words as ``incoming process`` without --watch)."""
+    import dataclasses
+
+    async for event in events:
+        if event.kind == "incoming" and event.blob_id:
+            outcome = consumer.take_outcome(event.blob_id)
+            if outcome:
+                event = dataclasses.replace(event, detail=outcome)
+        yield event
+
+
 async def follow(events: AsyncIterator[Any], out: Output) -> int:
     """Print ``events`` until interrupted (Ctrl-C ends the command with 130)."""
     async for event in events:

@@ -147,3 +147,22 @@ def test_incoming_process_watch_handles_mail_as_it_comes(
     assert {p.name: p.read_bytes() for p in inbox.iterdir()} == {
         "early": b"before the watch", "late": b"while watching"}
     assert ready_a.ok("ls", "--remote", "-n", "MX").split() == []
+
+
+def test_incoming_process_watch_says_why_a_message_failed(
+    ready_a: Device, incoming_token: str
+) -> None:
+    # The one-shot command says "FAILED (exit status 3)"; the watch said a bare "FAILED"
+    # and left the person at the terminal to guess.
+    with on_a_terminal(ready_a, "incoming", "process", "--watch", "--exec",
+                       'test "$BLOBSYNC_BLOB_ID" = good || exit 3') as (master, code):
+        time.sleep(0.5)
+        deliver(ready_a.account, incoming_token, "bad", b"refused by the command")
+        seen = read_until(master, b"incoming MX bad (", time.monotonic() + TIMEOUT)
+        deliver(ready_a.account, incoming_token, "good", b"taken")
+        seen += read_until(master, b"incoming MX good (PROCESSED)", time.monotonic() + 5)
+        seen = interrupt(master, seen)
+    text = seen.decode(errors="replace")
+    assert code == [130], text
+    assert "incoming MX bad (FAILED (exit status 3))" in text
+    assert "incoming MX good (PROCESSED)" in text
