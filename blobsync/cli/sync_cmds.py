@@ -30,9 +30,10 @@ async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
         if args.retry_failed:
             retried = await manager.retry_failed(namespace)
         if args.watch:
-            from .watch_cmds import follow
+            from .watch_cmds import follow, server_of
 
-            return await follow(manager.watch(namespace), out)
+            return await follow(manager.watch(namespace), out,
+                                f"namespace {namespace} on {server_of(manager)}")
         with Bars(bars_wanted(out.json_mode)) as bars:
             report = await manager.sync(namespace, progress=bars.callback, full=args.full)
         # Blobs given up on before this run are left alone by sync: they count as a
@@ -138,9 +139,10 @@ async def cmd_incoming_process(args: argparse.Namespace, out: Output) -> int:
     async with open_manager(args) as manager:
         manager.register_consumer(consumer)
         if args.watch:
-            from .watch_cmds import follow, with_outcomes
+            from .watch_cmds import follow, server_of, with_outcomes
 
-            return await follow(with_outcomes(manager.watch_incoming(), consumer), out)
+            return await follow(with_outcomes(manager.watch_incoming(), consumer), out,
+                                f"the incoming box (MX) on {server_of(manager)}")
         report = await manager.process_incoming(limit=args.limit)
     details = dict(consumer.outcomes)
     outcomes: list[tuple[str, str]] = []

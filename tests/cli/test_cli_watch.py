@@ -166,3 +166,21 @@ def test_incoming_process_watch_says_why_a_message_failed(
     assert code == [130], text
     assert "incoming MX bad (FAILED (exit status 3))" in text
     assert "incoming MX good (PROCESSED)" in text
+
+
+def test_a_watch_at_a_terminal_says_it_runs(ready_a: Device, ready_b: Device) -> None:
+    # A device already in sync printed nothing at all: a terminal that looked hung.
+    ready_b.ok("sync")
+    with on_a_terminal(ready_b, "sync", "--watch") as (master, code):
+        seen = read_until(master, b"Ctrl-C to stop", time.monotonic() + TIMEOUT)
+        seen = interrupt(master, seen)
+    text = seen.decode(errors="replace")
+    assert code == [130], text
+    url = ready_b.account.server.url
+    assert f"blobsync: watching namespace default on {url}; Ctrl-C to stop" in text
+    with on_a_terminal(ready_a, "incoming", "process", "--watch", "--exec", "cat") as (
+            master, code):
+        seen = read_until(master, b"Ctrl-C to stop", time.monotonic() + TIMEOUT)
+        seen = interrupt(master, seen)
+    assert code == [130]
+    assert f"blobsync: watching the incoming box (MX) on {url}; Ctrl-C to stop" in seen.decode()
