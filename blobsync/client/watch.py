@@ -143,7 +143,7 @@ class Watcher:
         self._answering.clear()
         if not self._offline:
             self._offline = True
-            log.warning("the server cannot be reached: %s (retrying)", exc)
+            log.warning("offline: %s; retrying", exc)  # exc says what failed: not twice
             self._emit("offline", detail=str(exc))
 
     async def _back_online(self) -> None:

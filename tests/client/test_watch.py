@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -181,11 +182,12 @@ async def test_a_watch_survives_a_server_restart(tmp_path: Path) -> None:
 
 
 async def test_a_retry_that_reaches_the_server_brings_the_followers_back_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The followers back off up to 30 s between reconnects. A local retry falling due in
     that pause reached the restarted server and said "uploaded" while the watch still
     said offline; "online" and remote changes waited for the followers' next try."""
+    caplog.set_level(logging.INFO, logger="blobsync.client.watch")
     monkeypatch.setattr(watch_module, "BACKOFF_FIRST", 120.0)  # the longest pause, at once
     port = free_port()
     data = tmp_path / "srv"
@@ -211,6 +213,12 @@ async def test_a_retry_that_reaches_the_server_brings_the_followers_back_at_once
             theirs = await a.put(None, b"from a")
             await events.expect("downloaded", theirs)
             assert len(events.kinds("offline")) == 1 and len(events.kinds("online")) == 1
+        # One WARNING, whose words say it once: it read "the server cannot be reached:
+        # cannot reach the server (...)".
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1, warned
+        assert warned[0].startswith("offline: cannot reach the server ("), warned
+        assert warned[0].endswith("; retrying"), warned
     finally:
         await a.close()
         await b.close()
