@@ -184,3 +184,12 @@ def test_a_watch_at_a_terminal_says_it_runs(ready_a: Device, ready_b: Device) ->
         seen = interrupt(master, seen)
     assert code == [130]
     assert f"blobsync: watching the incoming box (MX) on {url}; Ctrl-C to stop" in seen.decode()
+
+
+@pytest.mark.parametrize("command", [("sync",), ("incoming", "process")])
+def test_the_watch_help_says_what_json_prints(command: tuple[str, ...]) -> None:
+    # --json's own help says "one JSON document"; a watch prints one per line.
+    run = subprocess.run([sys.executable, "-m", "blobsync", *command, "--help"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
+    assert run.returncode == 0
+    assert "with --json a JSON object per line" in " ".join(run.stdout.split())
