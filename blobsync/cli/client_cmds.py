@@ -203,7 +203,8 @@ def register(subparsers: Any) -> None:
                    help="keep syncing until Ctrl-C: remote changes as they happen, local "
                         "puts (from any shell) as they are made; one line per event "
                         "(downloaded, uploaded, deleted_here, deleted_there, resync), "
-                        "offline/online notices on stderr")
+                        "with --json a JSON object per line; offline/online notices on "
+                        "stderr")
     p.add_argument(RETRY_FAILED_OPTION, action="store_true",
                    help="give the blobs marked FAILED_UPLOAD or FAILED_DOWNLOAD another try "
                         "(after the quota was raised, say)")
@@ -250,4 +251,5 @@ def register(subparsers: Any) -> None:
                    help="process at most N messages (default: %(default)s)")
     p.add_argument("--watch", action="store_true",
                    help="keep processing messages as they are delivered, until Ctrl-C "
-                        "(exit 130); one line per message: incoming MX ID (OUTCOME)")
+                        "(exit 130); one line per message: incoming MX ID (OUTCOME), "
+                        "with --json a JSON object per line")

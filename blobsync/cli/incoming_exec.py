@@ -64,3 +64,11 @@ class ExecConsumer:
     async def save(self, blob_id: str, result: object) -> None:
         # The command has already done whatever keeping means to it.
         self.outcomes.append((blob_id, "PROCESSED"))
+
+    def take_outcome(self, blob_id: str) -> str | None:
+        """The latest outcome of ``blob_id``, forgotten here: a watch takes each as its
+        message is told, so the list does not grow for as long as the watch runs."""
+        for i in range(len(self.outcomes) - 1, -1, -1):
+            if self.outcomes[i][0] == blob_id:
+                return self.outcomes.pop(i)[1]
+        return None

@@ -106,9 +106,10 @@ async def _sync(
         if args.retry_failed:
             retried = await manager.retry_failed(namespace)
         if args.watch:
-            from .watch_cmds import follow
+            from .watch_cmds import follow, server_of
 
-            await follow(manager.watch(namespace), out)
+            await follow(manager.watch(namespace), out,
+                         f"namespace {namespace} on {server_of(manager)}")
             return None, retried, []
         with Bars(bars_wanted(out.json_mode)) as bars:
             report = await manager.sync(namespace, progress=bars.callback, full=args.full)
@@ -178,9 +179,10 @@ async def cmd_incoming_process(args: argparse.Namespace, out: Output) -> int:
     async with open_manager(args) as manager:
         manager.register_consumer(consumer)
         if args.watch:
-            from .watch_cmds import follow
+            from .watch_cmds import follow, server_of, with_outcomes
 
-            return await follow(manager.watch_incoming(), out)
+            return await follow(with_outcomes(manager.watch_incoming(), consumer), out,
+                                f"the incoming box (MX) on {server_of(manager)}")
         report = await manager.process_incoming(limit=args.limit)
     details = dict(consumer.outcomes)
     outcomes: list[tuple[str, str]] = []

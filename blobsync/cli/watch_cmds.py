@@ -49,8 +49,37 @@ def write_event(out: Output, event: Any) -> None:
         out.line(event_line(event))
 
 
-async def follow(events: AsyncIterator[Any], out: Output) -> int:
-    """Print ``events`` until interrupted (Ctrl-C ends the command with 130)."""
+async def with_outcomes(events: AsyncIterator[Any], consumer: Any) -> AsyncIterator[Any]:
+    """``events`` with each message's outcome as the --exec consumer gave it: ``FAILED
+    (exit status 3)`` says why, where the library's bare ``FAILED`` left a person to
+    guess (the same words as ``incoming process`` without --watch)."""
+    import dataclasses
+
+    async for event in events:
+        if event.kind == "incoming" and event.blob_id:
+            outcome = consumer.take_outcome(event.blob_id)
+            if outcome:
+                event = dataclasses.replace(event, detail=outcome)
+        yield event
+
+
+def server_of(manager: Any) -> str:
+    return str(manager.transport.base).rstrip("/")
+
+
+def started(watching: str) -> None:
+    """At a terminal, one stderr line saying the watch runs: a device already in sync
+    prints nothing until something changes, and a silent terminal looked hung. Not for
+    scripts (stderr a pipe or a file): theirs stays the one error line."""
+    if watching and sys.stderr.isatty():
+        sys.stderr.write(f"blobsync: watching {watching}; Ctrl-C to stop\n")
+        sys.stderr.flush()
+
+
+async def follow(events: AsyncIterator[Any], out: Output, watching: str = "") -> int:
+    """Print ``events`` until interrupted (Ctrl-C ends the command with 130).
+    ``watching`` names what is watched, for the start line at a terminal."""
+    started(watching)
     async for event in events:
         write_event(out, event)
     return 0

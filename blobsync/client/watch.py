@@ -16,7 +16,8 @@ Three tasks feed one queue of ``WatchEvent``s, which the async iterator hands ou
 The profile's writer lock is held per round only (as by ``sync``), never while a poll
 waits, so other processes get in between rounds. A server that goes away is said once
 ("offline", with the reason), retried with back-off (0.5 s doubling to 30 s) and said
-back ("online"); the followers resume from the stored cursors. Cancelling the iteration
+back ("online") by whichever task hears from it first, which wakes the others from their
+pause; the followers resume from the stored cursors. Cancelling the iteration
 (or leaving the ``async for``) stops every task.
 """
 
@@ -98,6 +99,10 @@ class Watcher:
         self.follow = follow  # False: the incoming box alone
         self._queue: asyncio.Queue[WatchEvent | _Failed] = asyncio.Queue()
         self._offline = False
+        # Set while the server answers: a task backing off wakes as soon as another one
+        # got an answer, not at the end of a pause of up to BACKOFF_MAX.
+        self._answering = asyncio.Event()
+        self._answering.set()
         self._wake: float | None = None  # when the earliest retry falls due
 
     # --- the iterator --------------------------------------------------------------------
@@ -135,12 +140,14 @@ class Watcher:
         self._queue.put_nowait(WatchEvent(kind, namespace or self.namespace, blob_id, detail))
 
     def _went_offline(self, exc: BaseException) -> None:
+        self._answering.clear()
         if not self._offline:
             self._offline = True
-            log.warning("the server cannot be reached: %s (retrying)", exc)
+            log.warning("offline: %s; retrying", exc)  # exc says what failed: not twice
             self._emit("offline", detail=str(exc))
 
     async def _back_online(self) -> None:
+        self._answering.set()
         if self._offline:
             self._offline = False
             log.info("the server answers again")
@@ -152,6 +159,12 @@ class Watcher:
                     await self.store.set_many(self.namespace, [r.blob_id for r in rows],
                                               [status], next_attempt=0)
             self._wake = time.time()
+
+    async def _back_off(self, delay: float) -> None:
+        """Wait ``delay`` before trying the server again, or less if another task heard
+        from it meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._answering.wait(), delay)
 
     # --- the namespace's feed ------------------------------------------------------------
 
@@ -180,7 +193,7 @@ class Watcher:
                 caught_up = False
             except TransientError as exc:
                 self._went_offline(exc)
-                await asyncio.sleep(delay)
+                await self._back_off(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 caught_up = False
 
@@ -240,14 +253,21 @@ class Watcher:
             await self.engine.run(ns, PHASES, wait=False)
             after = await self.store.get_many(ns, [r.blob_id for r in before])
             self._wake = await self.store.next_wake(ns, _PENDING)
+        moved: list[tuple[str, str]] = []
         for r in before:
             now = after.get(r.blob_id)
             if r.status is SyncStatus.PENDING_DELETE:
                 if now is None:
-                    self._emit("deleted_there", r.blob_id)
+                    moved.append(("deleted_there", r.blob_id))
             elif now is not None and now.status is SyncStatus.SYNCED:
                 kind = "downloaded" if r.status is SyncStatus.PENDING_DOWNLOAD else "uploaded"
-                self._emit(kind, r.blob_id)
+                moved.append((kind, r.blob_id))
+        if moved:
+            # The server answered this round (a retry falling due while the followers
+            # back off): "online" comes before what went, and wakes the followers now.
+            await self._back_online()
+        for kind, blob_id in moved:
+            self._emit(kind, blob_id)
 
     # --- the incoming box ----------------------------------------------------------------
 
@@ -285,7 +305,7 @@ class Watcher:
                 no_feed = True
             except TransientError as exc:
                 self._went_offline(exc)
-                await asyncio.sleep(delay)
+                await self._back_off(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
 
     async def _process(self) -> None:

@@ -239,6 +239,12 @@ def host_port(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def _seconds(x: float) -> str:
+    """``2592000 s``, not ``:g``'s ``2.592e+06 s``: the default feed retention (30 days)
+    read as an exponent in the start-up line."""
+    return f"{x:.15g} s"
+
+
 def describe(config: ServerConfig) -> str:
     """The settings in effect, on one line for the start-up log; never a secret."""
     data = os.path.abspath(config.data)
@@ -246,9 +252,9 @@ def describe(config: ServerConfig) -> str:
     payload = (redact_url(config.payload) if config.payload
                else "SQLite and files in the data dir")
     tls = "on" if config.tls_cert else "off"
-    sweep = (f"every {config.sweep_interval:g} s, grace {config.sweep_grace:g} s"
+    sweep = (f"every {_seconds(config.sweep_interval)}, grace {_seconds(config.sweep_grace)}"
              if config.sweep_interval > 0 else "off")
-    retention = (f"{config.feed_retention:g} s" if config.feed_retention > 0
+    retention = (_seconds(config.feed_retention) if config.feed_retention > 0
                  else "kept for ever")
     return (
         f"settings: data {data}; metadata {metadata}; payload {payload}; "
@@ -256,7 +262,7 @@ def describe(config: ServerConfig) -> str:
         f"max stream size {_size(config.max_stream_size)}; TLS {tls}; "
         f"workers {config.workers}; public {host_port(config.host, config.port)}; "
         f"incoming box {host_port(config.local_host, config.local_port)}; orphan sweep {sweep}; "
-        f"feed retention {retention}; feed heartbeat {config.feed_heartbeat:g} s"
+        f"feed retention {retention}; feed heartbeat {_seconds(config.feed_heartbeat)}"
     )
 
 

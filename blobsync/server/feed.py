@@ -49,11 +49,16 @@ def decode_cursor(feed_id: str, cursor: str) -> int:
         len(cursor) > MAX_CURSOR
         or not dot
         or not fid
-        or fid != feed_id
         or not (pos.isascii() and pos.isdigit())
         or int(pos) > MAX_POSITION
     ):
-        raise CursorGone("this cursor does not belong to this server's feed: list in full")
+        # Said apart from another feed's cursor: "does not belong to this server's feed"
+        # sent whoever typed a wrong one looking for a second server.
+        raise CursorGone("not a cursor (one is FEED.POSITION, as an answer or a listing's "
+                         "Changes-Cursor gave it): list in full")
+    if fid != feed_id:
+        raise CursorGone("this cursor is of another feed (another database, or a restored "
+                         "one): list in full")
     return int(pos)
 
 

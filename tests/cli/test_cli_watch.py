@@ -129,3 +129,49 @@ def test_incoming_process_watch_handles_mail_as_it_comes(
     assert {p.name: p.read_bytes() for p in inbox.iterdir()} == {
         "early": b"before the watch", "late": b"while watching"}
     assert ready_a.ok("ls", "--remote", "-n", "MX").split() == []
+
+
+def test_incoming_process_watch_says_why_a_message_failed(
+    ready_a: Device, incoming_token: str
+) -> None:
+    # The one-shot command says "FAILED (exit status 3)"; the watch said a bare "FAILED"
+    # and left the person at the terminal to guess.
+    with on_a_terminal(ready_a, "incoming", "process", "--watch", "--exec",
+                       'test "$BLOBSYNC_BLOB_ID" = good || exit 3') as (master, code):
+        time.sleep(0.5)
+        deliver(ready_a.account, incoming_token, "bad", b"refused by the command")
+        seen = read_until(master, b"incoming MX bad (", time.monotonic() + TIMEOUT)
+        deliver(ready_a.account, incoming_token, "good", b"taken")
+        seen += read_until(master, b"incoming MX good (PROCESSED)", time.monotonic() + 5)
+        seen = interrupt(master, seen)
+    text = seen.decode(errors="replace")
+    assert code == [130], text
+    assert "incoming MX bad (FAILED (exit status 3))" in text
+    assert "incoming MX good (PROCESSED)" in text
+
+
+def test_a_watch_at_a_terminal_says_it_runs(ready_a: Device, ready_b: Device) -> None:
+    # A device already in sync printed nothing at all: a terminal that looked hung.
+    ready_b.ok("sync")
+    with on_a_terminal(ready_b, "sync", "--watch") as (master, code):
+        seen = read_until(master, b"Ctrl-C to stop", time.monotonic() + TIMEOUT)
+        seen = interrupt(master, seen)
+    text = seen.decode(errors="replace")
+    assert code == [130], text
+    url = ready_b.account.server.url
+    assert f"blobsync: watching namespace default on {url}; Ctrl-C to stop" in text
+    with on_a_terminal(ready_a, "incoming", "process", "--watch", "--exec", "cat") as (
+            master, code):
+        seen = read_until(master, b"Ctrl-C to stop", time.monotonic() + TIMEOUT)
+        seen = interrupt(master, seen)
+    assert code == [130]
+    assert f"blobsync: watching the incoming box (MX) on {url}; Ctrl-C to stop" in seen.decode()
+
+
+@pytest.mark.parametrize("command", [("sync",), ("incoming", "process")])
+def test_the_watch_help_says_what_json_prints(command: tuple[str, ...]) -> None:
+    # --json's own help says "one JSON document"; a watch prints one per line.
+    run = subprocess.run([sys.executable, "-m", "blobsync", *command, "--help"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
+    assert run.returncode == 0
+    assert "with --json a JSON object per line" in " ".join(run.stdout.split())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -14,7 +15,10 @@ import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from blobsync.client import BlobManager, WatchEvent
+from blobsync.client import watch as watch_module
 from tests.helpers.client import ROOT, Account, Recorder, cli_env, deliver, device
 from tests.helpers.fixed_port import start_on
 from tests.helpers.net import free_port
@@ -171,6 +175,50 @@ async def test_a_watch_survives_a_server_restart(tmp_path: Path) -> None:
             assert len(events.kinds("offline")) == 1 and len(events.kinds("online")) == 1
             # Same database, same feed: no full listing after the first one.
             assert len(events.kinds("resync")) == 1
+    finally:
+        await a.close()
+        await b.close()
+        await srv.stop()
+
+
+async def test_a_retry_that_reaches_the_server_brings_the_followers_back_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The followers back off up to 30 s between reconnects. A local retry falling due in
+    that pause reached the restarted server and said "uploaded" while the watch still
+    said offline; "online" and remote changes waited for the followers' next try."""
+    caplog.set_level(logging.INFO, logger="blobsync.client.watch")
+    monkeypatch.setattr(watch_module, "BACKOFF_FIRST", 120.0)  # the longest pause, at once
+    port = free_port()
+    data = tmp_path / "srv"
+    srv = await start_on(data, port)
+    token = await make_user(srv.store, "alice")
+    acct = Account(srv, "alice", token, tmp_path)
+    a = await acct.device("a")
+    b = await acct.device("b")
+    try:
+        async with watching(b) as events:
+            await events.expect("resync")
+            await srv.stop()
+            await events.expect("offline")
+            # Stored while the server is away: the upload fails and is retried (the test
+            # devices' retry schedule is short).
+            mine = await b.put(None, b"put while offline", upload=False)
+            await asyncio.sleep(0.5)
+            srv = await start_on(data, port)
+            await events.expect("uploaded", mine)
+            kinds = [ev.kind for ev in events.seen]
+            assert kinds.index("online") < kinds.index("uploaded"), events.seen
+            # The follower was woken too: a remote put arrives now, not in 120 s.
+            theirs = await a.put(None, b"from a")
+            await events.expect("downloaded", theirs)
+            assert len(events.kinds("offline")) == 1 and len(events.kinds("online")) == 1
+        # One WARNING, whose words say it once: it read "the server cannot be reached:
+        # cannot reach the server (...)".
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1, warned
+        assert warned[0].startswith("offline: cannot reach the server ("), warned
+        assert warned[0].endswith("; retrying"), warned
     finally:
         await a.close()
         await b.close()

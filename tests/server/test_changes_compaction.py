@@ -25,7 +25,9 @@ AUTH = auth_header("alice", TOKEN)
 
 def test_settings_from_every_source_and_in_the_start_up_line(tmp_path: Path) -> None:
     line = describe(ServerConfig())
-    assert line.endswith("; feed retention 2.592e+06 s; feed heartbeat 15 s")
+    # Whole seconds, never an exponent (it read "2.592e+06 s" once).
+    assert line.endswith("; feed retention 2592000 s; feed heartbeat 15 s")
+    assert "orphan sweep every 3600 s, grace 3600 s;" in line
     assert "feed retention kept for ever" in describe(ServerConfig(feed_retention=0))
     cfg = load_config({"feed_retention": "7d", "feed_heartbeat": "5"}, {})
     assert (cfg.feed_retention, cfg.feed_heartbeat) == (7 * 86400, 5)
@@ -104,6 +106,17 @@ async def test_the_sweep_compacts_with_the_retention_and_heartbeat_given(
             status, doc = await get_changes(session, srv.url, "alice", AUTH, since=fresh)
             assert (status, doc["changes"]) == (200, [])
         srv.wait_for_log("feed compaction: 2 changes dropped (retention 1 s)", timeout=10)
+    finally:
+        srv.kill()
+
+
+def test_the_compaction_line_gives_the_default_retention_in_seconds(tmp_path: Path) -> None:
+    srv = ServerProcess("--data", str(tmp_path / "data"), "--port", "0", "--local-port", "0",
+                        "--sweep-interval", "1")
+    try:
+        assert "feed retention 2592000 s;" in srv.log
+        srv.wait_for_log("feed compaction: 0 changes dropped (retention 2592000 s)",
+                         timeout=10)
     finally:
         srv.kill()
 

@@ -240,3 +240,16 @@ async def test_retention_makes_older_cursors_410(api: Api) -> None:
     assert [key(c) for c in got] == [("default", "new", "delete")]
     got, _ = await feed(api, since=before_compaction)
     assert got == []
+
+
+async def test_a_410_says_whether_it_was_no_cursor_or_another_feeds(api: Api) -> None:
+    assert await api.put("b1", sealed("b1")) == 200
+    _, cursor = await feed(api)
+    for garbage in ("garbage", "", "x." * 40, cursor + "0" * 30):
+        status, doc = await changes(api, since=garbage)
+        assert (status, doc["resync"]) == (410, True)
+        assert doc["error"].startswith("not a cursor"), doc
+    other = "0123456789abcdef." + cursor.rpartition(".")[2]
+    status, doc = await changes(api, since=other)
+    assert (status, doc["resync"]) == (410, True)
+    assert doc["error"].startswith("this cursor is of another feed"), doc
