@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.cli import ROOT, TIMEOUT, Device, deliver
 from tests.helpers.terminal import read_until
 
