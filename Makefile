@@ -34,6 +34,7 @@ $(BENCH_STAMP): $(STAMP)
 
 # Not part of `make test`: ~15 minutes. BENCH_ARGS=--quick for a smoke test.
 bench: $(BENCH_STAMP)
+	scripts/ensure-restic.sh
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:

@@ -5,12 +5,14 @@
     .venv/bin/python bench/run.py --only small,peer --notes "what changed"
     .venv/bin/python bench/run.py --profile bench/profiles   # py-spy the server too
 
-Sections: small (10,000 x 10 kB put and sync, with and without streams), large (one
-1 GiB blob up and down, throughput and peak RSS), peer (rclone crypt to rclone serve s3,
---transfers 16, on the same files), noop (sync of 100,000 unchanged blobs), server (the
-server alone on streams of the small blobs), load (32 clients streaming small blobs for
-30 s), feed (a put reaching a watching device through two servers on PostgreSQL + S3, an
-incoming delivery reaching a watching consumer, 1,000 idle event-stream watchers).
+Sections: small (10,000 x 10 kB put and sync, with and without streams), large (one 1 GiB
+blob up and down, throughput and peak RSS), peer (rclone crypt to rclone serve s3,
+--transfers 16, on the same files; and restic backup and restore of the small files to
+rclone serve restic, when restic is installed: scripts/ensure-restic.sh), noop (sync of
+100,000 unchanged blobs), server (the server alone on streams of the small blobs), load (32
+clients streaming small blobs for 30 s), feed (a put reaching a watching device through two
+servers on PostgreSQL + S3, an incoming delivery reaching a watching consumer, 1,000 idle
+event-stream watchers).
 Everything runs on loopback in a temporary directory. Prints the figures and the targets
 (ratios from this run, PASS/FAIL), writes bench/results/<date>.json (quick runs:
 bench/results/quick/) and draws the chart (bench/results/latest.png; quick runs:

@@ -275,7 +275,43 @@ def peer(ctx: Context) -> dict[str, Any]:
     finally:
         rc.stop()
     shutil.rmtree(root / "down-large", ignore_errors=True)
+    out["restic"] = _restic(ctx, files, n)
     return out
+
+
+def _restic(ctx: Context, files: Path, n: int) -> dict[str, Any] | None:
+    """The second peer (issue 13): restic backup and restore of the small files, through
+    ``rclone serve restic``. None when restic is not installed."""
+    from restic_peer import ResticPeer, restic_bin, restic_version
+
+    if restic_bin() is None:
+        ctx.log("  restic: not installed (scripts/ensure-restic.sh): left out")
+        return None
+    root = ctx.work / "restic"
+    root.mkdir()
+    peer = ResticPeer(root)
+    try:
+        out: dict[str, Any] = {"restic": restic_version(), "count": n}
+        ctx.log(f"  restic: backup of {n} small files")
+        quiesce()
+        m = peer.backup(files)
+        out["up"] = {"seconds": round(m.seconds, 3), "files_per_s": round(n / m.seconds, 1),
+                     "client_peak_rss_mb": _mb(m.max_rss_kib)}
+        ctx.log(f"    {m.seconds:.1f} s ({n / m.seconds:.0f} files/s)")
+        ctx.log("  restic: restore of them")
+        quiesce()
+        dst = root / "restored"
+        m = peer.restore(dst)
+        got, _ = _count_files(dst)
+        if got != n:
+            raise RuntimeError(f"restic restored {got} small files, expected {n}")
+        out["down"] = {"seconds": round(m.seconds, 3), "files_per_s": round(n / m.seconds, 1),
+                       "client_peak_rss_mb": _mb(m.max_rss_kib)}
+        ctx.log(f"    {m.seconds:.1f} s ({n / m.seconds:.0f} files/s)")
+        return out
+    finally:
+        peer.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # 4. a no-op sync over many blobs ----------------------------------------------------------
