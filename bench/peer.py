@@ -12,12 +12,9 @@ import re
 import secrets
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from procs import Measured, clean_env, free_port, run_measured
+from procs import Measured, clean_env, free_port, run_measured, terminate, wait_answering
 
 ACCESS_KEY = "blobsync-bench-access"
 SECRET_KEY = "blobsync-bench-secret-key-0123456789"
@@ -76,21 +73,8 @@ class RclonePeer:
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             env=clean_env(),
         )
-        self._wait_answering()
+        wait_answering(self.url + "/", self.proc, root / "serve-s3.log", "rclone serve s3")
 
-    def _wait_answering(self) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/", timeout=2).close()
-                return
-            except urllib.error.HTTPError:
-                return  # 403 for an unsigned request: it answers
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("rclone serve s3 did not start:\n"
-                                       + (self.root / "serve-s3.log").read_text()) from None
-                time.sleep(0.05)
 
     def copy(self, src: str, dst: str) -> Measured:
         """``rclone copy SRC DST --transfers 16``, measured."""
@@ -107,11 +91,5 @@ class RclonePeer:
         Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._log.close()

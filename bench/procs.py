@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -115,6 +116,36 @@ def run_measured(
         lines=lines,
         stderr=b"".join(err).decode(errors="replace"),
     )
+
+
+def wait_answering(url: str, proc: subprocess.Popen[Any], log: Path, what: str) -> None:
+    """Wait (30 s at most) until ``url`` answers HTTP at all, an error status included;
+    RuntimeError with ``log`` if ``proc`` ends or the time runs out first."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # 401 or 403 for a request without credentials: it answers
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start:\n" + log.read_text()) from None
+            time.sleep(0.05)
+
+
+def terminate(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 20 s; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _kill_quietly(pid: int) -> None:

@@ -12,13 +12,10 @@ from __future__ import annotations
 import secrets
 import shutil
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from peer import rclone_bin
-from procs import Measured, clean_env, free_port, run_measured
+from procs import Measured, clean_env, free_port, run_measured, terminate, wait_answering
 
 
 def restic_bin() -> str | None:
@@ -55,7 +52,7 @@ class ResticPeer:
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             env=clean_env(),
         )
-        self._wait_answering()
+        wait_answering(self.url + "/", self.proc, root / "serve-restic.log", "rclone serve restic")
         self.env = clean_env(
             RESTIC_REPOSITORY=f"rest:http://{user}:{password}@127.0.0.1:{self.port}/repo",
             RESTIC_PASSWORD=secrets.token_urlsafe(24),
@@ -64,19 +61,6 @@ class ResticPeer:
         )
         run_measured([self.exe, "init"], env=self.env).check()
 
-    def _wait_answering(self) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/", timeout=2).close()
-                return
-            except urllib.error.HTTPError:
-                return  # 401 without credentials: it answers
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("rclone serve restic did not start:\n"
-                                       + (self.root / "serve-restic.log").read_text()) from None
-                time.sleep(0.05)
 
     def backup(self, src: Path) -> Measured:
         """``restic backup SRC`` (from inside it, so that paths are relative), measured."""
@@ -89,11 +73,5 @@ class ResticPeer:
                             env=self.env).check()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._log.close()
