@@ -20,11 +20,9 @@ import pytest
 from blobsync.client import BlobManager, WatchEvent
 from blobsync.client import watch as watch_module
 from tests.helpers.client import ROOT, Account, Recorder, cli_env, deliver, device
-from tests.helpers.fixed_port import start_on
-from tests.helpers.net import free_port
+from tests.helpers.fixed_port import alice_on_restartable
 from tests.helpers.passphrase import PASSPHRASE
 from tests.helpers.relay import relay_to
-from tests.helpers.servers import make_user
 
 WAIT = 5.0
 
@@ -152,11 +150,7 @@ async def test_a_delivered_message_reaches_the_watching_consumer(account: Accoun
 
 
 async def test_a_watch_survives_a_server_restart(tmp_path: Path) -> None:
-    port = free_port()
-    data = tmp_path / "srv"
-    srv = await start_on(data, port)
-    token = await make_user(srv.store, "alice")
-    acct = Account(srv, "alice", token, tmp_path)
+    srv, acct = await alice_on_restartable(tmp_path)
     a = await acct.device("a")
     b = await acct.device("b")
     try:
@@ -167,7 +161,7 @@ async def test_a_watch_survives_a_server_restart(tmp_path: Path) -> None:
             await srv.stop()
             await events.expect("offline")
             await asyncio.sleep(2.0)  # several failed reconnects: still said once
-            srv = await start_on(data, port)
+            await srv.start()
             await events.expect("online", within=40)
             y = await a.put(None, b"after the restart")
             await events.expect("downloaded", y)
@@ -189,11 +183,7 @@ async def test_a_retry_that_reaches_the_server_brings_the_followers_back_at_once
     said offline; "online" and remote changes waited for the followers' next try."""
     caplog.set_level(logging.INFO, logger="blobsync.client.watch")
     monkeypatch.setattr(watch_module, "BACKOFF_FIRST", 120.0)  # the longest pause, at once
-    port = free_port()
-    data = tmp_path / "srv"
-    srv = await start_on(data, port)
-    token = await make_user(srv.store, "alice")
-    acct = Account(srv, "alice", token, tmp_path)
+    srv, acct = await alice_on_restartable(tmp_path)
     a = await acct.device("a")
     b = await acct.device("b")
     try:
@@ -205,7 +195,7 @@ async def test_a_retry_that_reaches_the_server_brings_the_followers_back_at_once
             # devices' retry schedule is short).
             mine = await b.put(None, b"put while offline", upload=False)
             await asyncio.sleep(0.5)
-            srv = await start_on(data, port)
+            await srv.start()
             await events.expect("uploaded", mine)
             kinds = [ev.kind for ev in events.seen]
             assert kinds.index("online") < kinds.index("uploaded"), events.seen
@@ -269,11 +259,7 @@ async def test_a_profile_held_long_by_another_process_only_delays_the_watch(devi
 async def test_the_cli_watch_says_offline_once_and_online_on_stderr(tmp_path: Path) -> None:
     """`blobsync sync --watch` as a real process: the server stops and starts again on the
     same port; stderr says offline once and online once, stdout carries events only."""
-    port = free_port()
-    data = tmp_path / "srv"
-    srv = await start_on(data, port)
-    token = await make_user(srv.store, "alice")
-    acct = Account(srv, "alice", token, tmp_path)
+    srv, acct = await alice_on_restartable(tmp_path)
     a = await acct.device("a")
     b = await acct.device("b")
     home = b.profile.home
@@ -291,7 +277,7 @@ async def test_the_cli_watch_says_offline_once_and_online_on_stderr(tmp_path: Pa
         line = await asyncio.wait_for(proc.stderr.readline(), 30)
         assert line.startswith(b"blobsync: offline: cannot reach the server"), line
         await asyncio.sleep(2.0)
-        srv = await start_on(data, port)
+        await srv.start()
         line = await asyncio.wait_for(proc.stderr.readline(), 40)
         assert line == b"blobsync: online again\n"
         x = await a.put(None, b"after")

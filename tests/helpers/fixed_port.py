@@ -10,7 +10,9 @@ from pathlib import Path
 from blobsync.server.config import ServerConfig
 from blobsync.server.storage.blobstore import BlobStore
 from blobsync.server.storage.factory import make_store
-from tests.helpers.servers import RunningServer, serve
+from tests.helpers.client import Account
+from tests.helpers.net import free_port
+from tests.helpers.servers import RunningServer, make_user, serve
 
 
 async def start_on(data: Path, port: int, store: BlobStore | None = None) -> RunningServer:
@@ -29,3 +31,30 @@ async def serving_on(
         yield server
     finally:
         await server.stop()
+
+
+class Restartable:
+    """A server that a test stops and starts again on the same port and data directory,
+    where its clients keep looking for it."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.port = free_port()
+        self.server: RunningServer | None = None
+
+    async def start(self) -> RunningServer:
+        self.server = await start_on(self.data, self.port)
+        return self.server
+
+    async def stop(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            await server.stop()
+
+
+async def alice_on_restartable(tmp_path: Path) -> tuple[Restartable, Account]:
+    """A restartable server (started) under ``tmp_path`` and its user alice."""
+    srv = Restartable(tmp_path / "srv")
+    running = await srv.start()
+    token = await make_user(running.store, "alice")
+    return srv, Account(running, "alice", token, tmp_path)
