@@ -66,8 +66,7 @@ async def unchanged(unlocking: Unlocking, namespace: str) -> list[str] | None:
         # Loaded while scrypt runs.
         from yarl import URL
 
-        from .localstore import LocalStore
-        from .secrets import names_key, store_key
+        from .enroll import new_store
 
         _load_http_client()
         secret = await unlocking.secret()
@@ -75,10 +74,7 @@ async def unchanged(unlocking: Unlocking, namespace: str) -> list[str] | None:
             return None
     except Exception:  # noqa: BLE001 - the real sync says what is wrong
         return None
-    store = LocalStore(
-        profile.db_path, profile.blobs_dir, profile.tmp_dir,
-        db_key=store_key(secret), names_key=names_key(secret), inline_max=settings.inline_max,
-    )
+    store = new_store(profile, secret, settings)
     try:
         looked = await store.peek()  # nothing written: this path decides nothing
     except Exception:  # noqa: BLE001
