@@ -3,7 +3,8 @@
 Three pieces: ``Metrics`` (the metric objects), ``metrics_middleware`` (requests, status,
 latency and bytes of every request of an app) and ``StoreMetrics``, the BlobStore observer
 that counts blobs stored, refused, deleted and served where they happen, whichever route or
-stream moved them.
+stream moved them. A server on S3 payloads also counts every request it sends to the object
+store, by operation (``blobsync_s3_requests_total``, fed by storage/s3.py's hook).
 
 Labels stay bounded: the route is the route's pattern (``/blobs/{uuid}/{blob_id}``), never
 the path, so user names and blob ids never become label values.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -111,6 +113,30 @@ class Metrics:
             "InvalidBlob, LimitExceeded, ...)",
             ["reason"], registry=r,
         )
+        self.s3_requests = Counter(
+            "blobsync_s3_requests",
+            "Requests sent to the S3 object store of the payloads, by operation (PutObject, "
+            "GetObject, HeadObject, ...; every attempt, retries included)",
+            ["op"], registry=r,
+        )
+        self._hear_s3()
+
+    def _hear_s3(self) -> None:
+        """Count the S3 requests of this process from its start, if it uses S3.
+
+        Only a server on S3 payloads has imported storage/s3.py (aiobotocore's import costs
+        0.2 s, so nobody else should), and it has by now: its store is built before its
+        metrics. What was sent before (the bucket check, the start-up sweep) is added first.
+        """
+        s3 = sys.modules.get("blobsync.server.storage.s3")
+        if s3 is None:
+            return
+        for op, n in s3.REQUESTS.items():
+            self.s3_requests.labels(op).inc(n)
+        s3.add_request_listener(self.count_s3_request)
+
+    def count_s3_request(self, op: str) -> None:
+        self.s3_requests.labels(op).inc()
 
     def render(self) -> bytes:
         """The text exposition format: of every worker in multiprocess mode, else of ours."""

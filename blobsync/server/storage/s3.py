@@ -12,15 +12,22 @@ commit returns, HeadObject must report exactly the bytes written. Reads stream t
 
 Endpoint, credentials and region come from the standard AWS_* variables and files
 (AWS_ENDPOINT_URL included), unless given explicitly; the region defaults to us-east-1.
+
+Every request a client of this module sends (each attempt, retries included) is counted by
+operation in ``REQUESTS`` and told to the ``request_listeners`` (the server's metrics,
+``blobsync_s3_requests_total``): a botocore ``before-send`` hook, so nothing that goes out is
+missed, whichever path sent it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -54,6 +61,32 @@ class PayloadMismatch(StorageError):
 
 
 _loader: Any = None
+
+# Every S3 request this process has sent, by operation name (PutObject, GetObject, ...).
+# Process-wide, because a server process holds one store: the server's metrics show these.
+REQUESTS: collections.Counter[str] = collections.Counter()
+# Bound methods called with the operation name of each request, held weakly so that the
+# metrics of a stopped server (tests run many in one process) drop out by themselves.
+_listeners: list[weakref.WeakMethod[Callable[[str], None]]] = []
+
+
+def add_request_listener(method: Callable[[str], None]) -> None:
+    """Call the bound ``method`` with the operation name of every S3 request from now on."""
+    _listeners.append(weakref.WeakMethod(method))  # type: ignore[arg-type]
+
+
+def _count_request(event_name: str, **_: Any) -> None:
+    """botocore's ``before-send`` hook: one call per HTTP request, retries included. It must
+    return None, or botocore would take the value as the response."""
+    op = event_name.rsplit(".", 1)[-1]
+    REQUESTS[op] += 1
+    alive = []
+    for ref in _listeners:
+        listener = ref()
+        if listener is not None:
+            listener(op)
+            alive.append(ref)
+    _listeners[:] = alive
 
 
 def new_session() -> AioSession:
@@ -285,6 +318,7 @@ class S3Payloads(PayloadStore):
                 config=config,
             )
         )
+        self._client.meta.events.register("before-send.s3", _count_request)
         self._stack = stack
         try:
             await self._ensure_bucket(region)
