@@ -42,6 +42,12 @@ HEADLINE: list[tuple[str, bool]] = [  # (path in "results", higher is better)
     ("load.blobs_per_s", True),
     ("load.p50_ms", False),
     ("load.p99_ms", False),
+    ("scaleout.up.files_per_s", True),
+    ("scaleout.down.files_per_s", True),
+    ("scaleout.up.s3_requests_per_blob", False),
+    ("scaleout.down.s3_requests_per_blob", False),
+    ("load_scaleout.blobs_per_s", True),
+    ("load_scaleout.p99_ms", False),
 ]
 
 
@@ -66,12 +72,10 @@ def compare(before: list[dict[str, Any]], after: list[dict[str, Any]],
         (path, up, [_get(d["results"], path) for d in before],
          [_get(d["results"], path) for d in after]) for path, up in HEADLINE
     ]
-    names = [t.name for t in targets(before[0]["results"])]
-    for i, name in enumerate(names):
-        if "errors" in name:
+    for i, t in enumerate(targets(before[0]["results"])):
+        if t.name.endswith("errors") or t.stretch:  # a count; a headline figure already
             continue
-        up = "RSS" not in name and "no-op" not in name
-        series.append((f"target: {name}", up,
+        series.append((f"target: {t.name}", t.higher,
                        [targets(d["results"])[i].value for d in before],
                        [targets(d["results"])[i].value for d in after]))
     for label, up, b, a in series:

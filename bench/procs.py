@@ -227,10 +227,26 @@ class ServerProc:
             else:
                 time.sleep(0.05)
         self.ps = psutil.Process(self.proc.pid)
+        workers = _workers(extra)
+        if workers > 1:
+            # The first worker's line came; every worker must serve before the measuring.
+            ready = f"all {workers} workers ready"
+            while ready not in self.log_path.read_text():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("workers did not start:\n" + self.log_path.read_text())
+                time.sleep(0.05)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def processes(self) -> list[psutil.Process]:
+        """The server's processes: itself, and its workers with ``--workers``."""
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return [self.ps]
 
     def add_user(self, user: str) -> str:
         """A new user through the CLI (works while the server runs); returns the token."""
@@ -240,17 +256,30 @@ class ServerProc:
 
     def reset_peak(self) -> None:
         """Start a new VmHWM measurement (writing 5 to clear_refs resets the peak RSS)."""
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        for p in self.processes():
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{p.pid}/clear_refs").write_text("5")
 
     def peak_rss_kib(self) -> int:
-        return _proc_status_kib(self.pid, "VmHWM")
+        """The highest peak of one process (with ``--workers``, of the worker that grew
+        most): the memory bound is per server process."""
+        peaks = [0]
+        for p in self.processes():
+            with contextlib.suppress(OSError):
+                peaks.append(_proc_status_kib(p.pid, "VmHWM"))
+        return max(peaks)
 
     def rss_kib(self) -> int:
         return _proc_status_kib(self.pid, "VmRSS")
 
     def cpu_seconds(self) -> float:
-        t = self.ps.cpu_times()
-        return float(t.user + t.system)
+        """CPU time of the server's processes (its workers' included)."""
+        total = 0.0
+        for p in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
 
     @contextlib.contextmanager
     def watch(self, out: dict[str, float], profile: Path | None = None) -> Iterator[None]:
@@ -284,6 +313,14 @@ class ServerProc:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _workers(extra: tuple[str, ...]) -> int:
+    """The ``--workers N`` among a server's options (1 without it)."""
+    args = list(extra)
+    if "--workers" in args:
+        return int(args[args.index("--workers") + 1])
+    return 1
 
 
 def py_spy() -> str:

@@ -16,7 +16,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results"
-RSS_LIMIT_MB = 150.0
+RSS_LIMIT_MB = 100.0  # the project's rule for one large blob, client and server
 README_START = "<!-- bench:start (bench/run.py --update-readme writes this section) -->"
 README_END = "<!-- bench:end -->"
 
@@ -73,10 +73,19 @@ class Target:
     value: float | None  # the measured ratio or figure
     goal: str
     passed: bool | None  # None: not measured in this run
+    higher: bool = True  # which way is better (bench/compare.py reads it)
+    # A stretch goal: shown beside the targets, met or not yet, never a FAIL.
+    stretch: bool = False
 
     def row(self) -> dict[str, Any]:
-        return {"target": self.name, "value": self.value, "goal": self.goal,
-                "result": "n/a" if self.passed is None else "PASS" if self.passed else "FAIL"}
+        if self.passed is None:
+            result = "n/a"
+        elif self.stretch:
+            result = "met" if self.passed else "not yet"
+        else:
+            result = "PASS" if self.passed else "FAIL"
+        return {"target": self.name, "value": self.value, "goal": self.goal, "result": result,
+                **({"stretch": True} if self.stretch else {})}
 
 
 def _ratio(r: dict[str, Any], a: str, b: str) -> float | None:
@@ -84,34 +93,72 @@ def _ratio(r: dict[str, Any], a: str, b: str) -> float | None:
     return round(x / y, 2) if x and y else None
 
 
+# Issue 13's goals, each as the issue states it.
+SMALL_VS_RCLONE = 4.0  # small blobs, streams, files/s against rclone crypt, each way
+SMALL_VS_RESTIC = 2.0  # against restic backup and restore
+SCALEOUT_VS_DEFAULT = 0.7  # PostgreSQL + S3 against the default store, put and sync
+S3_PER_BLOB = 0.05  # S3 requests per small blob stored, and per small blob fetched
+LARGE_VS_RCLONE = 1.5  # the 1 GiB blob, MB/s against rclone crypt, each way
+LOAD_P99_MS = 150.0  # 32 streaming clients: p99 of a batch's request
+# Stretch goals: informational (met / not yet), never a FAIL.
+STRETCH_PUT = 10_000.0  # files/s, small put
+STRETCH_SYNC = 20_000.0  # files/s, small sync
+STRETCH_LARGE = 700.0  # MB/s, 1 GiB each way
+
+
+def _load_errors(r: dict[str, Any], section: str) -> int | None:
+    """The load generator's errors, plus the 5xx answers and tracebacks the server saw."""
+    errors = _get(r, f"{section}.errors")
+    if errors is None:
+        return None
+    return int(errors + (_get(r, f"{section}.server_5xx") or 0)
+               + (_get(r, f"{section}.server_tracebacks") or 0))
+
+
 def targets(r: dict[str, Any], scale_count: int | None = None) -> list[Target]:
     out: list[Target] = []
 
-    def at_least(name: str, value: float | None, goal: float, unit: str = "x") -> None:
-        out.append(Target(name, value, f">= {goal:g}{unit}",
-                          None if value is None else value >= goal))
+    def at_least(name: str, value: float | None, goal: float, unit: str = "x",
+                 stretch: bool = False) -> None:
+        sep = "" if unit == "x" else " "
+        out.append(Target(name, value, f">= {goal:,g}{sep}{unit}",
+                          None if value is None else value >= goal, stretch=stretch))
 
     def below(name: str, value: float | None, goal: float, unit: str) -> None:
         out.append(Target(name, value, f"< {goal:g} {unit}",
-                          None if value is None else value < goal))
+                          None if value is None else value < goal, higher=False))
 
+    def at_most(name: str, value: float | None, goal: float) -> None:
+        out.append(Target(name, value, f"<= {goal:g}",
+                          None if value is None else value <= goal, higher=False))
+
+    up, down = "small.stream.up.files_per_s", "small.stream.down.files_per_s"
     at_least("small blobs up: files/s vs rclone",
-             _ratio(r, "small.stream.up.files_per_s", "peer.small.up.files_per_s"), 3)
+             _ratio(r, up, "peer.small.up.files_per_s"), SMALL_VS_RCLONE)
     at_least("small blobs down: files/s vs rclone",
-             _ratio(r, "small.stream.down.files_per_s", "peer.small.down.files_per_s"), 3)
-    # Issue 13's goals against the second peer, restic (open: measured, not yet met).
+             _ratio(r, down, "peer.small.down.files_per_s"), SMALL_VS_RCLONE)
     at_least("small blobs up: files/s vs restic backup",
-             _ratio(r, "small.stream.up.files_per_s", "peer.restic.up.files_per_s"), 2)
+             _ratio(r, up, "peer.restic.up.files_per_s"), SMALL_VS_RESTIC)
     at_least("small blobs down: files/s vs restic restore",
-             _ratio(r, "small.stream.down.files_per_s", "peer.restic.down.files_per_s"), 2)
+             _ratio(r, down, "peer.restic.down.files_per_s"), SMALL_VS_RESTIC)
     at_least("streams vs one request per blob: up (put)",
-             _ratio(r, "small.stream.up.files_per_s", "small.nostream.up.files_per_s"), 5)
+             _ratio(r, up, "small.nostream.up.files_per_s"), 5)
     at_least("streams vs one request per blob: down (sync)",
-             _ratio(r, "small.stream.down.files_per_s", "small.nostream.down.files_per_s"), 5)
+             _ratio(r, down, "small.nostream.down.files_per_s"), 5)
+    # Scale-out: the same put and sync on PostgreSQL + S3, against the default store of
+    # the same run (n/a when the run had no small section).
+    at_least("scale-out (PostgreSQL + S3) put: files/s vs default store",
+             _ratio(r, "scaleout.up.files_per_s", up), SCALEOUT_VS_DEFAULT)
+    at_least("scale-out (PostgreSQL + S3) sync: files/s vs default store",
+             _ratio(r, "scaleout.down.files_per_s", down), SCALEOUT_VS_DEFAULT)
+    at_most("scale-out: S3 requests per small blob stored",
+            _get(r, "scaleout.up.s3_requests_per_blob"), S3_PER_BLOB)
+    at_most("scale-out: S3 requests per small blob fetched",
+            _get(r, "scaleout.down.s3_requests_per_blob"), S3_PER_BLOB)
     at_least("large blob up: MB/s vs rclone",
-             _ratio(r, "large.up.mb_per_s", "peer.large.up.mb_per_s"), 1)
+             _ratio(r, "large.up.mb_per_s", "peer.large.up.mb_per_s"), LARGE_VS_RCLONE)
     at_least("large blob down: MB/s vs rclone",
-             _ratio(r, "large.down.mb_per_s", "peer.large.down.mb_per_s"), 1)
+             _ratio(r, "large.down.mb_per_s", "peer.large.down.mb_per_s"), LARGE_VS_RCLONE)
     rss = [_get(r, f"large.{d}.client_peak_rss_mb") for d in ("up", "down")]
     below("large blob: client peak RSS",
           max(rss) if all(v is not None for v in rss) else None, RSS_LIMIT_MB, "MB")
@@ -132,11 +179,20 @@ def targets(r: dict[str, Any], scale_count: int | None = None) -> list[Target]:
           1.0, "% of a core")
     below("1,000 idle SSE watchers: RSS per waiter", _get(r, "feed.idle.kb_per_waiter"),
           20, "KB")
-    errors = _get(r, "load.errors")
-    if errors is not None:
-        errors += (_get(r, "load.server_5xx") or 0) + (_get(r, "load.server_tracebacks") or 0)
-    out.append(Target("load run: errors", errors, "0",
-                      None if errors is None else errors == 0))
+    for section, where in (("load", "default store"),
+                           ("load_scaleout", "PostgreSQL + S3, --workers 2")):
+        below(f"load ({where}): p99 of a batch", _get(r, f"{section}.p99_ms"), LOAD_P99_MS,
+              "ms")
+        errors = _load_errors(r, section)
+        out.append(Target(f"load ({where}): errors", errors, "0",
+                          None if errors is None else errors == 0, higher=False))
+    at_least("stretch: small blobs put", _get(r, up), STRETCH_PUT, "files/s", stretch=True)
+    at_least("stretch: small blobs sync", _get(r, down), STRETCH_SYNC, "files/s",
+             stretch=True)
+    at_least("stretch: large blob up", _get(r, "large.up.mb_per_s"), STRETCH_LARGE, "MB/s",
+             stretch=True)
+    at_least("stretch: large blob down", _get(r, "large.down.mb_per_s"), STRETCH_LARGE,
+             "MB/s", stretch=True)
     return out
 
 
@@ -151,74 +207,93 @@ def _fmt(v: Any, unit: str = "") -> str:
     return f"{v} {unit}".strip()
 
 
-def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(measure, blobsync, rclone / reference, note)."""
-    rows: list[tuple[str, str, str, str]] = []
+def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(measure, blobsync, rclone crypt, restic, detail). The rows of issue 13 (restic,
+    scale-out, the second load) are there even when their section was not run ('-')."""
+    rows: list[tuple[str, str, str, str, str]] = []
     n = _get(r, "small.count")
     if n:
         size = _get(r, "small.size")
         for mode, label in (("stream", "streams"), ("nostream", "one request per blob")):
             up = _get(r, f"small.{mode}.up") or {}
             down = _get(r, f"small.{mode}.down") or {}
-            peer_up = _get(r, "peer.small.up.files_per_s") if mode == "stream" else None
-            restic_up = _get(r, "peer.restic.up.files_per_s") if mode == "stream" else None
-            restic_down = (_get(r, "peer.restic.down.files_per_s") if mode == "stream"
-                           else None)
-            peer_down = _get(r, "peer.small.down.files_per_s") if mode == "stream" else None
+            stream = mode == "stream"
             rows.append((f"{n:,} x {size / 1000:g} kB put, {label}",
-                         _fmt(up.get("files_per_s"), "files/s"), _fmt(peer_up, "files/s"),
+                         _fmt(up.get("files_per_s"), "files/s"),
+                         _fmt(_get(r, "peer.small.up.files_per_s") if stream else None,
+                              "files/s"),
+                         _fmt(_get(r, "peer.restic.up.files_per_s") if stream else None,
+                              "files/s"),
                          f"{up.get('seconds', 0):.1f} s, of which "
-                         f"{up.get('upload_s', 0):.1f} s after the last was stored"
-                         + (f"; restic backup {_fmt(restic_up, 'files/s')}" if restic_up
-                            else "")))
+                         f"{up.get('upload_s', 0):.1f} s after the last was stored"))
             rows.append((f"{n:,} x {size / 1000:g} kB sync, {label}",
-                         _fmt(down.get("files_per_s"), "files/s"), _fmt(peer_down, "files/s"),
-                         f"{down.get('seconds', 0):.1f} s"
-                         + (f"; restic restore {_fmt(restic_down, 'files/s')}" if restic_down
-                            else "")))
+                         _fmt(down.get("files_per_s"), "files/s"),
+                         _fmt(_get(r, "peer.small.down.files_per_s") if stream else None,
+                              "files/s"),
+                         _fmt(_get(r, "peer.restic.down.files_per_s") if stream else None,
+                              "files/s"),
+                         f"{down.get('seconds', 0):.1f} s"))
+    for d, verb, base in (("up", "put", "small.stream.up.files_per_s"),
+                          ("down", "sync", "small.stream.down.files_per_s")):
+        x = _get(r, f"scaleout.{d}") or {}
+        ops = x.get("s3_requests") or {}
+        detail = "-"
+        if x:
+            ratio = _ratio(r, f"scaleout.{d}.files_per_s", base)
+            detail = (f"{_fmt(ratio, 'x')} the default store; "
+                      f"{_fmt(x.get('s3_requests_per_blob'))} S3 requests per blob"
+                      + (f" ({', '.join(f'{op} {v:,}' for op, v in ops.items())})"
+                         if ops else "")
+                      + f"; CPU client {x.get('client_cpu_s')} s, server "
+                      f"{x.get('server_cpu_s')} s; RSS client {x.get('client_peak_rss_mb')}"
+                      f" MB, server {x.get('server_peak_rss_mb')} MB")
+        rows.append((f"small blobs {verb}, streams, PostgreSQL + S3 (scale-out)",
+                     _fmt(x.get("files_per_s"), "files/s"), "-", "-", detail))
     size = _get(r, "large.size")
     if size:
         for d, verb in (("up", "put"), ("down", "sync")):
             x = _get(r, f"large.{d}") or {}
             rows.append((f"{size / (1 << 20):,.0f} MiB {verb}", _fmt(x.get("mb_per_s"), "MB/s"),
-                         _fmt(_get(r, f"peer.large.{d}.mb_per_s"), "MB/s"),
+                         _fmt(_get(r, f"peer.large.{d}.mb_per_s"), "MB/s"), "-",
                          f"RSS client {x.get('client_peak_rss_mb')} MB, "
                          f"server {x.get('server_peak_rss_mb')} MB"))
     if _get(r, "noop.count"):
         rows.append((f"no-op sync, {_get(r, 'noop.count'):,} blobs",
-                     _fmt(_get(r, "noop.cli_seconds"), "s"), "-",
+                     _fmt(_get(r, "noop.cli_seconds"), "s"), "-", "-",
                      f"BlobManager.sync {_fmt(_get(r, 'noop.library_seconds'), 's')}; "
                      f"python start {_fmt(_get(r, 'noop.python_startup_s'), 's')}"))
         if _get(r, "noop.full_cli_seconds") is not None:
             rows.append((f"no-op sync --full (listing diff), {_get(r, 'noop.count'):,} blobs",
-                         _fmt(_get(r, "noop.full_cli_seconds"), "s"), "-",
+                         _fmt(_get(r, "noop.full_cli_seconds"), "s"), "-", "-",
                          f"BlobManager.sync(full=True) "
                          f"{_fmt(_get(r, 'noop.full_library_seconds'), 's')}"))
         rows.append((f"first sync, {_get(r, 'noop.count'):,} tiny blobs",
-                     _fmt(_get(r, "noop.initial_sync.files_per_s"), "files/s"), "-",
+                     _fmt(_get(r, "noop.initial_sync.files_per_s"), "files/s"), "-", "-",
                      f"{_fmt(_get(r, 'noop.initial_sync.seconds'), 's')}"))
     for key, label in (("put_to_device", "put on server 1 -> device watching server 2"),
                        ("delivery_to_consumer", "incoming delivery -> watching consumer")):
         x = _get(r, f"feed.{key}")
         if x:
             rows.append((f"propagation, {label} (PostgreSQL + S3)",
-                         _fmt(x.get("p50_ms"), "ms p50"), "-",
+                         _fmt(x.get("p50_ms"), "ms p50"), "-", "-",
                          f"p99 {x.get('p99_ms')} ms over {x.get('count')}"))
     idle = _get(r, "feed.idle")
     if idle:
         rows.append((f"{idle.get('count'):,} idle SSE watchers, {idle.get('seconds')} s",
-                     _fmt(idle.get("cpu_percent_of_one_core"), "% CPU"), "-",
+                     _fmt(idle.get("cpu_percent_of_one_core"), "% CPU"), "-", "-",
                      f"{idle.get('kb_per_waiter')} KB RSS per waiter"))
     if _get(r, "server.count"):
         for d, verb in (("upload", "up"), ("download", "down")):
             rows.append((f"server alone: {_get(r, 'server.count'):,} blobs {verb}, streams",
-                         _fmt(_get(r, f"server.{d}_blobs_per_s"), "blobs/s"), "-",
+                         _fmt(_get(r, f"server.{d}_blobs_per_s"), "blobs/s"), "-", "-",
                          f"server CPU {_get(r, f'server.{d}_server_cpu_ms_per_blob')} ms/blob"))
-    if _get(r, "load.clients"):
-        rows.append((f"load: {_get(r, 'load.clients')} clients, {_get(r, 'load.seconds')} s",
-                     _fmt(_get(r, "load.blobs_per_s"), "blobs/s"), "-",
-                     f"p50 {_get(r, 'load.p50_ms')} ms, p99 {_get(r, 'load.p99_ms')} ms, "
-                     f"{_get(r, 'load.errors')} errors"))
+    for section, where in (("load", "default store"),
+                           ("load_scaleout", "PostgreSQL + S3, --workers 2")):
+        x = _get(r, section) or {}
+        rows.append((f"load: {x.get('clients', 32)} clients, {x.get('seconds', 30)} s, {where}",
+                     _fmt(x.get("blobs_per_s"), "blobs/s"), "-", "-",
+                     f"p50 {x.get('p50_ms')} ms, p99 {x.get('p99_ms')} ms, "
+                     f"{x.get('errors')} errors" if x.get("clients") else "-"))
     return rows
 
 
@@ -236,7 +311,7 @@ def md_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(out)
 
 
-FIG_HEADERS = ("measure", "blobsync", "rclone crypt", "detail")
+FIG_HEADERS = ("measure", "blobsync", "rclone crypt", "restic", "detail")
 TARGET_HEADERS = ("target", "measured", "goal", "result")
 
 
@@ -298,8 +373,12 @@ def chart(doc: dict[str, Any], path: Path) -> None:
           ("blobsync, one request per blob", light,
            [_get(r, "small.nostream.up.files_per_s"),
             _get(r, "small.nostream.down.files_per_s")]),
+          ("blobsync on PostgreSQL + S3, streams", "#2ca02c",
+           [_get(r, "scaleout.up.files_per_s"), _get(r, "scaleout.down.files_per_s")]),
           ("rclone crypt, 16 transfers", grey,
-           [_get(r, "peer.small.up.files_per_s"), _get(r, "peer.small.down.files_per_s")])])
+           [_get(r, "peer.small.up.files_per_s"), _get(r, "peer.small.down.files_per_s")]),
+          ("restic backup / restore", "#ff7f0e",
+           [_get(r, "peer.restic.up.files_per_s"), _get(r, "peer.restic.down.files_per_s")])])
     bars(axes[0][1], f"one {(_get(r, 'large.size') or 0) / (1 << 20):,.0f} MiB blob", "MB/s",
          ["up", "down"],
          [("blobsync", blue, [_get(r, "large.up.mb_per_s"), _get(r, "large.down.mb_per_s")]),
@@ -317,7 +396,8 @@ def chart(doc: dict[str, Any], path: Path) -> None:
                             _get(r, "peer.large.up.server_peak_rss_mb"),
                             _get(r, "peer.large.down.server_peak_rss_mb")])])
     ax.axhline(RSS_LIMIT_MB, color="red", linestyle="--", linewidth=1)
-    ax.text(3.4, RSS_LIMIT_MB, "150 MB", color="red", fontsize=8, va="bottom", ha="right")
+    ax.text(3.4, RSS_LIMIT_MB, f"{RSS_LIMIT_MB:g} MB", color="red", fontsize=8, va="bottom",
+            ha="right")
 
     ax = axes[1][1]
     runs = [d for d in history() if d.get("scale") == "full"]

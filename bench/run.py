@@ -12,7 +12,9 @@ rclone serve restic, when restic is installed: scripts/ensure-restic.sh), noop (
 100,000 unchanged blobs), server (the server alone on streams of the small blobs), load (32
 clients streaming small blobs for 30 s), feed (a put reaching a watching device through two
 servers on PostgreSQL + S3, an incoming delivery reaching a watching consumer, 1,000 idle
-event-stream watchers).
+event-stream watchers), scaleout (the small section's streams on one server on PostgreSQL +
+rclone serve s3, with the S3 requests per blob each way), load_scaleout (the load section on
+PostgreSQL + rclone serve s3, --workers 2).
 Everything runs on loopback in a temporary directory. Prints the figures and the targets
 (ratios from this run, PASS/FAIL), writes bench/results/<date>.json (quick runs:
 bench/results/quick/) and draws the chart (bench/results/latest.png; quick runs:

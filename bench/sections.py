@@ -1,4 +1,4 @@
-"""The five measurements of the benchmark. Each takes a Context and returns a dict of
+"""The measurements of the benchmark. Each takes a Context and returns a dict of
 figures; nothing here decides PASS or FAIL (report.py does, from the figures of one run).
 """
 
@@ -390,29 +390,34 @@ def _metric_sum(text: str, name: str, **labels: str) -> float:
 
 def load(ctx: Context) -> dict[str, Any]:
     with ServerProc(ctx.work / "load-server") as server:
-        token = server.add_user("bench")
-        stats: dict[str, Any] = {}
-        ctx.log(f"  load: {ctx.scale.load_clients} clients for {ctx.scale.load_seconds:g} s")
-        with server.watch(stats, ctx.profile("load")):
-            m = run_measured(
-                [sys.executable, str(BENCH_DIR / "loadgen.py"), "--url", server.url,
-                 "--user", "bench", "--clients", str(ctx.scale.load_clients),
-                 "--seconds", str(ctx.scale.load_seconds)],
-                env=clean_env(LOADGEN_TOKEN=token),
-                timeout=ctx.scale.load_seconds + 300,
-            ).check()
-        doc = json.loads(m.stdout)
-        doc.update(stats)
-        doc["loadgen_cpu_s"] = round(m.cpu_seconds, 1)
-        with urllib.request.urlopen(server.local_url + "/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-        doc["server_5xx"] = int(_metric_sum(text, "blobsync_http_errors_total", kind="server"))
-        doc["server_dropped"] = int(_metric_sum(text, "blobsync_http_errors_total",
-                                                kind="dropped"))
-        log = server.log_path.read_text()
-        doc["server_tracebacks"] = len(re.findall(r"Traceback", log))
-        ctx.log(f"    {doc['blobs_per_s']:.0f} blobs/s, p50 {doc['p50_ms']} ms, "
-                f"p99 {doc['p99_ms']} ms, {doc['errors']} errors")
+        return _load(ctx, server, server.add_user("bench"), "load")
+
+
+def _load(ctx: Context, server: ServerProc, token: str, profile: str) -> dict[str, Any]:
+    """bench/loadgen.py's clients against ``server`` as user ``bench``; its figures, the
+    server's CPU and peak RSS, and the errors the server itself saw."""
+    stats: dict[str, Any] = {}
+    ctx.log(f"  {profile}: {ctx.scale.load_clients} clients for {ctx.scale.load_seconds:g} s")
+    with server.watch(stats, ctx.profile(profile)):
+        m = run_measured(
+            [sys.executable, str(BENCH_DIR / "loadgen.py"), "--url", server.url,
+             "--user", "bench", "--clients", str(ctx.scale.load_clients),
+             "--seconds", str(ctx.scale.load_seconds)],
+            env=clean_env(LOADGEN_TOKEN=token),
+            timeout=ctx.scale.load_seconds + 300,
+        ).check()
+    doc = json.loads(m.stdout)
+    doc.update(stats)
+    doc["loadgen_cpu_s"] = round(m.cpu_seconds, 1)
+    with urllib.request.urlopen(server.local_url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    doc["server_5xx"] = int(_metric_sum(text, "blobsync_http_errors_total", kind="server"))
+    doc["server_dropped"] = int(_metric_sum(text, "blobsync_http_errors_total",
+                                            kind="dropped"))
+    log = server.log_path.read_text()
+    doc["server_tracebacks"] = len(re.findall(r"Traceback", log))
+    ctx.log(f"    {doc['blobs_per_s']:.0f} blobs/s, p50 {doc['p50_ms']} ms, "
+            f"p99 {doc['p99_ms']} ms, {doc['errors']} errors")
     return doc
 
 
@@ -461,5 +466,68 @@ def feed(ctx: Context) -> dict[str, Any]:
     return out
 
 
+# 8. scale-out: PostgreSQL metadata + S3 payloads ----------------------------------------------
+def scaleout(ctx: Context) -> dict[str, Any]:
+    """The ``small`` section's streams on one server on PostgreSQL + ``rclone serve s3``:
+    put on device A, sync on device B, and the S3 requests each step sent (the server's
+    ``blobsync_s3_requests_total``, read before and after). The ratio to the default store
+    is report.py's, from the ``small`` section of the same run."""
+    from scaleout import pg_s3, requests_between, s3_requests
+
+    n = ctx.scale.small_count
+    files = ctx.small_files()
+    out = ctx.start({"count": n, "size": ctx.scale.small_size,
+                     "deployment": "PostgreSQL + rclone serve s3, one server"})
+    with pg_s3() as dep:
+        data = ctx.work / "scaleout-server"
+        with dep.server(data, "bench") as server:
+            token = dep.add_user(data, "bench")
+            a = _device(ctx, server, token, "scaleout-A")
+            b = _device(ctx, server, token, "scaleout-B", recover=True)
+            ctx.log(f"  scaleout: put {n} files on device A")
+            before = s3_requests(server.local_url)
+            up = _put(ctx, server, a, files, "scaleout", [], n, "scaleout-up")
+            after = s3_requests(server.local_url)
+            _s3_figures(up, n, requests_between(before, after))
+            out["up"] = up
+            ctx.log(f"    {up['seconds']:.1f} s ({up['files_per_s']:.0f} files/s), "
+                    f"{up['s3_requests_per_blob']} S3 requests per blob; CPU client "
+                    f"{up['client_cpu_s']} s, server {up['server_cpu_s']} s")
+            ctx.log(f"  scaleout: sync {n} blobs to device B")
+            before = s3_requests(server.local_url)
+            down, _ = _sync(ctx, server, b, "scaleout", [], n, "scaleout-down")
+            after = s3_requests(server.local_url)
+            _s3_figures(down, n, requests_between(before, after))
+            out["down"] = down
+            ctx.log(f"    {down['seconds']:.1f} s ({down['files_per_s']:.0f} files/s), "
+                    f"{down['s3_requests_per_blob']} S3 requests per blob; CPU client "
+                    f"{down['client_cpu_s']} s, server {down['server_cpu_s']} s")
+    return out
+
+
+def _s3_figures(step: dict[str, Any], n: int, requests: dict[str, int]) -> None:
+    step["files_per_s"] = round(n / step["seconds"], 1)
+    step["s3_requests"] = requests
+    step["s3_requests_per_blob"] = round(sum(requests.values()) / n, 4)
+
+
+def load_scaleout(ctx: Context) -> dict[str, Any]:
+    """The ``load`` section again, on PostgreSQL + ``rclone serve s3`` with ``--workers 2``
+    (CPU summed over the server's processes, peak RSS of the one that grew most)."""
+    from scaleout import pg_s3, requests_between, s3_requests
+
+    with pg_s3() as dep:
+        data = ctx.work / "load-scaleout-server"
+        with dep.server(data, "load", ("--workers", "2")) as server:
+            token = dep.add_user(data, "bench")
+            before = s3_requests(server.local_url)
+            doc = _load(ctx, server, token, "load_scaleout")
+            after = s3_requests(server.local_url)
+    doc["workers"] = 2
+    doc["deployment"] = "PostgreSQL + rclone serve s3, --workers 2"
+    doc["s3_requests"] = requests_between(before, after)
+    return doc
+
+
 SECTIONS = {"small": small, "large": large, "peer": peer, "noop": noop, "server": server,
-            "load": load, "feed": feed}
+            "load": load, "feed": feed, "scaleout": scaleout, "load_scaleout": load_scaleout}
