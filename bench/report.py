@@ -240,7 +240,7 @@ def figures(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         detail = "-"
         if x:
             ratio = _ratio(r, f"scaleout.{d}.files_per_s", base)
-            detail = (f"{_fmt(ratio, 'x')} the default store; "
+            detail = (f"{_fmt(ratio)}x the default store; "
                       f"{_fmt(x.get('s3_requests_per_blob'))} S3 requests per blob"
                       + (f" ({', '.join(f'{op} {v:,}' for op, v in ops.items())})"
                          if ops else "")
