@@ -223,7 +223,8 @@ def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work or f"/tmp/scaleout-e2e-{os.getpid()}")
     work.mkdir(parents=True, exist_ok=True)
     ctx = sections.Context(work, sections.FULL if args.count == 10_000 else sections.Scale(
-        "custom", args.count, 10_000, 1 << 20, 1000, 1.0, 1))
+        "custom", args.count, 10_000, 1 << 20, 1000, 1.0, 1),
+        Path(args.profile).resolve() if args.profile else None)
     files = ctx.small_files()
     out: dict[str, Any] = {}
     with ExitStack() as stack:
@@ -234,6 +235,8 @@ def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
         bucket = asyncio.run(create_bucket(s3server.endpoint))
         env = {"BLOBSYNC_METADATA": dsn, "BLOBSYNC_PAYLOAD": f"s3://{bucket}/blobs",
                **s3server.endpoint.env()}
+        if args.default_store:
+            env = {}  # the data dir's SQLite and files, for the 0.7x ratio
         server = stack.enter_context(ServerProc(work / "server", env=env))
 
         def add_user(user: str) -> str:
@@ -251,10 +254,12 @@ def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
         n = args.count
         up = sections._put(ctx, server, a, files, "small", [], n, "up")
         out["up"] = {"seconds": up["seconds"], "files_per_s": round(n / up["seconds"]),
-                     "objects_after": objects(), "server_cpu_s": up.get("server_cpu_s")}
-        down, _ = sections._sync(ctx, server, b, "small", [], n, None)
+                     "objects_after": objects(), "server_cpu_s": up.get("server_cpu_s"),
+                     "client_cpu_s": up.get("client_cpu_s")}
+        down, _ = sections._sync(ctx, server, b, "small", [], n, "down")
         out["down"] = {"seconds": down["seconds"], "files_per_s": round(n / down["seconds"]),
-                       "server_cpu_s": down.get("server_cpu_s")}
+                       "server_cpu_s": down.get("server_cpu_s"),
+                       "client_cpu_s": down.get("client_cpu_s")}
     print(json.dumps(out))
     return out
 
@@ -266,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--e2e", action="store_true", help="the small flow through a server")
     p.add_argument("--server-tree", help="with --e2e: another copy of the package as server")
+    p.add_argument("--default-store", action="store_true",
+                   help="with --e2e: the default store instead, for the ratio")
+    p.add_argument("--profile", help="with --e2e: record the server with py-spy here")
     p.add_argument("--work", help="with --e2e: work directory (default /tmp/...)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
