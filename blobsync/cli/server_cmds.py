@@ -261,7 +261,8 @@ def cmd_admin_gc(args: argparse.Namespace) -> int:
     async def run() -> tuple[int, int]:
         from blobsync.server.storage.sweep import compact_feed
 
-        store = make_store(config.data, config.metadata, config.payload)
+        store = make_store(config.data, config.metadata, config.payload,
+                           inline_max=config.inline_max)
         await store.open()
         try:
             removed = (await store.sweep(args.grace)).removed  # and gives the space back
@@ -299,7 +300,8 @@ def cmd_admin_import_soledad(args: argparse.Namespace) -> int:
     async def run() -> Any:
         # No quota and no size limit: existing data comes in whole; quotas apply to
         # what clients write afterwards.
-        store = make_store(config.data, config.metadata, config.payload)
+        store = make_store(config.data, config.metadata, config.payload,
+                           inline_max=config.inline_max)
         await store.open()
         try:
             return await import_soledad(
@@ -361,6 +363,10 @@ def register(subparsers: Any) -> None:
                         help="largest blob, 0 for no limit (default 4G)")
     server.add_argument("--max-stream-size", dest="max_stream_size", metavar="BYTES",
                         help="largest stream upload, 0 for no limit (default 1G)")
+    server.add_argument("--inline-max", dest="inline_max", metavar="BYTES",
+                        help="PostgreSQL metadata + S3 payloads: keep payloads up to this size "
+                        "as rows in PostgreSQL, not S3 objects; 0 for none (default and "
+                        "most 256K)")
     server.add_argument("--tls-cert", dest="tls_cert", metavar="FILE", help="PEM certificate")
     server.add_argument("--tls-key", dest="tls_key", metavar="FILE", help="PEM private key")
     server.add_argument("--log-level", dest="log_level",

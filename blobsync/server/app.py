@@ -219,7 +219,7 @@ async def _serve(
 
     store = make_store(
         config.data, config.metadata, config.payload,
-        quota=config.quota, max_blob_size=config.blob_limit,
+        quota=config.quota, max_blob_size=config.blob_limit, inline_max=config.inline_max,
     )
     await store.open()
     try:

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from blobsync.format.errors import BlobsyncError
 
+from .storage.base import BATCH_BLOB_MAX
+
 ENV_PREFIX = "BLOBSYNC_"
 
 # One blob over 4 GiB cannot travel in a stream frame anyway (8 hex digits of length).
@@ -59,6 +61,10 @@ class ServerConfig:
     tls_key: str | None = None
     metadata: str | None = None  # None: SQLite in the data dir; postgresql://...; memory:
     payload: str | None = None  # None: SQLite and files in the data dir; s3://...; memory:
+    # PostgreSQL metadata + S3 payloads only: payloads up to this many bytes are rows of the
+    # metadata database, not S3 objects (0: every payload an S3 object). At most
+    # BATCH_BLOB_MAX: a payload on its way inline is held whole in memory.
+    inline_max: int = BATCH_BLOB_MAX
     log_level: str = "info"
     workers: int = 1  # server processes sharing the ports (SO_REUSEPORT); see workers.py
     # The sweep (orphan payloads, space of deleted ones): at start-up, then every
@@ -86,7 +92,7 @@ class ServerConfig:
 KEYS = tuple(f.name for f in fields(ServerConfig))
 _PORTS = {"port", "local_port"}
 _COUNTS = {"workers"}
-_SIZES = {"quota", "max_blob_size", "max_stream_size"}
+_SIZES = {"quota", "max_blob_size", "max_stream_size", "inline_max"}
 _DURATIONS = {"sweep_interval", "sweep_grace", "feed_retention", "feed_heartbeat"}
 _OPTIONAL = {"tls_cert", "tls_key", "metadata", "payload"}
 _LEVELS = {"debug", "info", "warning", "error"}
@@ -195,6 +201,9 @@ def load_config(
     config = ServerConfig(**{k: _convert(k, v) for k, v in merged.items()})  # type: ignore[arg-type]
     if config.feed_heartbeat <= 0:
         raise ConfigError("feed_heartbeat: must be more than 0 seconds")
+    if config.inline_max > BATCH_BLOB_MAX:
+        raise ConfigError(f"inline_max: at most {_size(BATCH_BLOB_MAX)} "
+                          "(a payload on its way inline is held whole in memory)")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("tls_cert and tls_key go together: give both or neither")
     return config
@@ -251,6 +260,11 @@ def describe(config: ServerConfig) -> str:
     metadata = redact_url(config.metadata) if config.metadata else "SQLite in the data dir"
     payload = (redact_url(config.payload) if config.payload
                else "SQLite and files in the data dir")
+    if (config.payload or "").startswith("s3://") and (config.metadata or "").startswith(
+        ("postgresql://", "postgres://")
+    ):
+        payload += (f", up to {_size(config.inline_max)} inline in PostgreSQL"
+                    if config.inline_max else ", none inline")
     tls = "on" if config.tls_cert else "off"
     sweep = (f"every {_seconds(config.sweep_interval)}, grace {_seconds(config.sweep_grace)}"
              if config.sweep_interval > 0 else "off")

@@ -161,7 +161,8 @@ def _prepare_store(config: ServerConfig, *, alone: bool) -> bool:
     from blobsync.server.storage.sweep import sweep_alone
 
     async def run() -> bool:
-        store = make_store(config.data, config.metadata, config.payload)
+        store = make_store(config.data, config.metadata, config.payload,
+                           inline_max=config.inline_max)
         await store.open()
         try:
             if alone and config.sweep_interval > 0:

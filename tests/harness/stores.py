@@ -15,8 +15,10 @@ import pytest
 
 from blobsync.server.storage.blobstore import BlobStore
 from blobsync.server.storage.factory import make_payloads
+from blobsync.server.storage.pgpayloads import PostgresPayloads
 from blobsync.server.storage.postgres import PostgresIndex
 from blobsync.server.storage.s3 import S3Payloads
+from blobsync.server.storage.tiered import TieredPayloads
 
 from .pg import create_database, drop_database_later
 from .s3 import S3Endpoint, create_bucket
@@ -51,6 +53,27 @@ async def s3_payloads(request: pytest.FixtureRequest) -> S3Payloads:
         access_key=endpoint.access_key,
         secret_key=endpoint.secret_key,
     )
+
+
+async def pg_payloads(request: pytest.FixtureRequest, max_size: int | None = None) -> (
+    PostgresPayloads
+):
+    """Unopened inline payloads on a fresh database of the session's PostgreSQL."""
+    dsn = await _fresh_database(request)
+    return PostgresPayloads(dsn) if max_size is None else PostgresPayloads(dsn, max_size)
+
+
+async def pg_s3_tiered_payloads(request: pytest.FixtureRequest) -> TieredPayloads:
+    """What the server runs on PostgreSQL + S3: small payloads as rows, large ones on S3."""
+    return TieredPayloads(await pg_payloads(request), await s3_payloads(request))
+
+
+async def postgres_s3_tiered_store(tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
+    """PostgreSQL metadata + S3 payloads as the factory builds them: the payload rows in
+    the index's own database."""
+    index = await postgres_index(request)
+    tiers = TieredPayloads(PostgresPayloads(index.dsn), await s3_payloads(request))
+    return BlobStore(index, tiers)
 
 
 async def postgres_s3_store(tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:

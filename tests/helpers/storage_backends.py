@@ -21,9 +21,12 @@ from blobsync.server.storage.sqlite import SQLiteIndex
 from blobsync.server.storage.sqlitepayloads import SQLitePayloads
 from blobsync.server.storage.tiered import TieredPayloads
 from tests.harness.stores import (
+    pg_payloads,
+    pg_s3_tiered_payloads,
     postgres_index,
     postgres_local_store,
     postgres_s3_store,
+    postgres_s3_tiered_store,
     s3_payloads,
 )
 
@@ -79,12 +82,23 @@ async def s3(tmp_path: Path, request: pytest.FixtureRequest) -> PayloadStore:
     return await s3_payloads(request)
 
 
+async def postgres_payloads(tmp_path: Path, request: pytest.FixtureRequest) -> PayloadStore:
+    # Alone, as SQLite payloads alone: any size the suite stores.
+    return await pg_payloads(request, max_size=SQLITE_PAYLOADS_MAX)
+
+
+async def pg_s3_tiered(tmp_path: Path, request: pytest.FixtureRequest) -> PayloadStore:
+    return await pg_s3_tiered_payloads(request)
+
+
 PAYLOADS: dict[str, PayloadFactory] = {
     "memory": memory_payloads,
     "files": file_payloads,
     "sqlite": sqlite_payloads,
     "tiered": tiered_payloads,
     "s3": s3,
+    "postgres": postgres_payloads,
+    "pg-s3-tiered": pg_s3_tiered,
 }
 
 
@@ -109,5 +123,6 @@ BACKENDS: dict[str, StoreFactory] = {
     "sqlite-files": sqlite_files_store,
     "sqlite-tiered": sqlite_tiered_store,
     "postgres-s3": postgres_s3_store,
+    "postgres-s3-tiered": postgres_s3_tiered_store,
     "postgres-local": postgres_local_store,
 }

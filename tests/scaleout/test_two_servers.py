@@ -14,7 +14,9 @@ import psutil
 import pytest
 
 from blobsync.format import seal
+from blobsync.server.storage.pgpayloads import PostgresPayloads
 from blobsync.server.storage.s3 import S3Payloads
+from blobsync.server.storage.tiered import TieredPayloads
 from tests.harness.s3 import S3Endpoint
 from tests.helpers import subproc
 from tests.helpers.metrics import parse, value
@@ -26,12 +28,16 @@ SECRET = os.urandom(128)
 PREFIX = "scale/out"
 
 
-async def payload_count(endpoint: S3Endpoint, bucket: str) -> int:
-    payloads = S3Payloads(bucket, PREFIX, endpoint_url=endpoint.url,
-                          access_key=endpoint.access_key, secret_key=endpoint.secret_key)
+async def payload_count(endpoint: S3Endpoint, bucket: str, dsn: str) -> tuple[int, int]:
+    """Payloads stored, and how many of them are S3 objects: small ones are rows of the
+    metadata database since issue 13 (pgpayloads), so the S3 count is 0 here."""
+    objects = S3Payloads(bucket, PREFIX, endpoint_url=endpoint.url,
+                         access_key=endpoint.access_key, secret_key=endpoint.secret_key)
+    payloads = TieredPayloads(PostgresPayloads(dsn), objects)
     await payloads.open()
     try:
-        return len([loc async for loc, _ in payloads.locations()])
+        return (len([loc async for loc, _ in payloads.locations()]),
+                len([loc async for loc, _ in objects.locations()]))
     finally:
         await payloads.close()
 
@@ -64,7 +70,7 @@ async def test_two_servers_share_postgres_and_s3(
     def url(srv: ServerProcess, blob_id: str) -> str:
         return f"{srv.url}/blobs/alice/{blob_id}"
 
-    # Written through one, read through the other.
+    # Written through one, read through the other (an inline payload: a row both read).
     doc = seal(SECRET, "doc", os.urandom(20_000))
     assert await put(session, url(a, "doc"), doc, auth) == 200
     assert await get(session, url(b, "doc"), auth) == doc
@@ -78,7 +84,7 @@ async def test_two_servers_share_postgres_and_s3(
     winner = bodies[statuses.index(200)]
     assert await get(session, url(a, "race"), auth) == winner
     assert await get(session, url(b, "race"), auth) == winner
-    assert await payload_count(s3_endpoint, s3_bucket) == 2
+    assert await payload_count(s3_endpoint, s3_bucket, postgres_db) == (2, 0)
 
     # One quota across both: what fits is stored, whichever server took it, the rest is 507.
     used = len(doc) + len(winner)
@@ -92,7 +98,7 @@ async def test_two_servers_share_postgres_and_s3(
     async with session.get(f"{b.url}/blobs/alice", headers=auth) as r:
         listed = await r.json()
     assert len(listed) == 2 + fits
-    assert await payload_count(s3_endpoint, s3_bucket) == 2 + fits
+    assert await payload_count(s3_endpoint, s3_bucket, postgres_db) == (2 + fits, 0)
 
     assert a.terminate() == 0
     assert b.terminate() == 0
@@ -158,7 +164,7 @@ async def test_workers_on_postgres_and_s3(
                       "--workers", "2", env=env)
     await exercise_workers(session, srv, auth_header("alice", token))
     workers = listening_children(srv.pid, int(srv.url.rsplit(":", 1)[1]))
-    assert await payload_count(s3_endpoint, s3_bucket) == 25
+    assert await payload_count(s3_endpoint, s3_bucket, postgres_db) == (25, 0)
 
     # SIGTERM to the master stops every worker cleanly.
     assert srv.terminate() == 0

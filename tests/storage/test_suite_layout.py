@@ -119,7 +119,7 @@ def test_each_storage_test_lives_in_one_suite_over_its_layer() -> None:
                     where[node.name].append(suite)
     assert {name: suites for name, suites in where.items() if len(suites) > 1} == {}
     assert set(INDEXES) == {"memory", "sqlite", "postgres"}
-    assert set(PAYLOADS) == {"memory", "files", "sqlite", "tiered", "s3"}
-    assert {"memory", "sqlite-files", "sqlite-tiered", "postgres-s3", "postgres-local"} <= set(
-        BACKENDS
-    )
+    assert set(PAYLOADS) == {"memory", "files", "sqlite", "tiered", "s3", "postgres",
+                             "pg-s3-tiered"}
+    assert {"memory", "sqlite-files", "sqlite-tiered", "postgres-s3", "postgres-s3-tiered",
+            "postgres-local"} <= set(BACKENDS)

@@ -22,7 +22,7 @@ def make_index(data_dir: str, metadata: str | None) -> MetadataIndex:
         from .memory import MemoryIndex
 
         return MemoryIndex()
-    if metadata.startswith(("postgresql://", "postgres://")):
+    if _is_postgres(metadata):
         try:
             from .postgres import PostgresIndex
         except ImportError as exc:
@@ -33,9 +33,24 @@ def make_index(data_dir: str, metadata: str | None) -> MetadataIndex:
     )
 
 
-def make_payloads(data_dir: str, payload: str | None) -> PayloadStore:
+def _is_postgres(metadata: str | None) -> bool:
+    return metadata is not None and metadata.startswith(("postgresql://", "postgres://"))
+
+
+def make_payloads(
+    data_dir: str,
+    payload: str | None,
+    metadata: str | None = None,
+    inline_max: int | None = None,
+) -> PayloadStore:
     """None: tiered in ``data_dir``, payloads up to INLINE_MAX in ``payloads.sqlite3`` and
-    larger ones as files under ``blobs``; ``memory:``; or ``s3://bucket/prefix``."""
+    larger ones as files under ``blobs``; ``memory:``; or ``s3://bucket/prefix``.
+
+    S3 under PostgreSQL ``metadata`` is tiered too: payloads up to ``inline_max`` (None:
+    pgpayloads.INLINE_MAX; 0: none, every new payload an S3 object) are rows of the
+    metadata database, larger ones S3 objects. The rows tier stays even at 0, so that the
+    rows written before it was turned off still read. ``inline_max`` changes nothing
+    elsewhere."""
     if payload is None:
         from .files import FilePayloads
         from .sqlitepayloads import SQLitePayloads
@@ -57,7 +72,15 @@ def make_payloads(data_dir: str, payload: str | None) -> PayloadStore:
             from .s3 import S3Payloads
         except ImportError as exc:
             raise ValueError(f"S3 payloads are not available: {exc}") from exc
-        return S3Payloads(bucket, prefix.strip("/"))
+        objects = S3Payloads(bucket, prefix.strip("/"))
+        if not _is_postgres(metadata):
+            return objects
+        from .pgpayloads import INLINE_MAX, PostgresPayloads
+        from .tiered import TieredPayloads
+
+        assert metadata is not None
+        limit = INLINE_MAX if inline_max is None else inline_max
+        return TieredPayloads(PostgresPayloads(metadata, max_size=limit), objects)
     raise ValueError(
         "payload must be unset (SQLite and files in the data dir), 'memory:' or s3://bucket/prefix"
     )
@@ -69,11 +92,13 @@ def make_store(
     payload: str | None,
     quota: int = 0,
     max_blob_size: int | None = None,
+    inline_max: int | None = None,
 ) -> BlobStore:
-    """A BlobStore, not yet opened: call ``await store.open()``."""
+    """A BlobStore, not yet opened: call ``await store.open()``. ``inline_max``: see
+    ``make_payloads``."""
     return BlobStore(
         make_index(data_dir, metadata),
-        make_payloads(data_dir, payload),
+        make_payloads(data_dir, payload, metadata, inline_max),
         quota=quota,
         max_blob_size=max_blob_size,
     )

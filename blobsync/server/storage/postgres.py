@@ -137,6 +137,19 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO feed VALUES ('id', substr(md5(gen_random_uuid()::text), 1, 16));
     """,
+    # 3: small payloads inline (``pgpayloads.PostgresPayloads``, the inline tier of
+    # PostgreSQL + S3). Sealed payloads are ciphertext: EXTERNAL keeps them out of line
+    # (TOAST) without trying to compress what cannot shrink, and lets a ranged read fetch
+    # only the chunks it needs. ``mtime`` is the writer's clock at the write's start, for
+    # the sweep's grace.
+    """
+    CREATE TABLE payloads (
+        location text PRIMARY KEY,
+        data bytea NOT NULL,
+        mtime double precision NOT NULL
+    );
+    ALTER TABLE payloads ALTER COLUMN data SET STORAGE EXTERNAL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

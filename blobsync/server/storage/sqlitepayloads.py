@@ -39,7 +39,8 @@ from typing import TypeVar
 from blobsync.format.errors import LimitExceeded
 from blobsync.format.limits import valid_id
 
-from .base import BATCH_BLOB_MAX, READ_PIECE_MAX, BlobNotFound, PayloadStore, PayloadWriter
+from .base import BATCH_BLOB_MAX, READ_PIECE_MAX, BlobNotFound
+from .inline import InlineStore, InlineWriter
 from .modes import fsync_dir
 from .sqlitethread import IN_BATCH, SQLiteThread
 
@@ -187,44 +188,7 @@ def _delete(conn: sqlite3.Connection, locations: list[str]) -> None:
         conn.execute("UPDATE totals SET rows = rows - ?, bytes = bytes - ?", (rows, gone))
 
 
-class InlineWriter(PayloadWriter):
-    """Buffers one small payload in memory; ``commit`` stores it as one row."""
-
-    def __init__(self, store: SQLitePayloads) -> None:
-        self._store = store
-        self._buf: bytearray | None = bytearray()
-
-    def fits(self, more: int) -> bool:
-        """Whether ``more`` bytes can still be added without passing ``max_size``."""
-        return self._buf is not None and len(self._buf) + more <= self._store.max_size
-
-    def take(self) -> bytes:
-        """Hand over what was written and end this writer (a tiered writer spills it)."""
-        if self._buf is None:
-            raise RuntimeError("take after commit or abort")
-        data, self._buf = bytes(self._buf), None
-        return data
-
-    async def write(self, chunk: bytes) -> None:
-        if self._buf is None:
-            raise RuntimeError("write after commit or abort")
-        if not self.fits(len(chunk)):
-            raise LimitExceeded(f"payload is larger than {self._store.max_size} bytes")
-        self._buf += chunk
-
-    async def commit(self) -> str:
-        if self._buf is None:
-            raise RuntimeError("commit after commit or abort")
-        [location] = await self._store._store_all([bytes(self._buf)])
-        self._buf = None
-        return location
-
-    async def abort(self) -> None:
-        # After a commit the location belongs to the caller, who deletes it if needed.
-        self._buf = None
-
-
-class SQLitePayloads(PayloadStore):
+class SQLitePayloads(InlineStore):
     batched_reads = True  # read_many reads a run in one go
 
     def __init__(self, path: str | os.PathLike[str], max_size: int = INLINE_MAX) -> None:
@@ -234,6 +198,9 @@ class SQLitePayloads(PayloadStore):
             self.path, synchronous="FULL", name="sqlite-payloads-w", incremental_vacuum=True
         )
         self._reads = SQLiteThread(self.path, synchronous="FULL", name="sqlite-payloads-r")
+
+    def owns(self, location: str) -> bool:
+        return is_inline(location)
 
     # housekeeping -----------------------------------------------------------------------
     async def open(self) -> None:

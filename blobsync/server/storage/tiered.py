@@ -1,13 +1,19 @@
-"""The default payload store: small payloads inline in SQLite, large ones as files.
+"""Small payloads inline in a database, large ones in a store for big objects.
 
-Payloads up to the inline store's ``max_size`` (``INLINE_MAX``, every blob a stream upload
-batches) are rows of ``SQLitePayloads``: a batch is one transaction and one fsync instead
-of a file, an fsync and a link per blob. Larger ones are files (``FilePayloads``), streamed
-through in chunks. A writer buffers up to that many bytes and, when more come, hands them
-to a file writer and streams the rest through it, so memory stays bounded whatever the size.
+Two configurations (``factory.make_payloads``):
 
-A location's prefix says where it lives (``sqlitepayloads.is_inline``); file locations
-keep Soledad's layout, so a data dir written before this store existed reads as before.
+- the default store: rows of ``SQLitePayloads`` and files (``FilePayloads``);
+- PostgreSQL metadata + S3 payloads: rows of ``PostgresPayloads`` and S3 objects.
+
+Payloads up to the inline store's ``max_size`` (``INLINE_MAX`` by default, every blob a
+stream upload batches) are rows: a batch is one transaction instead of a file (an fsync and
+a link) or an S3 request per blob. Larger ones go to the large tier, streamed through in
+chunks. A writer buffers up to that many bytes and, when more come, hands them to a large
+writer and streams the rest through it, so memory stays bounded whatever the size.
+
+The inline store tells its locations apart (``InlineStore.owns``); the large tier's keep
+their layout, so data written before this store existed (files, or S3 objects of small
+blobs from before PostgreSQL kept them inline) reads as before.
 """
 
 from __future__ import annotations
@@ -16,8 +22,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from .base import PayloadStore, PayloadWriter
-from .files import FilePayloads
-from .sqlitepayloads import InlineWriter, SQLitePayloads, is_inline
+from .inline import InlineStore, InlineWriter
 
 
 class TieredWriter(PayloadWriter):
@@ -37,8 +42,8 @@ class TieredWriter(PayloadWriter):
             if self._small.fits(len(chunk)):
                 await self._small.write(chunk)
                 return
-            # Too big to be inline: what was buffered goes first into a file writer.
-            self._large = await self._store.files.writer(*self._names)
+            # Too big to be inline: what was buffered goes first into a large writer.
+            self._large = await self._store.large.writer(*self._names)
             await self._large.write(self._small.take())
         await self._large.write(chunk)
 
@@ -57,22 +62,31 @@ class TieredWriter(PayloadWriter):
 class TieredPayloads(PayloadStore):
     batched_reads = True  # read_many reads a run in one go
 
-    def __init__(self, inline: SQLitePayloads, files: FilePayloads) -> None:
+    def __init__(self, inline: InlineStore, large: PayloadStore) -> None:
         self.inline = inline
-        self.files = files
+        self.large = large
+
+    @property
+    def files(self) -> PayloadStore:
+        """The large tier (files on the default store; the older name)."""
+        return self.large
 
     def _tier(self, location: str) -> PayloadStore:
-        return self.inline if is_inline(location) else self.files
+        return self.inline if self.inline.owns(location) else self.large
 
     async def open(self) -> None:
-        await self.files.open()
-        await self.inline.open()
+        await self.large.open()
+        try:
+            await self.inline.open()
+        except BaseException:
+            await self.large.close()
+            raise
 
     async def close(self) -> None:
         try:
             await self.inline.close()
         finally:
-            await self.files.close()
+            await self.large.close()
 
     async def writer(self, user: str, namespace: str, blob_id: str) -> PayloadWriter:
         small = await self.inline.writer(user, namespace, blob_id)  # checks the names
@@ -82,7 +96,8 @@ class TieredPayloads(PayloadStore):
         self, user: str, namespace: str, items: list[tuple[str, bytes]]
     ) -> list[str]:
         """Each payload to a location of its own, in the order given: those up to the
-        inline limit in one SQLite transaction, any larger ones as files. All are durable
+        inline limit in one transaction of the inline store, any larger ones in the large
+        tier first. All are durable
         when this returns; if it raises, none is left."""
         limit = self.inline.max_size
         small = [i for i, (_, data) in enumerate(items) if len(data) <= limit]
@@ -90,7 +105,7 @@ class TieredPayloads(PayloadStore):
         out: list[str] = [""] * len(items)
         done: list[str] = []
         try:
-            for tier, picked in ((self.files, large), (self.inline, small)):
+            for tier, picked in ((self.large, large), (self.inline, small)):
                 if picked:
                     located = await tier.store_many(user, namespace, [items[i] for i in picked])
                     done += located
@@ -108,10 +123,11 @@ class TieredPayloads(PayloadStore):
 
     async def read_many(self, locations: list[str]) -> list[bytes]:
         """The whole payloads at ``locations``, in order: one query for the inline ones,
-        one thread hop for the files. BlobNotFound if any is missing."""
+        the large tier's read_many for the rest. BlobNotFound if any is missing."""
         out: list[bytes] = [b""] * len(locations)
-        for tier, wanted in ((self.inline, True), (self.files, False)):
-            picked = [i for i, loc in enumerate(locations) if is_inline(loc) is wanted]
+        owns = self.inline.owns
+        for tier, wanted in ((self.inline, True), (self.large, False)):
+            picked = [i for i, loc in enumerate(locations) if owns(loc) is wanted]
             if picked:
                 found = await tier.read_many([locations[i] for i in picked])
                 for i, data in zip(picked, found, strict=True):
@@ -125,20 +141,21 @@ class TieredPayloads(PayloadStore):
 
     def file_path(self, location: str) -> str | None:
         """The file holding a payload, for the ones kept as files (see FilePayloads)."""
-        return None if is_inline(location) else self.files.file_path(location)
+        return None if self.inline.owns(location) else self.large.file_path(location)
 
     async def delete(self, location: str) -> None:
         await self._tier(location).delete(location)
 
     async def delete_many(self, locations: list[str]) -> None:
         """Each tier's share in one go: one transaction for the inline ones."""
-        await self.inline.delete_many([loc for loc in locations if is_inline(loc)])
-        await self.files.delete_many([loc for loc in locations if not is_inline(loc)])
+        owns = self.inline.owns
+        await self.inline.delete_many([loc for loc in locations if owns(loc)])
+        await self.large.delete_many([loc for loc in locations if not owns(loc)])
 
     async def reclaim(self) -> int:
-        return await self.inline.reclaim()
+        return await self.inline.reclaim() + await self.large.reclaim()
 
     async def locations(self) -> AsyncIterator[tuple[str, float]]:
-        for tier in (self.files, self.inline):
+        for tier in (self.large, self.inline):
             async for item in tier.locations():
                 yield item
