@@ -472,7 +472,7 @@ def scaleout(ctx: Context) -> dict[str, Any]:
     put on device A, sync on device B, and the S3 requests each step sent (the server's
     ``blobsync_s3_requests_total``, read before and after). The ratio to the default store
     is report.py's, from the ``small`` section of the same run."""
-    from scaleout import pg_s3, requests_between, s3_requests
+    from pg_s3 import pg_s3, requests_between, s3_requests
 
     n = ctx.scale.small_count
     files = ctx.small_files()
@@ -514,7 +514,7 @@ def _s3_figures(step: dict[str, Any], n: int, requests: dict[str, int]) -> None:
 def load_scaleout(ctx: Context) -> dict[str, Any]:
     """The ``load`` section again, on PostgreSQL + ``rclone serve s3`` with ``--workers 2``
     (CPU summed over the server's processes, peak RSS of the one that grew most)."""
-    from scaleout import pg_s3, requests_between, s3_requests
+    from pg_s3 import pg_s3, requests_between, s3_requests
 
     with pg_s3() as dep:
         data = ctx.work / "load-scaleout-server"

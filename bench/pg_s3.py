@@ -2,6 +2,8 @@
 serve s3``), both started here with the test harness's own helpers (tests/harness: a
 throwaway PostgreSQL cluster, run with fsync off, and rclone on a temporary directory), and
 the S3 request counter of a server (``blobsync_s3_requests_total`` on its /metrics).
+
+Not named scaleout.py: the tests import tests/scaleout as a package of that name.
 """
 
 from __future__ import annotations
