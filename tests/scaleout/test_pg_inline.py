@@ -165,7 +165,8 @@ async def test_gc_takes_orphans_of_both_tiers(
 
 
 async def test_crash_between_payload_and_index_leaves_orphans_gc_removes(
-    postgres_db: str, s3_server: RcloneS3Server, s3_bucket: str
+    postgres_db: str, s3_server: RcloneS3Server, s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     env = subproc.cli_env(**s3_server.endpoint.env())
     url = f"s3://{s3_bucket}/blobs"
@@ -186,19 +187,15 @@ async def test_crash_between_payload_and_index_leaves_orphans_gc_removes(
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[0] == "2"
     assert (s3_objects(s3_server, s3_bucket), await inline_rows(postgres_db)) == (0, 1)
-    store = make_store("/nonexistent", postgres_db, url)
     for key, value in s3_server.endpoint.env().items():
-        os.environ.setdefault(key, value)  # popped below: the store reads them at open
+        monkeypatch.setenv(key, value)  # the store reads them at open
+    store = make_store("/nonexistent", postgres_db, url)
+    await store.open()
     try:
-        await store.open()
-        try:
-            assert await store.index.list_blobs(U, NS) == ["kept"]
-            assert len(await read_all(store, "kept")) > 5000
-        finally:
-            await store.close()
+        assert await store.index.list_blobs(U, NS) == ["kept"]
+        assert len(await read_all(store, "kept")) > 5000
     finally:
-        for key in s3_server.endpoint.env():
-            os.environ.pop(key, None)
+        await store.close()
 
 
 async def test_migration_3_from_a_version_2_database(postgres_db: str) -> None:
