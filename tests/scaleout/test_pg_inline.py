@@ -235,8 +235,9 @@ def test_inline_max_setting_is_checked_and_shown() -> None:
     env = {"BLOBSYNC_METADATA": "postgresql://db/x", "BLOBSYNC_PAYLOAD": "s3://b/p"}
     assert load_config({}, env).inline_max == INLINE_MAX
     assert load_config({"inline_max": "4K"}, env).inline_max == 4096
-    assert "up to 4K inline in PostgreSQL" in describe(load_config({"inline_max": "4K"}, env))
-    assert "none inline" in describe(load_config({"inline_max": "0"}, env))
+    line = describe(load_config({"inline_max": "4K"}, env))
+    assert "payload s3://b/p; inline up to 4K in PostgreSQL; quota" in line
+    assert "; inline none; " in describe(load_config({"inline_max": "0"}, env))
     assert "inline" not in describe(load_config({}, {}))
     with pytest.raises(ConfigError, match="inline_max: at most 256K"):
         load_config({"inline_max": "257K"}, env)
