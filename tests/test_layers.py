@@ -26,6 +26,8 @@ BACKENDS = (
     "blobsync.server.storage.s3",
     "blobsync.server.storage.files",
     "blobsync.server.storage.tiered",
+    "blobsync.server.storage.inline",
+    "blobsync.server.storage.pgpayloads",
     "blobsync.server.storage.memory",
 )
 # The format is sans-IO: no event loop, sockets, files or HTTP. ``os`` only for urandom.

@@ -263,8 +263,8 @@ def describe(config: ServerConfig) -> str:
     if (config.payload or "").startswith("s3://") and (config.metadata or "").startswith(
         ("postgresql://", "postgres://")
     ):
-        payload += (f", up to {_size(config.inline_max)} inline in PostgreSQL"
-                    if config.inline_max else ", none inline")
+        payload += (f"; inline up to {_size(config.inline_max)} in PostgreSQL"
+                    if config.inline_max else "; inline none")
     tls = "on" if config.tls_cert else "off"
     sweep = (f"every {_seconds(config.sweep_interval)}, grace {_seconds(config.sweep_grace)}"
              if config.sweep_interval > 0 else "off")

@@ -165,7 +165,8 @@ async def test_gc_takes_orphans_of_both_tiers(
 
 
 async def test_crash_between_payload_and_index_leaves_orphans_gc_removes(
-    postgres_db: str, s3_server: RcloneS3Server, s3_bucket: str
+    postgres_db: str, s3_server: RcloneS3Server, s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     env = subproc.cli_env(**s3_server.endpoint.env())
     url = f"s3://{s3_bucket}/blobs"
@@ -186,19 +187,15 @@ async def test_crash_between_payload_and_index_leaves_orphans_gc_removes(
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[0] == "2"
     assert (s3_objects(s3_server, s3_bucket), await inline_rows(postgres_db)) == (0, 1)
-    store = make_store("/nonexistent", postgres_db, url)
     for key, value in s3_server.endpoint.env().items():
-        os.environ.setdefault(key, value)  # popped below: the store reads them at open
+        monkeypatch.setenv(key, value)  # the store reads them at open
+    store = make_store("/nonexistent", postgres_db, url)
+    await store.open()
     try:
-        await store.open()
-        try:
-            assert await store.index.list_blobs(U, NS) == ["kept"]
-            assert len(await read_all(store, "kept")) > 5000
-        finally:
-            await store.close()
+        assert await store.index.list_blobs(U, NS) == ["kept"]
+        assert len(await read_all(store, "kept")) > 5000
     finally:
-        for key in s3_server.endpoint.env():
-            os.environ.pop(key, None)
+        await store.close()
 
 
 async def test_migration_3_from_a_version_2_database(postgres_db: str) -> None:
@@ -238,8 +235,9 @@ def test_inline_max_setting_is_checked_and_shown() -> None:
     env = {"BLOBSYNC_METADATA": "postgresql://db/x", "BLOBSYNC_PAYLOAD": "s3://b/p"}
     assert load_config({}, env).inline_max == INLINE_MAX
     assert load_config({"inline_max": "4K"}, env).inline_max == 4096
-    assert "up to 4K inline in PostgreSQL" in describe(load_config({"inline_max": "4K"}, env))
-    assert "none inline" in describe(load_config({"inline_max": "0"}, env))
+    line = describe(load_config({"inline_max": "4K"}, env))
+    assert "payload s3://b/p; inline up to 4K in PostgreSQL; quota" in line
+    assert "; inline none; " in describe(load_config({"inline_max": "0"}, env))
     assert "inline" not in describe(load_config({}, {}))
     with pytest.raises(ConfigError, match="inline_max: at most 256K"):
         load_config({"inline_max": "257K"}, env)

@@ -254,7 +254,7 @@ _SUPERSEDED = (
 
 # What a lost, refused or exhausted database connection raises; everything else is a bug
 # or a constraint and passes through unchanged.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
+UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,  # refused, unreachable, and TimeoutError from pool.acquire(timeout=...)
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08, ConnectionDoesNotExistError
     asyncpg.CannotConnectNowError,  # starting up or shutting down
@@ -262,6 +262,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,  # pool closed, connection closed under us
 )
+_UNAVAILABLE = UNAVAILABLE
 
 _COLUMNS = "user_id, namespace, blob_id, size, tag, flags, seq, location"
 
