@@ -34,7 +34,7 @@ log = logging.getLogger("blobsync.client.incoming")
 
 MX = "MX"
 # Largest message handed whole (bytes) to a consumer: with the process's own ~60 MB this
-# keeps within the 150 MB bound. Streaming consumers have no such limit.
+# keeps within the 100 MB bound. Streaming consumers have no such limit.
 MAX_INCOMING_SIZE = 64 << 20
 
 

@@ -21,7 +21,7 @@ MAX_FRAME_SIZE = 0xFFFFFFFF
 FRAME_HEADER_SIZE = 33
 
 # What one read hands back at most: large enough for few syscalls, small enough to stay
-# far below the 150 MB memory bound when many transfers run at once.
+# far below the 100 MB memory bound when many transfers run at once.
 CHUNK_SIZE = 1 << 16
 
 

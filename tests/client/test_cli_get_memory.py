@@ -11,7 +11,7 @@ from tests.helpers.client import Account, cli_env, home_with
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 1 << 30
-LIMIT_KB = 150 * 1000  # the project's memory bound, as in test_memory.py
+LIMIT_KB = 100 * 1000  # the project's memory bound, as in test_memory.py
 # Runs the CLI and then reports the process's peak RSS on stderr. VmHWM, not ru_maxrss:
 # the latter survives exec and would carry the (large) peak of the pytest process.
 PEAK = (

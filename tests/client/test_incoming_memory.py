@@ -15,7 +15,7 @@ from tests.helpers.passphrase import PASSPHRASE
 from tests.helpers.servers import auth_header, make_service
 
 ROOT = Path(__file__).resolve().parents[2]
-LIMIT_KB = 150 * 1000  # as test_memory.py
+LIMIT_KB = 100 * 1000  # as test_memory.py
 
 
 async def test_a_large_incoming_message_stays_within_the_memory_bound(

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ClientError, is_no_space, no_space
 
 # Bytes per file read or write: few syscalls and executor hops, still small next to the
-# 150 MB memory bound even with several transfers at once.
+# 100 MB memory bound even with several transfers at once.
 FILE_CHUNK = 1 << 20
 # Bytes written to a file between background flushes to disk (LocalFileWriter).
 SYNC_EVERY = 32 << 20
