@@ -15,6 +15,7 @@ import pytest
 from blobsync.client.localstore import Attach, LocalStore
 from blobsync.client.model import SyncStatus
 from blobsync.client.secrets import names_key, store_key
+from tests.helpers.client import Account
 
 COUNT = 1200  # more than one group of any per-statement limit
 
@@ -70,3 +71,36 @@ async def test_a_batch_of_downloads_is_kept_in_a_few_statements(store: LocalStor
         "SELECT blob_id, tag FROM blobs").fetchall()))
     assert tags[ids[0]] == payloads[ids[0]][-16:] and tags[ids[5]] == b"f" * 16
     assert not await store.due("ns", SyncStatus.PENDING_DOWNLOAD, time.time())
+
+
+async def test_a_stream_of_small_blobs_is_kept_in_one_go(
+    account: Account, tmp_path: Path
+) -> None:
+    """A stream request (up to 1,000 blobs and 16 MiB) is kept in one ``attach_many``,
+    not cut at 8 MiB: each cut costs a commit and its fsyncs more."""
+    a = await account.device("a")
+    try:
+        files = []
+        for i in range(COUNT):
+            files.append(tmp_path / f"f{i}")
+            files[-1].write_bytes(os.urandom(10_000))
+        await a.put_many(files)
+        await a.sync()
+    finally:
+        await a.close()
+    b = await account.device("b", concurrency=1)
+    try:
+        kept: list[int] = []
+        attach_many = b.store.attach_many
+
+        async def counted(namespace: str, items: list[Attach]) -> list[bool]:
+            kept.append(len(items))
+            return await attach_many(namespace, items)
+
+        b.store.attach_many = counted  # type: ignore[method-assign]
+        assert (await b.sync()).downloaded == COUNT
+    finally:
+        await b.close()
+    # Nothing known at first: a first stream of a guessed few, then the rest in one
+    # stream (over 900 blobs of 10 KB, 9.5 MB sealed), kept whole.
+    assert len(kept) == 2 and sum(kept) == COUNT and kept[1] > 900, kept
