@@ -6,6 +6,7 @@ transaction (``StoreCore._tx``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -120,10 +121,11 @@ class StoreWrites(StoreCore):
             now = time.time()
             with self._tx():
                 before = self._conn.total_changes
-                self._conn.executemany(
+                # One statement (one step of SQLite, see attach_many), rows in list order.
+                self._conn.execute(
                     "INSERT OR IGNORE INTO blobs (namespace, blob_id, status, created) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(namespace, b, SyncStatus.PENDING_DOWNLOAD.value, now) for b in ids],
+                    "SELECT ?, value, ?, ? FROM json_each(?) ORDER BY key",
+                    (namespace, SyncStatus.PENDING_DOWNLOAD.value, now, json.dumps(ids)),
                 )
                 return self._conn.total_changes - before
 
@@ -287,16 +289,19 @@ class StoreWrites(StoreCore):
         """
         waiting = (SyncStatus.PENDING_DOWNLOAD.value, SyncStatus.FAILED_DOWNLOAD.value)
         synced = SyncStatus.SYNCED.value
+        # Every statement below handles the whole batch in one step. SQLite lets go of the
+        # GIL at each step (a row read or written): a step per blob made this thread wait
+        # for the GIL thousands of times while the event loop parsed and verified the next
+        # frames, which tripled the time of a batch (docs/performance.md).
+        keys = json.dumps([it.blob_id for it in items])
 
         def waiting_rows() -> dict[str, int]:
-            # One lookup for the batch, not one query a blob.
-            return {
-                r[0]: r[1] for r in self._select_in(
-                    "SELECT blob_id, id, status FROM blobs WHERE namespace = ? "
-                    "AND blob_id IN ({})",
-                    (namespace,), [it.blob_id for it in items],
-                ) if r[2] in waiting
-            }
+            return dict(self._json_rows(
+                "SELECT json_group_array(json_array(b.blob_id, b.id)) FROM json_each(?) AS k "
+                "CROSS JOIN blobs AS b WHERE b.namespace = ? AND b.blob_id = k.value "
+                "AND b.status IN (?, ?)",
+                (keys, namespace, *waiting),
+            ))
 
         old_files: list[Path] = []
 
@@ -307,12 +312,9 @@ class StoreWrites(StoreCore):
                        if it.payload is not None and it.blob_id in before}
             if written:
                 with self._tx():
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
-                        list(written.items()),
-                    )
+                    self._put_payloads(list(written.items()))
             out: list[bool] = []
-            updates: list[tuple[Any, ...]] = []
+            updates: list[list[Any]] = []
             with self._tx():
                 found = waiting_rows()  # another process may have moved some meanwhile
                 for it in items:
@@ -320,36 +322,45 @@ class StoreWrites(StoreCore):
                     if row_id is None or (it.payload is not None and row_id not in written):
                         out.append(False)
                         continue
-                    tag = it.tag if it.payload is None else bytes(it.payload[-TAG_SIZE:])
-                    updates.append((synced, it.size, it.sealed_size, it.location,
-                                    int(it.payload is not None), int(it.external), tag, row_id))
+                    tag = it.tag if it.payload is None else it.payload[-TAG_SIZE:]
+                    updates.append([row_id, it.size, it.sealed_size, it.location,
+                                    int(it.payload is not None), int(it.external),
+                                    None if tag is None else bytes(tag).hex()])
                     out.append(True)
+                updated = json.dumps([u[0] for u in updates])
                 # A row the feed moved back to waiting (another blob under its id) still
                 # holds its old payload: a file goes once the new one is kept, an inline
                 # one is replaced above or goes here.
-                replaced = [r for r in self._select_in(
-                    "SELECT id, location, inline FROM blobs WHERE id IN ({})", (),
-                    [u[-1] for u in updates],
-                ) if r[1] is not None or r[2]]
-                conn.executemany(
-                    "UPDATE blobs SET status = ?, size = ?, sealed_size = ?, location = ?, "
-                    "inline = ?, external = ?, tag = ?, retries = 0, next_attempt = 0, "
-                    "verify_failures = 0, partial_tag = NULL WHERE id = ?",
-                    updates,
+                replaced = self._json_rows(
+                    "SELECT json_group_array(json_array(b.id, b.location, b.inline)) "
+                    "FROM json_each(?) AS k CROSS JOIN blobs AS b WHERE b.id = k.value "
+                    "AND (b.location IS NOT NULL OR b.inline)",
+                    (updated,),
                 )
-                conn.executemany(
-                    "DELETE FROM pl.payloads WHERE id = ?",
-                    [(r[0],) for r in replaced if r[0] not in written],
+                conn.execute(
+                    "UPDATE blobs SET status = ?, size = v.value ->> 1, "
+                    "sealed_size = v.value ->> 2, location = v.value ->> 3, "
+                    "inline = v.value ->> 4, external = v.value ->> 5, "
+                    "tag = unhex(v.value ->> 6), retries = 0, next_attempt = 0, "
+                    "verify_failures = 0, partial_tag = NULL "
+                    "FROM json_each(?) AS v WHERE blobs.id = v.value ->> 0",
+                    (synced, json.dumps(updates)),
                 )
+                gone = [r[0] for r in replaced if r[0] not in written]
+                if gone:
+                    conn.execute(
+                        "DELETE FROM pl.payloads WHERE id IN (SELECT value FROM json_each(?))",
+                        (json.dumps(gone),),
+                    )
                 old_files.extend(self.blob_path(r[1]) for r in replaced if r[1] is not None)
                 # Payloads written for rows that stopped waiting, unless such a row took
                 # a payload of its own meanwhile (same id, same verified blob).
-                unclaimed = set(written) - {u[-1] for u in updates}
+                unclaimed = set(written) - {u[0] for u in updates}
                 if unclaimed:
-                    conn.executemany(
-                        "DELETE FROM pl.payloads WHERE id = ? AND id NOT IN "
-                        "(SELECT id FROM main.blobs WHERE inline = 1)",
-                        [(i,) for i in unclaimed],
+                    conn.execute(
+                        "DELETE FROM pl.payloads WHERE id IN (SELECT value FROM json_each(?)) "
+                        "AND id NOT IN (SELECT id FROM main.blobs WHERE inline = 1)",
+                        (json.dumps(sorted(unclaimed)),),
                     )
             return out
 
