@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .client_runtime import check_id, open_manager
-from .collect import Skip, collect_files, report_skips
+from .collect import Skip, collect_sources, report_skips
 from .failures import EXIT_ID_TAKEN, EXIT_INCOMPLETE, EXIT_OK, CommandFailed, UsageError, classify
 from .output import Output, writing_stdout
 from .progress import Bars, bars_wanted
@@ -27,7 +27,9 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
         if len(args.paths) != 1 or not Path(args.paths[0]).is_file():
             raise UsageError("--id needs exactly one file")
     not_stored: list[Skip] = []  # FIFOs, dangling links...: said, then exit 7
-    files = collect_files(args.paths, not_stored)
+    found = collect_sources(args.paths, not_stored)
+    files = [path for path, _ in found]
+    sources = [src for _, src in found]  # each file's one stat: not taken again
     if not out.json_mode:  # --json lists them in its document instead
         report_skips(not_stored)
     stored: list[dict[str, str]] = []
@@ -50,7 +52,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
 
         report = SyncReport()
         if not args.local_only and not args.force and await manager.stored_copies(
-            files, namespace=namespace
+            files, namespace=namespace, sources=sources
         ):
             # Some files were put before: another device may have deleted their blobs
             # since. Learn that first, or put would call "already stored" a blob that the
@@ -64,7 +66,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
                 # Run again after it was interrupted: the blob is here, from this very
                 # file; it is uploaded below (if it is not already), not refused.
                 earlier = {} if args.force else await manager.stored_copies(
-                    files, namespace=namespace, local_only=args.local_only)
+                    files, namespace=namespace, local_only=args.local_only, sources=sources)
                 if earlier.get(files[0]) == args.id:
                     already(args.id, files[0])
                 else:
@@ -79,7 +81,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
                     files, namespace=namespace, priority=args.priority,
                     local_only=args.local_only, stored=kept, upload=True,
                     progress=bars.callback, report=report, force=args.force,
-                    already=already,
+                    already=already, sources=sources,
                 )
             if again and not args.local_only:
                 # Asked to put them again: a refused blob (FAILED_UPLOAD: an id conflict,
