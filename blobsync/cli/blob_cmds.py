@@ -40,8 +40,9 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
     postponed: TransientError | None = None  # why the upload could not even start
     async with open_manager(args, stream=not args.no_stream) as manager:
         def kept(blob_id: str, path: Path) -> None:
-            stored.append({"id": blob_id, "path": str(path)})
-            out.line(f"{blob_id}\t{path}")
+            text = str(path)
+            stored.append({"id": blob_id, "path": text})
+            out.line_soon(f"{blob_id}\t{text}")  # a batch of blobs: one write
 
         def already(blob_id: str, path: Path) -> None:
             # Printed like the others: a script gets the id of every path it named.
