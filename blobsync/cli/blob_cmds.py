@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .client_runtime import check_id, open_manager
-from .collect import Skip, collect_files, report_skips
+from .collect import Skip, collect_sources, report_skips
 from .failures import EXIT_ID_TAKEN, EXIT_INCOMPLETE, EXIT_OK, CommandFailed, UsageError, classify
 from .output import Output, writing_stdout
 from .progress import Bars, bars_wanted
@@ -27,7 +27,9 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
         if len(args.paths) != 1 or not Path(args.paths[0]).is_file():
             raise UsageError("--id needs exactly one file")
     not_stored: list[Skip] = []  # FIFOs, dangling links...: said, then exit 7
-    files = collect_files(args.paths, not_stored)
+    found = collect_sources(args.paths, not_stored)
+    files = [path for path, _ in found]
+    sources = [src for _, src in found]  # each file's one stat: not taken again
     if not out.json_mode:  # --json lists them in its document instead
         report_skips(not_stored)
     stored: list[dict[str, str]] = []
@@ -38,8 +40,9 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
     postponed: TransientError | None = None  # why the upload could not even start
     async with open_manager(args, stream=not args.no_stream) as manager:
         def kept(blob_id: str, path: Path) -> None:
-            stored.append({"id": blob_id, "path": str(path)})
-            out.line(f"{blob_id}\t{path}")
+            text = str(path)
+            stored.append({"id": blob_id, "path": text})
+            out.line_soon(f"{blob_id}\t{text}")  # a batch of blobs: one write
 
         def already(blob_id: str, path: Path) -> None:
             # Printed like the others: a script gets the id of every path it named.
@@ -50,7 +53,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
 
         report = SyncReport()
         if not args.local_only and not args.force and await manager.stored_copies(
-            files, namespace=namespace
+            files, namespace=namespace, sources=sources
         ):
             # Some files were put before: another device may have deleted their blobs
             # since. Learn that first, or put would call "already stored" a blob that the
@@ -64,7 +67,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
                 # Run again after it was interrupted: the blob is here, from this very
                 # file; it is uploaded below (if it is not already), not refused.
                 earlier = {} if args.force else await manager.stored_copies(
-                    files, namespace=namespace, local_only=args.local_only)
+                    files, namespace=namespace, local_only=args.local_only, sources=sources)
                 if earlier.get(files[0]) == args.id:
                     already(args.id, files[0])
                 else:
@@ -79,7 +82,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
                     files, namespace=namespace, priority=args.priority,
                     local_only=args.local_only, stored=kept, upload=True,
                     progress=bars.callback, report=report, force=args.force,
-                    already=already,
+                    already=already, sources=sources,
                 )
             if again and not args.local_only:
                 # Asked to put them again: a refused blob (FAILED_UPLOAD: an id conflict,

@@ -81,7 +81,10 @@ def as_command(
             describe_process(
                 f"blobsync {handler.__name__.removeprefix('cmd_').replace('_', ' ')}"
             )
-            return asyncio.run(handler(args, out))
+            try:
+                return asyncio.run(handler(args, out))
+            finally:
+                out.flush_lines()  # lines the loop did not get to write
 
         return guarded(body, out.error)
 

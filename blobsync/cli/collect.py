@@ -8,6 +8,11 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from blobsync.client.localstore import Source
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,18 @@ SKIPS_SHOWN = 20
 
 
 def collect_files(paths: list[str], skipped: list[Skip] | None = None) -> list[Path]:
-    """Regular files named or found under the named directories, in a stable order.
+    """Regular files named or found under the named directories, in a stable order
+    (``collect_sources`` without the sources)."""
+    return [path for path, _ in collect_sources(paths, skipped)]
+
+
+def collect_sources(
+    paths: list[str], skipped: list[Skip] | None = None
+) -> list[tuple[Path, Source]]:
+    """Regular files named or found under the named directories, in a stable order, each
+    with its source (absolute path, size, mtime: ``putting.file_source``), taken from the
+    open that checks it can be read. One open and fstat per file is all the walk costs,
+    and put does not stat the files again.
 
     Everything is collected before anything is stored, so a typo in the last argument
     fails the command before it has half done its work. What is there but cannot be
@@ -31,17 +47,20 @@ def collect_files(paths: list[str], skipped: list[Skip] | None = None) -> list[P
     inside a directory, a file or directory that cannot be read) is appended to
     ``skipped``, never silently left out.
     """
-    found: list[Path] = []
+    from blobsync.client.localstore import Source
+
+    found: list[tuple[Path, Source]] = []
     skips: list[Skip] = [] if skipped is None else skipped
     for name in paths:
         path = Path(name)
         if path.is_dir():
             # A link to a directory named by the user is followed, as ls does; links met
             # inside are not (see _files_under).
-            found.extend(_files_under(path, skips))
+            found.extend(_files_under(path, os.path.abspath(path), skips, Source))
         elif path.is_file():
-            if _readable(path, skips):
-                found.append(path)
+            st = _readable(path, skips)
+            if st is not None:
+                found.append((path, Source(os.path.abspath(path), st.st_size, st.st_mtime_ns)))
         elif not path.exists():
             raise FileNotFoundError(2, "No such file or directory", name)
         else:
@@ -49,35 +68,41 @@ def collect_files(paths: list[str], skipped: list[Skip] | None = None) -> list[P
     return found
 
 
-def _files_under(root: Path, skipped: list[Skip]) -> Iterator[Path]:
+def _files_under(
+    root: Path, absolute: str, skipped: list[Skip], source: type[Source]
+) -> Iterator[tuple[Path, Source]]:
     """Files first, then each subdirectory, in name order (as os.walk top-down); links to
     directories are not followed, so a link to a parent cannot loop. scandir's entries know
-    their type without a stat per file, which counts for tens of thousands of small files."""
+    their type without a stat per file, which counts for tens of thousands of small files.
+    ``absolute`` is ``root`` made absolute, once: a file's is that and its name."""
     try:
         with os.scandir(root) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
         skipped.append(Skip(root, _reason(exc)))
         return
-    subdirs: list[Path] = []
+    subdirs: list[tuple[Path, str]] = []
     for entry in entries:
         path = root / entry.name
         try:
             if entry.is_dir(follow_symlinks=False):
-                subdirs.append(path)
-            elif entry.is_file(follow_symlinks=False):
-                if _readable(path, skipped):
-                    yield path
+                subdirs.append((path, os.path.join(absolute, entry.name)))
+                continue
+            if entry.is_file(follow_symlinks=False):
+                st = _readable(entry.path, skipped, path)
             elif entry.is_symlink():
                 target = _link_target(path, skipped)
-                if target is not None and _readable(path, skipped):
-                    yield path
+                st = None if target is None else _readable(entry.path, skipped, path)
             else:
                 skipped.append(Skip(path, _kind(entry.stat(follow_symlinks=False).st_mode)))
+                continue
+            if st is not None:
+                yield path, source(os.path.join(absolute, entry.name), st.st_size,
+                                   st.st_mtime_ns)
         except OSError as exc:
             skipped.append(Skip(path, _reason(exc)))
-    for subdir in subdirs:
-        yield from _files_under(subdir, skipped)
+    for subdir, subdir_absolute in subdirs:
+        yield from _files_under(subdir, subdir_absolute, skipped, source)
 
 
 def _link_target(link: Path, skipped: list[Skip]) -> Path | None:
@@ -101,18 +126,28 @@ def _link_target(link: Path, skipped: list[Skip]) -> Path | None:
     return None
 
 
-def _readable(path: Path, skipped: list[Skip]) -> bool:
-    """Whether put can read ``path``: opened now, so that a file it may not read is
-    reported and skipped instead of failing the command halfway through."""
+def _readable(
+    name: str | Path, skipped: list[Skip], path: Path | None = None
+) -> os.stat_result | None:
+    """What fstat says of ``name`` if put can read it: opened now, so that a file it may
+    not read is reported (as ``path``, else ``name``) and skipped instead of failing the
+    command halfway through; None then. The fstat of the open file is the one stat put
+    takes of it."""
     try:
         # O_NONBLOCK: should it have become a FIFO meanwhile, open does not wait for a
         # writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        skipped.append(Skip(path, _reason(exc)))
-        return False
-    os.close(fd)
-    return True
+        skipped.append(Skip(path if path is not None else Path(name), _reason(exc)))
+        return None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not S_ISREG(st.st_mode):  # replaced since it was listed
+        skipped.append(Skip(path if path is not None else Path(name), _kind(st.st_mode)))
+        return None
+    return st
 
 
 def _kind(mode: int) -> str:

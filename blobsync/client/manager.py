@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 
 from .check import Checker
@@ -22,7 +22,7 @@ from .errors import ServerError, TransientError
 from .feedsync import FeedSync
 from .getting import Getter
 from .incoming import IncomingConsumer, IncomingReport, IncomingStreamConsumer, process_incoming
-from .localstore import LocalStore, Row
+from .localstore import LocalStore, Row, Source
 from .lock import ProfileLock
 from .model import (
     HAS_PAYLOAD,
@@ -154,13 +154,14 @@ class BlobManager:
 
     async def stored_copies(
         self, paths: Iterable[str | Path], *, namespace: str = "default",
-        local_only: bool = False,
+        local_only: bool = False, sources: Sequence[Source] | None = None,
     ) -> dict[Path, str]:
         """Blob ids, by path, of the files put into ``namespace`` before and unchanged
         since (same absolute path, size and mtime), whose blob is still here. A blob kept
-        LOCAL_ONLY counts only for a ``local_only`` put: the others want theirs uploaded."""
+        LOCAL_ONLY counts only for a ``local_only`` put: the others want theirs uploaded.
+        ``sources``: as for ``put_many``."""
         return await self._putter.stored_copies(
-            [(Path(p), file_source(Path(p))) for p in paths], namespace, local_only
+            _with_sources(paths, sources), namespace, local_only
         )
 
     async def put_many(
@@ -176,6 +177,7 @@ class BlobManager:
         report: SyncReport | None = None,
         force: bool = False,
         already: Callable[[str, Path], None] | None = None,
+        sources: Sequence[Source] | None = None,
     ) -> list[str]:
         """Seal files into the local store under new ids. Small files are read, sealed
         and kept many per transaction: one commit per blob is what made storing thousands
@@ -195,10 +197,14 @@ class BlobManager:
         ``settings.concurrency`` batches in flight. What fails to go stays pending as in a
         sync; large files are never uploaded here (``send_missing`` takes them).
         ``report`` counts the uploads, ``progress`` follows them.
+
+        ``sources``, one per path in order, are the files' ``file_source`` when the caller
+        took them already (the CLI, from the open that checked each file can be read):
+        then no file is stat'ed again.
         """
         check_ids(namespace)
         rank = priority_rank(priority)
-        files = [(Path(p), file_source(Path(p))) for p in paths]
+        files = _with_sources(paths, sources)
         return await self._putter.put_many(
             files, namespace, rank, local_only, stored, upload, progress, report, force,
             already,
@@ -444,6 +450,15 @@ class BlobManager:
             self.transport, self._secret, list(self._consumers), limit=limit,
             tmp_dir=self.store.tmp_dir,
         )
+
+
+def _with_sources(
+    paths: Iterable[str | Path], sources: Sequence[Source] | None
+) -> list[tuple[Path, Source]]:
+    """Each path (a Path) with its source: the caller's, else taken now."""
+    if sources is None:
+        return [(p, file_source(p)) for p in map(Path, paths)]
+    return list(zip(map(Path, paths), sources, strict=True))
 
 
 PENDING = (SyncStatus.PENDING_DOWNLOAD, SyncStatus.PENDING_UPLOAD, SyncStatus.PENDING_DELETE)

@@ -28,6 +28,7 @@ from .preamble import (
     Preamble,
     Scheme,
     SealedHead,
+    b64url_encode,
     parse_sealed_head,
 )
 from .verifier import SealedVerifier
@@ -223,8 +224,15 @@ class Opener:
 
 def seal(secret: bytes, blob_id: str, plaintext: bytes) -> bytes:
     """Seal a whole plaintext in memory, in one call to the cipher: the same bytes as a
-    Sealer fed the whole, at a fraction of the per-blob cost (puts of small files)."""
-    return Sealer(secret, blob_id, len(plaintext)).seal_whole(plaintext)
+    Sealer fed the whole, at a fraction of the per-blob cost (puts of small files: no
+    Sealer, the preamble packed once, not once for its raw bytes and again for base64)."""
+    iv = os.urandom(IV_SIZE)
+    raw = Preamble(
+        Scheme.SYMKEY, Method.AES_256_GCM, int(time.time()), iv, blob_id,
+        IMMUTABLE_REVISION, rounded_size(len(plaintext)),
+    ).encode()
+    return (b64url_encode(raw) + b" "
+            + AESGCM(blob_key(secret, blob_id)).encrypt(iv, plaintext, raw))
 
 
 def open_sealed(secret: bytes | None, blob_id: str, sealed: bytes) -> bytes:

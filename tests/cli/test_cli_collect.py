@@ -39,3 +39,27 @@ def test_collect_files_records_what_it_leaves_out(tmp_path: Path) -> None:
 def test_collect_files_missing_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         collect.collect_files([str(tmp_path / "missing")])
+
+
+def test_collect_sources_gives_each_file_its_source(tmp_path: Path, monkeypatch) -> None:
+    """The walk's open of each file gives put its source (what ``file_source`` takes:
+    absolute path with links not resolved, size, mtime), so that put stats nothing again;
+    a relative argument gives absolute paths, a link names itself."""
+    import os
+
+    from blobsync.client.putting import file_source
+
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a").write_bytes(b"aa")
+    (tmp_path / "d" / "sub" / "b").write_bytes(b"bbb")
+    (tmp_path / "d" / "link").symlink_to(tmp_path / "d" / "a")
+    (tmp_path / "top").write_bytes(b"t")
+    monkeypatch.chdir(tmp_path)
+    found = collect.collect_sources(["d", "top"])
+    assert [str(p) for p, _ in found] == ["d/a", "d/link", "d/sub/b", "top"]
+    for path, src in found:
+        assert src == file_source(path)
+        assert src.path == os.path.join(str(tmp_path), str(path))
+    monkeypatch.chdir(tmp_path / "d")
+    assert [(str(p), s.path) for p, s in collect.collect_sources(["."])][0] == (
+        "a", str(tmp_path / "d" / "a"))

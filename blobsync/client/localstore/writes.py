@@ -80,28 +80,42 @@ class StoreWrites(StoreCore):
         def q() -> None:
             now = time.time()
             conn = self._conn
-            sources: list[tuple[Source, str, int]] = []
             with self._tx():
-                for it in items:
-                    try:
-                        cur = conn.execute(
-                            "INSERT INTO blobs (namespace, blob_id, status, priority, size, "
-                            "sealed_size, inline, created, tag) "
-                            "VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
-                            (namespace, it.blob_id, status.value, priority, it.size,
-                             len(it.payload), now, bytes(it.payload[-TAG_SIZE:])),
-                        )
-                    except sqlcipher.IntegrityError:
-                        raise BlobExists(
-                            f"blob {it.blob_id} already exists in namespace {namespace}"
-                        ) from None
-                    conn.execute(
-                        "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
-                        (cur.lastrowid, it.payload),
+                # The row ids given here, not by SQLite one INSERT at a time: then each
+                # table takes the batch in one executemany. Past both the highest id
+                # ever given out and the highest in use, as AUTOINCREMENT picks them
+                # (the write lock is held: nobody else picks meanwhile), and the INSERT
+                # with an id moves sqlite_sequence past it.
+                base = conn.execute(
+                    "SELECT max(coalesce((SELECT seq FROM main.sqlite_sequence "
+                    "WHERE name = 'blobs'), 0), coalesce((SELECT max(id) FROM main.blobs), 0))"
+                ).fetchone()[0]
+                value = status.value
+                before = conn.total_changes
+                try:
+                    conn.executemany(
+                        "INSERT INTO blobs (id, namespace, blob_id, status, priority, size, "
+                        "sealed_size, inline, created, tag) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                        [(i, namespace, it.blob_id, value, priority, it.size, len(it.payload),
+                          now, it.payload[-TAG_SIZE:]) for i, it in enumerate(items, base + 1)],
                     )
-                    if it.source is not None:
-                        sources.append((it.source, it.blob_id, cur.lastrowid))
-                self._record_sources(namespace, sources)
+                except sqlcipher.IntegrityError:
+                    # The rows before the culprit went in (and are rolled back): it is
+                    # the one after them.
+                    culprit = items[conn.total_changes - before].blob_id
+                    raise BlobExists(
+                        f"blob {culprit} already exists in namespace {namespace}"
+                    ) from None
+                conn.executemany(
+                    # OR REPLACE: as in ``insert``.
+                    "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
+                    [(i, it.payload) for i, it in enumerate(items, base + 1)],
+                )
+                self._record_sources(namespace, [
+                    (it.source, it.blob_id, i) for i, it in enumerate(items, base + 1)
+                    if it.source is not None
+                ])
 
         await self._run(q)
 
@@ -176,10 +190,10 @@ class StoreWrites(StoreCore):
 
         def q() -> int:
             with self._tx():
-                n = 0
-                for b in ids:
-                    n += self._conn.execute(sql, [*vals, namespace, b, *sts]).rowcount
-                return n
+                # One statement for the batch: rowcount then sums the rows changed.
+                before = self._conn.total_changes
+                self._conn.executemany(sql, [(*vals, namespace, b, *sts) for b in ids])
+                return self._conn.total_changes - before
 
         return await self._run(q)
 
