@@ -34,7 +34,7 @@ from blobsync.format.limits import valid_id
 
 from .base import BATCH_BLOB_MAX, READ_PIECE_MAX, BlobNotFound
 from .inline import InlineStore, InlineWriter
-from .postgres import _UNAVAILABLE, DatabaseUnavailable, migrate, redact_dsn
+from .postgres import UNAVAILABLE, DatabaseUnavailable, migrate, redact_dsn
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class PostgresPayloads(InlineStore):
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=self._min_size, max_size=self._pool_size
             )
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {where}: {exc}") from exc
         except asyncpg.PostgresError as exc:
             raise DatabaseUnavailable(f"PostgreSQL at {where} refused us: {exc}") from exc
@@ -111,7 +111,7 @@ class PostgresPayloads(InlineStore):
         try:
             async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
                 yield conn
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             log.warning("PostgreSQL (payloads) unavailable: %r", exc)
             raise DatabaseUnavailable(
                 f"payload database unavailable ({type(exc).__name__})"

@@ -295,6 +295,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,  # pool closed, connection closed under us
 )
+# The same, for the payload tier on the same database (pgpayloads.py).
+UNAVAILABLE = _UNAVAILABLE
 
 _COLUMNS = "user_id, namespace, blob_id, size, tag, flags, seq, location"
 _INSERT_RUN_UNLIMITED = INSERT_RUN_UNLIMITED.format(
