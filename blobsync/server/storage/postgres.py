@@ -207,6 +207,39 @@ _APPEND_PUTS = (
     " AS r(blob_id, size, tag, flags, n)"
     " ORDER BY r.n"
 )
+# A run without a quota, whole, in ONE statement run outside any explicit transaction: its
+# implicit transaction commits inside the server at the end of the statement, so the user's
+# usage row and feed lock are never held across a round trip to this process. (With BEGIN,
+# a usage read, the append and COMMIT, they were held across three, and each round trip
+# waits its turn on a busy event loop: all of one user's concurrent batches queued behind
+# that, p99 854 ms in the load of docs/performance.md.) The locks come in the module's
+# order all the same, each step feeding on the one before: ``ins`` takes the blob rows,
+# ``bump`` sums ``ins`` whole before its one row is upserted (the usage row lock), ``locked``
+# reads ``bump``'s row before taking the feed lock, and ``appended`` draws the seqs from rows
+# joined with ``locked``, in run order (``ins.seq``). ``unmarked`` is _APPEND_PUTS's.
+# Nothing inserted: ``bump`` yields no row, so no lock, no change, no notification.
+# Parameters: user, namespace, then blob ids, sizes, tags, comma-joined flags, locations.
+INSERT_RUN_UNLIMITED = (
+    "WITH run AS MATERIALIZED (SELECT r.*, nextval('blob_seq') AS seq"
+    " FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::text[], $7::text[])"
+    " WITH ORDINALITY AS r(blob_id, size, tag, flags, location, n)),"
+    " ins AS (INSERT INTO blobs (user_id, namespace, blob_id, size, tag, flags, location, seq)"
+    " SELECT $1::text, $2::text, r.blob_id, r.size, r.tag, string_to_array(r.flags, ','),"
+    " r.location, r.seq FROM run AS r ORDER BY r.blob_id, r.seq"
+    " ON CONFLICT (user_id, namespace, blob_id) DO NOTHING RETURNING {columns}),"
+    " bump AS (INSERT INTO usage (user_id, bytes) SELECT $1::text, sum(size) FROM ins"
+    " HAVING count(*) > 0"
+    " ON CONFLICT (user_id) DO UPDATE SET bytes = usage.bytes + excluded.bytes RETURNING 1),"
+    " unmarked AS (DELETE FROM tombstones WHERE user_id = $1::text AND namespace = $2::text"
+    " AND blob_id IN (SELECT blob_id FROM ins)),"
+    " locked AS MATERIALIZED (SELECT pg_advisory_xact_lock({feed_class}, hashtext($1::text))"
+    " FROM bump),"
+    " told AS MATERIALIZED (SELECT pg_notify('{channel}', $1::text) FROM locked),"
+    " appended AS (INSERT INTO changes (user_id, namespace, blob_id, op, size, tag, flags)"
+    " SELECT $1::text, $2::text, i.blob_id, 'put', i.size, i.tag, i.flags"
+    " FROM locked, told, ins AS i ORDER BY i.seq)"
+    " SELECT {columns} FROM ins"
+)
 _LAST_SEQ = "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM change_seq)"
 _HORIZON = "coalesce((SELECT seq FROM feed_horizon WHERE user_id = $1), 0)"
 _NEWEST = "coalesce((SELECT max(seq) FROM changes WHERE user_id = $1), 0)"
@@ -265,6 +298,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 _UNAVAILABLE = UNAVAILABLE
 
 _COLUMNS = "user_id, namespace, blob_id, size, tag, flags, seq, location"
+_INSERT_RUN_UNLIMITED = INSERT_RUN_UNLIMITED.format(
+    columns=_COLUMNS, feed_class=FEED_LOCK_CLASS, channel=CHANGES_CHANNEL
+)
 
 
 class DatabaseUnavailable(StorageError):
@@ -575,6 +611,8 @@ class PostgresIndex(MetadataIndex):
         """``MetadataIndex.insert_blobs`` in one transaction, exact across processes."""
         if not blobs:
             return []
+        if quota <= 0:
+            return await self._insert_run_unlimited(user, namespace, blobs)
         async with self._connection() as conn, conn.transaction():
             # Stored order is the order of ``blobs``: the materialized ``run`` draws the seqs
             # row by row in that order. The inserts go in id order, so two runs that share
@@ -644,6 +682,28 @@ class PostgresIndex(MetadataIndex):
                     [o.tag for o in kept],
                     [",".join(_flag_list(o.flags)) for o in kept],
                 )
+        return out
+
+    async def _insert_run_unlimited(
+        self, user: str, namespace: str, blobs: list[NewBlob]
+    ) -> list[BlobInfo | BlobExists | QuotaExceeded]:
+        """``insert_blobs`` without a quota: one statement, one round trip (at the query)."""
+        async with self._connection() as conn:
+            inserted = await conn.fetch(
+                _INSERT_RUN_UNLIMITED,
+                user,
+                namespace,
+                [b.blob_id for b in blobs],
+                [b.size for b in blobs],
+                [bytes(b.tag) for b in blobs],
+                [",".join(_flag_list(b.flags)) for b in blobs],
+                [b.location for b in blobs],
+            )
+        by_id = {rec["blob_id"]: _info(rec) for rec in inserted}
+        out: list[BlobInfo | BlobExists | QuotaExceeded] = []
+        for blob in blobs:
+            info = by_id.pop(blob.blob_id, None)  # a second time in the run: BlobExists
+            out.append(info if info is not None else BlobExists(f"blob {blob.blob_id} exists"))
         return out
 
     async def get_blob(self, user: str, namespace: str, blob_id: str) -> BlobInfo | None:
