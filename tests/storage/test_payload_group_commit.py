@@ -101,3 +101,11 @@ async def test_a_failed_group_leaves_nothing_and_the_next_goes_in(
     listed = [loc async for loc, _ in payloads.locations()]
     assert len(listed) == PER_RUN * len(stored)  # nothing of a failed run is left
     assert await payloads.store_many("alice", "ns", run_of(9))
+
+
+async def test_new_locations_rise(payloads: SQLitePayloads) -> None:
+    """Rising names append to the end of the location index instead of touching a page of
+    it anywhere in the file per row."""
+    runs = [await payloads.store_many("alice", "ns", run_of(n)) for n in range(3)]
+    for earlier, later in zip(runs, runs[1:], strict=False):
+        assert max(earlier) < min(later)

@@ -6,9 +6,10 @@ upload of thousands of 10 KB blobs spends most of its time there. Here a whole r
 returns (the index can use NORMAL: a lost index commit loses a row, but a payload committed
 here is about to be named by a row, so it must never be lost).
 
-- A location is ``db:`` and 32 random hex digits. No file location can start so (file
-  locations are ids joined by ``/``, and ids never hold ``:``), so a tiered store tells
-  the two apart by the prefix alone. The primary key refuses a second writer of a name.
+- A location is ``db:`` and 32 hex digits, rising with time (``new_locations``). No file
+  location can start so (file locations are ids joined by ``/``, and ids never hold
+  ``:``), so a tiered store tells the two apart by the prefix alone. The primary key
+  refuses a second writer of a name.
 - WAL mode and a busy timeout, as the index: server workers share the file, readers never
   wait for the writer, a writer waits for the write lock instead of failing.
 - Two connections, each in a thread of its own (sqlite3 blocks, the event loop must not):
@@ -91,14 +92,18 @@ COMPACT_STEP_ROWS = 256
 
 
 def new_location() -> str:
-    return PREFIX + secrets.token_hex(16)
+    return new_locations(1)[0]
 
 
 def new_locations(count: int) -> list[str]:
-    """``count`` fresh locations from one read of the system's random source: a call per
-    payload showed up in the profile of a loaded server."""
-    digits = secrets.token_hex(16 * count)
-    return [PREFIX + digits[i : i + 32] for i in range(0, 32 * count, 32)]
+    """``count`` fresh locations: 12 hex digits of the time (in 65 us steps, good for
+    centuries), then 20 random ones (80 bits). Rising names append to the right edge of
+    the location index: random ones touched a page of it per row, anywhere in the file,
+    and a batch wrote a page of index for every 10 KB payload it stored. One read of the
+    system's random source per run: a read per payload showed in a loaded server."""
+    stamp = "%012x" % (time.time_ns() >> 16)
+    digits = secrets.token_hex(10 * count)
+    return [PREFIX + stamp + digits[i : i + 20] for i in range(0, 20 * count, 20)]
 
 
 def is_inline(location: str) -> bool:
