@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from blobsync.server.storage.sqlitepayloads import PREFIX, SQLitePayloads
+from blobsync.server.storage.sqlitepayloads import PAGE_SIZE, PREFIX, SQLitePayloads
 
 RUNS = 12
 PER_RUN = 20
@@ -109,3 +109,28 @@ async def test_new_locations_rise(payloads: SQLitePayloads) -> None:
     runs = [await payloads.store_many("alice", "ns", run_of(n)) for n in range(3)]
     for earlier, later in zip(runs, runs[1:], strict=False):
         assert max(earlier) < min(later)
+
+
+async def test_a_new_database_has_large_pages_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    """New payload databases use PAGE_SIZE pages (a 10 KB payload no longer spans three
+    4 KiB overflow pages); one made before keeps its 4 KiB pages and works as before."""
+    new = SQLitePayloads(tmp_path / "new.sqlite3")
+    await new.open()
+    await new.close()
+    old_path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(old_path, isolation_level=None)
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    old = SQLitePayloads(old_path)
+    await old.open()
+    try:
+        [loc] = await old.store_many("alice", "ns", [("b", b"x" * 10_000)])
+        assert await old.read_many([loc]) == [b"x" * 10_000]
+    finally:
+        await old.close()
+    for path, size in ((tmp_path / "new.sqlite3", PAGE_SIZE), (old_path, 4096)):
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == size
+        conn.close()

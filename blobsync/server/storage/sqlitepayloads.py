@@ -76,9 +76,15 @@ TOTALS = """CREATE TABLE totals (
 # Rows per query when listing for gc: bounds memory whatever the table holds.
 LIST_PAGE = 1000
 
-# Pages ``reclaim`` frees per write transaction (16 MiB of 4 KiB pages): each step holds
-# the write lock briefly, so uploads go on between steps.
-RECLAIM_STEP_PAGES = 4096
+# Bytes ``reclaim`` frees per write transaction (4096 pages of 4 KiB): each step holds the
+# write lock briefly, so uploads go on between steps.
+RECLAIM_STEP_BYTES = 16 << 20
+
+# The page size of a new payload database. Payloads of ~10 KB on 4 KiB pages took three
+# overflow pages each, every one written to the -wal and again to the file by a separate
+# call: on 32 KiB pages a run of them fills few pages and storing one cost less than half
+# the CPU (issue 13). A database made before keeps its pages (WAL mode fixes the size).
+PAGE_SIZE = 1 << 15
 
 INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental
 
@@ -147,14 +153,14 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _vacuum_step(conn: sqlite3.Connection) -> int:
-    """Cut up to RECLAIM_STEP_PAGES free pages off the file; return how many went."""
+def _vacuum_step(conn: sqlite3.Connection, pages: int) -> int:
+    """Cut up to ``pages`` free pages off the file; return how many went."""
     before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
     if before == 0:
         return 0
     # Its own transaction (autocommit), through executescript: the sqlite3 module steps
     # a PRAGMA that returns no rows once, and each step frees one page.
-    conn.executescript(f"PRAGMA incremental_vacuum({RECLAIM_STEP_PAGES})")
+    conn.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
     after = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
     return max(before - after, 0)
 
@@ -246,7 +252,8 @@ class SQLitePayloads(PayloadStore):
         self.path = os.path.abspath(os.fspath(path))
         self.max_size = max_size
         self._writes = SQLiteThread(
-            self.path, synchronous="FULL", name="sqlite-payloads-w", incremental_vacuum=True
+            self.path, synchronous="FULL", name="sqlite-payloads-w", incremental_vacuum=True,
+            page_size=PAGE_SIZE,
         )
         self._reads = SQLiteThread(self.path, synchronous="FULL", name="sqlite-payloads-r")
         # Runs waiting for the next group commit, and the task that commits them.
@@ -286,13 +293,14 @@ class SQLitePayloads(PayloadStore):
         payloads fill less than COMPACT_BELOW of the pages in use, the rows are first
         packed again, moved to the end of the table in steps of COMPACT_STEP_ROWS (each a
         short write transaction, so uploads interleave), and the location index rebuilt.
-        Then the free pages are cut off the file, RECLAIM_STEP_PAGES per transaction, and
+        Then the free pages are cut off the file, RECLAIM_STEP_BYTES per transaction, and
         a checkpoint moves all of it into the file and empties the -wal.
         """
         pages_before, page_size = await self._writes.run(self._page_count)
         if await self._reads.run(self._fill) < COMPACT_BELOW:
             await self._compact()
-        while await self._writes.run(self._vacuum_step) >= RECLAIM_STEP_PAGES:
+        step = max(RECLAIM_STEP_BYTES // page_size, 1)
+        while await self._writes.run(self._vacuum_step, step) >= step:
             pass
         await self._writes.run(self._checkpoint)
         pages_after, _ = await self._writes.run(self._page_count)
@@ -324,11 +332,11 @@ class SQLitePayloads(PayloadStore):
             done = await self._writes.run(self._unsynced, _compact_step, done, top)
         await self._writes.run(self._unsynced, lambda c: c.execute("REINDEX payloads"))
 
-    def _vacuum_step(self) -> int:
+    def _vacuum_step(self, pages: int) -> int:
         conn = self._writes.db()
         conn.execute("PRAGMA synchronous = NORMAL")  # see _unsynced
         try:
-            return _vacuum_step(conn)
+            return _vacuum_step(conn, pages)
         finally:
             conn.execute("PRAGMA synchronous = FULL")
 
