@@ -4,6 +4,9 @@ bytes accepts and refuses, with the same message."""
 
 from __future__ import annotations
 
+import base64
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,7 +15,13 @@ from blobsync.format import InvalidBlob, seal
 from blobsync.format.verifier import SealedVerifier, check_structure
 
 from .helpers import EXTERNAL, EXTERNAL_SEALED, SEALED, SECRET
-from .test_verifier import LEGACY_SEALED
+
+# A legacy (542-byte, Soledad 0.x) preamble: a shorter head, then the body.
+LEGACY = struct.pack(
+    "<2sbb4xQ16s255p255p", b"\x13\x37", 1, 2, 1_700_000_000, bytes(16), b"legacy",
+    b"ImmutableRevision",
+)
+LEGACY_SEALED = base64.urlsafe_b64encode(LEGACY) + b" " + bytes(range(40))
 
 
 def by_verifier(blob_id: str, blob: bytes) -> str | None:
