@@ -237,6 +237,10 @@ class StoreMetrics:
         self.metrics.blobs_stored.inc()
         self.metrics.blob_bytes_stored.inc(info.size)
 
+    def on_stored_many(self, infos: list[BlobInfo]) -> None:
+        self.metrics.blobs_stored.inc(len(infos))
+        self.metrics.blob_bytes_stored.inc(sum(info.size for info in infos))
+
     def on_refused(self, exc: BlobsyncError) -> None:
         self.metrics.puts_refused.labels(type(exc).__name__).inc()
 

@@ -213,6 +213,16 @@ class _Pump:
             if isinstance(event, BlobData):
                 yield event.data
 
+    async def whole_blob(self) -> bytes:
+        """The current blob's bytes, up to its end, in one piece: call it for small blobs
+        only (a batch holds them in memory anyway)."""
+        pieces: list[bytes] = []
+        while self.in_blob:
+            event = await self.next()
+            if isinstance(event, BlobData):
+                pieces.append(event.data)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
     async def skip_blob(self) -> None:
         """Consume what storage did not read of the current blob (one already stored)."""
         while self.in_blob:

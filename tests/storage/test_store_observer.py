@@ -19,6 +19,9 @@ class Recorder:
     def on_stored(self, info: BlobInfo) -> None:
         self.events.append(("stored", info.blob_id))
 
+    def on_stored_many(self, infos: list[BlobInfo]) -> None:
+        self.events += [("stored", info.blob_id) for info in infos]
+
     def on_refused(self, exc: BlobsyncError) -> None:
         self.events.append(("refused", type(exc).__name__))
 
@@ -78,3 +81,26 @@ async def test_batches_report_each_blob(store: BlobStore, sealed: Sealed, seen: 
         ("stored", "b2"),
         ("refused", "QuotaExceeded"),
     ]
+
+
+async def test_a_batch_is_reported_in_one_call(store: BlobStore, sealed: Sealed) -> None:
+    """A run of stored blobs is one observer call (metrics count it with two increments,
+    not two per blob)."""
+    calls: list[int] = []
+
+    class Counting(Recorder):
+        def on_stored_many(self, infos: list[BlobInfo]) -> None:
+            calls.append(len(infos))
+            super().on_stored_many(infos)
+
+        def on_stored(self, info: BlobInfo) -> None:
+            calls.append(1)
+            super().on_stored(info)
+
+    store.observer = Counting()
+    batch = store.batch(U, NS)
+    for i in range(6):
+        data = sealed(f"m{i}", 700)
+        await batch.receive(f"m{i}", chunked(data), len(data))
+    await batch.flush()
+    assert calls == [6]

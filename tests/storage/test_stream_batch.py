@@ -181,3 +181,29 @@ async def test_read_many_of_a_missing_payload(files: FilePayloads) -> None:
     await files.delete(loc)
     with pytest.raises(BlobNotFound):
         await files.read_many([loc])
+
+
+async def test_take_checks_and_stores_as_receive_does(store: BlobStore, sealed: Sealed) -> None:
+    """``take``, a whole blob in hand (a stream's small blobs): the same refusals as
+    ``receive``, and the same rows and bytes once flushed."""
+    batch = store.batch(U, NS)
+    with pytest.raises(InvalidBlob):
+        batch.take("x", b"X" * 3000, 3000)
+    with pytest.raises(InvalidBlob):  # its preamble names another blob
+        data = sealed("other")
+        batch.take("y", data, len(data))
+    data = sealed("z")
+    with pytest.raises(ProtocolError):  # shorter than announced
+        batch.take("z", data, len(data) + 5)
+    with pytest.raises(ValueError):
+        batch.take("big", b"", BATCH_BLOB_MAX + 1)
+    assert len(batch) == 0
+    blobs = {f"t{i}": sealed(f"t{i}", 500 * i) for i in range(5)}
+    for blob_id, data in blobs.items():
+        batch.take(blob_id, data, len(data))
+    outcomes = await batch.flush()
+    assert [blob_id for blob_id, o in outcomes if isinstance(o, BlobInfo)] == list(blobs)
+    for blob_id, data in blobs.items():
+        assert await read_all(store, blob_id) == data
+        info = await store.index.get_blob(U, NS, blob_id)
+        assert info is not None and info.tag == data[-16:]

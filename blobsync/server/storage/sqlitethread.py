@@ -28,16 +28,24 @@ IN_BATCH = 500
 
 BUSY_TIMEOUT_MS = 30_000
 JOURNAL_SIZE_LIMIT = 32 << 20
+CHECKPOINT_BYTES = 1000 * 4096
 
 
 class SQLiteThread:
     def __init__(
-        self, path: str, *, synchronous: str, name: str, incremental_vacuum: bool = False
+        self,
+        path: str,
+        *,
+        synchronous: str,
+        name: str,
+        incremental_vacuum: bool = False,
+        page_size: int | None = None,
     ) -> None:
         self.path = path
         self._synchronous = synchronous
         # Only takes effect on a new database (or at the next VACUUM): see sqlitepayloads.
         self._incremental_vacuum = incremental_vacuum
+        self._page_size = page_size  # likewise: a database in WAL mode keeps its page size
         self.created = False  # whether our open() made the database file
         self._name = name
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -90,6 +98,8 @@ class SQLiteThread:
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if self._page_size is not None:
+                conn.execute(f"PRAGMA page_size = {int(self._page_size)}")
             if self._incremental_vacuum:
                 # Before WAL mode: on a new database, journal_mode writes the header and
                 # fixes auto_vacuum for good.
@@ -99,6 +109,10 @@ class SQLiteThread:
                 raise RuntimeError(f"SQLite at {self.path} refused WAL mode ({mode})")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+            size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            # Checkpoint after about as many bytes as the default 1,000 pages of 4 KiB, not
+            # 1,000 pages of whatever size the database has.
+            conn.execute(f"PRAGMA wal_autocheckpoint = {max(CHECKPOINT_BYTES // size, 1)}")
         except BaseException:
             conn.close()
             raise
