@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the server on uvloop's event loop (needs uvloop installed)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--workdir", type=Path, help="parent of the temporary directory")
-    p.add_argument("--no-save", action="store_true", help="do not write results or chart")
+    p.add_argument("--no-save", action="store_true", help="do not write results or chart (with --from-results: no chart)")
     p.add_argument("--update-readme", action="store_true",
                    help="rewrite the Benchmarks section of README.md from this run")
     p.add_argument("--from-results", metavar="JSON", type=Path,
@@ -94,9 +94,10 @@ def replay(args: argparse.Namespace) -> int:
     print(report.text_table(report.FIG_HEADERS, report.figures(doc["results"])))
     print()
     print(report.text_table(report.TARGET_HEADERS, report.target_rows(ts)))
-    png = args.from_results.parent / "latest.png"
-    report.chart(doc, png)
-    log(f"chart: {png}")
+    if not args.no_save:  # the chart needs matplotlib, which only the bench extra installs
+        png = args.from_results.parent / "latest.png"
+        report.chart(doc, png)
+        log(f"chart: {png}")
     if args.update_readme:
         report.update_readme(report.markdown(doc, ts))
         log("README.md: Benchmarks section updated")

@@ -204,9 +204,11 @@ def test_compare_knows_which_way_is_better(bench: dict[str, ModuleType]) -> None
 def test_old_results_file_still_renders(tmp_path: Path) -> None:
     """``--from-results`` on a run from before issue 13: the new rows and targets are '-'."""
     old = BENCH / "results" / "2026-12-05T010457.json"
-    copy = tmp_path / old.name  # the chart goes beside it, not into bench/results
+    copy = tmp_path / old.name
     copy.write_text(old.read_text())
-    run = subprocess.run([sys.executable, str(BENCH / "run.py"), "--from-results", str(copy)],
+    # --no-save: no chart, so this runs without the bench extra (matplotlib), as make test does
+    run = subprocess.run([sys.executable, str(BENCH / "run.py"), "--from-results", str(copy),
+                          "--no-save"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
@@ -220,4 +222,16 @@ def test_old_results_file_still_renders(tmp_path: Path) -> None:
     target = next(line for line in lines
                   if line.startswith("scale-out: S3 requests per small blob stored"))
     assert target.split()[-3:] == ["<=", "0.05", "n/a"]
+    assert not (tmp_path / "latest.png").exists()  # --no-save: no chart
+
+
+def test_old_results_file_still_charts(tmp_path: Path) -> None:
+    """Without --no-save the replay draws the chart beside the file (bench extra only)."""
+    pytest.importorskip("matplotlib", reason="the chart needs the bench extra (make bench)")
+    old = BENCH / "results" / "2026-12-05T010457.json"
+    copy = tmp_path / old.name  # the chart goes beside it, not into bench/results
+    copy.write_text(old.read_text())
+    run = subprocess.run([sys.executable, str(BENCH / "run.py"), "--from-results", str(copy)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
     assert (tmp_path / "latest.png").stat().st_size > 0
