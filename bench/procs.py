@@ -71,7 +71,8 @@ def run_measured(
     argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
     timeout: float = 3600,
 ) -> Measured:
-    """Run ``argv`` to its end; time it and take its peak RSS from wait4's rusage.
+    """Run ``argv`` to its end; time it, take its CPU from wait4's rusage and its peak RSS
+    from its own VmHWM (see watch_rss).
 
     Stdout lines are timestamped as they arrive (``put`` prints each blob as it is stored,
     which splits its local phase from its upload phase).
@@ -93,15 +94,37 @@ def run_measured(
         assert proc.stderr is not None
         err.append(proc.stderr.read())
 
+    peak = [0]
+    ended = threading.Event()
+
+    def watch_rss() -> None:
+        # wait4's ru_maxrss is no measure of the child alone: at exec, Linux keeps the
+        # high-water mark of the mm the child leaves, which is this (large) process's, so
+        # every child "peaked" at least at the bench's own peak. VmHWM of the child's own
+        # mm, read until it ends, is; only growth in its last few ms can escape it.
+        mine = "\0".join(argv) + "\0"
+        while not ended.wait(0.005):
+            try:
+                # Before the exec the child still runs as a copy of us: not its figure yet.
+                if Path(f"/proc/{proc.pid}/cmdline").read_text() != mine:
+                    continue
+                peak[0] = max(peak[0], _proc_status_kib(proc.pid, "VmHWM"))
+            except (OSError, ValueError):
+                continue
+
     threads = [threading.Thread(target=f, daemon=True) for f in (pump_out, pump_err)]
     for t in threads:
         t.start()
+    watcher = threading.Thread(target=watch_rss, daemon=True)
+    watcher.start()
     timer = threading.Timer(timeout, lambda: _kill_quietly(proc.pid))
     timer.start()
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     finally:
         timer.cancel()
+        ended.set()
+        watcher.join()
     seconds = time.perf_counter() - start
     # Popen must not wait for a pid that wait4 already reaped.
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -111,7 +134,7 @@ def run_measured(
         argv=list(argv),
         seconds=seconds,
         returncode=proc.returncode,
-        max_rss_kib=usage.ru_maxrss,  # KiB on Linux
+        max_rss_kib=peak[0],
         cpu_seconds=usage.ru_utime + usage.ru_stime,
         lines=lines,
         stderr=b"".join(err).decode(errors="replace"),
