@@ -286,19 +286,23 @@ def read_small(path: str, size: int) -> bytes | None:
     ``size`` is asked for, so a file that grew shows without reading all of it."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        parts: list[bytes] = []
-        n = 0
-        while n <= size:
+        first = os.read(fd, size + 1)
+        if len(first) == size:
+            # A regular file reads short only at its end: no second read to see the end
+            # (for 10,000 small files, 10,000 system calls fewer).
+            return first
+        parts = [first]
+        n = len(first)
+        chunk = first
+        while chunk and n <= size:
             chunk = os.read(fd, size + 1 - n)
-            if not chunk:
-                break
             parts.append(chunk)
             n += len(chunk)
     finally:
         os.close(fd)
     if n != size:
         return None
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return b"".join(parts)
 
 
 def file_source(path: Path) -> Source:

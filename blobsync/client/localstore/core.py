@@ -26,6 +26,9 @@ T = TypeVar("T")
 
 # Rows of one multi-row INSERT: 1,000 bound values, under any SQLite's limit.
 PAYLOADS_PER_STATEMENT = 500
+# Values bound to one multi-row INSERT of ``_insert_rows``: well under SQLite's limit
+# (32,766 since 3.32), large enough that a batch of 500 rows is one or two statements.
+MAX_BOUND_VALUES = 4_500
 
 
 class StoreCore:
@@ -117,6 +120,16 @@ class StoreCore:
                 + ",".join(["(?, ?)"] * len(part)),
                 [v for pair in part for v in pair],
             )
+
+    def _insert_rows(self, head: str, row: str, rows: list[tuple[Any, ...]]) -> None:
+        """``head`` (an ``INSERT ... VALUES``) for ``rows``, many rows a statement with
+        ``row`` the placeholders of one: one step of SQLite each, not one a row."""
+        if not rows:
+            return
+        per = max(1, MAX_BOUND_VALUES // len(rows[0]))
+        for i in range(0, len(rows), per):
+            part = rows[i : i + per]
+            self._conn.execute(head + ",".join([row] * len(part)), [v for r in part for v in r])
 
     def _tx(self) -> Transaction:
         return Transaction(self._conn, self._commit_failed)

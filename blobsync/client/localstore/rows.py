@@ -45,6 +45,23 @@ class Row:
             r[10], r[11], r[12], r[13], r[14],
         )
 
+# COLUMNS as one JSON array per row (``Row.from_json``), for reads of many rows in one
+# step of SQLite: reals printed in full (JSON's own form keeps 15 digits), the BLOB in hex.
+JSON_COLUMNS = (
+    "json_array(id, namespace, blob_id, status, priority, size, sealed_size, location, "
+    "inline, external, retries, printf('%.17g', next_attempt), verify_failures, "
+    "CASE WHEN partial_tag IS NULL THEN NULL ELSE hex(partial_tag) END, "
+    "printf('%.17g', created))"
+)
+
+
+def row_from_json(r: list[Any]) -> Row:
+    """A Row from one array of JSON_COLUMNS."""
+    return Row(
+        r[0], r[1], r[2], SyncStatus(r[3]), r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9]),
+        r[10], float(r[11]), r[12], None if r[13] is None else bytes.fromhex(r[13]),
+        float(r[14]),
+    )
 
 
 @dataclass(frozen=True, slots=True)

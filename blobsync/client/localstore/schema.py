@@ -79,11 +79,19 @@ SCHEMA_VERSION = "4"
 PAYLOADS_DB = "payloads.db"
 
 
+# The page size of a new payload database (an existing one keeps its own).
+PAYLOAD_PAGE_SIZE = 32768
+
+
 def prepare(conn: Any, db_path: Path, payloads_path: Path) -> None:
     """Attach the payload database, set both databases' journaling, create what is
     missing and migrate an older store, on a connection just keyed."""
     # An empty key: the payload database is not encrypted (its rows are sealed blobs).
     conn.execute("ATTACH DATABASE ? AS pl KEY ''", (str(payloads_path),))
+    # A new payload database takes larger pages (an existing one keeps its own): a sealed
+    # 10 KB blob spans a leaf cell and three overflow pages on 4 KiB pages, and its own
+    # part of one page on 32 KiB pages; the server's payload database does the same.
+    conn.execute(f"PRAGMA pl.page_size = {PAYLOAD_PAGE_SIZE}")
     conn.execute("PRAGMA main.journal_mode = WAL")
     # NORMAL in WAL mode: a power cut may lose the last commits, never consistency;
     # a lost commit only means a blob is fetched or sent again. The two databases

@@ -82,7 +82,7 @@ class StoreWrites(StoreCore):
             conn = self._conn
             with self._tx():
                 # The row ids given here, not by SQLite one INSERT at a time: then each
-                # table takes the batch in one executemany. Past both the highest id
+                # table takes the batch in a few multi-row INSERTs. Past both the highest id
                 # ever given out and the highest in use, as AUTOINCREMENT picks them
                 # (the write lock is held: nobody else picks meanwhile), and the INSERT
                 # with an id moves sqlite_sequence past it.
@@ -91,27 +91,22 @@ class StoreWrites(StoreCore):
                     "WHERE name = 'blobs'), 0), coalesce((SELECT max(id) FROM main.blobs), 0))"
                 ).fetchone()[0]
                 value = status.value
-                before = conn.total_changes
+                rows = [(i, namespace, it.blob_id, value, priority, it.size, len(it.payload),
+                         now, it.payload[-TAG_SIZE:]) for i, it in enumerate(items, base + 1)]
                 try:
-                    conn.executemany(
+                    self._insert_rows(
                         "INSERT INTO blobs (id, namespace, blob_id, status, priority, size, "
-                        "sealed_size, inline, created, tag) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
-                        [(i, namespace, it.blob_id, value, priority, it.size, len(it.payload),
-                          now, it.payload[-TAG_SIZE:]) for i, it in enumerate(items, base + 1)],
+                        "sealed_size, inline, created, tag) VALUES ",
+                        "(?, ?, ?, ?, ?, ?, ?, 1, ?, ?)", rows,
                     )
                 except sqlcipher.IntegrityError:
-                    # The rows before the culprit went in (and are rolled back): it is
-                    # the one after them.
-                    culprit = items[conn.total_changes - before].blob_id
                     raise BlobExists(
-                        f"blob {culprit} already exists in namespace {namespace}"
+                        f"blob {self._first_present(namespace, items)} already exists in "
+                        f"namespace {namespace}"
                     ) from None
-                conn.executemany(
-                    # OR REPLACE: as in ``insert``.
-                    "INSERT OR REPLACE INTO pl.payloads (id, data) VALUES (?, ?)",
-                    [(i, it.payload) for i, it in enumerate(items, base + 1)],
-                )
+                # OR REPLACE: a payload already at a new row's id is an orphan
+                # (_drop_payloads_past_rows), never a live one.
+                self._put_payloads([(i, it.payload) for i, it in enumerate(items, base + 1)])
                 self._record_sources(namespace, [
                     (it.source, it.blob_id, i) for i, it in enumerate(items, base + 1)
                     if it.source is not None
@@ -121,11 +116,24 @@ class StoreWrites(StoreCore):
 
     def _record_sources(self, namespace: str, found: list[tuple[Source, str, int]]) -> None:
         # Inside the caller's transaction: the blob and where it came from, or neither.
-        self._conn.executemany(
+        self._insert_rows(
             "INSERT OR REPLACE INTO sources (namespace, path, size, mtime_ns, blob_id, "
-            "row_id) VALUES (?, ?, ?, ?, ?, ?)",
+            "row_id) VALUES ", "(?, ?, ?, ?, ?, ?)",
             [(namespace, src.path, src.size, src.mtime_ns, b, r) for src, b, r in found],
         )
+
+    def _first_present(self, namespace: str, items: list[Sealed]) -> str:
+        """The first of ``items`` whose id the store holds (after a failed insert_many)."""
+        held = {b for (b,) in self._select_in(
+            "SELECT blob_id FROM blobs WHERE namespace = ? AND blob_id IN ({})",
+            (namespace,), [it.blob_id for it in items],
+        )}
+        seen: set[str] = set()
+        for it in items:  # held before, or twice in the batch
+            if it.blob_id in held or it.blob_id in seen:
+                return it.blob_id
+            seen.add(it.blob_id)
+        return items[0].blob_id
 
     async def add_pending_downloads(self, namespace: str, blob_ids: Iterable[str]) -> int:
         """Rows PENDING_DOWNLOAD for ids the store does not know; returns how many."""
@@ -184,16 +192,15 @@ class StoreWrites(StoreCore):
         cols = ", ".join(f"{k} = ?" for k in fields)
         vals = [v.value if isinstance(v, SyncStatus) else v for v in fields.values()]
         sql = (
-            f"UPDATE blobs SET {cols} WHERE namespace = ? AND blob_id = ? "
+            f"UPDATE blobs SET {cols} WHERE namespace = ? "
+            f"AND blob_id IN (SELECT value FROM json_each(?)) "
             f"AND status IN ({','.join('?' * len(sts))})"
         )
 
         def q() -> int:
             with self._tx():
-                # One statement for the batch: rowcount then sums the rows changed.
-                before = self._conn.total_changes
-                self._conn.executemany(sql, [(*vals, namespace, b, *sts) for b in ids])
-                return self._conn.total_changes - before
+                # One statement, one step of SQLite for the batch (see attach_many).
+                return self._conn.execute(sql, (*vals, namespace, json.dumps(ids), *sts)).rowcount
 
         return await self._run(q)
 
