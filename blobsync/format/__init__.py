@@ -13,6 +13,15 @@ from .limits import (
     MAX_JSON_HEADER,
     valid_id,
 )
+from .meta import (
+    MAX_META_LENGTH,
+    InvalidMeta,
+    Meta,
+    check_meta_text,
+    open_meta,
+    seal_meta,
+    valid_name,
+)
 from .preamble import (
     ENCODED_PREAMBLE_SIZE,
     PREAMBLE_SIZE,
@@ -56,6 +65,8 @@ from .stream import (
 )
 
 __all__ = [
+    "MAX_META_LENGTH", "InvalidMeta", "Meta", "check_meta_text", "open_meta", "seal_meta",
+    "valid_name",
     "BlobsyncError", "InvalidBlob", "LimitExceeded", "ProtocolError", "SECRET_SIZE",
     "blob_key", "local_key", "rounded_size", "CHUNK_SIZE", "FRAME_HEADER_SIZE",
     "MAX_FRAME_SIZE", "MAX_ID_LENGTH", "MAX_JSON_HEADER", "valid_id", "ENCODED_PREAMBLE_SIZE",
