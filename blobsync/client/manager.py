@@ -22,7 +22,7 @@ from .errors import ServerError, TransientError
 from .feedsync import FeedSync
 from .getting import Getter
 from .incoming import IncomingConsumer, IncomingReport, IncomingStreamConsumer, process_incoming
-from .localstore import LocalStore, Row, Source
+from .localstore import LocalStore, Named, Row, Source
 from .lock import ProfileLock
 from .model import (
     HAS_PAYLOAD,
@@ -36,7 +36,7 @@ from .model import (
 )
 from .parts import Parts
 from .profile import Profile
-from .putting import Putter, file_source
+from .putting import Naming, Putter, file_source
 from .settings import ClientSettings
 from .sync import PHASES, SyncEngine
 from .transport import Transport
@@ -139,18 +139,40 @@ class BlobManager:
         priority: Priority = "medium",
         local_only: bool = False,
         upload: bool = True,
+        name: str | None = None,
+        mtime: float | None = None,
+        mode: int | None = None,
+        media_type: str | None = None,
     ) -> str:
         """Seal ``data`` (bytes, or the path of a file, streamed) into the local store, then
         upload it unless ``local_only`` or ``upload=False`` (it then waits, PENDING_UPLOAD,
         for the next sync). A passing upload failure leaves it PENDING_UPLOAD with its retry
         scheduled; a refusal (413, 507, ...) marks it FAILED_UPLOAD and raises RemoteError.
+
+        ``name`` gives the blob a meta (SPEC 11): a relative path with ``/`` between its
+        parts, sealed with the blob's size, ``mtime`` (a file's own, else now), ``mode``
+        (a file's own permission bits, else none) and ``media_type``. It is kept readable
+        in this device's encrypted store (``named``).
         """
         blob_id = blob_id or uuid.uuid4().hex
         check_ids(namespace, blob_id)
+        naming = None if name is None else Naming(name, mtime, mode, media_type)
         await self._putter.put(
-            blob_id, data, namespace, priority_rank(priority), local_only, upload
+            blob_id, data, namespace, priority_rank(priority), local_only, upload, naming
         )
         return blob_id
+
+    async def named(
+        self, prefix: str = "", *, namespace: str = "default", whole_parts: bool = False,
+        name: str | None = None,
+    ) -> list[Named]:
+        """The blobs of ``namespace`` in name order (those without a name first, with an
+        empty one), as this device knows them; not those being deleted. ``prefix``: names
+        that start with it; with ``whole_parts``, only the name itself and the names under
+        it as a directory (``photos`` takes ``photos/a.jpg``, not ``photos2/b.jpg``).
+        ``name``: that exact name (several blobs may share one)."""
+        check_ids(namespace)
+        return await self.store.named(namespace, prefix, whole_parts=whole_parts, name=name)
 
     async def stored_copies(
         self, paths: Iterable[str | Path], *, namespace: str = "default",
@@ -178,6 +200,7 @@ class BlobManager:
         force: bool = False,
         already: Callable[[str, Path], None] | None = None,
         sources: Sequence[Source] | None = None,
+        names: Sequence[str] | None = None,
     ) -> list[str]:
         """Seal files into the local store under new ids. Small files are read, sealed
         and kept many per transaction: one commit per blob is what made storing thousands
@@ -201,13 +224,19 @@ class BlobManager:
         ``sources``, one per path in order, are the files' ``file_source`` when the caller
         took them already (the CLI, from the open that checked each file can be read):
         then no file is stat'ed again.
+
+        ``names``, one per path in order, give each blob a meta (SPEC 11, as ``put``'s
+        ``name``) with the file's size, mtime and mode.
         """
         check_ids(namespace)
         rank = priority_rank(priority)
         files = _with_sources(paths, sources)
+        by_path = None
+        if names is not None:
+            by_path = dict(zip((p for p, _ in files), names, strict=True))
         return await self._putter.put_many(
             files, namespace, rank, local_only, stored, upload, progress, report, force,
-            already,
+            already, by_path,
         )
 
     async def _upload_now(self, row: Row, sealed: bytes | None = None) -> None:

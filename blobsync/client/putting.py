@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from blobsync.format import Sealer, seal, sealed_size
+from blobsync.format import LimitExceeded, Meta, Sealer, seal, seal_meta, sealed_size
 
 from .errors import (
     AlreadyOnServer,
@@ -40,12 +42,12 @@ PUT_BATCH_BYTES = 4 << 20
 class Putter(UsesParts):
     async def put(
         self, blob_id: str, data: bytes | str | Path, namespace: str, rank: int,
-        local_only: bool, upload: bool,
+        local_only: bool, upload: bool, naming: Naming | None = None,
     ) -> None:
         """BlobManager.put with its ids checked: store the blob, then upload it unless
-        ``local_only`` or not ``upload``."""
+        ``local_only`` or not ``upload``. ``naming``: what its meta is to say."""
         async with self.lock.hold("put"):
-            sealed = await self._put(blob_id, data, namespace, rank, local_only)
+            sealed = await self._put(blob_id, data, namespace, rank, local_only, naming)
             if upload and not local_only:
                 row = await self.store.get(namespace, blob_id)
                 assert row is not None
@@ -53,7 +55,7 @@ class Putter(UsesParts):
 
     async def _put(
         self, blob_id: str, data: bytes | str | Path, namespace: str, rank: int,
-        local_only: bool,
+        local_only: bool, naming: Naming | None = None,
     ) -> bytes | None:
         """Store the blob; returns its sealed bytes when they are small enough to have
         been sealed in memory (the upload sends them as they are, not read back)."""
@@ -67,6 +69,8 @@ class Putter(UsesParts):
             path = Path(data)
             source = file_source(path)
             size = source.size
+        meta = None if naming is None else naming.meta(size, source)
+        meta_text = None if meta is None else _seal_meta(self._secret, blob_id, meta)
         total = sealed_size(size)
         if total <= self.store.inline_max:
             plain = data if isinstance(data, bytes) else await asyncio.to_thread(path.read_bytes)
@@ -75,7 +79,7 @@ class Putter(UsesParts):
             sealed = seal(self._secret, blob_id, plain)
             await self.store.insert(
                 namespace, blob_id, status, priority=rank, size=size, sealed_size=total,
-                payload=sealed, source=source,
+                payload=sealed, source=source, meta=meta, meta_text=meta_text,
             )
             return sealed
         else:
@@ -84,7 +88,7 @@ class Putter(UsesParts):
             try:
                 await self.store.insert(
                     namespace, blob_id, status, priority=rank, size=size, sealed_size=total,
-                    location=location, source=source,
+                    location=location, source=source, meta=meta, meta_text=meta_text,
                 )
             except BaseException:
                 self.store.blob_path(location).unlink(missing_ok=True)
@@ -111,9 +115,10 @@ class Putter(UsesParts):
         report: SyncReport | None,
         force: bool,
         already: Callable[[str, Path], None] | None,
+        names: dict[Path, str] | None = None,
     ) -> list[str]:
         """BlobManager.put_many (its docstring says what) with the namespace checked and
-        every file's source taken."""
+        every file's source taken; ``names``: the name of each file's meta, if any."""
         status = SyncStatus.LOCAL_ONLY if local_only else SyncStatus.PENDING_UPLOAD
         ids: list[str] = []
         # (path, its source, its blob when stored before): reported in path order.
@@ -144,7 +149,7 @@ class Putter(UsesParts):
             items: list[Sealed] = []
             if new:
                 # Sealing the next batch while this one commits was tried: slower (the GIL).
-                items = await asyncio.to_thread(self._seal_small, new)
+                items = await asyncio.to_thread(self._seal_small, new, names)
                 await self.store.insert_many(namespace, status, rank, items)
             fresh = iter(items)
             for path, _, known in todo:
@@ -170,7 +175,9 @@ class Putter(UsesParts):
                         continue
                     await flush()  # ids stay in the order of the paths
                     blob_id = uuid.uuid4().hex
-                    await self.put(blob_id, path, namespace, rank, local_only, upload=False)
+                    naming = None if names is None else Naming(names[path])
+                    await self.put(blob_id, path, namespace, rank, local_only, upload=False,
+                                   naming=naming)
                     tell(blob_id, path, True)
                 await flush()
                 await settle(0)
@@ -181,10 +188,12 @@ class Putter(UsesParts):
                 await asyncio.gather(*uploads, return_exceptions=True)
         return ids
 
-    def _seal_small(self, files: list[tuple[Path, Source]]) -> list[Sealed]:
-        """Read and seal small files (in a worker thread: one hop per batch). Read with
-        os calls on the source's path, a string: a file object and a Path per file cost
-        more than the read itself for 10 KB."""
+    def _seal_small(
+        self, files: list[tuple[Path, Source]], names: dict[Path, str] | None = None
+    ) -> list[Sealed]:
+        """Read and seal small files (in a worker thread: one hop per batch), and their
+        metas when ``names`` has them. Read with os calls on the source's path, a string:
+        a file object and a Path per file cost more than the read itself for 10 KB."""
         out = []
         secret = self._secret
         new_id = _new_id
@@ -196,7 +205,12 @@ class Putter(UsesParts):
             if plain is None:
                 raise ClientError(f"{path} changed while it was read")
             blob_id = new_id()
-            out.append(Sealed(blob_id, src.size, seal(secret, blob_id, plain), src))
+            if names is None:
+                out.append(Sealed(blob_id, src.size, seal(secret, blob_id, plain), src))
+                continue
+            meta = _file_meta(names[path], src)
+            out.append(Sealed(blob_id, src.size, seal(secret, blob_id, plain), src, meta,
+                              _seal_meta(secret, blob_id, meta)))
         return out
 
     async def _make_room(self, namespace: str, blob_id: str) -> None:
@@ -271,6 +285,44 @@ class Putter(UsesParts):
         )
 
 
+@dataclass(frozen=True)
+class Naming:
+    """What a blob's meta is to say besides its size (SPEC 11): its name, and its mtime
+    and mode when no file gives them (a file's are taken from the file)."""
+
+    name: str
+    mtime: float | None = None
+    mode: int | None = None
+    media_type: str | None = None
+
+    def meta(self, size: int, source: Source | None) -> Meta:
+        mtime = self.mtime
+        if mtime is None:
+            mtime = source.mtime_ns / 1e9 if source is not None else time.time()
+        mode = self.mode
+        if mode is None and source is not None and source.mode is not None:
+            mode = source.mode
+        try:
+            return Meta(self.name, size, mtime, mode, self.media_type)
+        except ValueError as exc:
+            raise ClientError(f"cannot name a blob {self.name!r}: {exc}") from None
+
+
+def _file_meta(name: str, src: Source) -> Meta:
+    """Naming(name).meta for a file, without the Naming: a few microseconds a file."""
+    try:
+        return Meta(name, src.size, src.mtime_ns / 1e9, src.mode)
+    except ValueError as exc:
+        raise ClientError(f"cannot name a blob {name!r}: {exc}") from None
+
+
+def _seal_meta(secret: bytes, blob_id: str, meta: Meta) -> str:
+    try:
+        return seal_meta(secret, blob_id, meta)
+    except LimitExceeded as exc:
+        raise ClientError(f"cannot name a blob {meta.name[:40]!r}...: {exc}") from None
+
+
 def _new_id() -> str:
     """A random id as uuid4().hex makes it (version and variant bits set), without the
     UUID object."""
@@ -312,4 +364,4 @@ def file_source(path: Path) -> Source:
         st = path.stat()
     except OSError as exc:
         raise ClientError(f"cannot read {path}: {exc.strerror}") from None
-    return Source(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    return Source(os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)

@@ -10,7 +10,6 @@ metadata").
 from __future__ import annotations
 
 import binascii
-import hashlib
 import hmac
 import json
 import math
@@ -48,6 +47,8 @@ META_KEY_PREFIX = b"blobsync-meta:"
 MAX_MODE = 0o7777
 
 _KNOWN = ("name", "size", "mtime", "mode", "type")
+# JSON's string form, as json.dumps(ensure_ascii=False) writes it (the C encoder).
+_encode_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
 _URLSAFE_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
@@ -59,7 +60,7 @@ class InvalidMeta(ProtocolError):
     status_hint = 400
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Meta:
     """What a meta holds. ``name`` is a relative path with ``/`` between its parts;
     ``size`` the plaintext size; ``mtime`` seconds since the epoch. ``extra`` keeps the
@@ -78,6 +79,17 @@ class Meta:
             raise ValueError(problem)
 
     def to_json(self) -> bytes:
+        if not self.extra and type(self.mtime) is float:
+            # The usual meta, written out by hand: json.dumps took 4 us of the ~12 that
+            # sealing a meta costs, for each of thousands of small files. The same text
+            # json.dumps gives (a float's repr is its JSON form).
+            text = '{"name":' + _encode_str(self.name) + ',"size":' + str(self.size) \
+                + ',"mtime":' + repr(self.mtime)
+            if self.mode is not None:
+                text += ',"mode":' + str(self.mode)
+            if self.type is not None:
+                text += ',"type":' + _encode_str(self.type)
+            return (text + "}").encode("utf-8")
         doc: dict[str, Any] = dict(self.extra)
         doc.update(name=self.name, size=self.size, mtime=self.mtime)
         if self.mode is not None:
@@ -98,8 +110,7 @@ def valid_name(name: str) -> bool:
 def meta_key(secret: bytes, blob_id: str) -> bytes:
     """The AES-256 key of one blob's meta (SPEC 11)."""
     check_secret(secret)
-    return hmac.new(secret[64:], META_KEY_PREFIX + blob_id.encode("utf-8"),
-                    hashlib.sha256).digest()
+    return hmac.digest(secret[64:], META_KEY_PREFIX + blob_id.encode("utf-8"), "sha256")
 
 
 def seal_meta(secret: bytes, blob_id: str, meta: Meta) -> str:

@@ -65,7 +65,7 @@ async def test_a_schema_3_store_migrates_in_place_to_4(devices) -> None:
             return version[0], cols, n
 
         version, cols, n = await b.store._run(layout)
-        assert (version, n) == (SCHEMA_VERSION, 0) == ("4", 0)
+        assert (version, n) == (SCHEMA_VERSION, 0) == ("5", 0)
         assert "tag" in cols
         assert await b.get(blob) == b"kept through the migration"
         # The tag of a blob from before the column is read from its payload, then kept.

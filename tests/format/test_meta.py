@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from blobsync.format import LimitExceeded, ProtocolError
 from blobsync.format.meta import (
     MAX_META_LENGTH,
+    MAX_META_PLAINTEXT,
     MIN_META_BYTES,
     InvalidMeta,
     Meta,
@@ -171,3 +172,19 @@ def test_meta_objects_check_their_fields() -> None:
         Meta("../x", 1, 2)
     with pytest.raises(ValueError):
         Meta("x", -1, 2)
+
+
+@given(st.text(min_size=1).filter(valid_name), st.integers(min_value=0),
+       st.floats(allow_nan=False, allow_infinity=False) | st.integers(),
+       st.none() | st.integers(min_value=0, max_value=0o7777), st.none() | st.text())
+def test_the_json_is_what_json_dumps_writes(name: str, size: int, mtime: float, mode: int | None,
+                                            mtype: str | None) -> None:
+    doc = {"name": name, "size": size, "mtime": mtime}
+    if mode is not None:
+        doc["mode"] = mode
+    if mtype is not None:
+        doc["type"] = mtype
+    meta = Meta(name, size, mtime, mode, mtype)
+    assert meta.to_json() == json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    if len(meta.to_json()) <= MAX_META_PLAINTEXT:
+        assert open_meta(SECRET, BLOB, seal_meta(SECRET, BLOB, meta)) == meta

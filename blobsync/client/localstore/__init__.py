@@ -28,7 +28,7 @@ Others import from here, not from the parts.
 """
 
 from .files import LocalFileWriter, read_file
-from .rows import Attach, Row, Sealed, Source
+from .rows import Attach, Named, Row, Sealed, Source
 from .schema import PAYLOADS_DB, SCHEMA_VERSION
 from .store import LocalStore
 
@@ -38,6 +38,7 @@ __all__ = [
     "Attach",
     "LocalFileWriter",
     "LocalStore",
+    "Named",
     "Row",
     "Sealed",
     "Source",

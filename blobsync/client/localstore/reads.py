@@ -13,7 +13,16 @@ from ..errors import ClientError
 from ..model import SyncStatus
 from .core import StoreCore
 from .files import FILE_CHUNK, read_file, read_tail
-from .rows import COLUMNS, JSON_COLUMNS, Row, Source, row_from_json
+from .rows import (
+    COLUMNS,
+    JSON_COLUMNS,
+    NAMED_COLUMNS,
+    Named,
+    Row,
+    Source,
+    named_from_db,
+    row_from_json,
+)
 
 # Inline payloads read per query for a stream upload: few queries, bounded memory.
 INLINE_READ_BYTES = 4 << 20
@@ -37,6 +46,40 @@ class StoreReads(StoreCore):
                 (namespace, json.dumps(ids)),
             )
             return {row.blob_id: row for row in map(row_from_json, rows)}
+
+        return await self._run(q)
+
+    async def named(
+        self, namespace: str, prefix: str = "", *, whole_parts: bool = False,
+        name: str | None = None,
+    ) -> list[Named]:
+        """The blobs of ``namespace`` (not those being deleted) in name order, then id
+        order; those without a name first. ``prefix``: only names that start with it
+        (``whole_parts``: only the name itself or names under it as a directory, so that
+        ``photos`` takes ``photos/a.jpg`` and not ``photos2/b.jpg``). ``name``: only that
+        exact name."""
+        sql = f"SELECT {NAMED_COLUMNS} FROM blobs WHERE namespace = ? AND status != ?"
+        args: list[Any] = [namespace, SyncStatus.PENDING_DELETE.value]
+        if name is not None:
+            sql += " AND name = ?"
+            args.append(name)
+        elif prefix and whole_parts:
+            base = prefix.rstrip("/")
+            sql += " AND (name = ? OR (name >= ? AND name < ?))"
+            args += [base, base + "/", base + "0"]  # '0' follows '/'
+        elif prefix:
+            # A range, not LIKE: the index on (namespace, name) serves it, and no
+            # character of the prefix is a wildcard.
+            sql += " AND name >= ?"
+            args.append(prefix)
+            above = _after(prefix)
+            if above is not None:
+                sql += " AND name < ?"
+                args.append(above)
+        sql += " ORDER BY name, id"
+
+        def q() -> list[Named]:
+            return [named_from_db(r) for r in self._conn.execute(sql, args)]
 
         return await self._run(q)
 
@@ -285,3 +328,16 @@ class StoreReads(StoreCore):
         if not row.location:
             raise ClientError(f"blob {row.blob_id} has no local payload")
         return await asyncio.to_thread(read_tail, self.blob_path(row.location), n)
+
+
+def _after(prefix: str) -> str | None:
+    """The least string above every string that starts with ``prefix`` (in SQLite's
+    BINARY order of UTF-8, which is code point order); None when there is none."""
+    while prefix:
+        c = ord(prefix[-1]) + 1
+        if 0xD800 <= c <= 0xDFFF:  # surrogates are not characters SQLite can hold
+            c = 0xE000
+        if c <= 0x10FFFF:
+            return prefix[:-1] + chr(c)
+        prefix = prefix[:-1]
+    return None

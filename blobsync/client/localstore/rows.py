@@ -4,8 +4,10 @@ from (``Source``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from blobsync.format import Meta
 
 from ..model import HAS_PAYLOAD, SyncStatus
 
@@ -84,6 +86,8 @@ class Source:
     path: str
     size: int
     mtime_ns: int
+    # Permission bits, for a meta; not part of what identifies the file's content.
+    mode: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,4 +99,28 @@ class Sealed:
     size: int
     payload: bytes
     source: Source | None = None
+    meta: Meta | None = None  # what the meta says, kept readable in the encrypted store
+    meta_text: str | None = None  # the sealed meta, as it travels
 
+
+@dataclass(frozen=True, slots=True)
+class Named:
+    """A blob as a listing by name shows it: what its meta says (``name`` empty for a
+    blob without one), with its state here."""
+
+    blob_id: str
+    status: SyncStatus
+    size: int | None
+    name: str
+    mtime: float | None
+    mode: int | None
+    mtype: str | None
+    created: float
+
+
+# The columns ``Named.from_db`` reads, in its order.
+NAMED_COLUMNS = "blob_id, status, size, coalesce(name, ''), mtime, mode, mtype, created"
+
+
+def named_from_db(r: tuple[Any, ...]) -> Named:
+    return Named(r[0], SyncStatus(r[1]), r[2], r[3], r[4], r[5], r[6], r[7])

@@ -40,6 +40,17 @@ CREATE TABLE IF NOT EXISTS blobs (
 );
 CREATE INDEX IF NOT EXISTS blobs_work ON blobs (namespace, status, next_attempt);
 """
+# What the blob's meta says (SPEC 11; schema 5): its name and times, readable here only
+# (this database is encrypted), and the sealed meta as it travels, sent with the blob.
+# All NULL for a blob without a meta (stored before metas existed, or by an old client).
+NAMES_COLUMNS = (
+    ("name", "TEXT"),      # a relative path, '/' between parts
+    ("mtime", "REAL"),     # seconds since the epoch
+    ("mode", "INTEGER"),   # permission bits
+    ("mtype", "TEXT"),     # media type
+    ("meta", "TEXT"),      # the sealed meta (base64url), as the server keeps it
+)
+NAMES_INDEX = "CREATE INDEX IF NOT EXISTS blobs_names ON blobs (namespace, name)"
 # In the attached payload database: inline payloads by the row id of their blob.
 PAYLOAD_SCHEMA = """
 CREATE TABLE IF NOT EXISTS pl.payloads (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
@@ -73,7 +84,8 @@ CREATE TABLE IF NOT EXISTS cursors (
 # 2: inline payloads moved out of the SQLCipher database (which held them in 1).
 # 3: the sources table.
 # 4: the cursors table, and the tag of each blob.
-SCHEMA_VERSION = "4"
+# 5: the names columns (NAMES_COLUMNS) and their index.
+SCHEMA_VERSION = "5"
 
 # The payload database, next to the SQLCipher one.
 PAYLOADS_DB = "payloads.db"
@@ -109,9 +121,11 @@ def prepare(conn: Any, db_path: Path, payloads_path: Path) -> None:
     ).rowcount
     if fresh:
         conn.executescript(SOURCES_SCHEMA + CURSORS_SCHEMA)
+        _add_names_columns(conn)
     move_payloads_out(conn)
     add_sources(conn)
     add_feed_state(conn)
+    add_names(conn)
     os.chmod(db_path, 0o600)
     os.chmod(payloads_path, 0o600)
 
@@ -177,3 +191,27 @@ def add_feed_state(conn: Any) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def add_names(conn: Any) -> None:
+    """Schema 4 to 5: the names columns and their index, in one transaction with the
+    version bump. Existing rows have no meta: their names stay NULL (shown empty)."""
+    if version(conn) != "4":
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _add_names_columns(conn)
+        conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema'")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _add_names_columns(conn: Any) -> None:
+    # A store rolled back by hand (tests do) may have some of them already.
+    have = {r[1] for r in conn.execute("PRAGMA main.table_info(blobs)")}
+    for name, kind in NAMES_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE blobs ADD COLUMN {name} {kind}")
+    conn.execute(NAMES_INDEX)

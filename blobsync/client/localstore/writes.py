@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlcipher3 import dbapi2 as sqlcipher
 
-from blobsync.format import TAG_SIZE
+from blobsync.format import TAG_SIZE, Meta
 
 from ..errors import BlobExists
 from ..model import SyncStatus
@@ -40,20 +40,24 @@ class StoreWrites(StoreCore):
         payload: bytes | None = None,
         external: bool = False,
         source: Source | None = None,
+        meta: Meta | None = None,
+        meta_text: str | None = None,
     ) -> None:
-        """Add a row (and its inline payload, and the file it came from) in one
-        transaction; BlobExists if present."""
+        """Add a row (and its inline payload, the file it came from, and what its meta
+        says) in one transaction; BlobExists if present."""
 
         def q() -> None:
             with self._tx():
                 try:
                     cur = self._conn.execute(
                         "INSERT INTO blobs (namespace, blob_id, status, priority, size, "
-                        "sealed_size, location, inline, external, created, tag) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "sealed_size, location, inline, external, created, tag, "
+                        "name, mtime, mode, mtype, meta) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (namespace, blob_id, status.value, priority, size, sealed_size,
                          location, int(payload is not None), int(external), time.time(),
-                         None if payload is None else bytes(payload[-TAG_SIZE:])),
+                         None if payload is None else bytes(payload[-TAG_SIZE:]),
+                         *_names(meta, meta_text)),
                     )
                 except sqlcipher.IntegrityError:
                     raise BlobExists(
@@ -92,12 +96,13 @@ class StoreWrites(StoreCore):
                 ).fetchone()[0]
                 value = status.value
                 rows = [(i, namespace, it.blob_id, value, priority, it.size, len(it.payload),
-                         now, it.payload[-TAG_SIZE:]) for i, it in enumerate(items, base + 1)]
+                         now, it.payload[-TAG_SIZE:], *_names(it.meta, it.meta_text))
+                        for i, it in enumerate(items, base + 1)]
                 try:
                     self._insert_rows(
                         "INSERT INTO blobs (id, namespace, blob_id, status, priority, size, "
-                        "sealed_size, inline, created, tag) VALUES ",
-                        "(?, ?, ?, ?, ?, ?, ?, 1, ?, ?)", rows,
+                        "sealed_size, inline, created, tag, name, mtime, mode, mtype, meta) "
+                        "VALUES ", "(?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?)", rows,
                     )
                 except sqlcipher.IntegrityError:
                     raise BlobExists(
@@ -486,3 +491,10 @@ class StoreWrites(StoreCore):
             self._torn = True
             raise
         return location
+
+
+def _names(meta: Meta | None, meta_text: str | None) -> tuple[Any, ...]:
+    """The names columns of a row (schema.NAMES_COLUMNS) for what a meta says."""
+    if meta is None:
+        return (None, None, None, None, meta_text)
+    return (meta.name, meta.mtime, meta.mode, meta.type, meta_text)
