@@ -147,3 +147,22 @@ async def test_a_schema_4_store_migrates_to_5(devices) -> None:
         assert await b.get(old) == b"from before names"
     finally:
         await b.close()
+
+
+async def test_named_copies_match_name_size_and_mtime(devices, tmp_path: Path) -> None:
+    from blobsync.client import SyncStatus
+
+    a = await devices("a")
+    one = await a.put(None, b"12345", name="a.txt", mtime=100.5, upload=False)
+    await a.put(None, b"123", name="b.txt", mtime=7.0, upload=False)
+    every = [s for s in SyncStatus]
+    found = await a.store.named_copies("default", [
+        ("a.txt", 5, 100.5),   # the same: found
+        ("b.txt", 3, 8.0),     # another mtime
+        ("c.txt", 3, 7.0),     # no such name
+    ], every)
+    assert found == {"a.txt": one}
+    # Only blobs in the statuses asked for count.
+    assert await a.store.named_copies("default", [("a.txt", 5, 100.5)],
+                                      [SyncStatus.SYNCED]) == {}
+    assert await a.store.named_copies("other", [("a.txt", 5, 100.5)], every) == {}

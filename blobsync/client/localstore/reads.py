@@ -228,6 +228,30 @@ class StoreReads(StoreCore):
 
         return await self._run(q)
 
+    async def named_copies(
+        self, namespace: str, wanted: list[tuple[str, int, float]],
+        statuses: Iterable[SyncStatus],
+    ) -> dict[str, str]:
+        """Blob ids by name, for the (name, size, mtime) of ``wanted`` that a blob of
+        ``namespace`` in one of ``statuses`` already has in its meta (SPEC 11: a put of a
+        file whose name, size and mtime are stored skips it, whichever device stored it).
+        Several blobs with one name: the first that matches."""
+        by_name = {name: (size, mtime) for name, size, mtime in wanted}
+        sts = {s.value for s in statuses}
+
+        def q() -> dict[str, str]:
+            out: dict[str, str] = {}
+            for name, size, mtime, blob_id, status in self._select_in(
+                "SELECT name, size, mtime, blob_id, status FROM blobs "
+                "WHERE namespace = ? AND name IN ({}) ORDER BY id",
+                (namespace,), list(by_name),
+            ):
+                if name not in out and by_name[name] == (size, mtime) and status in sts:
+                    out[name] = blob_id
+            return out
+
+        return await self._run(q)
+
     async def stored_sources(
         self, namespace: str, sources: list[Source], statuses: Iterable[SyncStatus]
     ) -> dict[str, str]:
