@@ -4,12 +4,14 @@ whose certificate a private certificate authority signed."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import json
 import os
 import shlex
 import stat
+import subprocess
 from pathlib import Path
 
 from cryptography import x509
@@ -17,7 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.helpers.cli import Device, Server, assert_one_line_error
+from blobsync.client import BlobManager
+from tests.helpers.cli import Device, Server, assert_one_line_error, blobsync
 from tests.helpers.passphrase import PASSPHRASE
 from tests.helpers.servers import make_user, start_server
 
@@ -29,9 +32,8 @@ def without_env_passphrase(device: Device) -> dict[str, str]:
 
 
 def run(device: Device, *args: str, env: dict[str, str] | None = None,
-        input: bytes | None = None) -> object:
-    from tests.helpers.cli import blobsync
-
+        input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """The CLI on ``device`` with no BLOBSYNC_PASSPHRASE (unless ``env`` says)."""
     return blobsync("--home", str(device.home), *args,
                     env=env if env is not None else without_env_passphrase(device),
                     input=input)
@@ -46,25 +48,25 @@ def test_passphrase_file_and_command(device_a: Device, tmp_path: Path) -> None:
     proc = run(device_a, "init", "--server", device_a.account.server.url,
                "--user", device_a.account.user, "--token", device_a.account.token,
                "--passphrase-file", str(secret))
-    assert proc.returncode == 0, proc.stderr.decode()  # type: ignore[attr-defined]
+    assert proc.returncode == 0, proc.stderr.decode()
     f = tmp_path / "a.txt"
     f.write_text("a\n")
     # No BLOBSYNC_PASSPHRASE and no terminal: the file, then the command, answer.
     proc = run(device_a, "put", "--id", "a1", str(f), "--passphrase-file", str(secret))
-    assert proc.returncode == 0, proc.stderr.decode()  # type: ignore[attr-defined]
+    assert proc.returncode == 0, proc.stderr.decode()
     command = f"cat {shlex.quote(str(secret))}"
     proc = run(device_a, "--passphrase-command", command, "get", "a1")
-    assert proc.stdout == b"a\n", proc.stderr.decode()  # type: ignore[attr-defined]
+    assert proc.stdout == b"a\n", proc.stderr.decode()
     env = without_env_passphrase(device_a)
     env["BLOBSYNC_PASSPHRASE_FILE"] = str(secret)
-    assert run(device_a, "ls", env=env).stdout == b"a1\n"  # type: ignore[attr-defined]
+    assert run(device_a, "ls", env=env).stdout == b"a1\n"
     env = without_env_passphrase(device_a)
     env["BLOBSYNC_PASSPHRASE_COMMAND"] = f"printf '%s\\n' {shlex.quote(PASSPHRASE)}"
-    assert run(device_a, "sync", env=env).returncode == 0  # type: ignore[attr-defined]
+    assert run(device_a, "sync", env=env).returncode == 0
     # The option wins over the environment variable.
     env = device_a.env("a wrong passphrase")
     assert run(device_a, "ls", "--passphrase-file", str(secret),
-               env=env).stdout == b"a1\n"  # type: ignore[attr-defined]
+               env=env).stdout == b"a1\n"
 
 
 def test_passphrase_sources_that_fail(ready_a: Device, tmp_path: Path) -> None:
@@ -93,9 +95,6 @@ def test_a_short_new_passphrase_is_refused_at_init(device_a: Device,
     assert not device_a.home.exists()
     # A profile made before the rule (the library takes any passphrase) keeps working,
     # and another device recovers it with that passphrase.
-    from blobsync.client import BlobManager
-    from tests.helpers.cli import Server as _Server  # noqa: F401 - for the reader
-
     server: Server = device_a.account.server
 
     async def old_profile() -> None:
@@ -103,8 +102,6 @@ def test_a_short_new_passphrase_is_refused_at_init(device_a: Device,
                                    user=device_a.account.user, token=device_a.account.token,
                                    passphrase="short")
         await m.close()
-
-    import asyncio
 
     asyncio.run(old_profile())
     assert device_a.run("ls", passphrase="short").returncode == 0
@@ -117,16 +114,16 @@ def test_a_short_new_passphrase_is_refused_at_init(device_a: Device,
 
 def config_doc(device: Device) -> dict[str, object]:
     proc = run(device, "--json", "config", "show")
-    assert proc.returncode == 0, proc.stderr.decode()  # type: ignore[attr-defined]
-    return json.loads(proc.stdout)  # type: ignore[attr-defined,no-any-return]
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
 def test_config_show_never_prints_the_token(ready_a: Device) -> None:
     token = ready_a.account.token
     proc = run(ready_a, "config", "show")  # no passphrase needed
-    text = proc.stdout.decode()  # type: ignore[attr-defined]
-    assert proc.returncode == 0  # type: ignore[attr-defined]
-    assert token not in text and token not in proc.stderr.decode()  # type: ignore[attr-defined]
+    text = proc.stdout.decode()
+    assert proc.returncode == 0
+    assert token not in text and token not in proc.stderr.decode()
     assert f"server:   {ready_a.account.server.url}" in text
     assert f"user:     {ready_a.account.user}" in text
     assert "ca-file:  (none" in text and "settings:" in text
@@ -139,15 +136,16 @@ def test_config_show_never_prints_the_token(ready_a: Device) -> None:
 def test_config_set_token_and_server(ready_a: Device) -> None:
     config = ready_a.home / "config.json"
     server = ready_a.account.server
-    from blobsync.server.auth import hash_token, new_token as make_token
+    from blobsync.server.auth import hash_token
+    from blobsync.server.auth import new_token as make_token
 
     new_token = make_token()  # the token rotated on the server
-    server._call(server._running.store.index.set_user_token(  # type: ignore[attr-defined]
+    server._call(server._running.store.index.set_user_token(
         ready_a.account.user, hash_token(new_token)))
     assert_one_line_error(ready_a.run("ls", "--remote"), 3)
     proc = run(ready_a, "config", "set", "token", "-", input=new_token.encode() + b"\n")
-    assert proc.returncode == 0, proc.stderr.decode()  # type: ignore[attr-defined]
-    assert new_token not in proc.stderr.decode()  # type: ignore[attr-defined]
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert new_token not in proc.stderr.decode()
     assert ready_a.run("ls", "--remote").returncode == 0
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert json.loads(config.read_text())["token"] == new_token
@@ -156,7 +154,7 @@ def test_config_set_token_and_server(ready_a: Device) -> None:
     run(ready_a, "config", "set", "server", "http://127.0.0.1:9/")
     assert_one_line_error(ready_a.run("ls", "--remote"), 4)
     assert config_doc(ready_a)["server"] == "http://127.0.0.1:9"
-    assert run(ready_a, "config", "set", "server", server.url).returncode == 0  # type: ignore[attr-defined]
+    assert run(ready_a, "config", "set", "server", server.url).returncode == 0
     assert ready_a.run("ls", "--remote").returncode == 0
     line = assert_one_line_error(run(ready_a, "config", "set", "server", "ftp://x"), 2)
     assert "http:// or https://" in line
