@@ -11,9 +11,9 @@ from typing import Any
 from .client_runtime import check_id, open_manager
 from .collect import Skip, collect_sources, report_skips
 from .failures import EXIT_ID_TAKEN, EXIT_INCOMPLETE, EXIT_OK, CommandFailed, UsageError, classify
-from .output import Output, writing_stdout
+from .output import Output, info, writing_stdout
 from .progress import Bars, bars_wanted
-from .sync_cmds import RETRY_FAILED_OPTION, taken_message
+from .sync_cmds import RETRY_FAILED_OPTION, taken_message, which_limits
 
 # --------------------------------------------------------------------------- put
 
@@ -30,6 +30,12 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
     found = collect_sources(args.paths, not_stored)
     files = [path for path, _ in found]
     sources = [src for _, src in found]  # each file's one stat: not taken again
+    if args.fail_fast and not_stored:
+        # As before skipping existed: the first entry that cannot be stored ends the
+        # command, before anything is stored.
+        first = not_stored[0]
+        raise CommandFailed(f"cannot store {first.path}: {first.reason} (--fail-fast: "
+                            "nothing was stored)")
     if not out.json_mode:  # --json lists them in its document instead
         report_skips(not_stored)
     stored: list[dict[str, str]] = []
@@ -62,7 +68,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
                 await manager.learn_remote_changes(namespace)
             except TransientError:
                 pass  # unreachable: the upload pass below meets it too, and says so
-        with Bars(bars_wanted(out.json_mode) and not args.local_only) as bars:
+        with Bars(None if args.local_only else bars_wanted(out.json_mode)) as bars:
             if args.id is not None:
                 # Run again after it was interrupted: the blob is here, from this very
                 # file; it is uploaded below (if it is not already), not refused.
@@ -127,7 +133,8 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
     if refused:
         why = [f"{len(taken)} with an id taken by another blob"] if taken else []
         if refused - taken:
-            why.append(f"{len(refused - taken)} refused by the server: quota or size")
+            why.append(f"{len(refused - taken)} refused by the server: quota or size"
+                       + which_limits(report, refused - taken))
         raise CommandFailed(
             f"{len(left) + len(refused)} of {len(stored)} blobs are stored here but not "
             f"uploaded yet ({'; '.join(why)}); "
@@ -145,7 +152,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
         )
     if skipped:
         # Not an error, and not a result: stdout keeps one line per path either way.
-        sys.stderr.write(f"blobsync: {counts}\n")
+        info(counts)
     return EXIT_OK
 
 
@@ -314,8 +321,8 @@ async def cmd_rm(args: argparse.Namespace, out: Output) -> int:
         # that id (another device's, if any) is left alone on purpose.
         # A notice, not a result: stderr, as put's counts (stdout carries results only).
         if not out.json_mode:
-            sys.stderr.write(f"blobsync: blob {args.blob_id} is forgotten on this device only "
-                             f"({outcome.reason}); nothing was deleted on the server\n")
+            info(f"blob {args.blob_id} is forgotten on this device only "
+                 f"({outcome.reason}); nothing was deleted on the server")
     if postponed is not None:
         # Deleted here, not yet on the server: as put, say so and exit as for the cause
         # (4 when the server could not be reached), so a script does not take it as done.

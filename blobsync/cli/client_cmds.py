@@ -22,8 +22,10 @@ from .client_runtime import (
     as_command,
     default_home,
 )
+from .config_cmds import KEYS, cmd_config_set, cmd_config_show
 from .failures import EXIT_CODES_HELP
 from .init_cmd import cmd_init
+from .passphrase import add_passphrase_options
 from .sync_cmds import (
     RETRY_FAILED_OPTION,
     cmd_check,
@@ -44,6 +46,7 @@ def _common() -> argparse.ArgumentParser:
                         help=f"profile directory (default: ${HOME_ENV}, else {DEFAULT_HOME})")
     parent.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print one JSON document on stdout, for scripts")
+    add_passphrase_options(parent, argparse.SUPPRESS)
     return parent
 
 
@@ -88,6 +91,7 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
                              f"else {DEFAULT_HOME})")
     parser.add_argument("--json", action="store_true",
                         help="machine-readable JSON on stdout, for scripts")
+    add_passphrase_options(parser, None)
 
 
 def register(subparsers: Any) -> None:
@@ -104,8 +108,9 @@ def register(subparsers: Any) -> None:
 
     p = add("init", cmd_init, "create the client profile of this device",
             "Create the profile at --home: server, user, token and the storage secret, "
-            "kept encrypted under a passphrase (BLOBSYNC_PASSPHRASE, else prompted twice). "
-            "The secret is also stored on the server, encrypted under the passphrase, so "
+            "kept encrypted under a passphrase (--passphrase-file, --passphrase-command, "
+            "BLOBSYNC_PASSPHRASE, else prompted twice) of at least 8 characters. The "
+            "secret is also stored on the server, encrypted under the passphrase, so "
             "that other devices can --recover it.")
     p.add_argument("--server", required=True, metavar="URL",
                    help="server URL, e.g. https://blobs.example.org:2424")
@@ -115,6 +120,10 @@ def register(subparsers: Any) -> None:
     # Tokens are base64url and may begin with '-', which argparse would take for an
     # option; init's real options still match first, as exact or abbreviated names.
     p._negative_number_matcher = _DASH_VALUE
+    p.add_argument("--ca-file", metavar="FILE",
+                   help="trust the certificate authority (PEM) in FILE for the server's "
+                        "TLS certificate, e.g. a private CA or a self-signed certificate "
+                        "(default: the system's authorities)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--secret-file", metavar="F",
                      help="use the storage secret in file F instead of making a new one")
@@ -143,6 +152,9 @@ def register(subparsers: Any) -> None:
                    help="upload one request per blob instead of batching in streams")
     p.add_argument("--force", action="store_true",
                    help="store every file anew, even one stored before and unchanged")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first entry that cannot be stored (an unreadable "
+                        "file, a FIFO...), storing nothing, instead of skipping it")
     _max_wait_arg(p)
 
     p = add("get", cmd_get, "write a blob's content to a file or stdout",
@@ -219,6 +231,36 @@ def register(subparsers: Any) -> None:
             "Print a table of how many blobs of this device are in each sync status.")
     p.add_argument("--namespace", "-n", metavar="NS", default=None,
                    help="count one namespace only (default: all)")
+
+    config = subparsers.add_parser(
+        "config", parents=[common], help="show or change the profile's settings",
+        description="Show the profile's server, user, CA file and settings (never the "
+                    "token), or change the server, the token or the CA file without "
+                    "editing config.json. No passphrase is needed.",
+        epilog=EXIT_CODES_HELP,
+    )
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION",
+                                       required=True, help="what to do")
+    p = config_sub.add_parser(
+        "show", parents=[common], help="print the profile's settings (not the token)",
+        description="Print home, server, user, CA file and settings; the token is never "
+                    "printed. With --json: {home, server, user, ca_file, settings}.",
+        epilog=EXIT_CODES_HELP,
+    )
+    p.set_defaults(func=as_command(cmd_config_show))
+    p = config_sub.add_parser(
+        "set", parents=[common], help="change the server, the token or the CA file",
+        description="Set KEY to VALUE in the profile, written atomically and kept "
+                    "mode 0600: 'server URL' (a moved server), 'token TOKEN' (a rotated "
+                    "one; '-' reads it from stdin, out of ps and the shell history), "
+                    "'ca-file FILE' (a PEM CA to trust; '' goes back to the system's). "
+                    "The next command uses them.",
+        epilog=EXIT_CODES_HELP,
+    )
+    p.set_defaults(func=as_command(cmd_config_set))
+    p.add_argument("key", choices=KEYS, metavar="KEY", help=f"one of {', '.join(KEYS)}")
+    p.add_argument("value", metavar="VALUE", help="the new value")
+    p._negative_number_matcher = _DASH_VALUE  # a token may begin with '-'
 
     p = add("check", cmd_check, "verify every local blob (and with --remote, the server's)",
             "Verify the tag of every blob on this device; with --remote also compare the "

@@ -13,13 +13,14 @@ import contextlib
 import functools
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from .failures import DEBUG_ENV, UsageError, guarded
-from .output import Output
+from .output import Output, detail, verbosity
 from .passphrase import read_passphrase
 
 HOME_ENV = "BLOBSYNC_HOME"
@@ -52,6 +53,13 @@ def _quiet_library_logs() -> None:
     client_log = logging.getLogger("blobsync.client")
     if os.environ.get(DEBUG_ENV):
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+    elif verbosity() >= 1 and not client_log.handlers:
+        # -v: what the library says of retries and skipped blobs; -vv: all it logs.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("blobsync: %(message)s"))
+        client_log.addHandler(handler)
+        client_log.setLevel(logging.INFO if verbosity() == 1 else logging.DEBUG)
+        client_log.propagate = False
     elif not client_log.handlers:
         client_log.addHandler(logging.NullHandler())
         client_log.propagate = False
@@ -78,13 +86,14 @@ def as_command(
             _quiet_library_logs()
             # Who holds the profile, as a waiting process will read it: the command, never
             # its arguments (put's are file paths, which stay in the encrypted store).
-            describe_process(
-                f"blobsync {handler.__name__.removeprefix('cmd_').replace('_', ' ')}"
-            )
+            name = f"blobsync {handler.__name__.removeprefix('cmd_').replace('_', ' ')}"
+            describe_process(name)
+            started = time.monotonic()
             try:
                 return asyncio.run(handler(args, out))
             finally:
                 out.flush_lines()  # lines the loop did not get to write
+                detail(f"{name} took {time.monotonic() - started:.2f} s")
 
         return guarded(body, out.error)
 
@@ -134,9 +143,10 @@ async def open_manager(
     settings = _settings(profile.client_settings(), stream=stream,
                          max_wait=getattr(args, "max_wait", None))
     if passphrase is None:
-        passphrase = read_passphrase()
+        passphrase = read_passphrase(args)
     manager = await BlobManager.open(home, passphrase=passphrase, settings=settings,
                                      reading=reading)
+    detail(f"profile {home}: user {profile.user} on {profile.server}")
     try:
         yield manager
     except BaseException:

@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 
 from .client_runtime import check_id, resolve_home
+from .config_cmds import check_ca_file, check_server
 from .failures import EXIT_OK, CommandFailed, UsageError
 from .output import Output
-from .passphrase import read_passphrase
+from .passphrase import check_new, read_passphrase
 
 
 async def cmd_init(args: argparse.Namespace, out: Output) -> int:
@@ -18,15 +19,21 @@ async def cmd_init(args: argparse.Namespace, out: Output) -> int:
 
     home = resolve_home(args)
     check_id(args.user, "user")
-    if not args.server.startswith(("http://", "https://")):
-        raise UsageError(f"--server must be an http:// or https:// URL, not {args.server!r}")
+    check_server(args.server)
     token = args.token or os.environ.get("BLOBSYNC_TOKEN")
     if not token:
         raise UsageError("--token is required (or set BLOBSYNC_TOKEN)")
     if args.secret_file is not None and not Path(args.secret_file).is_file():
         raise CommandFailed(f"no such secret file: {args.secret_file}")
+    settings = None
+    if args.ca_file is not None:
+        from blobsync.client import ClientSettings
+
+        settings = ClientSettings(ca_file=check_ca_file(args.ca_file))
     # A new secret gets a new passphrase, typed twice; recovering uses the existing one.
-    passphrase = read_passphrase(confirm=not args.recover)
+    passphrase = read_passphrase(args, confirm=not args.recover)
+    if not args.recover:  # recovering takes the other device's, however long it is
+        check_new(passphrase)
     manager = await BlobManager.init(
         home,
         server=args.server,
@@ -35,6 +42,7 @@ async def cmd_init(args: argparse.Namespace, out: Output) -> int:
         passphrase=passphrase,
         secret_file=args.secret_file,
         recover=args.recover,
+        settings=settings,
     )
     await manager.close()
     how = "recovered the secret" if args.recover else "created the profile"

@@ -8,6 +8,46 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+# How much a command tells on stderr besides results and errors: -1 with -q (no progress,
+# no notices), 0 by default, 1 with -v and 2 with -vv (the library's own log too). Set once
+# per process by cli.main from the options.
+_verbosity = 0
+
+
+def set_verbosity(level: int) -> None:
+    global _verbosity
+    _verbosity = level
+
+
+def verbosity() -> int:
+    return _verbosity
+
+
+def info(text: str) -> None:
+    """A notice for a person, neither a result nor an error ("3 already stored, 2 stored"):
+    stderr, unless -q."""
+    if _verbosity >= 0:
+        _stderr_line(f"blobsync: {text}")
+
+
+def detail(text: str) -> None:
+    """What -v adds: where the command works and what it did, on stderr."""
+    if _verbosity >= 1:
+        _stderr_line(f"blobsync: {text}")
+
+
+def _stderr_line(text: str) -> None:
+    if _stderr_console is not None:
+        # Through the bars' console: above the bars, not into the one being redrawn.
+        _stderr_console.out(text, highlight=False)
+        return
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+# The console of the progress bars (on stderr) while they are live; set only by
+# ``lines_above``.
+_stderr_console: Any = None
 # The console of the progress bars while they are live on the very terminal stdout is.
 # Result lines then go through it, which prints them above the bars; written straight to
 # fd 1 they would land inside the bar being redrawn. Set only by ``lines_above``.
@@ -15,14 +55,17 @@ _bars_console: Any = None
 
 
 @contextlib.contextmanager
-def lines_above(console: Any) -> Iterator[None]:
-    """While live, text lines for stdout print above the bars drawn by ``console``."""
-    global _bars_console
-    _bars_console = console
+def lines_above(console: Any, *, stdout_too: bool) -> Iterator[None]:
+    """While live, notices for stderr (and with ``stdout_too``, text lines for stdout, the
+    same terminal) print above the bars drawn by ``console``."""
+    global _bars_console, _stderr_console
+    _stderr_console = console
+    if stdout_too:
+        _bars_console = console
     try:
         yield
     finally:
-        _bars_console = None
+        _bars_console = _stderr_console = None
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
-"""Progress bars on stderr, only for a person at a terminal.
+"""Progress on stderr: bars for a person at a terminal, JSON lines for ``--json``.
 
-Scripts (stderr not a terminal, or ``--json``) get no bars at all, so that their stderr
-carries nothing but the one-line error when something fails.
+Without ``--json``, a stderr that is not a terminal gets no progress at all, so that a
+script's stderr carries nothing but the one-line error when something fails. With
+``--json`` (results on stdout as JSON), progress goes to stderr as JSON lines, at most one
+per second, whether or not stderr is a terminal. ``-q`` turns both off.
 
 The bars never take stdout over (rich would by default, swallowing ``put``'s ids into the
 terminal while ``> ids.txt`` got nothing): stdout carries results only, straight to fd 1,
@@ -11,23 +13,37 @@ unless it is the bars' own terminal, where result lines print above the bars.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
+import time
 from types import TracebackType
 from typing import Any
 
 _PHASE_LABELS = {"download": "downloading", "upload": "uploading", "delete": "deleting"}
+# --json's progress lines: at most one per this many seconds.
+JSON_INTERVAL = 1.0
+
+BARS = "bars"
+JSON_LINES = "json"
 
 
-def bars_wanted(json_mode: bool, *, raw_stdout: bool = False) -> bool:
-    """Bars for a person at a terminal. ``raw_stdout``: the command writes content (not
+def bars_wanted(json_mode: bool, *, raw_stdout: bool = False) -> str | None:
+    """How to show progress: BARS for a person at a terminal, JSON_LINES with --json, None
+    (no progress) otherwise and with -q. ``raw_stdout``: the command writes content (not
     lines) to stdout, which a bar on the same terminal would run into; then no bars."""
+    from .output import verbosity
+
+    if verbosity() < 0:
+        return None
+    if json_mode:
+        return JSON_LINES
     try:
-        if json_mode or not sys.stderr.isatty():
-            return False
+        if not sys.stderr.isatty():
+            return None
     except (AttributeError, ValueError):
-        return False
-    return not (raw_stdout and stdout_on_bars_terminal())
+        return None
+    return None if raw_stdout and stdout_on_bars_terminal() else BARS
 
 
 def stdout_on_bars_terminal() -> bool:
@@ -44,17 +60,22 @@ def stdout_on_bars_terminal() -> bool:
 class Bars:
     """A context manager whose ``callback`` fits the library's ProgressCallback.
 
-    Disabled, it costs nothing and ``callback`` is None, so the library skips reporting.
+    ``mode`` is what ``bars_wanted`` says. None costs nothing and ``callback`` is None, so
+    the library skips reporting.
     """
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, mode: str | None) -> None:
+        self.enabled = mode is not None
+        self._json = JSON_LINES if mode == JSON_LINES else None
+        # The first line comes a second in: a command done sooner has only its result
+        # and, if it fails, its one error line.
+        self._last_line = self._started = time.monotonic()
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
         self._lines_above = contextlib.ExitStack()
 
     def __enter__(self) -> Bars:
-        if self.enabled:
+        if self.enabled and self._json is None:
             # rich is imported only when a bar is drawn: scripts never pay for it.
             from rich.console import Console
             from rich.progress import (
@@ -75,10 +96,10 @@ class Bars:
                 redirect_stdout=False,
             )
             self._progress.start()
-            if stdout_on_bars_terminal():
-                from .output import lines_above
+            from .output import lines_above
 
-                self._lines_above.enter_context(lines_above(self._progress.console))
+            self._lines_above.enter_context(lines_above(
+                self._progress.console, stdout_too=stdout_on_bars_terminal()))
         return self
 
     def __exit__(
@@ -96,11 +117,32 @@ class Bars:
     def callback(self) -> Any:
         return self._on_progress if self.enabled else None
 
+    def json_line(self, phase: str, **fields: int | None) -> None:
+        """One progress line on stderr for --json, unless one went out less than
+        JSON_INTERVAL ago (a script reading them is not flooded)."""
+        now = time.monotonic()
+        if now - self._last_line < JSON_INTERVAL:
+            return
+        self._last_line = now
+        line = {"progress": phase, "elapsed": round(now - self._started, 3), **fields}
+        try:
+            sys.stderr.write(json.dumps(line, sort_keys=True) + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # progress is no result: a closed stderr does not fail the command
+
     def _on_progress(self, progress: Any) -> None:
         """Take a ``blobsync.client.Progress``: phase, done, total, bytes_done, bytes_total."""
+        phase = str(getattr(progress, "phase", "transfer"))
+        if self._json is not None:
+            self.json_line(
+                phase, done=int(progress.done or 0), total=int(progress.total or 0),
+                bytes_done=int(progress.bytes_done or 0),
+                bytes_total=int(progress.bytes_total or 0),
+            )
+            return
         if self._progress is None:
             return
-        phase = str(getattr(progress, "phase", "transfer"))
         task = self._tasks.get(phase)
         if task is None:
             label = _PHASE_LABELS.get(phase, phase)
@@ -128,11 +170,14 @@ class ByteTask:
         self._bars = bars
         self._task: Any = None
         self._done = 0
+        self._total = total
         if bars._progress is not None:
             self._task = bars._progress.add_task(label, total=total, counts="")
 
     def advance(self, nbytes: int) -> None:
         self._done += nbytes
+        if self._bars._json is not None:
+            self._bars.json_line("download", bytes_done=self._done, bytes_total=self._total)
         if self._task is not None:
             self._bars._progress.update(
                 self._task, completed=self._done, counts=_size(self._done)

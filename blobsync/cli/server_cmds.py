@@ -17,17 +17,14 @@ import functools
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
+from blobsync.cli.demo import demo_user
 from blobsync.cli.failures import guarded
 from blobsync.format.errors import BlobsyncError
 from blobsync.format.limits import valid_id
 
 T = TypeVar("T")
-
-DEMO_FILE = "demo-user.txt"
-
 
 class CommandError(BlobsyncError):
     exit_code = 1
@@ -124,7 +121,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         from blobsync.server.workers import serve_workers
 
         return serve_workers(config, config.workers)
-    on_ready = functools.partial(_demo_user, config.data) if args.demo else None
+    on_ready = functools.partial(demo_user, config.data) if args.demo else None
     try:
         import asyncio
 
@@ -132,61 +129,6 @@ def cmd_server(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass  # a second Ctrl-C during shutdown
     return 0
-
-
-async def _demo_user(data_dir: str, store: Any, sites: Any) -> None:
-    """``make run``: a demo user whose token survives restarts in the data dir."""
-    from blobsync.server.auth import hash_token, new_token
-
-    path = Path(data_dir) / DEMO_FILE
-    uuid, token = _read_demo(path)
-    user = await store.index.get_user(uuid) if uuid else None
-    if user is None or not token:
-        import uuid as uuidlib
-
-        uuid, token = str(uuidlib.uuid4()), new_token()
-        await store.index.add_user(uuid, hash_token(token))
-    elif user.token_hash != hash_token(token):
-        await store.index.set_user_token(uuid, hash_token(token))
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # a file an older blobsync made 0644 holds the token too
-    with os.fdopen(fd, "w") as f:
-        f.write(f"uuid={uuid}\ntoken={token}\n")
-    _print(f"demo user:  {uuid}")
-    _print(f"demo token: {token}")
-    _print("client command, ready to paste:")
-    _print(f"  {_client_program()} --home ./demo-client init --server {sites.url} "
-           f"--user {uuid} --token {token}")
-
-
-def _client_program() -> str:
-    """How to run this very blobsync from the current directory: `blobsync` only if PATH
-    finds this one; after `make run` it is .venv/bin/blobsync, which PATH does not hold."""
-    import shlex
-    import shutil
-
-    script = Path(sys.executable).parent / "blobsync"
-    if not script.is_file():  # run as `python -m blobsync` from a source tree
-        return f"{shlex.quote(sys.executable)} -m blobsync"
-    on_path = shutil.which("blobsync")
-    if on_path is not None and os.path.samefile(on_path, script):
-        return "blobsync"
-    try:
-        shown = str(script.relative_to(Path.cwd()))  # .venv/bin/blobsync, in the repository
-    except ValueError:
-        shown = str(script)
-    return shlex.quote(shown if "/" in shown else f"./{shown}")
-
-
-def _read_demo(path: Path) -> tuple[str | None, str | None]:
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return None, None
-    values = dict(line.split("=", 1) for line in lines if "=" in line)
-    uuid = values.get("uuid")
-    return (uuid if uuid and valid_id(uuid) else None), values.get("token") or None
 
 
 # --------------------------------------------------------------------------- users

@@ -18,6 +18,30 @@ RETRY_FAILED_OPTION = "--retry-failed"
 # --------------------------------------------------------------------------- sync, status
 
 
+def which_limits(report: Any, ids: set[str]) -> str:
+    """Which limit the server said each refused blob hit: 507 the user's quota, 413 the
+    maximum blob size; with the server's words of the first of each (its sizes)."""
+    kinds: dict[str, list[str]] = {}
+    for blob_id in sorted(ids):
+        exc = getattr(report, "refusals", {}).get(blob_id)
+        status = getattr(exc, "status", None)
+        kind = {507: "over the user's quota", 413: "over the maximum blob size"}.get(
+            status or 0)
+        if kind is not None:
+            kinds.setdefault(kind, []).append(_server_words(exc))
+    if not kinds:
+        return ""
+    return " (" + "; ".join(f"{len(words)} {kind}: {words[0]}"
+                            for kind, words in kinds.items()) + ")"
+
+
+def _server_words(exc: Any) -> str:
+    # The transport's "uploading X: <the server's message> (HTTP 507)": the middle.
+    text = str(exc)
+    text = text.split(": ", 1)[1] if ": " in text else text
+    return text.rsplit(" (HTTP ", 1)[0]
+
+
 async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     namespace = check_id(args.namespace, "namespace")
     if args.watch and args.full:
@@ -65,8 +89,9 @@ async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
                             EXIT_ID_TAKEN)
     if failed:
         shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
-        raise CommandFailed(f"{_blobs(len(failed))} failed to sync: {shown}; once the cause "
-                            f"is fixed, 'blobsync sync {RETRY_FAILED_OPTION}' tries them again")
+        raise CommandFailed(f"{_blobs(len(failed))} failed to sync: {shown}"
+                            f"{which_limits(report, set(failed))}; once the cause is fixed, "
+                            f"'blobsync sync {RETRY_FAILED_OPTION}' tries them again")
     if still_failed:
         shown = ", ".join(sorted(still_failed)[:5]) + (", ..." if len(still_failed) > 5 else "")
         raise CommandFailed(f"{_blobs(len(still_failed))} failed earlier and were left alone: "
@@ -90,7 +115,7 @@ def sync_prelude(args: argparse.Namespace) -> None:
     from blobsync.client.profile import Profile
 
     Profile.load(home)
-    args.passphrase = read_passphrase()
+    args.passphrase = read_passphrase(args)
     args.unlocking = Unlocking(home, args.passphrase)
 
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .output import Output, writing_stdout
+from .output import Output, info, writing_stdout
 
 # Said on stderr, not stdout: they are about the link, not about blobs.
 NOTICES = ("offline", "online")
@@ -16,11 +16,9 @@ NOTICES = ("offline", "online")
 
 def notice(event: Any) -> None:
     if event.kind == "offline":
-        text = f"blobsync: offline: {event.detail}; retrying"
+        info(f"offline: {event.detail}; retrying")
     else:
-        text = "blobsync: online again"
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+        info("online again")
 
 
 def event_line(event: Any) -> str:
@@ -72,8 +70,7 @@ def started(watching: str) -> None:
     prints nothing until something changes, and a silent terminal looked hung. Not for
     scripts (stderr a pipe or a file): theirs stays the one error line."""
     if watching and sys.stderr.isatty():
-        sys.stderr.write(f"blobsync: watching {watching}; Ctrl-C to stop\n")
-        sys.stderr.flush()
+        info(f"watching {watching}; Ctrl-C to stop")
 
 
 async def follow(events: AsyncIterator[Any], out: Output, watching: str = "") -> int:

@@ -92,7 +92,8 @@ class BlobManager:
     ) -> BlobManager:
         """Create the profile at ``home`` (see enroll.py); fails leaving nothing behind."""
         return cls._of(await enroll(
-            Path(home), server=server, user=user, token=token, passphrase=passphrase,
+            Path(home).expanduser(), server=server, user=user, token=token,
+            passphrase=passphrase,
             secret_file=secret_file, recover=recover, settings=settings,
         ))
 
@@ -104,9 +105,9 @@ class BlobManager:
         """Open the profile at ``home``. ``reading``: the caller only reads the local
         store (status, ls, check), so on a disk too full for SQLite's -shm file the store
         is opened for reading alone instead of failing (``LocalStore.reading_only``)."""
-        return cls._of(
-            await unlock(home, passphrase=passphrase, settings=settings, reading=reading)
-        )
+        # "~/.blobsync", as the docs and the CLI spell it, is the user's, not ./~.
+        return cls._of(await unlock(Path(home).expanduser(), passphrase=passphrase,
+                                    settings=settings, reading=reading))
 
     @classmethod
     def _of(cls, parts: Unlocked) -> BlobManager:

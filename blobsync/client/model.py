@@ -59,6 +59,9 @@ class SyncReport:
     pending: list[str] = field(default_factory=list)  # still waiting (max_sync_wait passed)
     # Of ``failed``: ids the server holds another blob under (SPEC 7, a 409 conflict).
     taken: list[str] = field(default_factory=list)
+    # Of ``failed``: the refusals the server gave for an upload (413 over the maximum blob
+    # size, 507 over the user's quota), its words and status, so a user learns which.
+    refusals: dict[str, ClientError] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,8 @@ class Uploads:
             log.warning("upload of %s failed: %s", row.blob_id, exc)
             if isinstance(exc, IdTaken):
                 run.report.taken.append(row.blob_id)
+            elif isinstance(exc, RemoteError):
+                run.report.refusals[row.blob_id] = exc
             await self.store.update(
                 run.namespace, row.blob_id, only_if=[SyncStatus.PENDING_UPLOAD],
                 status=SyncStatus.FAILED_UPLOAD,

@@ -212,7 +212,8 @@ def test_demo_user_for_make_run(tmp_path: Path) -> None:
         text = "".join(server.out_lines)
         uuid = text.split("demo user:")[1].split()[0]
         token = text.split("demo token:")[1].split()[0]
-        assert (f"blobsync --home ./demo-client init --server {server.url} "
+        # The profile's path spelled out (issue 14: pasted into a new shell, elsewhere).
+        assert (f"blobsync --home {tmp_path / 'demo-client'} init --server {server.url} "
                 f"--user {uuid} --token {token}") in text
         return server, uuid, token
 
