@@ -175,6 +175,12 @@ def _insert_rows(
     the next blobs, held it): a multi-row VALUES is one step. AUTOINCREMENT numbers the
     rows of one statement one after the other, under the write lock, so the seqs are the
     statement's last rowid and those just before it.
+
+    OR ROLLBACK: a statement of many rows that could fail alone keeps a statement journal
+    of every page it changes, and past 64 KiB (random ids touch a page of the id index
+    per row) SQLite spills it to a temporary file, a write per page. A conflict cannot
+    happen here (the ids were looked up under the same write lock); were it to, the whole
+    transaction goes, which the caller handles as any failed write.
     """
     seqs: list[int] = []
     for i in range(0, len(blobs), ROWS_PER_INSERT):
@@ -184,8 +190,8 @@ def _insert_rows(
             values += (user, namespace, blob.blob_id, blob.size, bytes(blob.tag),
                        blob.location, flags_to_mask(blob.flags), now)
         cur = conn.execute(
-            "INSERT INTO blobs (user, namespace, blob_id, size, tag, location, flags, "
-            "created) VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)),
+            "INSERT OR ROLLBACK INTO blobs (user, namespace, blob_id, size, tag, location, "
+            "flags, created) VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)),
             values,
         )
         last = cur.lastrowid
@@ -437,9 +443,9 @@ class SQLiteIndex(MetadataIndex):
                 )
                 # The feed's rows copied from the blobs' own, in seq order: one statement.
                 conn.execute(
-                    "INSERT INTO changes (user, namespace, blob_id, op, size, tag, flags, created) "
-                    "SELECT user, namespace, blob_id, 'put', size, tag, flags, created FROM blobs "
-                    "WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                    "INSERT OR ROLLBACK INTO changes (user, namespace, blob_id, op, size, tag, "
+                    "flags, created) SELECT user, namespace, blob_id, 'put', size, tag, flags, "
+                    "created FROM blobs WHERE seq BETWEEN ? AND ? ORDER BY seq",
                     (seqs[0], seqs[-1]),
                 )
             seq_of = iter(seqs)

@@ -195,11 +195,13 @@ ROWS_PER_INSERT = 500
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple[str, bytes, float]]) -> None:
     # A multi-row VALUES is one step: executemany stepped once per row, and sqlite3 lets
-    # go of the GIL at every step, waiting to get it back from a busy event loop.
+    # go of the GIL at every step, waiting to get it back from a busy event loop. OR
+    # ROLLBACK: no statement journal (see sqlite._insert_rows); a name collision fails the
+    # whole transaction, as it did.
     for i in range(0, len(rows), ROWS_PER_INSERT):
         part = rows[i : i + ROWS_PER_INSERT]
         conn.execute(
-            "INSERT INTO payloads (location, data, mtime) VALUES "
+            "INSERT OR ROLLBACK INTO payloads (location, data, mtime) VALUES "
             + ",".join(["(?, ?, ?)"] * len(part)),
             [value for row in part for value in row],
         )
