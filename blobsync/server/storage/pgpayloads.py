@@ -44,6 +44,7 @@ _HEX = frozenset("0123456789abcdef")
 INLINE_MAX = BATCH_BLOB_MAX
 # Rows per query when listing for gc: bounds memory whatever the table holds.
 LIST_PAGE = 1000
+_COPY_COLUMNS = ("location", "data", "mtime")
 
 
 def new_location() -> str:
@@ -131,15 +132,16 @@ class PostgresPayloads(InlineStore):
     async def _store_all(self, payloads: list[bytes]) -> list[str]:
         now = time.time()  # before the write: the sweep spares younger orphans
         locations = new_locations(len(payloads))
-        # One statement, one transaction: all of the run or none of it (a name collision,
-        # 2^-128, fails the whole run, as a full disk would).
+        # One COPY, one transaction: all of the run or none of it (a name collision fails
+        # the whole run, as a full disk would). COPY, not INSERT ... unnest: asyncpg encoded
+        # a bytea[] parameter at ~23 us of this process's CPU per 10 KB payload, the binary
+        # COPY's records at ~9; PostgreSQL's own work is alike (docs/performance.md).
         async with self._connection() as conn:
-            await conn.execute(
-                "INSERT INTO payloads (location, data, mtime)"
-                " SELECT l, d, $3::float8 FROM unnest($1::text[], $2::bytea[]) AS r(l, d)",
-                locations,
-                payloads,
-                now,
+            await conn.copy_records_to_table(
+                "payloads",
+                records=[(location, data, now) for location, data in zip(locations, payloads,
+                                                                        strict=True)],
+                columns=_COPY_COLUMNS,
             )
         return locations
 
