@@ -35,6 +35,7 @@ from .base import (
     PreconditionFailed,
     Principal,
     QuotaExceeded,
+    StorageError,
     UserExists,
     UserNotFound,
 )
@@ -442,12 +443,15 @@ class SQLiteIndex(MetadataIndex):
                     (user, namespace, json.dumps([blob.blob_id for blob in chosen])),
                 )
                 # The feed's rows copied from the blobs' own, in seq order: one statement.
-                conn.execute(
+                copied = conn.execute(
                     "INSERT OR ROLLBACK INTO changes (user, namespace, blob_id, op, size, tag, "
                     "flags, created) SELECT user, namespace, blob_id, 'put', size, tag, flags, "
                     "created FROM blobs WHERE seq BETWEEN ? AND ? ORDER BY seq",
                     (seqs[0], seqs[-1]),
-                )
+                ).rowcount
+                if copied != len(chosen):
+                    # One change per stored blob, or nothing of the run (it rolls back).
+                    raise StorageError(f"{copied} changes for {len(chosen)} new rows")
             seq_of = iter(seqs)
             return [
                 BlobInfo(user, namespace, o.blob_id, o.size, bytes(o.tag), frozenset(o.flags),
