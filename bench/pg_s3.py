@@ -33,6 +33,7 @@ class PgS3:
     dsn: str
     bucket: str
     s3_env: dict[str, str]  # the AWS_* variables a server needs to reach the bucket
+    postmaster: int = 0  # PostgreSQL's pid: its backends' CPU is the deployment's too
 
     def server_args(self, prefix: str) -> tuple[str, ...]:
         return ("--metadata", self.dsn, "--payload", f"s3://{self.bucket}/{prefix}")
@@ -60,10 +61,11 @@ def pg_s3() -> Iterator[PgS3]:
         dsn = asyncio.run(create_database(pg.dsn_for("postgres")))
         ep = s3.endpoint
         bucket = asyncio.run(create_bucket(ep))
+        postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
         yield PgS3(dsn, bucket, {
             "AWS_ACCESS_KEY_ID": ep.access_key, "AWS_SECRET_ACCESS_KEY": ep.secret_key,
             "AWS_ENDPOINT_URL": ep.url, "AWS_DEFAULT_REGION": "us-east-1",
-        })
+        }, postmaster)
 
 
 def s3_requests(local_url: str) -> dict[str, float]:

@@ -277,6 +277,38 @@ class UpstreamReader(_Reader):
         self._items = parse_upstream_header(line, self._max_blob, self._max_stream)
         return UpstreamHeader(list(self._items))
 
+    def take_whole(self, max_size: int) -> list[tuple[str, bytes]] | None:
+        """The blobs from the next one on whose bytes are all buffered, each of at most
+        ``max_size`` bytes, taken out of the stream at once instead of as events: one
+        copy each, and none of the three events per blob (which cost a small blob more
+        than the rest of its parsing).
+
+        ``[]`` when the next blob is one of those but not all here yet (feed more, then
+        ask again); None when the next thing is not one (a larger blob, one begun through
+        events, the end, the header, an error): ``next_event`` goes on from there.
+        """
+        items = self._items
+        if items is None or self._remaining >= 0 or self._error is not None or self._done:
+            return None
+        index = self._index
+        if index == len(items) or items[index][1] > max_size:
+            return None
+        buf = self._buf
+        have = len(buf)
+        if items[index][1] > have:
+            return None if self._eof else []
+        taken: list[tuple[str, bytes]] = []
+        pos = 0
+        with memoryview(buf) as view:
+            for blob_id, size in items[index:]:
+                if size > max_size or pos + size > have:
+                    break
+                taken.append((blob_id, bytes(view[pos : pos + size])))
+                pos += size
+        del buf[:pos]
+        self._index = index + len(taken)
+        return taken
+
     def _end_blob(self) -> Event:
         return BlobEnd(self._index, self._items[self._index][0])  # type: ignore[index]
 

@@ -18,7 +18,6 @@ from aiohttp import StreamReader, web
 
 from blobsync.format.errors import LimitExceeded, ProtocolError
 from blobsync.format.limits import (
-    CHUNK_SIZE,
     FRAME_HEADER_SIZE,
     MAX_FRAME_SIZE,
     MAX_JSON_HEADER,
@@ -166,6 +165,12 @@ async def _send_alone(out: _Body, store: BlobStore, info: BlobInfo) -> None:
         await chunks.aclose()
 
 
+# What the pump takes of an upload's body at a time: up to a whole socket read (asyncio
+# reads 256 KiB at most), handed over without a copy, and a run of small blobs taken whole
+# per read instead of one 64 KiB piece at a time.
+BODY_READ = 1 << 18
+
+
 class _Pump:
     """Pulls events from an UpstreamReader, feeding it the request body on NEED_DATA.
 
@@ -186,12 +191,12 @@ class _Pump:
 
     async def _more(self) -> bytes:
         content = self._content
-        data = content.read_nowait(CHUNK_SIZE)
+        data = content.read_nowait(BODY_READ)
         if not data and not content.at_eof():
             if self.on_idle is not None:
                 await self.on_idle()
             # b"" at the end of the body tells the reader so.
-            data = await content.read(CHUNK_SIZE)
+            data = await content.read(BODY_READ)
         return data
 
     async def next(self) -> Event:
@@ -222,6 +227,19 @@ class _Pump:
             if isinstance(event, BlobData):
                 pieces.append(event.data)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def whole_blobs(self, max_size: int) -> list[tuple[str, bytes]]:
+        """The next blobs of at most ``max_size`` bytes, each in one piece and without
+        events (``UpstreamReader.take_whole``), reading more of the body while the next
+        one is such a blob but not all in; [] when the next thing is not one."""
+        reader = self._reader
+        while True:
+            taken = reader.take_whole(max_size)
+            if taken is None:
+                return []
+            if taken:
+                return taken
+            reader.receive_data(await self._more())
 
     async def skip_blob(self) -> None:
         """Consume what storage did not read of the current blob (one already stored)."""

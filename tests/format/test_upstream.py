@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from blobsync.format import (
     MAX_JSON_HEADER,
+    NEED_DATA,
     BlobData,
     BlobEnd,
     BlobStart,
@@ -297,3 +298,60 @@ def test_error_is_final() -> None:
     for _ in range(3):
         with pytest.raises(LimitExceeded):
             reader.next_event()
+
+
+# --- take_whole: small blobs without events --------------------------------------------
+
+
+def drive_taking(reader: UpstreamReader, chunks: list[bytes], max_size: int) -> list[object]:
+    """As drive, but taking whole blobs of at most ``max_size`` whenever the reader offers
+    them (recorded as the events they stand for), events otherwise."""
+    out: list[object] = []
+    pending = list(chunks)
+    while True:
+        taken = reader.take_whole(max_size)
+        if taken:
+            for blob_id, data in taken:
+                index = next(i for i, (b, _) in enumerate(reader.items or []) if b == blob_id)
+                out.append(BlobStart(index, blob_id, len(data), None))
+                if data:
+                    out.append(BlobData(index, data))
+                out.append(BlobEnd(index, blob_id))
+            continue
+        if taken is not None:  # the next blob is one to take but not all in yet
+            reader.receive_data(pending.pop(0) if pending else b"")
+            continue
+        ev = reader.next_event()
+        if ev is NEED_DATA:
+            reader.receive_data(pending.pop(0) if pending else b"")
+            continue
+        out.append(ev)
+        if isinstance(ev, StreamEnd):
+            return out
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.data(), st.sampled_from([0, 900, 1 << 20]))
+def test_take_whole_gives_the_same_blobs(data: st.DataObject, max_size: int) -> None:
+    chunks = data.draw(splits(UPSTREAM_BODY))
+    events = drive_taking(UpstreamReader(), chunks, max_size)
+    assert merged(events) == expected_events(ITEMS, BLOBS)
+
+
+def test_take_whole_leaves_larger_blobs_and_errors_to_events() -> None:
+    items = [("a", 3), ("big", 10), ("c", 2)]
+    reader = UpstreamReader()
+    assert reader.take_whole(5) is None  # no header yet
+    reader.receive_data(encode_upstream_header(items) + b"xyz" + b"0123456789" + b"q")
+    assert reader.next_event() == UpstreamHeader(items)
+    assert reader.take_whole(5) == [("a", b"xyz")]
+    assert reader.take_whole(5) is None  # "big" goes through events
+    events = [reader.next_event() for _ in range(3)]
+    assert events == [BlobStart(1, "big", 10, None), BlobData(1, b"0123456789"),
+                      BlobEnd(1, "big")]
+    assert reader.take_whole(5) == []  # "c" is not all here
+    reader.receive_data(b"")
+    assert reader.take_whole(5) is None  # cut short: the events say so
+    with pytest.raises(StreamError, match="cut short inside blob 'c'"):
+        pull(reader)
+    assert reader.take_whole(5) is None

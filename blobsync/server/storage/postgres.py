@@ -249,7 +249,7 @@ INSERT_RUN_UNLIMITED = (
     " appended AS (INSERT INTO changes (user_id, namespace, blob_id, op, size, tag, flags)"
     " SELECT $1::text, $2::text, i.blob_id, 'put', i.size, i.tag, i.flags"
     " FROM locked, told, ins AS i ORDER BY i.seq)"
-    " SELECT {columns} FROM ins"
+    " SELECT blob_id, seq FROM ins"
 )
 _LAST_SEQ = "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM change_seq)"
 _HORIZON = "coalesce((SELECT seq FROM feed_horizon WHERE user_id = $1), 0)"
@@ -753,11 +753,17 @@ class PostgresIndex(MetadataIndex):
                 [",".join(_flag_list(b.flags)) for b in blobs],
                 [b.location for b in blobs],
             )
-        by_id = {rec["blob_id"]: _info(rec) for rec in inserted}
+        # Only the ids and seqs come back: the rest of each row is in hand, and decoding
+        # eight columns (a text[] among them) per row cost the event loop more than that.
+        seqs = dict(inserted)
         out: list[BlobInfo | BlobExists | QuotaExceeded] = []
         for blob in blobs:
-            info = by_id.pop(blob.blob_id, None)  # a second time in the run: BlobExists
-            out.append(info if info is not None else BlobExists(f"blob {blob.blob_id} exists"))
+            seq = seqs.pop(blob.blob_id, None)  # a second time in the run: BlobExists
+            out.append(
+                BlobExists(f"blob {blob.blob_id} exists") if seq is None
+                else BlobInfo(user, namespace, blob.blob_id, blob.size, bytes(blob.tag),
+                              frozenset(blob.flags), seq, blob.location)
+            )
         return out
 
     async def get_blob(self, user: str, namespace: str, blob_id: str) -> BlobInfo | None:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import time
@@ -34,6 +35,7 @@ from .base import (
     PreconditionFailed,
     Principal,
     QuotaExceeded,
+    StorageError,
     UserExists,
     UserNotFound,
 )
@@ -148,6 +150,55 @@ _SUPERSEDED = (
     ") AS g ON c.user = g.user AND c.namespace = g.namespace AND c.blob_id = g.blob_id "
     "WHERE c.seq < g.last_put_or_delete OR (c.op = 'flags' AND c.seq < g.last_flags))"
 )
+
+
+# Rows per multi-row INSERT: 8 parameters each, well under SQLite's 32,766 (3.32 and on).
+ROWS_PER_INSERT = 500
+
+
+def _present(conn: sqlite3.Connection, user: str, namespace: str, blob_ids: list[str]) -> set[str]:
+    """The ids of ``blob_ids`` indexed already: one statement, one row (a result row per
+    id would be a step each, and sqlite3 lets go of the GIL at every step)."""
+    (found,) = conn.execute(
+        "SELECT json_group_array(blob_id) FROM blobs WHERE user = ? AND namespace = ? "
+        "AND blob_id IN (SELECT value FROM json_each(?))",
+        (user, namespace, json.dumps(blob_ids)),
+    ).fetchone()
+    return set(json.loads(found))
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, user: str, namespace: str, blobs: list[NewBlob], now: float
+) -> list[int]:
+    """Insert rows known to be new, in order, ROWS_PER_INSERT to a statement; their seqs.
+
+    A statement per row released the GIL once per row (and the event loop, busy parsing
+    the next blobs, held it): a multi-row VALUES is one step. AUTOINCREMENT numbers the
+    rows of one statement one after the other, under the write lock, so the seqs are the
+    statement's last rowid and those just before it.
+
+    OR ROLLBACK: a statement of many rows that could fail alone keeps a statement journal
+    of every page it changes, and past 64 KiB (random ids touch a page of the id index
+    per row) SQLite spills it to a temporary file, a write per page. A conflict cannot
+    happen here (the ids were looked up under the same write lock); were it to, the whole
+    transaction goes, which the caller handles as any failed write.
+    """
+    seqs: list[int] = []
+    for i in range(0, len(blobs), ROWS_PER_INSERT):
+        part = blobs[i : i + ROWS_PER_INSERT]
+        values: list[object] = []
+        for blob in part:
+            values += (user, namespace, blob.blob_id, blob.size, bytes(blob.tag),
+                       blob.location, flags_to_mask(blob.flags), now)
+        cur = conn.execute(
+            "INSERT OR ROLLBACK INTO blobs (user, namespace, blob_id, size, tag, location, "
+            "flags, created) VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)),
+            values,
+        )
+        last = cur.lastrowid
+        assert last is not None and cur.rowcount == len(part)
+        seqs += range(last - len(part) + 1, last + 1)
+    return seqs
 
 
 def _row_to_info(row: tuple[Any, ...]) -> BlobInfo:
@@ -356,54 +407,57 @@ class SQLiteIndex(MetadataIndex):
         """
 
         def tx(conn: sqlite3.Connection) -> list[BlobInfo | BlobExists | QuotaExceeded]:
-            # Inside BEGIN IMMEDIATE: no other process changes the usage meanwhile.
+            # Inside BEGIN IMMEDIATE: no other process changes the usage or the ids
+            # meanwhile, so the outcomes are decided first and the rows go in after.
             row = conn.execute("SELECT bytes FROM usage WHERE user = ?", (user,)).fetchone()
             used = 0 if row is None else int(row[0])
+            present = _present(conn, user, namespace, [blob.blob_id for blob in blobs])
             added = 0
             now = time.time()
-            out: list[BlobInfo | BlobExists | QuotaExceeded] = []
-            inserted: list[tuple[str, str, str]] = []
-            changes: list[tuple[Any, ...]] = []
+            # The rows to insert stand in their own place until their seq is known.
+            out: list[NewBlob | BlobExists | QuotaExceeded] = []
+            chosen: list[NewBlob] = []
             for blob in blobs:
-                blob_id, size, tag, location, flags = (
-                    blob.blob_id, blob.size, blob.tag, blob.location, blob.flags
-                )
-                try:
-                    # A failed statement rolls back alone; the transaction goes on.
-                    cur = conn.execute(
-                        "INSERT INTO blobs (user, namespace, blob_id, size, tag, location, "
-                        "flags, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (user, namespace, blob_id, size, bytes(tag), location,
-                         flags_to_mask(flags), now),
-                    )
-                except sqlite3.IntegrityError:
+                if blob.blob_id in present:
                     # Before the quota, as in every backend (409 before 507: SPEC 9).
-                    out.append(BlobExists(f"blob {blob_id} exists"))
+                    out.append(BlobExists(f"blob {blob.blob_id} exists"))
                     continue
-                seq = cur.lastrowid
-                assert seq is not None
-                if quota > 0 and used + added + size > quota:
-                    conn.execute("DELETE FROM blobs WHERE seq = ?", (seq,))
+                if quota > 0 and used + added + blob.size > quota:
                     out.append(QuotaExceeded(f"quota of {quota} bytes exceeded"))
                     break
-                added += size
-                inserted.append((user, namespace, blob_id))
-                changes.append((user, namespace, blob_id, "put", size, bytes(tag),
-                                flags_to_mask(flags), now))
-                out.append(BlobInfo(user, namespace, blob_id, size, bytes(tag),
-                                    frozenset(flags), seq, location))
-            if inserted:
+                present.add(blob.blob_id)  # a second copy in the run exists by then
+                added += blob.size
+                chosen.append(blob)
+                out.append(blob)
+            seqs: list[int] = []
+            if chosen:
+                seqs = _insert_rows(conn, user, namespace, chosen, now)
                 conn.execute(
                     "INSERT INTO usage VALUES (?, ?) "
                     "ON CONFLICT (user) DO UPDATE SET bytes = bytes + excluded.bytes",
                     (user, added),
                 )
-                conn.executemany(
-                    "DELETE FROM tombstones WHERE user = ? AND namespace = ? AND blob_id = ?",
-                    inserted,
+                conn.execute(
+                    "DELETE FROM tombstones WHERE user = ? AND namespace = ? "
+                    "AND blob_id IN (SELECT value FROM json_each(?))",
+                    (user, namespace, json.dumps([blob.blob_id for blob in chosen])),
                 )
-                conn.executemany(_CHANGE_INSERT, changes)
-            return out
+                # The feed's rows copied from the blobs' own, in seq order: one statement.
+                copied = conn.execute(
+                    "INSERT OR ROLLBACK INTO changes (user, namespace, blob_id, op, size, tag, "
+                    "flags, created) SELECT user, namespace, blob_id, 'put', size, tag, flags, "
+                    "created FROM blobs WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                    (seqs[0], seqs[-1]),
+                ).rowcount
+                if copied != len(chosen):
+                    # One change per stored blob, or nothing of the run (it rolls back).
+                    raise StorageError(f"{copied} changes for {len(chosen)} new rows")
+            seq_of = iter(seqs)
+            return [
+                BlobInfo(user, namespace, o.blob_id, o.size, bytes(o.tag), frozenset(o.flags),
+                         next(seq_of), o.location) if isinstance(o, NewBlob) else o
+                for o in out
+            ]
 
         return await self._run(self._write, tx)
 

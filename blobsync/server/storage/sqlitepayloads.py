@@ -189,8 +189,22 @@ def _compact_step(conn: sqlite3.Connection, done: int, top: int) -> int:
     return upto
 
 
+# Payload rows per INSERT statement: 3 parameters each.
+ROWS_PER_INSERT = 500
+
+
 def _insert(conn: sqlite3.Connection, rows: list[tuple[str, bytes, float]]) -> None:
-    conn.executemany("INSERT INTO payloads (location, data, mtime) VALUES (?, ?, ?)", rows)
+    # A multi-row VALUES is one step: executemany stepped once per row, and sqlite3 lets
+    # go of the GIL at every step, waiting to get it back from a busy event loop. OR
+    # ROLLBACK: no statement journal (see sqlite._insert_rows); a name collision fails the
+    # whole transaction, as it did.
+    for i in range(0, len(rows), ROWS_PER_INSERT):
+        part = rows[i : i + ROWS_PER_INSERT]
+        conn.execute(
+            "INSERT OR ROLLBACK INTO payloads (location, data, mtime) VALUES "
+            + ",".join(["(?, ?, ?)"] * len(part)),
+            [value for row in part for value in row],
+        )
     conn.execute(
         "UPDATE totals SET rows = rows + ?, bytes = bytes + ?",
         (len(rows), sum(len(d) for _, d, _ in rows)),

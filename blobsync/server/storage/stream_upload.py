@@ -14,7 +14,7 @@ from typing import Protocol
 
 from blobsync.format.stream import BlobStart, Event, StreamEnd, UpstreamHeader
 
-from .base import BlobExists, BlobInfo, QuotaExceeded
+from .base import BATCH_BLOB_MAX, BlobExists, BlobInfo, QuotaExceeded
 from .blobstore import BlobStore
 
 
@@ -29,6 +29,11 @@ class BlobEvents(Protocol):
 
     async def whole_blob(self) -> bytes:
         """The current blob's bytes, up to its end, in one piece (small blobs only)."""
+        ...
+
+    async def whole_blobs(self, max_size: int) -> list[tuple[str, bytes]]:
+        """The next blobs of at most ``max_size`` bytes, (id, bytes) each, taken without
+        events; [] when the next thing is not one (``next`` goes on from there)."""
         ...
 
     async def skip_blob(self) -> None:
@@ -78,7 +83,13 @@ class StreamUpload:
     async def receive(self, pump: BlobEvents, header: UpstreamHeader) -> None:
         present = await present_ids(self.store, self.uuid, self.ns, header.items)
         await check_quota(self.store, self.uuid, header.items, present)
-        while not isinstance(event := await pump.next(), StreamEnd):
+        while True:
+            # Small blobs the body holds whole, the usual case, without events.
+            if taken := await pump.whole_blobs(BATCH_BLOB_MAX):
+                await self._take_whole(taken, present)
+                continue
+            if isinstance(event := await pump.next(), StreamEnd):
+                break
             assert isinstance(event, BlobStart) and event.blob_id is not None
             self.current = event.blob_id
             if event.blob_id in present:
@@ -98,6 +109,18 @@ class StreamUpload:
             await pump.skip_blob()
             self.current = None
         await self.flush()
+
+    async def _take_whole(self, taken: list[tuple[str, bytes]], present: set[str]) -> None:
+        batch = self.batch
+        for blob_id, data in taken:
+            self.current = blob_id
+            if blob_id in present:
+                self._skipped(blob_id)
+                continue
+            batch.take(blob_id, data, len(data))
+            if batch.full:
+                await self.flush()
+        self.current = None
 
     async def _put_alone(self, pump: BlobEvents, blob_id: str, size: int) -> None:
         body = pump.blob_body()
