@@ -96,14 +96,14 @@ class LocalFileWriter:
     the disk works while the network delivers the rest.
 
     ``direct``: for a large file that nobody reads soon (a download kept sealed), whole
-    blocks go to the disk with O_DIRECT, past the page cache (``_Direct``).
+    blocks go to the disk with O_DIRECT, past the page cache (``DirectWriter``).
     """
 
     def __init__(self, path: Path, *, append: bool = False, direct: bool = False) -> None:
         self.path = path
         self._append = append
         self._want_direct = direct
-        self._direct: _Direct | None = None
+        self._direct: DirectWriter | None = None
         self._f: Any = None
         self._pieces: list[bytes] = []
         self._held = 0
@@ -121,7 +121,7 @@ class LocalFileWriter:
             self._f = await asyncio.to_thread(_open_private, self.path, mode)
         self.written = self._f.tell()
         if self._want_direct:
-            self._direct = _Direct(self._f.fileno(), self.written)
+            self._direct = DirectWriter(self._f.fileno(), self.written)
         return self
 
     async def write(self, data: bytes) -> None:
@@ -146,7 +146,7 @@ class LocalFileWriter:
             pieces, self._pieces = self._pieces, []
             self._unsynced += self._held
             self._held = 0
-            self._writing = _WRITES.submit(_write_hop, self._f, self._direct, pieces)
+            self._writing = WRITE_HOPS.submit(_write_hop, self._f, self._direct, pieces)
             if self._unsynced >= SYNC_EVERY and (self._sync is None or self._sync.done()):
                 if self._sync is not None:
                     done, self._sync = self._sync, None
@@ -191,13 +191,15 @@ class LocalFileWriter:
                     await asyncio.to_thread(_close_after, f, pending, direct)
 
 
-# Hops of LocalFileWriter writes (one at a time per file).
-_WRITES = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="blobsync-write")
+# Hops of LocalFileWriter and DestFile writes (one at a time per file).
+WRITE_HOPS = concurrent.futures.ThreadPoolExecutor(
+    max_workers=4, thread_name_prefix="blobsync-write"
+)
 # Background flushes to disk of LocalFileWriter files (few at a time: they wait on the disk).
 _FLUSHES = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="blobsync-flush")
 
 
-def _write_hop(f: Any, direct: _Direct | None, pieces: list[bytes]) -> None:
+def _write_hop(f: Any, direct: DirectWriter | None, pieces: list[bytes]) -> None:
     if direct is not None:
         direct.write(pieces)
     else:
@@ -212,7 +214,7 @@ def _datasync_after(f: Any, writing: concurrent.futures.Future[None] | None) -> 
 
 
 def _close_after(
-    f: Any, pending: list[concurrent.futures.Future[None]], direct: _Direct | None = None
+    f: Any, pending: list[concurrent.futures.Future[None]], direct: DirectWriter | None = None
 ) -> None:
     """Close ``f`` once the writes and flushes running on its fd (if any) are over, then
     report how they went. The fd must outlive them: closed earlier, its number could be
@@ -237,7 +239,7 @@ _DIRECT_BUFFER = 4 << 20
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
-class _Direct:
+class DirectWriter:
     """O_DIRECT writes of a file, on the writing thread: pieces are copied into one
     page-aligned buffer and whole blocks of it written past the page cache; the last
     partial block is written normally by ``finish``.
@@ -253,8 +255,9 @@ class _Direct:
         self._pos = pos  # where the file ends: appends go there
         self._buf: mmap.mmap | None = None
         self._fill = 0
-        self._on = False
         self._refused = not _O_DIRECT
+        # Left on by an earlier writer of the same fd (DestFile.reset), if any.
+        self._on = bool(_O_DIRECT and fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
 
     def write(self, pieces: list[bytes]) -> None:
         if self._refused:
