@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the server on uvloop's event loop (needs uvloop installed)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--workdir", type=Path, help="parent of the temporary directory")
-    p.add_argument("--no-save", action="store_true", help="do not write results or chart (with --from-results: no chart)")
+    p.add_argument("--no-save", action="store_true",
+                   help="do not write results or chart (with --from-results: no chart)")
     p.add_argument("--update-readme", action="store_true",
                    help="rewrite the Benchmarks section of README.md from this run")
     p.add_argument("--from-results", metavar="JSON", type=Path,
