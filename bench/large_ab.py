@@ -1,13 +1,14 @@
-"""A/B of the 1 GiB download between copies of the package, in one sitting.
+"""A/B of the 1 GiB download (or upload) between copies of the package, in one sitting.
 
-    .venv/bin/python bench/large_ab.py TREE_A,TREE_B [--rounds 3] [--mode sync|get]
+    .venv/bin/python bench/large_ab.py TREE_A,TREE_B [--rounds 3] [--mode sync|get|put]
 
 One server (from the checkout), one ``put`` of a 1 GiB file of random bytes, then per
 round and per tree (alternating the order each round) a fresh device B that ``sync``s
-the blob (kept sealed) or ``get``s it into a file (``-o``), timed as a whole command
-with its CPU (user and kernel) and peak RSS, and the server's CPU and peak RSS. Medians
-per tree at the end. A tree is a directory holding a ``blobsync`` package, e.g.
-``git archive <commit> blobsync | tar -x -C DIR``. Run it under the machine's lock.
+the blob (kept sealed), ``get``s it into a file (``-o``) or ``put``s the file again,
+timed as a whole command with its CPU (user and kernel) and peak RSS, and the server's
+CPU and peak RSS. Medians per tree at the end. A tree is a directory holding a
+``blobsync`` package, e.g. ``git archive <commit> blobsync | tar -x -C DIR``. Run it
+under the machine's lock.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("trees", help="comma-separated directories, each holding a blobsync package")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--mode", choices=("sync", "get"), default="sync")
+    p.add_argument("--mode", choices=("sync", "get", "put"), default="sync")
     p.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp)")
     args = p.parse_args()
     trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
@@ -76,6 +77,8 @@ def main() -> int:
                 with server.watch(stats):
                     if args.mode == "sync":
                         m = cli(b, "--json", "sync", "-n", "large").check()
+                    elif args.mode == "put":  # a new blob of the same bytes
+                        m = cli(b, "put", str(src), "-n", f"put{r}").check()
                     else:
                         m = cli(b, "get", blob_id, "-n", "large", "-o", str(out)).check()
                 row = {
