@@ -52,8 +52,7 @@ MAX_ERROR_BODY = 64 << 10
 # aiohttp's per-response read buffer: it stops reading the socket at twice this. Its 64 KiB
 # default means a pause and a resume per 128 KiB of a large download.
 READ_BUFFER = 1 << 20
-# Bytes per read from the socket for a large body (asyncio's own: 256 KiB).
-SOCKET_READ = 1 << 20
+SOCKET_READ = 1 << 20  # per socket read of a large body, not 256 KiB: aiohttp costs per read
 # JSON answers (listings of ids) can be long but not unbounded.
 MAX_JSON_BODY = 64 << 20
 
@@ -355,8 +354,8 @@ class Transport:
                 start, total = 0, resp.content_length
                 if resp.status == 206:
                     start, total = _content_range(resp.headers.get("Content-Range"), what)
-                if resp.content_length is not None and resp.content_length > READ_BUFFER:
-                    _read_more_per_call(resp)
+                if (resp.content_length or 0) > READ_BUFFER and resp.connection:
+                    resp.connection.transport.max_size = SOCKET_READ  # type: ignore[union-attr]
                 yield Download(resp.status, start, total, tag, resp)
 
     async def blob_tail(self, namespace: str, blob_id: str, n: int = TAG_SIZE) -> bytes | None:
@@ -390,7 +389,6 @@ class Transport:
                 headers={"Content-Type": "application/json"},
             ) as resp:
                 await self._raise_for(resp, what)
-
                 yield _arrived(resp.content, what)
 
     async def stream_upload(
@@ -448,21 +446,6 @@ async def _arrived(content: aiohttp.StreamReader, what: str) -> AsyncIterator[by
             if rest:
                 yield rest
             raise
-
-
-def _read_more_per_call(resp: aiohttp.ClientResponse) -> None:
-    """Let the connection take up to SOCKET_READ bytes per read from the socket.
-
-    asyncio reads 256 KiB per call; aiohttp reschedules its read timeout, parses and
-    queues at every one of them, a cost per call that showed as much as the decryption on
-    the event loop of a 1 GiB download. ``max_size`` is an attribute of asyncio's socket
-    transports, not an official knob: where it is missing, nothing changes. The
-    connection keeps it for the requests it serves after this one (they just may read
-    more at once)."""
-    conn = resp.connection
-    transport = conn.transport if conn is not None else None
-    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
-        transport.max_size = max(transport.max_size, SOCKET_READ)  # type: ignore[attr-defined]
 
 
 def _buffered(content: aiohttp.StreamReader) -> bytes:
