@@ -19,6 +19,8 @@ names is replaced, the symlink stays; a dangling one is refused, as ``cp`` refus
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import errno
 import fcntl
 import os
@@ -26,6 +28,8 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from .localstore.files import WRITE_HOPS, DirectWriter
 
 # Writes are gathered into pieces of this size before a thread hop to the disk.
 _CHUNK = 1 << 20
@@ -127,6 +131,10 @@ class DestFile:
         self._fd: int | None = None
         self._name: Path | None = None  # the fallback's visible name, if used
         self._buf = bytearray()
+        # Past the page cache, one hop at a time behind the caller (LocalFileWriter's
+        # reasons: the copy into fresh cache pages was most of a large get's kernel time).
+        self._direct: DirectWriter | None = None
+        self._writing: concurrent.futures.Future[None] | None = None
 
     # All methods but ``write`` block: call them through asyncio.to_thread.
 
@@ -135,6 +143,7 @@ class DestFile:
         if tmpfile and _PROC_FD.is_dir():
             try:
                 self._fd = os.open(self._dir, tmpfile | os.O_WRONLY, 0o600)
+                self._direct = DirectWriter(self._fd, 0)
                 return self
             except OSError as exc:
                 if exc.errno not in _NO_TMPFILE:
@@ -146,24 +155,44 @@ class DestFile:
             except FileExistsError:
                 continue
             self._name = name
+            self._direct = DirectWriter(self._fd, 0)
             return self
 
     async def write(self, data: bytes) -> None:
         self._buf += data
         if len(self._buf) >= _CHUNK:
-            await asyncio.to_thread(self._flush)
+            if self._writing is not None:
+                # Shielded: a cancelled caller must not cancel a queued hop (a hole).
+                await asyncio.shield(asyncio.wrap_future(self._writing))
+                self._writing = None
+            data, self._buf = self._buf, bytearray()
+            assert self._direct is not None
+            self._writing = WRITE_HOPS.submit(self._direct.write, [data])
+
+    def _landed(self) -> None:
+        """Wait for the hop under way (blocking); its error is raised."""
+        fut, self._writing = self._writing, None
+        if fut is not None:
+            fut.result()
 
     def _flush(self) -> None:
+        self._landed()
         data, self._buf = self._buf, bytearray()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]  # type: ignore[arg-type]
+        assert self._direct is not None
+        self._direct.write([data])
+        self._direct.finish()
 
     def reset(self) -> None:
         """Forget everything written so far."""
-        self._buf.clear()
+        try:
+            self._landed()
+        finally:
+            self._buf.clear()
+            if self._direct is not None:
+                self._direct.release()
         os.ftruncate(self._fd, 0)  # type: ignore[arg-type]
         os.lseek(self._fd, 0, os.SEEK_SET)  # type: ignore[arg-type]
+        self._direct = DirectWriter(self._fd, 0)  # type: ignore[arg-type]
 
     def commit(self) -> None:
         """Make the file ``dest``, replacing what was there."""
@@ -204,6 +233,8 @@ class DestFile:
 
     def abort(self) -> None:
         self._buf.clear()
+        with contextlib.suppress(Exception):
+            self._landed()  # the fd outlives the hop using it
         self._close()
         if self._name is not None:
             self._name.unlink(missing_ok=True)
@@ -211,8 +242,13 @@ class DestFile:
 
     def _close(self) -> None:
         if self._fd is not None:
+            if self._writing is not None:
+                concurrent.futures.wait([self._writing])
             fd, self._fd = self._fd, None
             os.close(fd)
+        if self._direct is not None:
+            direct, self._direct = self._direct, None
+            direct.release()
 
 
 class ThroughFile:

@@ -227,7 +227,8 @@ class Downloads:
                 return len(sealed) if kept else None
             elif dl.tag is not None:
                 await self.store.update(ns, blob_id, partial_tag=dl.tag, sealed_size=dl.total)
-            writer = await LocalFileWriter(partial, append=bool(offset)).open()
+            # Kept sealed or read once (get): past the page cache (LocalFileWriter, direct).
+            writer = await LocalFileWriter(partial, append=bool(offset), direct=True).open()
             try:
                 # The opener must see the blob from its first byte: the partial file's
                 # bytes first, then the rest as it arrives (written on as it goes).

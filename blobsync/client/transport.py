@@ -52,6 +52,7 @@ MAX_ERROR_BODY = 64 << 10
 # aiohttp's per-response read buffer: it stops reading the socket at twice this. Its 64 KiB
 # default means a pause and a resume per 128 KiB of a large download.
 READ_BUFFER = 1 << 20
+SOCKET_READ = 1 << 20  # per socket read of a large body, not 256 KiB: aiohttp costs per read
 # JSON answers (listings of ids) can be long but not unbounded.
 MAX_JSON_BODY = 64 << 20
 
@@ -353,6 +354,8 @@ class Transport:
                 start, total = 0, resp.content_length
                 if resp.status == 206:
                     start, total = _content_range(resp.headers.get("Content-Range"), what)
+                if (resp.content_length or 0) > READ_BUFFER and resp.connection:
+                    resp.connection.transport.max_size = SOCKET_READ  # type: ignore[union-attr]
                 yield Download(resp.status, start, total, tag, resp)
 
     async def blob_tail(self, namespace: str, blob_id: str, n: int = TAG_SIZE) -> bytes | None:
@@ -386,7 +389,6 @@ class Transport:
                 headers={"Content-Type": "application/json"},
             ) as resp:
                 await self._raise_for(resp, what)
-
                 yield _arrived(resp.content, what)
 
     async def stream_upload(

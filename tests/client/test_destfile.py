@@ -56,3 +56,15 @@ def test_a_missing_directory_fails_at_open(tmp_path: Path, mode: str) -> None:
 
 def await_open(dest: Path) -> DestFile:
     return DestFile(dest).open()
+
+
+async def test_large_content_lands_whole_and_in_order(tmp_path: Path, mode: str) -> None:
+    """Writes go past the page cache in whole blocks, behind the caller, and the last
+    partial block at commit: the file is every piece, in order."""
+    dest = tmp_path / "out"
+    pieces = [os.urandom(n) for n in (1, 70_000, 1 << 20, 3, 2_000_000, 5 << 20, 4096, 777)]
+    f = await_open(dest)
+    for p in pieces:
+        await f.write(p)
+    f.commit()
+    assert dest.read_bytes() == b"".join(pieces)

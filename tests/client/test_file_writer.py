@@ -65,3 +65,62 @@ async def test_a_failed_background_flush_fails_close(
         await w.close()
     await w.close()  # closing again is harmless
     assert f.closed
+
+
+@pytest.mark.parametrize("before", [b"", b"abc", bytes(range(256)) * 20])
+async def test_direct_writes_land_in_order(tmp_path: Path, before: bytes) -> None:
+    """O_DIRECT writes whole blocks from an aligned buffer; a file that does not end on a
+    block (a partial download resumed) is brought to one first, and the last partial
+    block is written normally at close."""
+    (tmp_path / "f").write_bytes(before)
+    pieces = [os.urandom(n) for n in (0, 1, 70_000, 1 << 20, 3, 2_000_000, 5 << 20, 4096)]
+    w = await LocalFileWriter(tmp_path / "f", append=True, direct=True).open()
+    for p in pieces:
+        await w.write(p)
+    await w.close()
+    assert (tmp_path / "f").read_bytes() == before + b"".join(pieces)
+    assert w.written == len(before) + sum(map(len, pieces))
+
+
+async def test_direct_refused_writes_normally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without O_DIRECT (EINVAL from fcntl): the same bytes, written normally."""
+    import errno
+    import fcntl
+
+    real = fcntl.fcntl
+
+    def no_direct(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(files.fcntl, "fcntl", no_direct)
+    data = os.urandom(3 << 20)
+    w = await LocalFileWriter(tmp_path / "f", direct=True).open()
+    for i in range(0, len(data), 100_001):
+        await w.write(data[i : i + 100_001])
+    await w.close()
+    assert w._direct is None
+    assert (tmp_path / "f").read_bytes() == data
+
+
+async def test_a_failed_write_fails_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write runs while the caller goes on: its error comes out of a later write or
+    close (NoSpace for a full disk), and the file is closed all the same."""
+    from blobsync.client.errors import NoSpace
+
+    w = await LocalFileWriter(tmp_path / "f").open()
+    f = w._f
+
+    def full(pieces: list[bytes]) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(f, "writelines", full)
+    with pytest.raises(NoSpace):
+        for _ in range(4):
+            await w.write(os.urandom(1 << 20))
+        await w.close()
+    await w.close()
+    assert f.closed
