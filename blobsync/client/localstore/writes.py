@@ -196,16 +196,19 @@ class StoreWrites(StoreCore):
         sts = [s.value for s in only_if]
         cols = ", ".join(f"{k} = ?" for k in fields)
         vals = [v.value if isinstance(v, SyncStatus) else v for v in fields.values()]
+        # Driven from the ids (CROSS JOIN keeps that order) through the (namespace,
+        # blob_id) index: left to itself the planner scanned every row of the namespace
+        # in the wanted status (blobs_work), which made one-by-one uploads quadratic.
         sql = (
-            f"UPDATE blobs SET {cols} WHERE namespace = ? "
-            f"AND blob_id IN (SELECT value FROM json_each(?)) "
-            f"AND status IN ({','.join('?' * len(sts))})"
+            f"UPDATE blobs SET {cols} WHERE id IN (SELECT b.id FROM json_each(?) AS k "
+            f"CROSS JOIN blobs AS b WHERE b.namespace = ? AND b.blob_id = k.value "
+            f"AND b.status IN ({','.join('?' * len(sts))}))"
         )
 
         def q() -> int:
             with self._tx():
                 # One statement, one step of SQLite for the batch (see attach_many).
-                return self._conn.execute(sql, (*vals, namespace, json.dumps(ids), *sts)).rowcount
+                return self._conn.execute(sql, (*vals, json.dumps(ids), namespace, *sts)).rowcount
 
         return await self._run(q)
 
