@@ -7,10 +7,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test run lint bench clean
 
+# PYTHONWARNINGS: setuptools' build backend prints a banner about editable installs (a
+# UserWarning) that recent pip shows even with --quiet; a first `make run` should not.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -29,7 +31,7 @@ run: $(STAMP)
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 # Not part of `make test`: ~15 minutes. BENCH_ARGS=--quick for a smoke test.
