@@ -132,8 +132,10 @@ def register(subparsers: Any) -> None:
                           "(needs that device's passphrase)")
 
     p = add("put", cmd_put, "store files and upload them",
-            "Store each file (directories recursively) as a blob on this device, then "
-            "upload them all in one pass. Prints 'blob_id<TAB>path' per file. A file put "
+            "Store each file (directories recursively) as a blob on this device and "
+            "upload it: small files go up in streams, a batch at a time, while the next "
+            "batch is read and sealed; large ones after them. Prints "
+            "'blob_id<TAB>path' per file. A file put "
             "before and unchanged since (same path, size and mtime) is not stored again: "
             "its blob is printed as well, uploaded if it is still pending, and stderr "
             "counts them ('N already stored, M stored'). Entries that are not regular "

@@ -54,7 +54,9 @@ async def cmd_config_show(args: argparse.Namespace, out: Output) -> int:
     out.line(f"ca-file:  {ca_file or '(none: the system certificate authorities)'}")
     out.line("settings:")
     for key in sorted(settings):
-        out.line(f"  {key} = {settings[key]}")
+        # None: the setting was never set, and the command's own default applies.
+        value = "(default)" if settings[key] is None else settings[key]
+        out.line(f"  {key} = {value}")
     out.document({"home": str(profile.home), "server": profile.server, "user": profile.user,
                   "ca_file": ca_file, "settings": settings})
     return EXIT_OK

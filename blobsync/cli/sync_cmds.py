@@ -7,7 +7,7 @@ from typing import Any
 
 from .client_runtime import check_id, count_of, ids_of, open_manager, resolve_home
 from .failures import EXIT_ID_TAKEN, EXIT_OK, EXIT_VERIFY, CommandFailed, UsageError
-from .output import Output, table
+from .output import Output, detail, table
 from .passphrase import read_passphrase
 from .progress import Bars, bars_wanted
 
@@ -57,6 +57,9 @@ async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     if quiet is not None:
         from blobsync.client import SyncReport
 
+        # What open_manager says with -v, said here: this path opens no manager.
+        profile = args.unlocking.profile
+        detail(f"profile {profile.home}: user {profile.user} on {profile.server}")
         report, retried, still_failed = SyncReport(), 0, quiet
     else:
         report, retried, still_failed = await _sync(args, out, namespace, passphrase)

@@ -71,6 +71,17 @@ def test_verbose_tells_more_on_stderr_only(ready_a: Device, tmp_path: Path) -> N
         assert re.search(r"^blobsync: blobsync ls took \d+\.\d\d s$", err, re.M), err
 
 
+def test_verbose_names_the_profile_on_a_sync_with_nothing_to_do(ready_a: Device) -> None:
+    """A sync with nothing to do takes a path of its own (quicksync.py), which opens no
+    manager: -v still says which profile it used."""
+    assert ready_a.run("sync").returncode == 0
+    proc = ready_a.run("-v", "sync")
+    assert proc.returncode == 0
+    err = proc.stderr.decode()
+    assert f"blobsync: profile {ready_a.home}: user {ready_a.account.user} on " in err
+    assert re.search(r"^blobsync: blobsync sync took \d+\.\d\d s$", err, re.M), err
+
+
 def test_quiet_and_verbose_together_are_a_usage_error(ready_a: Device) -> None:
     assert_one_line_error(ready_a.run("-q", "ls", "-v"), 2)
 
