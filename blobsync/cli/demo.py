@@ -44,14 +44,19 @@ async def demo_user(data_dir: str, store: Any, sites: Any) -> None:
         f.write(f"uuid={uuid}\ntoken={token}\n")
     _print(f"demo user:  {uuid}")
     _print(f"demo token: {token}")
-    command = client_command(Path.cwd() / DEMO_HOME, sites.url, uuid, token)
+    from blobsync.client.secret_transfer import SECRET_BLOB_ID, SECRET_NAMESPACE
+
+    # A device made the secret already (its profile since removed): a new one recovers it.
+    made = await store.index.get_blob(uuid, SECRET_NAMESPACE, SECRET_BLOB_ID) is not None
+    command = client_command(Path.cwd() / DEMO_HOME, sites.url, uuid, token, recover=made)
     _print("client command, ready to paste:")
     _print(f"  {command}")
 
 
-def client_command(home: Path, url: str, uuid: str, token: str) -> str:
-    """``init`` of a demo profile at ``home``; once it exists for this user, ``sync`` on
-    it, after ``config set`` of what changed since (the port, the token)."""
+def client_command(home: Path, url: str, uuid: str, token: str, recover: bool = False) -> str:
+    """``init`` of a demo profile at ``home`` (``--recover`` when the server holds the
+    user's secret already); once it exists for this user, ``sync`` on it, after ``config
+    set`` of what changed since (the port, the token)."""
     program = client_program()
     existing = _profile_of(home)
     if existing is not None and existing.get("user") != uuid:
@@ -60,7 +65,8 @@ def client_command(home: Path, url: str, uuid: str, token: str) -> str:
         existing = _profile_of(home)
     at = f"{program} --home {shlex.quote(str(home))}"
     if existing is None:
-        return f"{at} init --server {url} --user {uuid} --token {token}"
+        how = " --recover" if recover else ""
+        return f"{at} init --server {url} --user {uuid} --token {token}{how}"
     steps = []
     if str(existing.get("server", "")).rstrip("/") != url.rstrip("/"):
         steps.append(f"{at} config set server {url}")

@@ -97,6 +97,11 @@ def test_demo_command_works_when_blobsync_is_not_on_path(tmp_path: Path) -> None
     # The port changed (port 0): the profile is pointed at the new one, then synced.
     assert again.startswith(f"{program} --home {repo / 'demo-client'} config set server "), \
         again
+    # The profile removed while the server keeps the user's secret: a third run's init
+    # recovers that secret (a plain init is refused: the server holds one already).
+    shutil.rmtree(repo / "demo-client")
+    third = pasted_command(repo, SYSTEM_PATH)
+    assert third.endswith(" --recover"), third
 
 
 def test_demo_command_spells_out_the_venv_even_when_on_path(tmp_path: Path) -> None:
