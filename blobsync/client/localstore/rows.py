@@ -124,3 +124,10 @@ NAMED_COLUMNS = "blob_id, status, size, coalesce(name, ''), mtime, mode, mtype, 
 
 def named_from_db(r: tuple[Any, ...]) -> Named:
     return Named(r[0], SyncStatus(r[1]), r[2], r[3], r[4], r[5], r[6], r[7])
+
+
+def names_columns(meta: Meta | None, meta_text: str | None) -> tuple[Any, ...]:
+    """The names columns of a row (schema.NAMES_COLUMNS) for what a meta says."""
+    if meta is None:
+        return (None, None, None, None, meta_text)
+    return (meta.name, meta.mtime, meta.mode, meta.type, meta_text)

@@ -21,7 +21,7 @@ from ..errors import BlobExists
 from ..model import SyncStatus
 from .core import StoreCore
 from .files import disk_full_is_no_space, durable_move, unlink_all
-from .rows import Attach, Row, Sealed, Source
+from .rows import Attach, Row, Sealed, Source, names_columns
 
 
 class StoreWrites(StoreCore):
@@ -57,7 +57,7 @@ class StoreWrites(StoreCore):
                         (namespace, blob_id, status.value, priority, size, sealed_size,
                          location, int(payload is not None), int(external), time.time(),
                          None if payload is None else bytes(payload[-TAG_SIZE:]),
-                         *_names(meta, meta_text)),
+                         *names_columns(meta, meta_text)),
                     )
                 except sqlcipher.IntegrityError:
                     raise BlobExists(
@@ -96,7 +96,7 @@ class StoreWrites(StoreCore):
                 ).fetchone()[0]
                 value = status.value
                 rows = [(i, namespace, it.blob_id, value, priority, it.size, len(it.payload),
-                         now, it.payload[-TAG_SIZE:], *_names(it.meta, it.meta_text))
+                         now, it.payload[-TAG_SIZE:], *names_columns(it.meta, it.meta_text))
                         for i, it in enumerate(items, base + 1)]
                 try:
                     self._insert_rows(
@@ -495,9 +495,3 @@ class StoreWrites(StoreCore):
             raise
         return location
 
-
-def _names(meta: Meta | None, meta_text: str | None) -> tuple[Any, ...]:
-    """The names columns of a row (schema.NAMES_COLUMNS) for what a meta says."""
-    if meta is None:
-        return (None, None, None, None, meta_text)
-    return (meta.name, meta.mtime, meta.mode, meta.type, meta_text)
