@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_cli_terminal import BAR_CHARS, on_terminal
 from tests.helpers.cli import Device, Server
+from tests.helpers.ptyscreen import BAR_CHARS, on_terminal
 from tests.helpers.relay import Relay
 
 BLOBS = 24

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from blobsync import __version__
 from blobsync.cli.main import _subparsers_of, build_parser
-from tests.cli.test_cli_terminal import BAR_CHARS, on_terminal, shown_lines
 from tests.helpers.cli import Device, assert_one_line_error, blobsync
+from tests.helpers.ptyscreen import BAR_CHARS, on_terminal, shown_lines
 
 
 def many_files(tmp_path: Path, n: int = 60) -> Path:
