@@ -9,6 +9,7 @@ lies: docs/client.md, "Local store".
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,51 +162,43 @@ def move_payloads_out(conn: Any) -> None:
             raise
 
 
-def add_sources(conn: Any) -> None:
-    """Schema 2 to 3: the sources table, in one transaction with the version bump."""
-    if version(conn) != "2":
+def _bump(conn: Any, before: str, change: Callable[[], None]) -> None:
+    """Run ``change`` and move the schema from ``before`` to the next version, in one
+    transaction; nothing when the store is not at ``before``."""
+    if version(conn) != before:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute(SOURCES_SCHEMA)
-        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+        change()
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(int(before) + 1),))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
 
 
+def add_sources(conn: Any) -> None:
+    """Schema 2 to 3: the sources table."""
+    _bump(conn, "2", lambda: conn.execute(SOURCES_SCHEMA))
+
+
 def add_feed_state(conn: Any) -> None:
-    """Schema 3 to 4: the cursors table and the tag column, in one transaction with the
-    version bump. Existing rows keep a NULL tag: it is read from the payload when needed."""
-    if version(conn) != "3":
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    """Schema 3 to 4: the cursors table and the tag column. Existing rows keep a NULL
+    tag: it is read from the payload when needed."""
+
+    def change() -> None:
         # A store rolled back to 3 by hand (tests do) may have the column already.
         if "tag" not in {r[1] for r in conn.execute("PRAGMA main.table_info(blobs)")}:
             conn.execute("ALTER TABLE blobs ADD COLUMN tag BLOB")
         conn.execute(CURSORS_SCHEMA)
-        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+
+    _bump(conn, "3", change)
 
 
 def add_names(conn: Any) -> None:
-    """Schema 4 to 5: the names columns and their index, in one transaction with the
-    version bump. Existing rows have no meta: their names stay NULL (shown empty)."""
-    if version(conn) != "4":
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        _add_names_columns(conn)
-        conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema'")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    """Schema 4 to 5: the names columns and their index. Existing rows have no meta:
+    their names stay NULL (shown empty)."""
+    _bump(conn, "4", lambda: _add_names_columns(conn))
 
 
 def _add_names_columns(conn: Any) -> None:
