@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import stat
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 from tests.helpers.cli import ROOT, TIMEOUT, Device, assert_one_line_error
 from tests.helpers.cli_output import forge
 from tests.helpers.special_files import FifoReader, char_device
-from tests.helpers.terminal import read_until
+from tests.helpers.terminal import fork_on_pty, read_until, reap
 
 
 def put_one(device: Device, path: Path, data: bytes) -> str:
@@ -97,10 +96,7 @@ def test_ctrl_c_while_a_fifo_waits_for_its_reader(ready_a: Device, tmp_path: Pat
     os.mkfifo(fifo)
     argv = [sys.executable, "-m", "blobsync", "--home", str(ready_a.home), "get", blob_id,
             "-o", str(fifo)]
-    pid, master = pty.fork()
-    if pid == 0:  # the child: blobsync with the pty as its controlling terminal
-        os.chdir(ROOT)
-        os.execve(argv[0], argv, ready_a.env())
+    pid, master = fork_on_pty(argv, ready_a.env(), ROOT)
     output = b""
     try:
         # The progress bar is drawn once the command is at work: get is then waiting on
@@ -111,10 +107,10 @@ def test_ctrl_c_while_a_fifo_waits_for_its_reader(ready_a: Device, tmp_path: Pat
         output += read_until(master, b"interrupted", time.monotonic() + TIMEOUT)
         output += read_until(master, None, time.monotonic() + 10)
     finally:
-        _, status = os.waitpid(pid, 0)
+        code = reap(pid, 10)
         os.close(master)
     text = output.decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 130, text
+    assert code == 130, text
     assert "blobsync: error: interrupted" in text
     assert "Traceback" not in text
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)

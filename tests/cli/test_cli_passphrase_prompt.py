@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import pty
-import signal
 import sys
 import time
 
 import pytest
 
 from tests.helpers.cli import ROOT, TIMEOUT, Device
-from tests.helpers.terminal import read_until
+from tests.helpers.terminal import fork_on_pty, read_until, reap
 
 
 def at_the_prompt(device: Device, key: bytes) -> tuple[int, str]:
@@ -20,26 +18,17 @@ def at_the_prompt(device: Device, key: bytes) -> tuple[int, str]:
     env = device.env()
     del env["BLOBSYNC_PASSPHRASE"]
     argv = [sys.executable, "-m", "blobsync", "--home", str(device.home), "status"]
-    pid, master = pty.fork()
-    if pid == 0:
-        os.chdir(ROOT)
-        os.execve(argv[0], argv, env)
+    pid, master = fork_on_pty(argv, env, ROOT)
     seen = b""
     try:
         seen = read_until(master, b"Passphrase: ", time.monotonic() + TIMEOUT)
         os.write(master, key)
         seen += read_until(master, None, time.monotonic() + 20)
     finally:
-        deadline = time.monotonic() + 10
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if done[0] == 0:  # still there: a hang is a failure, not a stuck test run
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(master)
-            raise AssertionError(f"blobsync still runs after the key: {seen!r}")
+        code = reap(pid, 10)
         os.close(master)
-    return os.waitstatus_to_exitcode(done[1]), seen.decode(errors="replace")
+    assert code is not None, f"blobsync still runs after the key: {seen!r}"
+    return code, seen.decode(errors="replace")
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import ROOT, TIMEOUT, Device, deliver
-from tests.helpers.terminal import read_until
+from tests.helpers.terminal import fork_on_pty, read_until, reap
 
 
 def put_file(device: Device, path: Path, data: bytes) -> str:
@@ -31,24 +30,14 @@ def on_a_terminal(device: Device, *args: str) -> Iterator[tuple[int, list[int]]]
     """``blobsync ARGS`` with a new pty as its controlling terminal, stdout and stderr;
     yields the master side and a list that receives the exit code once it ended."""
     argv = [sys.executable, "-m", "blobsync", "--home", str(device.home), *args]
-    pid, master = pty.fork()
-    if pid == 0:  # the child
-        os.chdir(ROOT)
-        os.execve(argv[0], argv, device.env())
+    pid, master = fork_on_pty(argv, device.env(), ROOT)
     code: list[int] = []
     try:
         yield master, code
     finally:
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                code.append(os.waitstatus_to_exitcode(status))
-                break
-            time.sleep(0.05)
-        else:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        ended = reap(pid, TIMEOUT)
+        if ended is not None:
+            code.append(ended)
         os.close(master)
 
 

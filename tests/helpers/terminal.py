@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pty
 import select
+import signal
 import time
 
 
@@ -26,3 +28,30 @@ def read_until(fd: int, marker: bytes | None, deadline: float) -> bytes:
     if marker is not None:
         raise AssertionError(f"{marker!r} never showed: {got!r}")
     return got
+
+
+def fork_on_pty(argv: list[str], env: dict[str, str], cwd: str | os.PathLike[str],
+                ) -> tuple[int, int]:
+    """Start ``argv`` with a new pty as its controlling terminal; returns (pid, master)."""
+    pid, master = pty.fork()
+    if pid == 0:  # the child: replaced by argv, or gone
+        try:
+            os.chdir(cwd)
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    return pid, master
+
+
+def reap(pid: int, timeout: float) -> int | None:
+    """The exit code of ``pid`` once it ended, or None after SIGKILL when it was still
+    running after ``timeout`` seconds: a hang fails its test instead of stalling the run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
