@@ -18,9 +18,14 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(VENV)/bin/ruff check blobsync tests
 
+# Two pytest processes (pytest-xdist), each with its own PostgreSQL cluster and S3 server:
+# most tests wait on servers and subprocesses, so two run in ~60% of the time of one
+# (8.4 instead of 13.5 minutes on a 2-core machine). TEST_WORKERS=0 runs them in-process.
+TEST_WORKERS ?= 2
+
 test: lint
 	scripts/ensure-postgres.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # Serves on 127.0.0.1:2424 with SQLite and files in ./blobsync-data; the first run makes a
 # demo user (kept in ./blobsync-data/demo-user.txt) and prints a client command to paste.
