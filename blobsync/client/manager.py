@@ -36,7 +36,7 @@ from .model import (
 )
 from .parts import Parts
 from .profile import Profile
-from .putting import Naming, Putter, file_source
+from .putting import Naming, Putter, file_source, names_by_path
 from .settings import ClientSettings
 from .sync import PHASES, SyncEngine
 from .transport import Transport
@@ -188,7 +188,7 @@ class BlobManager:
         device stored it (SPEC 11)."""
         files = _with_sources(paths, sources)
         return await self._putter.stored_copies(
-            files, namespace, local_only, _names_by_path(files, names)
+            files, namespace, local_only, names_by_path(files, names)
         )
 
     async def put_many(
@@ -238,7 +238,7 @@ class BlobManager:
         files = _with_sources(paths, sources)
         return await self._putter.put_many(
             files, namespace, rank, local_only, stored, upload, progress, report, force,
-            already, _names_by_path(files, names),
+            already, names_by_path(files, names),
         )
 
     async def _upload_now(self, row: Row, sealed: bytes | None = None) -> None:
@@ -481,14 +481,6 @@ class BlobManager:
             self.transport, self._secret, list(self._consumers), limit=limit,
             tmp_dir=self.store.tmp_dir,
         )
-
-
-def _names_by_path(
-    files: list[tuple[Path, Source]], names: Sequence[str] | None
-) -> dict[Path, str] | None:
-    if names is None:
-        return None
-    return dict(zip((p for p, _ in files), names, strict=True))
 
 
 def _with_sources(

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -322,6 +322,15 @@ class Naming:
             return Meta(self.name, size, mtime, mode, self.media_type)
         except ValueError as exc:
             raise ClientError(f"cannot name a blob {self.name!r}: {exc}") from None
+
+
+def names_by_path(
+    files: list[tuple[Path, Source]], names: Sequence[str] | None
+) -> dict[Path, str] | None:
+    """put_many's ``names``, one per file in order, keyed by the file's path."""
+    if names is None:
+        return None
+    return dict(zip((p for p, _ in files), names, strict=True))
 
 
 def _file_meta(name: str, src: Source) -> Meta:
