@@ -89,6 +89,35 @@ def test_a_file_with_a_stored_name_size_and_mtime_is_skipped(
     assert ready_a.ok("ls", "--remote", "--count").strip() == "7"
 
 
+async def _as_a_meta_leaves_it(home: Path, blob_id: str, name: str, mtime: float) -> None:
+    """What a meta that came with another device's blob leaves in this device's store
+    (metas travelling between devices is another part of issue 14): its name and mtime
+    in the blob's row."""
+    from blobsync.client import BlobManager
+
+    m = await BlobManager.open(home, passphrase=Device.passphrase)
+    try:
+        await m.store._run(lambda: m.store._conn.execute(
+            "UPDATE blobs SET name = ?, mtime = ? WHERE blob_id = ?", (name, mtime, blob_id)))
+    finally:
+        await m.close()
+
+
+def test_a_file_another_device_stored_is_skipped(
+    ready_a: Device, ready_b: Device, tmp_path: Path
+) -> None:
+    photos = tree(tmp_path)
+    ready_a.ok("put", str(photos / "a.jpg"))
+    ids = names(ready_a)
+    ready_b.ok("sync")
+    asyncio.run(_as_a_meta_leaves_it(ready_b.home, ids["a.jpg"], "a.jpg", MTIME))
+    again = ready_b.run("put", str(photos / "a.jpg"))
+    assert again.returncode == 0, again.stderr.decode()
+    assert again.stdout.decode() == f"{ids['a.jpg']}\t{photos / 'a.jpg'}\n"
+    assert again.stderr.decode() == "blobsync: 1 already stored, 0 stored\n"
+    assert ready_b.ok("ls", "--remote", "--count").strip() == "1"
+
+
 def test_ls_long_is_aligned_and_prefix_takes_whole_parts(
     ready_a: Device, tmp_path: Path
 ) -> None:
