@@ -13,7 +13,7 @@ import argparse
 import re
 from typing import Any
 
-from .blob_cmds import cmd_flags, cmd_get, cmd_ls, cmd_put, cmd_rm
+from .blob_cmds import cmd_flags, cmd_put
 from .client_runtime import (
     DEFAULT_HOME,
     DEFAULT_MAX_WAIT,
@@ -24,7 +24,9 @@ from .client_runtime import (
 )
 from .config_cmds import KEYS, cmd_config_set, cmd_config_show
 from .failures import EXIT_CODES_HELP
+from .get_cmds import cmd_get
 from .init_cmd import cmd_init
+from .list_cmds import cmd_ls, cmd_rm
 from .passphrase import add_passphrase_options
 from .sync_cmds import (
     RETRY_FAILED_OPTION,
@@ -135,14 +137,23 @@ def register(subparsers: Any) -> None:
             "Store each file (directories recursively) as a blob on this device and "
             "upload it: small files go up in streams, a batch at a time, while the next "
             "batch is read and sealed; large ones after them. Prints "
-            "'blob_id<TAB>path' per file. A file put "
-            "before and unchanged since (same path, size and mtime) is not stored again: "
-            "its blob is printed as well, uploaded if it is still pending, and stderr "
-            "counts them ('N already stored, M stored'). Entries that are not regular "
+            "'blob_id<TAB>path' per file. Each blob is named (in its encrypted meta) by "
+            "the file's path relative to the parent of the argument: 'put photos/' and "
+            "'put /home/u/photos' both name photos/a.jpg. 'put -' stores stdin (--name "
+            "names it). A file put before and unchanged since (same path, size and "
+            "mtime), or whose name, size and mtime a blob already has (put from any "
+            "device), is not stored again: its blob is printed as well, uploaded if it "
+            "is still pending, and stderr counts them ('N already stored, M stored'); "
+            "--force stores it anew. Entries that are not regular "
             "files (FIFOs, sockets, devices, dangling symlinks, symlinks to directories) "
             "or cannot be read are skipped, each said on stderr, and the exit code is "
             "then 7.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="file or directory to store")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="file or directory to store; '-' alone: stdin")
+    p.add_argument("--name", metavar="NAME",
+                   help="with 'put -': the blob's name (default: none)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the paths that would be stored, store nothing")
     p.add_argument("--id", metavar="ID", help="blob id to use (only with exactly one file; "
                                               "default: a new random id)")
     _namespace_arg(p)
@@ -153,26 +164,43 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-stream", action="store_true",
                    help="upload one request per blob instead of batching in streams")
     p.add_argument("--force", action="store_true",
-                   help="store every file anew, even one stored before and unchanged")
+                   help="store every file anew, even one already stored (same path, or "
+                        "same name, size and mtime)")
     p.add_argument("--fail-fast", action="store_true",
                    help="stop at the first entry that cannot be stored (an unreadable "
                         "file, a FIFO...), storing nothing, instead of skipping it")
     _max_wait_arg(p)
 
-    p = add("get", cmd_get, "write a blob's content to a file or stdout",
-            "Write the verified content of a blob, from this device or else downloaded. "
-            "A blob that fails verification is never written: with -o the file is not "
-            "created. As with cp, a file is created or replaced atomically (a new one "
-            "follows the umask), a symlink is followed, and a device or FIFO is written "
-            "through, only once the blob verified.")
-    p.add_argument("blob_id", metavar="ID", help="the blob id")
-    p.add_argument("-o", "--output", metavar="FILE",
-                   help="write to FILE (default or '-': stdout)")
+    p = add("get", cmd_get, "write blobs' content to a file, a directory or stdout",
+            "Write the verified content of a blob, from this device or else downloaded: "
+            "ID (or --name NAME) to stdout, or to FILE with -o. Several ids, or -r "
+            "PREFIX, need -o DIR: each blob goes to DIR/<its name> (DIR/<its id> without "
+            "one), with the mtime and mode its meta holds; -r takes the names equal to "
+            "PREFIX or under it as a directory (photos: photos/a.jpg, not photos2/b.jpg). "
+            "A name that would land outside DIR is refused, one line each, the rest "
+            "written, and the exit code is 7. A blob that fails verification is never "
+            "written: with -o the file is not created. As with cp, a file is created or "
+            "replaced atomically (a new one follows the umask), a symlink is followed, "
+            "and a device or FIFO is written through, only once the blob verified.")
+    p.add_argument("ids", nargs="*", metavar="ID", help="blob ids")
+    p.add_argument("--name", metavar="NAME",
+                   help="the blob with this name (several: an error that lists them)")
+    p.add_argument("-r", "--recursive", metavar="PREFIX",
+                   help="every blob named PREFIX or under it (needs -o DIR)")
+    p.add_argument("-o", "--output", metavar="FILE|DIR",
+                   help="write to FILE (default or '-': stdout); with several blobs, "
+                        "into DIR (made if missing)")
     _namespace_arg(p)
 
-    p = add("ls", cmd_ls, "list blob ids",
+    p = add("ls", cmd_ls, "list blobs: ids, or with -l sizes, dates and names",
             "List the blob ids of a namespace held on this device, or with --remote on "
-            "the server.")
+            "the server. -l adds each blob's size, date (mtime) and name, in name order "
+            "(a blob without a meta has an empty name); PREFIX lists only the names equal "
+            "to it or under it as a directory.")
+    p.add_argument("prefix", nargs="?", metavar="PREFIX",
+                   help="only blobs named PREFIX or under it (photos: photos/a.jpg)")
+    p.add_argument("-l", "--long", action="store_true",
+                   help="id, size, date and name of each blob")
     p.add_argument("--remote", action="store_true", help="list the server's blobs")
     _namespace_arg(p)
     p.add_argument("--flag", metavar="F", type=_flag,
@@ -186,11 +214,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--deleted", action="store_true",
                    help="list deleted blobs (tombstones) instead; needs --remote")
 
-    p = add("rm", cmd_rm, "delete a blob here and on the server",
-            "Delete a blob on this device and on the server; other devices delete it at "
+    p = add("rm", cmd_rm, "delete blobs here and on the server",
+            "Delete blobs (by id, --name NAME, or -r PREFIX: the names equal to PREFIX or "
+            "under it) on this device and on the server; other devices delete them at "
             "their next sync. With the server unreachable the deletion is queued for the "
             "next sync, and the command says so and exits 4.")
-    p.add_argument("blob_id", metavar="ID", help="the blob id")
+    p.add_argument("ids", nargs="*", metavar="ID", help="blob ids")
+    p.add_argument("--name", metavar="NAME",
+                   help="the blob with this name (several: an error that lists them)")
+    p.add_argument("-r", "--recursive", metavar="PREFIX",
+                   help="every blob named PREFIX or under it")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the blobs that would be deleted ('ID<TAB>name'), delete "
+                        "nothing")
     _namespace_arg(p)
 
     p = add("flags", cmd_flags, "show or set a blob's flags on the server",
@@ -224,6 +260,10 @@ def register(subparsers: Any) -> None:
                         "(after the quota was raised, say)")
     p.add_argument("--no-stream", action="store_true",
                    help="transfer one request per blob instead of batching in streams")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what a sync would do ('download ID', 'upload ID', "
+                        "'delete_here ID', 'delete_there ID', then the counts), as a full "
+                        "listing of the server shows it; do nothing")
     _max_wait_arg(p)
     # The passphrase read and the KDF started before the event loop (sync_prelude).
     p.set_defaults(func=as_command(cmd_sync, prelude=sync_prelude), unlocking=None,

@@ -36,9 +36,34 @@ def collect_files(paths: list[str], skipped: list[Skip] | None = None) -> list[P
 def collect_sources(
     paths: list[str], skipped: list[Skip] | None = None
 ) -> list[tuple[Path, Source]]:
+    """``collect_named`` without the names."""
+    return [(path, src) for path, src, _ in collect_named(paths, skipped)]
+
+
+def base_name(arg: str) -> str:
+    """The name part an argument of put gives its files (SPEC 11: paths are relative to
+    the parent of the argument): its last part once made absolute, so that ``photos/``,
+    ``./x/../photos`` and ``/home/u/photos`` all give ``photos``; empty for ``/``."""
+    return meta_safe(os.path.basename(os.path.abspath(arg)))
+
+
+def meta_safe(name: str) -> str:
+    """``name`` as a meta can hold it: a file name that is not UTF-8 (surrogate escapes)
+    gets U+FFFD for its bad bytes, rather than failing the put."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "replace")
+    return name
+
+
+def collect_named(
+    paths: list[str], skipped: list[Skip] | None = None
+) -> list[tuple[Path, Source, str]]:
     """Regular files named or found under the named directories, in a stable order, each
-    with its source (absolute path, size, mtime: ``putting.file_source``), taken from the
-    open that checks it can be read. One open and fstat per file is all the walk costs,
+    with its source (absolute path, size, mtime, mode: ``putting.file_source``), taken
+    from the open that checks it can be read, and its name (``base_name`` of the argument,
+    then the path below it, joined with ``/``). One open and fstat per file is all the walk costs,
     and put does not stat the files again.
 
     Everything is collected before anything is stored, so a typo in the last argument
@@ -49,18 +74,21 @@ def collect_sources(
     """
     from blobsync.client.localstore import Source
 
-    found: list[tuple[Path, Source]] = []
+    found: list[tuple[Path, Source, str]] = []
     skips: list[Skip] = [] if skipped is None else skipped
     for name in paths:
         path = Path(name)
         if path.is_dir():
             # A link to a directory named by the user is followed, as ls does; links met
             # inside are not (see _files_under).
-            found.extend(_files_under(path, os.path.abspath(path), skips, Source))
+            base = base_name(name)
+            found.extend(_files_under(path, os.path.abspath(path), base + "/" if base else "",
+                                      skips, Source))
         elif path.is_file():
             st = _readable(path, skips)
             if st is not None:
-                found.append((path, Source(os.path.abspath(path), st.st_size, st.st_mtime_ns)))
+                found.append((path, Source(os.path.abspath(path), st.st_size, st.st_mtime_ns,
+                                           st.st_mode & 0o7777), base_name(name)))
         elif not path.exists():
             raise FileNotFoundError(2, "No such file or directory", name)
         else:
@@ -69,24 +97,26 @@ def collect_sources(
 
 
 def _files_under(
-    root: Path, absolute: str, skipped: list[Skip], source: type[Source]
-) -> Iterator[tuple[Path, Source]]:
+    root: Path, absolute: str, prefix: str, skipped: list[Skip], source: type[Source]
+) -> Iterator[tuple[Path, Source, str]]:
     """Files first, then each subdirectory, in name order (as os.walk top-down); links to
     directories are not followed, so a link to a parent cannot loop. scandir's entries know
     their type without a stat per file, which counts for tens of thousands of small files.
-    ``absolute`` is ``root`` made absolute, once: a file's is that and its name."""
+    ``absolute`` is ``root`` made absolute, once: a file's is that and its name;
+    ``prefix`` is the name of ``root`` with a ``/``, the same way."""
     try:
         with os.scandir(root) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
         skipped.append(Skip(root, _reason(exc)))
         return
-    subdirs: list[tuple[Path, str]] = []
+    subdirs: list[tuple[Path, str, str]] = []
     for entry in entries:
         path = root / entry.name
         try:
             if entry.is_dir(follow_symlinks=False):
-                subdirs.append((path, os.path.join(absolute, entry.name)))
+                subdirs.append((path, os.path.join(absolute, entry.name),
+                                prefix + meta_safe(entry.name) + "/"))
                 continue
             if entry.is_file(follow_symlinks=False):
                 st = _readable(entry.path, skipped, path)
@@ -97,12 +127,13 @@ def _files_under(
                 skipped.append(Skip(path, _kind(entry.stat(follow_symlinks=False).st_mode)))
                 continue
             if st is not None:
-                yield path, source(os.path.join(absolute, entry.name), st.st_size,
-                                   st.st_mtime_ns)
+                yield (path, source(os.path.join(absolute, entry.name), st.st_size,
+                                    st.st_mtime_ns, st.st_mode & 0o7777),
+                       prefix + meta_safe(entry.name))
         except OSError as exc:
             skipped.append(Skip(path, _reason(exc)))
-    for subdir, subdir_absolute in subdirs:
-        yield from _files_under(subdir, subdir_absolute, skipped, source)
+    for subdir, subdir_absolute, subdir_prefix in subdirs:
+        yield from _files_under(subdir, subdir_absolute, subdir_prefix, skipped, source)
 
 
 def _link_target(link: Path, skipped: list[Skip]) -> Path | None:

@@ -52,6 +52,10 @@ def read_passphrase(args: argparse.Namespace | None = None, *, confirm: bool = F
         return from_env
     try:
         first = _ask("Passphrase: ")
+        if confirm and first:
+            # Refused before it is typed again: a second entry of a passphrase that
+            # cannot be used only wastes the user's time.
+            check_new(first)
         if confirm and _ask("Passphrase again: ") != first:
             raise CommandFailed("the two passphrases differ")
     except EOFError:

@@ -47,6 +47,10 @@ async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     if args.watch and args.full:
         raise UsageError("--watch and --full do not go together (a watch lists in full "
                          "when it has to)")
+    if args.dry_run:
+        if args.watch:
+            raise UsageError("--watch and --dry-run do not go together")
+        return await _sync_dry_run(args, out, namespace)
     passphrase = None
     quiet = None
     if args.unlocking is not None:  # started by sync_prelude
@@ -106,10 +110,46 @@ async def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+async def _sync_dry_run(args: argparse.Namespace, out: Output, namespace: str) -> int:
+    """What a sync would do, as a full listing of the server sees it, and nothing done:
+    the server is only listed, the local store only read. One line per blob ('download
+    ID', 'upload ID', 'delete_here ID', 'delete_there ID'), then the counts."""
+    from blobsync.client import SyncStatus
+
+    async with open_manager(args, reading=True) as manager:
+        remote = set(await manager.remote_list(namespace))
+        rows = await manager.store.rows(namespace)
+    by_status: dict[SyncStatus, list[str]] = {}
+    for row in rows:
+        by_status.setdefault(row.status, []).append(row.blob_id)
+    local = {row.blob_id for row in rows}
+    retry = args.retry_failed
+
+    def of(*statuses: SyncStatus) -> list[str]:
+        return [i for st in statuses for i in by_status.get(st, [])]
+
+    plan = {
+        "download": of(SyncStatus.PENDING_DOWNLOAD, *([SyncStatus.FAILED_DOWNLOAD] * retry))
+        + sorted(remote - local),
+        "upload": of(SyncStatus.PENDING_UPLOAD, *([SyncStatus.FAILED_UPLOAD] * retry)),
+        # Synced here, gone from the server: another device deleted it.
+        "delete_here": [i for i in of(SyncStatus.SYNCED) if i not in remote],
+        "delete_there": of(SyncStatus.PENDING_DELETE),
+    }
+    for action, ids in plan.items():
+        for blob_id in ids:
+            out.line_soon(f"{action}\t{blob_id}")
+    out.line(f"would download {len(plan['download'])}, upload {len(plan['upload'])}, "
+             f"delete here {len(plan['delete_here'])}, delete on the server "
+             f"{len(plan['delete_there'])}")
+    out.document({"namespace": namespace, "dry_run": True, **plan})
+    return EXIT_OK
+
+
 def sync_prelude(args: argparse.Namespace) -> None:
     """Before the event loop: a plain sync reads the passphrase and starts its KDF, so
     that finding nothing to do costs little more than the KDF (quicksync.py)."""
-    if args.watch or args.full or args.retry_failed:
+    if args.watch or args.full or args.retry_failed or args.dry_run:
         return
     from blobsync.client.quicksync import Unlocking
 

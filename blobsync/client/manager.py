@@ -36,7 +36,7 @@ from .model import (
 )
 from .parts import Parts
 from .profile import Profile
-from .putting import Naming, Putter, file_source
+from .putting import Naming, Putter, file_source, names_by_path
 from .settings import ClientSettings
 from .sync import PHASES, SyncEngine
 from .transport import Transport
@@ -178,13 +178,17 @@ class BlobManager:
     async def stored_copies(
         self, paths: Iterable[str | Path], *, namespace: str = "default",
         local_only: bool = False, sources: Sequence[Source] | None = None,
+        names: Sequence[str] | None = None,
     ) -> dict[Path, str]:
         """Blob ids, by path, of the files put into ``namespace`` before and unchanged
         since (same absolute path, size and mtime), whose blob is still here. A blob kept
         LOCAL_ONLY counts only for a ``local_only`` put: the others want theirs uploaded.
-        ``sources``: as for ``put_many``."""
+        ``sources``: as for ``put_many``. ``names``, one per path, as for ``put_many``:
+        a blob whose meta has the file's name, size and mtime also counts, whichever
+        device stored it (SPEC 11)."""
+        files = _with_sources(paths, sources)
         return await self._putter.stored_copies(
-            _with_sources(paths, sources), namespace, local_only
+            files, namespace, local_only, names_by_path(files, names)
         )
 
     async def put_many(
@@ -232,12 +236,9 @@ class BlobManager:
         check_ids(namespace)
         rank = priority_rank(priority)
         files = _with_sources(paths, sources)
-        by_path = None
-        if names is not None:
-            by_path = dict(zip((p for p, _ in files), names, strict=True))
         return await self._putter.put_many(
             files, namespace, rank, local_only, stored, upload, progress, report, force,
-            already, by_path,
+            already, names_by_path(files, names),
         )
 
     async def _upload_now(self, row: Row, sealed: bytes | None = None) -> None:

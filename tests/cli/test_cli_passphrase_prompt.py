@@ -48,3 +48,38 @@ def test_keys_at_the_passphrase_prompt(
     lines = [line for line in text.replace("\r", "").splitlines() if line.strip()]
     assert lines[-1] == message, text
     assert "Traceback" not in text and "BLOBSYNC_PASSPHRASE" not in text
+
+
+def test_a_short_new_passphrase_is_refused_at_its_first_entry(device_a: Device) -> None:
+    """init asked for a short passphrase twice before refusing it: the second entry was
+    wasted typing. It is refused as soon as it is entered, with the reason."""
+    env = device_a.env()
+    del env["BLOBSYNC_PASSPHRASE"]
+    account = device_a.account
+    argv = [sys.executable, "-m", "blobsync", "--home", str(device_a.home), "init",
+            "--server", account.server.url, "--user", account.user, "--token", account.token]
+    pid, master = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.execve(argv[0], argv, env)
+    seen = b""
+    try:
+        seen = read_until(master, b"Passphrase: ", time.monotonic() + TIMEOUT)
+        os.write(master, b"short\r")
+        seen += read_until(master, None, time.monotonic() + 20)
+    finally:
+        deadline = time.monotonic() + 10
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:  # waiting for a second entry: the bug this test is about
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(master)
+            raise AssertionError(f"init still waits after a short passphrase: {seen!r}")
+        os.close(master)
+    text = seen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(done[1]) == 2, text
+    assert "Passphrase again" not in text
+    lines = [line for line in text.replace("\r", "").splitlines() if line.strip()]
+    assert lines[-1].startswith("blobsync: error: the passphrase is 5 characters long"), text
+    assert not (device_a.home / "config.json").exists()

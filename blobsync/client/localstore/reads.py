@@ -228,6 +228,17 @@ class StoreReads(StoreCore):
 
         return await self._run(q)
 
+    async def has_names(self, namespace: str) -> bool:
+        """Whether any blob of ``namespace`` has a name: one step down the names index."""
+
+        def q() -> bool:
+            return self._conn.execute(
+                "SELECT 1 FROM blobs WHERE namespace = ? AND name IS NOT NULL LIMIT 1",
+                (namespace,),
+            ).fetchone() is not None
+
+        return await self._run(q)
+
     async def named_copies(
         self, namespace: str, wanted: list[tuple[str, int, float]],
         statuses: Iterable[SyncStatus],
