@@ -23,11 +23,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import LimitExceeded, ProtocolError
 from .keys import check_secret
+from .limits import MAX_META_LENGTH  # SPEC 11's 4096, beside the stream header limit it sizes
 from .preamble import b64url_encode
-
-# SPEC 11: the whole meta, as base64url text, is at most this many characters; it bounds
-# what a server keeps per blob and what a listing or a stream header carries.
-MAX_META_LENGTH = 4096
 
 # SPEC 11: a 12-byte iv and a 16-byte tag around the ciphertext; anything shorter cannot
 # be a meta.
