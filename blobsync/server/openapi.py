@@ -66,11 +66,12 @@ _META = {"type": "string", "maxLength": 4096,
          "description": "the blob's sealed meta (SPEC 11): base64url, 28 bytes at least"}
 _META_HEADER = {"Blob-Meta": {"description": "the blob's sealed meta (SPEC 11), when it has "
                               "one", "required": False, "schema": {"type": "string"}}}
-_WITH_META = {"type": "array", "items": {
+# A listing: ids, or with with_meta=true objects (one array schema: [] is both).
+_LISTED = {"type": "array", "items": {"oneOf": [{"type": "string"}, {
     "type": "object", "required": ["blob_id", "size", "meta"],
     "properties": {"blob_id": {"type": "string"},
                    "size": {"type": "integer", "description": "the sealed size"},
-                   "meta": {**_META, "nullable": True}}}}
+                   "meta": {**_META, "nullable": True}}}]}}
 _CHANGES_PAGE = {
     "type": "object",
     "required": ["changes", "cursor", "done"],
@@ -176,7 +177,7 @@ def build_openapi() -> dict[str, Any]:
                              "description": "a listing of ids: the change feed's cursor "
                              "consistent with it (SPEC 8); follow the feed from there",
                              "required": False, "schema": {"type": "string"}}},
-                         "content": _json({"oneOf": [_IDS, _WITH_META, {
+                         "content": _json({"oneOf": [_LISTED, {
                              "type": "object", "properties": {"count": {"type": "integer"}}}]})},
                         400, 401, 403, 406,
                     ),
