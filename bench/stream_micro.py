@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/stream_micro.py [--count 10000] [--size 10000] [--per-stream 1000]
                                            [--profile DIR] [--repeat 3] [--threads]
+                                           [--meta CHARS]
 
 Starts ``blobsync server`` in a temporary directory, pre-seals the blobs in this process,
 then sends them in stream uploads of ``--per-stream`` blobs, one request at a time, and
@@ -13,7 +14,9 @@ event loop apart from the SQLite threads. ``BENCH_SERVER_TREE`` runs the server 
 another copy of the package. ``--pg-s3`` runs it on PostgreSQL + ``rclone serve s3``
 (bench/pg_s3.py) and adds PostgreSQL's CPU per blob (its backends work for the server, on
 the same cores). This is the tool for work on the server's stream path;
-bench/run.py measures the whole system.
+bench/run.py measures the whole system. ``--meta CHARS`` gives every blob a meta of that
+many characters (SPEC 11: a third element of each pair; a well-formed text the server
+checks and keeps, as a device's sealed meta of a name would be).
 """
 
 from __future__ import annotations
@@ -101,7 +104,8 @@ def tree_cpu(pid: int) -> float:
 
 async def run(url: str, token: str, ids: list[str], sealed: list[bytes], per: int,
               server: ServerProc, profile: Path | None, tag: str,
-              threads: bool = False, postmaster: int = 0) -> dict[str, object]:
+              threads: bool = False, postmaster: int = 0,
+              metas: list[str] | None = None) -> dict[str, object]:
     auth = "Token " + base64.b64encode(f"bench:{token}".encode()).decode()
     out: dict[str, object] = {}
     names = thread_names(server.pid) if threads else {}
@@ -116,9 +120,12 @@ async def run(url: str, token: str, ids: list[str], sealed: list[bytes], per: in
                     chunk_ids, chunk = ids[i:i + per], sealed[i:i + per]
                     params = {"direction": direction, "namespace": "micro"}
                     if direction == "upload":
-                        body = encode_upstream_header(
-                            [(b, len(x)) for b, x in zip(chunk_ids, chunk, strict=True)]
-                        ) + b"".join(chunk)
+                        pairs: list[tuple[object, ...]] = [
+                            (b, len(x)) for b, x in zip(chunk_ids, chunk, strict=True)]
+                        if metas is not None:
+                            pairs = [(*pair, m) for pair, m in zip(pairs, metas[i:i + per],
+                                                                   strict=True)]
+                        body = encode_upstream_header(pairs) + b"".join(chunk)
                         async with s.post(f"{url}/stream/bench", params=params,
                                           data=body) as r:
                             doc = await r.json()
@@ -160,6 +167,8 @@ def main() -> None:
                    help="CPU per blob of each server thread (user+system us)")
     p.add_argument("--pg-s3", action="store_true",
                    help="the server on PostgreSQL + rclone serve s3 (bench/pg_s3.py)")
+    p.add_argument("--meta", type=int, default=0,
+                   help="a meta of this many characters per blob (a multiple of 4, >= 40)")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="blobsync-micro-"))
     secret = os.urandom(128)
@@ -183,9 +192,11 @@ def main() -> None:
             for rep in range(args.repeat):
                 ids = [f"r{rep}-{os.urandom(16).hex()}" for _ in range(args.count)]
                 sealed = [seal(secret, i, plain) for i in ids]
+                metas = [base64.urlsafe_b64encode(os.urandom(args.meta // 4 * 3)).decode()
+                         for _ in ids] if args.meta else None
                 res = asyncio.run(run(server.url, token, ids, sealed, args.per_stream, server,
                                       args.profile, f"micro-{rep}", args.threads,
-                                      postmaster))
+                                      postmaster, metas))
                 print(json.dumps(res), flush=True)
                 results.append(res)
     finally:

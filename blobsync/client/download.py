@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,6 +88,7 @@ class Downloads:
     sizes: SizeBook
     _secret: bytes
     _locks: dict[tuple[str, str], _KeyLock]
+    learn_metas: Callable[[str, dict[str, str]], Awaitable[int]]  # metas.MetaSync
 
     async def _verify_failed(self, run: _Run | None, namespace: str, blob_id: str) -> bool:
         """Count a download that did not verify; True when the blob is given up."""
@@ -210,6 +211,8 @@ class Downloads:
     ) -> int | None:
         ns, blob_id = row.namespace, row.blob_id
         async with self.transport.get_blob(ns, blob_id, offset=offset) as dl:
+            if dl.meta is not None:  # SPEC 11: for a blob fetched without being listed
+                await self.learn_metas(ns, {blob_id: dl.meta})
             if offset:
                 if dl.status != 206 or dl.offset != offset or dl.tag != row.partial_tag:
                     raise StaleRange(blob_id)

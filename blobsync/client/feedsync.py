@@ -157,6 +157,12 @@ class FeedSync(UsesParts):
         if plan.new:
             await self.store.add_pending_downloads(namespace, plan.new)
             applied.to_download += plan.new
+        # SPEC 11: what the puts' metas say, on the rows now waiting for their blob (the
+        # last put of an id is the blob it names now).
+        last = {c.blob_id: c.meta for c in changes if c.op == "put"}
+        coming = {b: m for b in (*plan.new, *plan.replace) if (m := last.get(b)) is not None}
+        if coming:
+            await self.engine.learn_metas(namespace, coming)
 
     def _uploading(self, namespace: str) -> Collection[str]:
         return {b for ns, b in self.engine._uploading if ns == namespace}

@@ -5,7 +5,7 @@ from the server's JSON, plain data; and ``read_changes``, the request behind the
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import CursorGone, NoFeed, ServerError
@@ -25,6 +25,7 @@ class FeedChange:
     tag: bytes | None = None
     size: int | None = None
     flags: tuple[str, ...] = ()
+    meta: str | None = field(default=None, repr=False)  # a put's sealed meta (SPEC 11)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def parse_page(doc: Any, what: str) -> FeedPage:
             tag=_tag(c.get("tag")) if c.get("op") == "put" else None,
             size=size if isinstance(size, int) else None,
             flags=tuple(str(f) for f in flags) if isinstance(flags, list) else (),
+            meta=c["meta"] if isinstance(c.get("meta"), str) else None,
         ))
     return FeedPage(out, doc["cursor"], bool(doc.get("done", True)))
 

@@ -26,6 +26,7 @@ from .errors import BlobNotFound, ClientError, RemoteError, TransientError
 from .jobs import bind, gather, run_jobs
 from .localstore import LocalStore, Row
 from .lock import NoLock, ProfileLock
+from .metas import MetaSync, listing_meta
 from .model import Progress, ProgressCallback, SyncReport, SyncStatus
 from .plan import SizeBook, is_small
 from .plan import reconcile as plan_reconcile
@@ -92,7 +93,7 @@ class _Run:
     trackers: dict[str, _Tracker] = field(default_factory=dict)
 
 
-class SyncEngine(Downloads, Uploads):
+class SyncEngine(Downloads, Uploads, MetaSync):
     def __init__(
         self, store: LocalStore, transport: Transport, secret: bytes, settings: ClientSettings
     ) -> None:
@@ -125,8 +126,12 @@ class SyncEngine(Downloads, Uploads):
         # listings travel. They go one after the other: one connection, as for any
         # request outside the ``concurrency`` transfers. The cursor is the first
         # listing's: every change after what it shows lies after that cursor.
+        # With the metas (SPEC 11), which the new rows keep.
+        metas: dict[str, str] = {}
+
         async def listings() -> tuple[list[str], str | None, list[str]]:
-            listed, cursor = await self.transport.listing(namespace)
+            nonlocal metas
+            listed, metas, cursor = await listing_meta(self.transport, namespace)
             return listed, cursor, await self.transport.list_blobs(namespace, deleted=True)
 
         (listed, cursor, tombstoned), (known, unsynced) = await gather(
@@ -162,6 +167,8 @@ class SyncEngine(Downloads, Uploads):
             )
         if plan.new:
             await self.store.add_pending_downloads(namespace, plan.new)
+            if metas:
+                await self.learn_metas(namespace, {b: metas[b] for b in plan.new if b in metas})
         return cursor
 
     # --- the loop ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import base64
 import json
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -104,6 +104,7 @@ class Download:
     total: int | None  # sealed size when the server said it
     tag: bytes | None  # the Tag header, decoded
     _resp: aiohttp.ClientResponse
+    meta: str | None = None  # the Blob-Meta header (SPEC 11), as it came
 
     def chunks(self) -> AsyncIterator[bytes]:
         return _arrived(self._resp.content, "downloading")
@@ -324,14 +325,14 @@ class Transport:
 
     # --- one blob ------------------------------------------------------------------------
 
-    async def put_blob(
-        self, namespace: str, blob_id: str, body: bytes | AsyncIterable[bytes], size: int
-    ) -> None:
-        """PUT a sealed blob; AlreadyOnServer on 409."""
+    async def put_blob(self, namespace: str, blob_id: str, body: bytes | AsyncIterable[bytes],
+                       size: int, meta: str | None = None) -> None:
+        """PUT a sealed blob, and its sealed meta (SPEC 11); AlreadyOnServer on 409."""
         what = f"uploading {blob_id}"
         # A stated length lets the server refuse (413, 507) before reading the body, and
         # saves chunked framing.
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        headers.update({"Blob-Meta": meta} if meta is not None else {})
         url = self._blobs(blob_id, namespace=namespace)
         with _mapped(what):
             async with self.session.put(url, data=body, headers=headers) as resp:
@@ -356,7 +357,7 @@ class Transport:
                     start, total = _content_range(resp.headers.get("Content-Range"), what)
                 if (resp.content_length or 0) > READ_BUFFER and resp.connection:
                     resp.connection.transport.max_size = SOCKET_READ  # type: ignore[union-attr]
-                yield Download(resp.status, start, total, tag, resp)
+                yield Download(resp.status, start, total, tag, resp, resp.headers.get("Blob-Meta"))
 
     async def blob_tail(self, namespace: str, blob_id: str, n: int = TAG_SIZE) -> bytes | None:
         """The last ``n`` bytes of the sealed blob as the server stores it (a suffix
@@ -394,14 +395,14 @@ class Transport:
     async def stream_upload(
         self,
         namespace: str,
-        items: list[tuple[str, int]],
+        items: Sequence[tuple[str, int] | tuple[str, int, str]],
         payloads: AsyncIterable[bytes],
     ) -> tuple[list[str], list[str]]:
-        """POST /stream direction=upload: the header line, then ``payloads`` (the sealed
-        blobs concatenated, exactly the sizes in ``items``). Returns (stored, existing)."""
+        """POST /stream direction=upload: the header line (an item's third element is its
+        meta), then ``payloads``, the sealed blobs concatenated. Returns (stored, existing)."""
         what = f"stream upload of {len(items)} blobs"
         header = encode_upstream_header(items)
-        length = len(header) + sum(size for _, size in items)
+        length = len(header) + sum(item[1] for item in items)
 
         async def body() -> AsyncIterator[bytes]:
             yield header
@@ -477,10 +478,8 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
 
 
 def _decode_tag(value: str | None) -> bytes | None:
-    if not value:
-        return None
     try:
-        return b64url_decode(value.encode())
+        return b64url_decode(value.encode()) if value else None
     except (ValueError, TypeError):
         return None
 

@@ -12,7 +12,7 @@ one (SPEC 7): the tags tell, for 16 bytes each.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from blobsync.format import TAG_SIZE
@@ -45,6 +45,7 @@ class Uploads:
     transport: Transport
     settings: ClientSettings
     _uploading: dict[tuple[str, str], int]  # uploads in flight, per blob
+    metas_to_send: Callable[[str, list[str]], Awaitable[dict[str, str]]]  # metas.MetaSync
 
     # --- uploads -------------------------------------------------------------------------
 
@@ -122,8 +123,9 @@ class Uploads:
             assert fresh.sealed_size is not None
             self._check_payload(fresh)
             body = self.store.read_sealed(fresh) if sealed is None else sealed
+            meta = (await self.metas_to_send(ns, [fresh.blob_id])).get(fresh.blob_id)
             try:
-                await self.transport.put_blob(ns, fresh.blob_id, body, fresh.sealed_size)
+                await self.transport.put_blob(ns, fresh.blob_id, body, fresh.sealed_size, meta)
             except AlreadyOnServer:
                 if not await self.same_on_server(fresh):
                     raise _id_taken(fresh.blob_id) from None
@@ -242,7 +244,10 @@ class Uploads:
         if len(rows) == 1:
             await self._single_upload_job(run, rows[0])
             return
-        items = [(r.blob_id, r.sealed_size or 0) for r in rows]
+        # SPEC 11: a third element for the blobs with a meta only (a v1 server is unaffected).
+        metas = await self.metas_to_send(run.namespace, [r.blob_id for r in rows])
+        items = [(r.blob_id, r.sealed_size or 0, metas[r.blob_id]) if r.blob_id in metas
+                 else (r.blob_id, r.sealed_size or 0) for r in rows]
 
         payloads = (
             self.store.read_sealed_many(rows) if sealed is None

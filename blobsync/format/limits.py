@@ -14,6 +14,18 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,254}")
 # ~30,000 of typical ones, while bounding what a server buffers before the first blob.
 MAX_JSON_HEADER = 1 << 20
 
+# SPEC 11: the whole meta, as base64url text, is at most this many characters; it bounds
+# what a server keeps per blob and what a listing or a stream header carries.
+MAX_META_LENGTH = 4096
+
+# The blobs a client sends in one stream upload (its stream_max_count, by default).
+MAX_STREAM_BLOBS = 1000
+
+# SPEC 11: an upload header must hold a full stream of blobs with metas of the longest.
+# The metas get room of their own on top of MAX_JSON_HEADER, which still bounds the rest
+# of the line (ids, sizes, punctuation): 1 MiB + 1000 x 4096 characters, about 5 MiB.
+MAX_UPSTREAM_HEADER = MAX_JSON_HEADER + MAX_STREAM_BLOBS * MAX_META_LENGTH
+
 # A downstream frame states its length in 8 hex digits, so no frame can be larger.
 MAX_FRAME_SIZE = 0xFFFFFFFF
 

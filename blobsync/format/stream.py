@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import LimitExceeded, ProtocolError
 from .limits import FRAME_HEADER_SIZE, MAX_FRAME_SIZE, MAX_JSON_HEADER, valid_id
+from .meta import check_meta_text
 from .preamble import TAG_SIZE, b64url_decode, b64url_encode
 
 
@@ -60,6 +62,9 @@ class BlobEnd:
 @dataclass(frozen=True, slots=True)
 class UpstreamHeader:
     items: list[tuple[str, int]]
+    # SPEC 11: the metas of the pairs that carry one (the third element), by blob id.
+    # Out of repr: a meta never shows in a log.
+    metas: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +222,9 @@ class DownstreamReader(_Reader):
 # --- upstream -------------------------------------------------------------------------
 
 
-def encode_upstream_header(items: list[tuple[str, int]]) -> bytes:
-    """The first line of an upload stream: JSON ``[[id, size], ...]`` and a newline."""
+def encode_upstream_header(items: list[tuple[str, int]] | list[tuple[Any, ...]]) -> bytes:
+    """The first line of an upload stream: JSON ``[[id, size], ...]`` and a newline; an
+    item ``(id, size, meta)`` carries the blob's meta as a third element (SPEC 11)."""
     # Tuples are JSON arrays as lists are: no list built per blob.
     return json.dumps(items).encode() + b"\n"
 
@@ -235,9 +241,16 @@ class UpstreamReader(_Reader):
         max_header: int = MAX_JSON_HEADER,
         max_blob_size: int | None = None,
         max_stream_size: int | None = None,
+        *,
+        meta_room: int | None = 0,
     ) -> None:
+        """``meta_room``: bytes the header line may have past ``max_header`` for the metas
+        it carries (SPEC 11); what is not meta stays within ``max_header``. None: pairs
+        with a meta are refused (400), as by a server without SPEC 11."""
         super().__init__()
         self._max_header = max_header
+        self._meta_room = meta_room
+        self._max_line = max_header + (meta_room or 0)
         self._max_blob = max_blob_size
         self._max_stream = max_stream_size
         self._items: list[tuple[str, int]] | None = None
@@ -261,21 +274,32 @@ class UpstreamReader(_Reader):
     def _header(self) -> Event | _NeedData:
         # Resume the search where the last one stopped: a header trickling in must not be
         # scanned again from its start on every read (quadratic in its length).
-        limit = self._max_header + 1
+        limit = self._max_line + 1
         end = self._buf.find(b"\n", self._scanned, limit)
         if end < 0:
             self._scanned = min(len(self._buf), limit)
-            if len(self._buf) > self._max_header:
+            if len(self._buf) > self._max_line:
                 raise StreamError(
-                    f"stream header longer than {self._max_header} bytes", status_hint=413
+                    f"stream header longer than {self._max_line} bytes", status_hint=413
                 )
             if self._eof:
                 raise StreamError("stream ended inside its header")
             return NEED_DATA
         line = bytes(self._buf[:end])
         del self._buf[: end + 1]
-        self._items = parse_upstream_header(line, self._max_blob, self._max_stream)
-        return UpstreamHeader(list(self._items))
+        items, metas = parse_header(
+            line, self._max_blob, self._max_stream, metas=self._meta_room is not None
+        )
+        if len(line) > self._max_header and (
+            len(line) - sum(map(len, metas.values())) > self._max_header
+        ):
+            # The room past max_header is the metas' only.
+            raise StreamError(
+                f"stream header longer than {self._max_header} bytes besides its metas",
+                status_hint=413,
+            )
+        self._items = items
+        return UpstreamHeader(list(items), metas)
 
     def take_whole(self, max_size: int) -> list[tuple[str, bytes]] | None:
         """The blobs from the next one on whose bytes are all buffered, each of at most
@@ -320,6 +344,20 @@ class UpstreamReader(_Reader):
 def parse_upstream_header(
     line: bytes, max_blob_size: int | None = None, max_stream_size: int | None = None
 ) -> list[tuple[str, int]]:
+    """The [blob_id, size] pairs of an upload header line (metas checked, not returned)."""
+    return parse_header(line, max_blob_size, max_stream_size)[0]
+
+
+def parse_header(
+    line: bytes,
+    max_blob_size: int | None = None,
+    max_stream_size: int | None = None,
+    *,
+    metas: bool = True,
+) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    """The pairs of an upload header line, and the metas of those that carry one (SPEC
+    11: ``[blob_id, size, meta]``, meta a string or null); ``metas=False`` refuses a third
+    element. A refusal never quotes a meta: metas stay out of every log."""
     try:
         doc = json.loads(line)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -327,6 +365,7 @@ def parse_upstream_header(
     if not isinstance(doc, list):
         raise StreamError("stream header is not a list of [blob_id, size] pairs")
     items: list[tuple[str, int]] = []
+    found: dict[str, str] = {}
     seen: set[str] = set()
     total = 0
     for entry in doc:
@@ -337,7 +376,15 @@ def parse_upstream_header(
             or not isinstance(entry[1], int)
             or isinstance(entry[1], bool)
         ):
-            raise StreamError(f"stream header entry {entry!r} is not a [blob_id, size] pair")
+            # The usual pair costs one test more than before: a third element is rare.
+            if not (metas and _with_meta(entry)):
+                shown = "[...]" if isinstance(entry, list) and len(entry) > 2 else repr(entry)
+                raise StreamError(f"stream header entry {shown[:300]} is not a "
+                                  "[blob_id, size] pair")
+            meta = entry.pop()
+            if meta is not None:
+                _check_meta(entry[0], meta)
+                found[entry[0]] = meta
         blob_id, size = entry
         if not valid_id(blob_id):
             raise StreamError(f"invalid blob_id {blob_id!r} in stream header", blob_id=blob_id)
@@ -352,4 +399,24 @@ def parse_upstream_header(
         items.append((blob_id, size))
     if max_stream_size is not None and total > max_stream_size:
         raise LimitExceeded(f"stream of {total} bytes is over the {max_stream_size}-byte limit")
-    return items
+    return items, found
+
+
+def _with_meta(entry: object) -> bool:
+    """``[blob_id, size, meta]`` with an id, a size and a string or null."""
+    return (
+        isinstance(entry, list)
+        and len(entry) == 3
+        and isinstance(entry[0], str)
+        and type(entry[1]) is int
+        and (entry[2] is None or isinstance(entry[2], str))
+    )
+
+
+def _check_meta(blob_id: str, meta: str) -> None:
+    try:
+        check_meta_text(meta)
+    except ProtocolError as exc:
+        # The same status (400, 413 past the length), naming the blob, never the meta.
+        raise StreamError(f"meta of blob {blob_id[:300]!r}: {exc}",
+                          status_hint=exc.status_hint, blob_id=blob_id) from None

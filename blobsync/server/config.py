@@ -76,6 +76,10 @@ class ServerConfig:
     # feed_heartbeat seconds.
     feed_retention: float = DEFAULT_FEED_RETENTION
     feed_heartbeat: float = DEFAULT_FEED_HEARTBEAT
+    # SPEC 11's encrypted metas (GET / lists "meta"). false: the server acts as one from
+    # before them (Blob-Meta and with_meta ignored, a stream pair with a meta refused, no
+    # meta in the feed), to try clients against such a server.
+    meta_extension: bool = True
 
     @property
     def blob_limit(self) -> int | None:
@@ -95,6 +99,8 @@ _COUNTS = {"workers"}
 _SIZES = {"quota", "max_blob_size", "max_stream_size", "inline_max"}
 _DURATIONS = {"sweep_interval", "sweep_grace", "feed_retention", "feed_heartbeat"}
 _OPTIONAL = {"tls_cert", "tls_key", "metadata", "payload"}
+_BOOLS = {"meta_extension"}
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _LEVELS = {"debug", "info", "warning", "error"}
 _SIZE = re.compile(r"(\d+)\s*([kmgt]i?b?)?", re.IGNORECASE)
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -136,6 +142,12 @@ def parse_size(value: object, key: str = "size") -> int:
 
 
 def _convert(key: str, value: object) -> object:
+    if key in _BOOLS:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if key in _SIZES:
         return parse_size(value, key)
     if key in _DURATIONS:

@@ -62,7 +62,9 @@ def decode_cursor(feed_id: str, cursor: str) -> int:
     return int(pos)
 
 
-def change_json(change: Change) -> dict[str, Any]:
+def change_json(change: Change, with_meta: bool = True) -> dict[str, Any]:
+    """A change as SPEC 8 writes it; a put's ``meta`` when it has one (SPEC 11) and
+    ``with_meta`` (the server has the extension)."""
     out: dict[str, Any] = {
         "namespace": change.namespace,
         "blob_id": change.blob_id,
@@ -71,6 +73,8 @@ def change_json(change: Change) -> dict[str, Any]:
     if change.op == "put":
         out["size"] = change.size
         out["tag"] = base64.urlsafe_b64encode(change.tag or b"").decode("ascii")
+        if change.meta is not None and with_meta:
+            out["meta"] = change.meta
     if change.flags is not None:
         out["flags"] = sorted(change.flags)
     return out

@@ -58,8 +58,20 @@ _CHANGE = {
         "tag": {"type": "string", "description": "base64url of the 16-byte tag; put only"},
         "flags": {"type": "array", "items": _FLAG_SCHEMA,
                   "description": "put and flags only"},
+        "meta": {"type": "string", "description": "the blob's sealed meta (SPEC 11); put "
+                 "only, when the blob has one"},
     },
 }
+_META = {"type": "string", "maxLength": 4096,
+         "description": "the blob's sealed meta (SPEC 11): base64url, 28 bytes at least"}
+_META_HEADER = {"Blob-Meta": {"description": "the blob's sealed meta (SPEC 11), when it has "
+                              "one", "required": False, "schema": {"type": "string"}}}
+# A listing: ids, or with with_meta=true objects (one array schema: [] is both).
+_LISTED = {"type": "array", "items": {"oneOf": [{"type": "string"}, {
+    "type": "object", "required": ["blob_id", "size", "meta"],
+    "properties": {"blob_id": {"type": "string"},
+                   "size": {"type": "integer", "description": "the sealed size"},
+                   "meta": {**_META, "nullable": True}}}]}}
 _CHANGES_PAGE = {
     "type": "object",
     "required": ["changes", "cursor", "done"],
@@ -92,9 +104,9 @@ def build_openapi() -> dict[str, Any]:
         "info": {
             "title": "blobsync public API",
             "version": __version__,
-            "description": "LEAP Soledad's blobs protocol (SPEC sections 3 to 5) and the "
-            'change feed (SPEC 8). Errors are JSON `{"error": "..."}`; unknown routes answer '
-            "404 and wrong methods 405.",
+            "description": "LEAP Soledad's blobs protocol (SPEC sections 3 to 5), the "
+            'change feed (SPEC 8) and encrypted metas (SPEC 11). Errors are JSON '
+            '`{"error": "..."}`; unknown routes answer 404 and wrong methods 405.',
         },
         "components": {
             "securitySchemes": {
@@ -154,17 +166,19 @@ def build_openapi() -> dict[str, Any]:
                                                 "enum": ["date", "+date", "-date"]}),
                         _param("deleted", "query", "ids of deleted blobs (tombstones)", _BOOL),
                         _param("only_count", "query", 'answer {"count": n}', _BOOL),
+                        _param("with_meta", "query", "blobs as {blob_id, size, meta} (SPEC "
+                               "11); ignored with deleted or only_count", _BOOL),
                         _param("limit", "query", "at most this many (extension)",
                                {"type": "integer", "minimum": 1}),
                     ],
                     "responses": _responses(
-                        {"description": "ids, or a count",
+                        {"description": "ids, blobs with their metas, or a count",
                          "headers": {"Changes-Cursor": {
                              "description": "a listing of ids: the change feed's cursor "
                              "consistent with it (SPEC 8); follow the feed from there",
                              "required": False, "schema": {"type": "string"}}},
-                         "content": _json({"oneOf": [_IDS, {"type": "object", "properties": {
-                             "count": {"type": "integer"}}}]})},
+                         "content": _json({"oneOf": [_LISTED, {
+                             "type": "object", "properties": {"count": {"type": "integer"}}}]})},
                         400, 401, 403, 406,
                     ),
                 },
@@ -182,16 +196,20 @@ def build_openapi() -> dict[str, Any]:
                     ],
                     "responses": _responses(
                         {"description": "the sealed blob, or its flags",
-                         "headers": {"Tag": {"schema": {"type": "string"}}},
+                         "headers": {"Tag": {"schema": {"type": "string"}}, **_META_HEADER},
                          "content": {**_BINARY, **_json(_IDS)}},
                         400, 401, 403, 404, 416,
-                        extra={206: {"description": _REASONS[206], "content": _BINARY}},
+                        extra={206: {"description": _REASONS[206], "headers": _META_HEADER,
+                                     "content": _BINARY}},
                     ),
                 },
                 "put": {
                     "operationId": "putBlob",
                     "summary": "create the blob from the sealed bytes in the body",
                     "security": auth,
+                    "parameters": [_param("Blob-Meta", "header", "its sealed meta (SPEC 11), "
+                                          "checked before the body: 400 malformed, 413 longer "
+                                          "than 4096", _META)],
                     "requestBody": {"required": True, "content": _BINARY},
                     "responses": _responses({"description": "stored",
                                              "content": _json({"type": "object"})},
@@ -265,8 +283,9 @@ def build_openapi() -> dict[str, Any]:
                             "application/json": {"schema": _IDS},
                             "application/octet-stream": {"schema": {
                                 "type": "string", "format": "binary",
-                                "description": "upload: a JSON line of [id, size] pairs, "
-                                "newline, the sealed blobs back to back"}},
+                                "description": "upload: a JSON line of [id, size] pairs, or "
+                                "[id, size, meta] with a blob's sealed meta (SPEC 11), newline, "
+                                "the sealed blobs back to back"}},
                         },
                     },
                     "responses": _responses(

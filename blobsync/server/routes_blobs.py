@@ -11,7 +11,14 @@ from typing import BinaryIO
 from aiohttp import web
 
 from blobsync import __version__
-from blobsync.format.limits import MAX_FRAME_SIZE, MAX_ID_LENGTH, MAX_JSON_HEADER
+from blobsync.format.limits import (
+    MAX_FRAME_SIZE,
+    MAX_ID_LENGTH,
+    MAX_JSON_HEADER,
+    MAX_META_LENGTH,
+    MAX_UPSTREAM_HEADER,
+)
+from blobsync.format.meta import check_meta_text
 from blobsync.format.preamble import b64url_encode
 from blobsync.server.auth import authenticate_user
 from blobsync.server.errors import ApiError, client_gone, end_cut, write_body
@@ -38,26 +45,34 @@ log = logging.getLogger("blobsync.server")
 MAX_FLAGS_BODY = 4096
 # Bytes asked of the request body at a time: fewer, larger pieces cost less per byte.
 BODY_CHUNK = 256 << 10
+# SPEC 11: a blob's sealed meta travels in this header, up with a PUT, down with a GET.
+META_HEADER = "Blob-Meta"
 
 
 async def server_info(request: web.Request) -> web.Response:
     store = request.app[STORE]
     config = request.app[CONFIG]
+    # SPEC 1.1: what this server has beyond Soledad.
+    extensions = ["changes", "meta"] if config.meta_extension else ["changes"]
+    limits = {
+        "quota": store.quota,
+        "max_blob_size": store.max_blob_size,
+        "max_stream_size": config.stream_limit,
+        "max_json_body": MAX_JSON_HEADER,
+        "max_frame_size": MAX_FRAME_SIZE,
+        "max_id_length": MAX_ID_LENGTH,
+    }
+    if config.meta_extension:
+        limits["max_meta_length"] = MAX_META_LENGTH
+        limits["max_stream_header"] = MAX_UPSTREAM_HEADER
     return web.json_response(
         {
             "name": "blobsync",
             "version": __version__,
             "protocol": 1,
             "services": ["blobs", "stream", "incoming"],
-            "extensions": ["changes"],  # SPEC 1.1: what this server has beyond Soledad
-            "limits": {
-                "quota": store.quota,
-                "max_blob_size": store.max_blob_size,
-                "max_stream_size": config.stream_limit,
-                "max_json_body": MAX_JSON_HEADER,
-                "max_frame_size": MAX_FRAME_SIZE,
-                "max_id_length": MAX_ID_LENGTH,
-            },
+            "extensions": extensions,
+            "limits": limits,
         }
     )
 
@@ -70,6 +85,9 @@ async def list_blobs(request: web.Request) -> web.Response:
     flag = flag_param(request, "filter_flag")
     deleted = bool_param(request, "deleted")
     only_count = bool_param(request, "only_count")
+    # SPEC 11; ignored with deleted=true (a tombstone has no size nor meta) and with
+    # only_count=true (a count is a count), as by a server without the extension.
+    with_meta = bool_param(request, "with_meta") and request.app[CONFIG].meta_extension
     limit = limit_param(request)
     if deleted and flag is not None:
         raise ApiError(400, "deleted=true cannot be combined with filter_flag")
@@ -86,10 +104,18 @@ async def list_blobs(request: web.Request) -> web.Response:
     # The feed position first: every change after it is either in the listing already or
     # still to come, and a client applying one it has seen does nothing (SPEC 8).
     position = await store.index.feed_position(uuid)
+    cursor = {"Changes-Cursor": encode_cursor(store.index.feed_id, position)}
+    if with_meta:
+        # Its own query: the plain listing (every sync's) reads no size nor meta.
+        rows = await store.index.list_blobs_meta(
+            uuid, ns, filter_flag=flag, order=order, limit=limit
+        )
+        return web.json_response(
+            [{"blob_id": b, "size": size, "meta": meta} for b, size, meta in rows],
+            headers=cursor,
+        )
     ids = await store.index.list_blobs(uuid, ns, filter_flag=flag, order=order, limit=limit)
-    return web.json_response(
-        ids, headers={"Changes-Cursor": encode_cursor(store.index.feed_id, position)}
-    )
+    return web.json_response(ids, headers=cursor)
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
@@ -119,6 +145,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     resp.content_length = length
     resp.headers["Tag"] = b64url_encode(info.tag).decode("ascii")
     resp.headers["Accept-Ranges"] = "bytes"
+    if info.meta is not None and request.app[CONFIG].meta_extension:
+        resp.headers[META_HEADER] = info.meta
     if rng:
         resp.headers["Content-Range"] = rng.content_range(info.size)
     if file is not None:
@@ -137,6 +165,7 @@ class _PutTarget:
     ns: str
     blob_id: str
     size: int | None  # as declared; None for a chunked body
+    meta: str | None  # SPEC 11, checked
 
 
 async def put_checks(request: web.Request) -> _PutTarget:
@@ -145,18 +174,24 @@ async def put_checks(request: web.Request) -> _PutTarget:
     uuid = path_id(request, "uuid")
     blob_id = path_id(request, "blob_id")
     ns = namespace(request)
+    meta = request.headers.get(META_HEADER)
+    if not request.app[CONFIG].meta_extension:
+        meta = None  # as a server without SPEC 11: an unknown header
+    elif meta is not None:
+        check_meta_text(meta)  # 400, 413: before the body, and never quoting the meta
     await authenticate_user(request, store.index, uuid)
     size = request.content_length
     if size is not None:
         await check_room(store, uuid, ns, blob_id, size)
-    return _PutTarget(uuid, ns, blob_id, size)
+    return _PutTarget(uuid, ns, blob_id, size, meta)
 
 
 async def put_blob(request: web.Request) -> web.Response:
     store = request.app[STORE]
     t = await before_body(request, put_checks)
     info = await store.put(
-        t.uuid, t.ns, t.blob_id, request.content.iter_chunked(BODY_CHUNK), size=t.size
+        t.uuid, t.ns, t.blob_id, request.content.iter_chunked(BODY_CHUNK), size=t.size,
+        meta=t.meta,
     )
     return web.json_response({"blob_id": t.blob_id, "size": info.size})
 

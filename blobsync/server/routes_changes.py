@@ -84,7 +84,7 @@ async def changes(request: web.Request) -> web.StreamResponse:
         return await _events(request, uuid, since, read)
     page = await _long_poll(request, uuid, await read(since), timeout, read)
     return web.json_response({
-        "changes": [change_json(c) for c in page.changes],
+        "changes": [change_json(c, request.app[CONFIG].meta_extension) for c in page.changes],
         "cursor": encode_cursor(index.feed_id, page.position),
         "done": page.done,
     })
@@ -151,11 +151,12 @@ async def _stream_events(
     hub = request.app[HUB]
     heartbeat = request.app[CONFIG].feed_heartbeat or DEFAULT_FEED_HEARTBEAT
     feed_id = request.app[STORE].index.feed_id
+    with_meta = request.app[CONFIG].meta_extension
     while not hub.closed:
         if page.changes:
             await write_body(request, resp, "".join(
                 f"event: change\nid: {encode_cursor(feed_id, change.seq)}\n"
-                f"data: {json.dumps(change_json(change), separators=(',', ':'))}\n\n"
+                f"data: {json.dumps(change_json(change, with_meta), separators=(',', ':'))}\n\n"
                 for change in page.changes
             ).encode())
         if page.done and not await waiter.wait(heartbeat):

@@ -21,6 +21,7 @@ from blobsync.format.limits import (
     FRAME_HEADER_SIZE,
     MAX_FRAME_SIZE,
     MAX_JSON_HEADER,
+    MAX_UPSTREAM_HEADER,
     valid_id,
 )
 from blobsync.format.stream import (
@@ -250,7 +251,10 @@ class _Pump:
 async def upload(request: web.Request, uuid: str, ns: str) -> web.Response:
     store = request.app[STORE]
     limit = request.app[CONFIG].stream_limit  # a declared size over it: see stream_checks
-    reader = UpstreamReader(MAX_JSON_HEADER, store.max_blob_size, limit)
+    # SPEC 11: room for a full stream's metas past MAX_JSON_HEADER (limits.py); none, and
+    # pairs with a meta refused, on a server without the extension.
+    room = MAX_UPSTREAM_HEADER - MAX_JSON_HEADER if request.app[CONFIG].meta_extension else None
+    reader = UpstreamReader(MAX_JSON_HEADER, store.max_blob_size, limit, meta_room=room)
     up = StreamUpload(store, uuid, ns)
     pump = _Pump(reader, request.content, on_idle=up.flush)
     failure: BaseException | None = None

@@ -9,6 +9,8 @@ flags and their compare-and-set. What the payload layer does is the payload suit
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,7 @@ from blobsync.server.storage.base import (
     BlobExists,
     BlobInfo,
     BlobNotFound,
+    MetadataIndex,
     NewBlob,
     Order,
     PreconditionFailed,
@@ -24,6 +27,7 @@ from blobsync.server.storage.base import (
     UserNotFound,
 )
 from blobsync.server.storage.blobstore import BlobStore
+from tests.harness.stores import postgres_index
 from tests.helpers.storage import (
     NS,
     Sealed,
@@ -296,3 +300,124 @@ async def test_concurrent_reservation_has_one_winner(store: BlobStore, sealed: S
     )
     assert sum(r is None for r in results) == 1
     assert sum(isinstance(r, PreconditionFailed) for r in results) == 7
+
+
+# SPEC 11: the sealed meta, kept with the row and its put change --------------------------
+META_A = "A" * 40  # opaque to the index: any text
+META_B = "B" * 4096
+
+
+async def test_meta_is_kept_with_the_row_and_read_back(store: BlobStore, sealed: Sealed) -> None:
+    idx = store.index
+    a, b, c = sealed("a"), sealed("b"), sealed("c")
+    await put(store, "a", a, meta=META_A)
+    await put(store, "c", c)  # no meta: None everywhere
+    batch = store.batch(U, NS)
+    batch.take("b", b, len(b), META_B)
+    batch.take("d", sealed("d"), len(sealed("d")))
+    await batch.flush()
+    await idx.set_flags(U, NS, "c", frozenset({"PENDING"}))
+    assert (await idx.get_blob(U, NS, "a")).meta == META_A  # type: ignore[union-attr]
+    assert (await idx.get_blob(U, NS, "c")).meta is None  # type: ignore[union-attr]
+    assert {i.blob_id: i.meta for i in await idx.get_blobs(U, NS, ["a", "b", "c"])} == {
+        "a": META_A, "b": META_B, "c": None,
+    }
+    listed = await idx.list_blobs_meta(U, NS, order=Order.OLDEST_FIRST)
+    assert [tuple(r) for r in listed] == [
+        ("a", len(a), META_A), ("c", len(c), None), ("b", len(b), META_B),
+        ("d", len(sealed("d")), None),
+    ]
+    newest = await idx.list_blobs_meta(U, NS, order=Order.NEWEST_FIRST, limit=2)
+    assert [r[0] for r in newest] == ["d", "b"]
+    pending = await idx.list_blobs_meta(U, NS, filter_flag="PENDING")
+    assert [tuple(r) for r in pending] == [("c", len(c), None)]
+    assert await idx.list_blobs_meta(U, "other") == []
+    # the plain listing is unchanged
+    assert await idx.list_blobs(U, NS, order=Order.OLDEST_FIRST) == ["a", "c", "b", "d"]
+    # the meta is not shown where a row is printed (logs)
+    assert META_A not in repr(await idx.get_blob(U, NS, "a"))
+
+
+async def test_meta_rides_on_the_put_change_only(store: BlobStore, sealed: Sealed) -> None:
+    idx = store.index
+    await put(store, "a", sealed("a"), meta=META_A)
+    await idx.insert_blobs(U, NS, [NewBlob("b", 5, b"t" * 16, "loc-b", meta=META_B),
+                                   NewBlob("c", 5, b"t" * 16, "loc-c")])
+    await idx.set_flags(U, NS, "a", frozenset({"FAILED"}))
+    await store.delete(U, NS, "a")
+    page = await idx.read_changes(U, None, 100)
+    assert [(c.blob_id, c.op, c.meta) for c in page.changes] == [
+        ("a", "put", META_A), ("b", "put", META_B), ("c", "put", None),
+        ("a", "flags", None), ("a", "delete", None),
+    ]
+    # the id created again under another meta: each put change keeps its own
+    await put(store, "a", sealed("a"), meta=META_B)
+    page = await idx.read_changes(U, page.position, 100)
+    assert [(c.blob_id, c.op, c.meta) for c in page.changes] == [("a", "put", META_B)]
+
+
+async def test_meta_with_the_quota_path(store: BlobStore, sealed: Sealed) -> None:
+    store.quota = 10_000
+    idx = store.index
+    out = await idx.insert_blobs(U, NS, [NewBlob("q1", 5, b"t" * 16, "loc-1", meta=META_A),
+                                         NewBlob("q2", 5, b"t" * 16, "loc-2")], quota=10_000)
+    assert [o.meta for o in out] == [META_A, None]  # type: ignore[union-attr]
+    one = await idx.insert_blob(U, NS, NewBlob("q3", 5, b"t" * 16, "loc-3", meta=META_B),
+                                quota=10_000)
+    assert one.meta == META_B
+    assert {i.blob_id: i.meta for i in await idx.get_blobs(U, NS, ["q1", "q2", "q3"])} == {
+        "q1": META_A, "q2": None, "q3": META_B,
+    }
+    changes = (await idx.read_changes(U, None, 10)).changes
+    assert [c.meta for c in changes] == [META_A, None, META_B]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_meta_migration_keeps_old_rows_without_meta(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An index made by the schema before SPEC 11 opens with its rows, metas NULL."""
+    index: MetadataIndex
+    if kind == "sqlite":
+        from blobsync.server.storage import sqlite as sq
+
+        path = tmp_path / "old.sqlite3"
+        conn = sqlite3.connect(path)
+        with conn:
+            for sql in [s for step in sq.MIGRATIONS[:2] for s in step]:
+                conn.execute(sql)
+            conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            conn.execute("INSERT INTO schema_version VALUES (2)")
+            conn.execute("INSERT INTO blobs (user, namespace, blob_id, size, tag, location, "
+                         "flags, created) VALUES (?, ?, 'old', 7, ?, 'loc', 0, 0)",
+                         (U, NS, b"t" * 16))
+            conn.execute("INSERT INTO changes (user, namespace, blob_id, op, size, tag, flags, "
+                         "created) VALUES (?, ?, 'old', 'put', 7, ?, 0, 0)", (U, NS, b"t" * 16))
+        conn.close()
+        index = sq.SQLiteIndex(path)
+    else:
+        import asyncpg
+
+        from blobsync.server.storage import postgres as pg
+
+        index = await postgres_index(request)
+        pconn = await asyncpg.connect(index.dsn)
+        try:
+            assert await pg.migrate(pconn, pg.MIGRATIONS[:3]) == 3
+            await pconn.execute("INSERT INTO blobs (user_id, namespace, blob_id, size, tag, "
+                                "location) VALUES ($1, $2, 'old', 7, $3, 'loc')",
+                                U, NS, b"t" * 16)
+            await pconn.execute("INSERT INTO changes (user_id, namespace, blob_id, op, size, "
+                                "tag, flags) VALUES ($1, $2, 'old', 'put', 7, $3, '{}')",
+                                U, NS, b"t" * 16)
+        finally:
+            await pconn.close()
+    await index.open()
+    try:
+        assert (await index.get_blob(U, NS, "old")).meta is None  # type: ignore[union-attr]
+        assert [tuple(r) for r in await index.list_blobs_meta(U, NS)] == [("old", 7, None)]
+        assert [c.meta for c in (await index.read_changes(U, None, 10)).changes] == [None]
+        await index.insert_blob(U, NS, NewBlob("new", 3, b"t" * 16, "loc-n", meta=META_A))
+        assert (await index.get_blob(U, NS, "new")).meta == META_A  # type: ignore[union-attr]
+    finally:
+        await index.close()

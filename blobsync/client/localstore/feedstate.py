@@ -6,15 +6,16 @@ only the feed makes (a held blob whose id now names another blob on the server).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable
 
-from blobsync.format import TAG_SIZE
+from blobsync.format import TAG_SIZE, Meta
 
 from ..errors import ClientError
 from ..model import SyncStatus
 from .core import StoreCore
 from .files import read_tail
-from .rows import Row
+from .rows import Row, names_columns
 
 
 class StoreFeed(StoreCore):
@@ -115,6 +116,57 @@ class StoreFeed(StoreCore):
             return n
 
         return await self._run(q)
+
+    # --- metas (SPEC 11) -------------------------------------------------------------------
+
+    async def metas(self, namespace: str, blob_ids: list[str]) -> dict[str, str]:
+        """The sealed metas of those of ``blob_ids`` that have one, to send with them."""
+
+        def q() -> dict[str, str]:
+            (found,) = self._conn.execute(
+                "SELECT json_group_object(blob_id, meta) FROM blobs WHERE namespace = ? "
+                "AND meta IS NOT NULL AND blob_id IN (SELECT value FROM json_each(?))",
+                (namespace, json.dumps(blob_ids)),
+            ).fetchone()
+            return dict(json.loads(found))
+
+        return await self._run(q)
+
+    async def learn_metas(
+        self, namespace: str, opened: list[tuple[str, Meta, str]]
+    ) -> int:
+        """What the server's metas say of blobs still to come, (blob_id, what it says, the
+        sealed text) each: kept on their PENDING_DOWNLOAD rows, so that a listing by name
+        shows them on this device too. Returns how many rows took one."""
+        pending = SyncStatus.PENDING_DOWNLOAD.value
+        values = [(*names_columns(meta, text), namespace, blob_id, pending)
+                  for blob_id, meta, text in opened]
+
+        def q() -> int:
+            with self._tx():
+                before = self._conn.total_changes
+                self._conn.executemany(
+                    "UPDATE blobs SET name = ?, mtime = ?, mode = ?, mtype = ?, meta = ? "
+                    "WHERE namespace = ? AND blob_id = ? AND status = ?",
+                    values,
+                )
+                return self._conn.total_changes - before
+
+        return await self._run(q) if values else 0
+
+    async def remembered(self, key: str) -> str | None:
+        """A value this profile keeps about its servers (``remember``)."""
+
+        def q() -> str | None:
+            r = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return None if r is None else str(r[0])
+
+        return await self._run(q)
+
+    async def remember(self, key: str, value: str) -> None:
+        await self._run(lambda: self._conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
+        ))
 
     # --- other processes -----------------------------------------------------------------
 

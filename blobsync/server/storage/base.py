@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from blobsync.format.errors import BlobsyncError
@@ -96,6 +96,8 @@ class BlobInfo:
     flags: frozenset[str]
     seq: int  # stored order: strictly increasing per server, across all processes
     location: str  # where the payload store keeps the bytes; opaque outside it
+    # SPEC 11: the sealed meta, opaque here; out of repr, so that no log shows it.
+    meta: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,8 @@ class NewBlob:
     tag: bytes
     location: str  # where the payload store committed it
     flags: frozenset[str] = frozenset()
+    # SPEC 11, checked by the route (format.meta.check_meta_text); out of repr, as above.
+    meta: str | None = field(default=None, repr=False)
 
 
 # The operations a change records (SPEC 8).
@@ -124,6 +128,7 @@ class Change:
     size: int | None = None  # sealed size; put only
     tag: bytes | None = None  # put only
     flags: frozenset[str] | None = None  # put and flags
+    meta: str | None = field(default=None, repr=False)  # put only, when it has one (SPEC 11)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +268,25 @@ class MetadataIndex(abc.ABC):
         order: Order = Order.NONE,
         limit: int | None = None,
     ) -> list[str]: ...
+
+    async def list_blobs_meta(
+        self,
+        user: str,
+        namespace: str,
+        *,
+        filter_flag: str | None = None,
+        order: Order = Order.NONE,
+        limit: int | None = None,
+    ) -> list[tuple[str, int, str | None]]:
+        """``list_blobs`` with each blob's sealed size and meta (SPEC 11's
+        ``with_meta=true``): (blob_id, size, meta or None). A query of its own, so that the
+        plain listing reads no more than it did. This default joins the two reads; the
+        backends read it in one."""
+        ids = await self.list_blobs(
+            user, namespace, filter_flag=filter_flag, order=order, limit=limit
+        )
+        infos = {i.blob_id: i for i in await self.get_blobs(user, namespace, ids)}
+        return [(b, infos[b].size, infos[b].meta) for b in ids if b in infos]
 
     @abc.abstractmethod
     async def count_blobs(

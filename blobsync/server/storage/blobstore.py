@@ -46,6 +46,8 @@ READ_ATTEMPTS = 3
 BATCH_COUNT = 256
 
 Outcome = BlobInfo | BlobExists | QuotaExceeded
+# A blob waiting in a StreamBatch: (blob_id, sealed bytes, tag, meta or None).
+_Waiting = tuple[str, bytes, bytes, str | None]
 
 # Orphans gc deletes per call of PayloadStore.delete_many (one SQLite transaction each).
 GC_DELETE_BATCH = 500
@@ -181,9 +183,13 @@ class BlobStore:
         *,
         size: int | None = None,
         flags: frozenset[str] = frozenset(),
+        meta: str | None = None,
     ) -> BlobInfo:
+        """Store a blob from its sealed bytes; ``meta``: its sealed meta (SPEC 11), checked
+        by the caller (``check_meta_text``) and kept with the row as it is."""
         try:
-            info = await self._put(user, namespace, blob_id, chunks, size=size, flags=flags)
+            info = await self._put(user, namespace, blob_id, chunks, size=size, flags=flags,
+                                   meta=meta)
         except BlobsyncError as exc:
             self.observer.on_refused(exc)
             raise
@@ -200,10 +206,12 @@ class BlobStore:
         *,
         size: int | None,
         flags: frozenset[str],
+        meta: str | None = None,
     ) -> BlobInfo:
         token = self._write_begins()
         try:
-            return await self._put_tracked(user, namespace, blob_id, chunks, size, flags, token)
+            return await self._put_tracked(user, namespace, blob_id, chunks, size, flags, token,
+                                           meta)
         except BaseException:
             # A commit or an insert that runs on past a cancel ends the write itself.
             if token not in self._handed_off:
@@ -228,6 +236,7 @@ class BlobStore:
         size: int | None,
         flags: frozenset[str],
         token: int,
+        meta: str | None = None,
     ) -> BlobInfo:
         # Cheap refusals first, before a byte is stored (the index re-checks at the end),
         # in the one order of every backend and route: size (413), id (409), quota (507).
@@ -256,7 +265,7 @@ class BlobStore:
         location = await self._commit(writer, token)
         self._unindexed.add(location)
         return await self._insert(
-            user, namespace, blob_id, check.received, check.tail, location, flags, token
+            user, namespace, blob_id, check.received, check.tail, location, flags, token, meta
         )
 
     async def _commit(self, writer: PayloadWriter, token: int) -> str:
@@ -297,10 +306,11 @@ class BlobStore:
         location: str,
         flags: frozenset[str],
         token: int,
+        meta: str | None = None,
     ) -> BlobInfo:
         task = asyncio.ensure_future(
             self.index.insert_blob(
-                user, namespace, NewBlob(blob_id, size, tag, location, frozenset(flags)),
+                user, namespace, NewBlob(blob_id, size, tag, location, frozenset(flags), meta),
                 quota=self.quota,
             )
         )
@@ -354,10 +364,8 @@ class BlobStore:
         task.add_done_callback(self._background.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def _store_run(
-        self, user: str, namespace: str, run: list[tuple[str, bytes, bytes]]
-    ) -> list[Outcome]:
-        """Payloads of ``run`` ((blob_id, sealed, tag), checked) durable first, then their
+    async def _store_run(self, user: str, namespace: str, run: list[_Waiting]) -> list[Outcome]:
+        """Payloads of ``run`` ((blob_id, sealed, tag, meta), checked) durable first, then their
         rows in one transaction; payloads whose row did not go in are deleted."""
         token = self._write_begins()  # this task runs to its end, cancelled caller or not
         try:
@@ -366,21 +374,21 @@ class BlobStore:
             self._write_ends(token)
 
     async def _store_run_tracked(
-        self, user: str, namespace: str, run: list[tuple[str, bytes, bytes]]
+        self, user: str, namespace: str, run: list[_Waiting]
     ) -> list[Outcome]:
         locations = await self.payloads.store_many(
-            user, namespace, [(blob_id, data) for blob_id, data, _ in run]
+            user, namespace, [(blob_id, data) for blob_id, data, _, _ in run]
         )
         self._unindexed.update(locations)
         try:
             rows = [
-                NewBlob(blob_id, len(data), tag, location)
-                for (blob_id, data, tag), location in zip(run, locations, strict=True)
+                NewBlob(blob_id, len(data), tag, location, meta=meta)
+                for (blob_id, data, tag, meta), location in zip(run, locations, strict=True)
             ]
             try:
                 outcomes = await self.index.insert_blobs(user, namespace, rows, quota=self.quota)
             except BaseException:
-                for (blob_id, _, _), location in zip(run, locations, strict=True):
+                for (blob_id, _, _, _), location in zip(run, locations, strict=True):
                     await self._drop_unless_indexed(user, namespace, blob_id, location)
                 raise
             # Reported before the payload deletes below, which may fail: the rows are in.
@@ -629,7 +637,7 @@ class StreamBatch:
         self.store = store
         self.user = user
         self.namespace = namespace
-        self._waiting: list[tuple[str, bytes, bytes]] = []
+        self._waiting: list[_Waiting] = []
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -637,7 +645,7 @@ class StreamBatch:
 
     def ids(self) -> list[str]:
         """The blobs waiting, in order."""
-        return [blob_id for blob_id, _, _ in self._waiting]
+        return [blob_id for blob_id, _, _, _ in self._waiting]
 
     @staticmethod
     def fits(size: int) -> bool:
@@ -647,7 +655,9 @@ class StreamBatch:
     def full(self) -> bool:
         return len(self._waiting) >= BATCH_COUNT or self._bytes >= BATCH_BYTES
 
-    async def receive(self, blob_id: str, chunks: AsyncIterable[bytes], size: int) -> None:
+    async def receive(
+        self, blob_id: str, chunks: AsyncIterable[bytes], size: int, meta: str | None = None
+    ) -> None:
         """Take one blob whose declared ``size`` fits. Raises what ``put`` raises for bad
         bytes (InvalidBlob, ProtocolError, LimitExceeded); nothing is kept then."""
         if not self.fits(size):
@@ -663,10 +673,10 @@ class StreamBatch:
         except BlobsyncError as exc:
             self.store.observer.on_refused(exc)  # as put reports its refusals
             raise
-        self._waiting.append((blob_id, bytes(buf), check.tail))
+        self._waiting.append((blob_id, bytes(buf), check.tail, meta))
         self._bytes += len(buf)
 
-    def take(self, blob_id: str, data: bytes, size: int) -> None:
+    def take(self, blob_id: str, data: bytes, size: int, meta: str | None = None) -> None:
         """``receive`` for a blob whose bytes are all in hand (a stream reader's usual
         case for a small blob): the same checks and errors, in one call and no copy."""
         if not self.fits(size):
@@ -689,7 +699,7 @@ class StreamBatch:
             self.store.observer.on_refused(exc)  # as put reports its refusals
             raise
         # The last 16 bytes of the whole blob, as _SealedCheck keeps them.
-        self._waiting.append((blob_id, data, data[-TAG_SIZE:]))
+        self._waiting.append((blob_id, data, data[-TAG_SIZE:], meta))
         self._bytes += size
 
     async def flush(self) -> list[tuple[str, Outcome]]:
@@ -706,4 +716,4 @@ class StreamBatch:
         task = asyncio.ensure_future(self.store._store_run(self.user, self.namespace, run))
         self.store._track(task)
         outcomes = await asyncio.shield(task)
-        return [(blob_id, outcome) for (blob_id, _, _), outcome in zip(run, outcomes, strict=False)]
+        return [(b[0], outcome) for b, outcome in zip(run, outcomes, strict=False)]

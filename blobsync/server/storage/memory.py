@@ -55,10 +55,10 @@ class MemoryIndex(MetadataIndex):
 
     def _append(
         self, user: str, namespace: str, blob_id: str, op: str, *, size: int | None = None,
-        tag: bytes | None = None, flags: frozenset[str] | None = None,
+        tag: bytes | None = None, flags: frozenset[str] | None = None, meta: str | None = None,
     ) -> None:
         self._change_seq += 1
-        change = Change(self._change_seq, namespace, blob_id, op, size, tag, flags)
+        change = Change(self._change_seq, namespace, blob_id, op, size, tag, flags, meta)
         self._changes.setdefault(user, []).append((time.time(), change))
 
     # users and services -----------------------------------------------------------------
@@ -120,12 +120,13 @@ class MemoryIndex(MetadataIndex):
         self._seq += 1
         info = BlobInfo(
             user, namespace, blob_id, size, bytes(blob.tag), frozenset(blob.flags), self._seq,
-            blob.location,
+            blob.location, blob.meta,
         )
         rows[blob_id] = info
         self._usage[user] = used + size
         self._tombstones.get((user, namespace), {}).pop(blob_id, None)
-        self._append(user, namespace, blob_id, "put", size=size, tag=info.tag, flags=info.flags)
+        self._append(user, namespace, blob_id, "put", size=size, tag=info.tag, flags=info.flags,
+                     meta=info.meta)
         return info
 
     async def get_blob(self, user: str, namespace: str, blob_id: str) -> BlobInfo | None:
@@ -178,6 +179,21 @@ class MemoryIndex(MetadataIndex):
         if order is Order.NEWEST_FIRST:
             ids.reverse()
         return ids if limit is None else ids[: max(limit, 0)]
+
+    async def list_blobs_meta(
+        self,
+        user: str,
+        namespace: str,
+        *,
+        filter_flag: str | None = None,
+        order: Order = Order.NONE,
+        limit: int | None = None,
+    ) -> list[tuple[str, int, str | None]]:
+        rows = self._blobs.get((user, namespace), {})
+        ids = await self.list_blobs(
+            user, namespace, filter_flag=filter_flag, order=order, limit=limit
+        )
+        return [(b, rows[b].size, rows[b].meta) for b in ids]
 
     async def count_blobs(
         self, user: str, namespace: str, *, filter_flag: str | None = None

@@ -161,6 +161,13 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE payloads ALTER COLUMN data SET STORAGE EXTERNAL;
     """,
+    # 4: the sealed meta of SPEC 11, opaque text, with the blob and with its put change (a
+    # change keeps the meta its blob had). A nullable column without a default: no table
+    # rewrite, existing rows read NULL.
+    """
+    ALTER TABLE blobs ADD COLUMN meta text;
+    ALTER TABLE changes ADD COLUMN meta text;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -196,26 +203,28 @@ _LOCKED = (
     f"locked AS MATERIALIZED (SELECT pg_advisory_xact_lock({FEED_LOCK_CLASS}, hashtext($1::text))),"
     f" told AS MATERIALIZED (SELECT pg_notify('{CHANGES_CHANNEL}', $1::text))"
 )
-# One change: user, namespace, blob id, op, size, tag, flags.
+# One change: user, namespace, blob id, op, size, tag, flags, meta.
 _APPEND_ONE = (
-    f"WITH {_LOCKED} INSERT INTO changes (user_id, namespace, blob_id, op, size, tag, flags)"
-    " SELECT $1::text, $2::text, $3::text, $4::text, $5::bigint, $6::bytea, $7::text[]"
-    " FROM locked, told"
+    f"WITH {_LOCKED} INSERT INTO changes"
+    " (user_id, namespace, blob_id, op, size, tag, flags, meta)"
+    " SELECT $1::text, $2::text, $3::text, $4::text, $5::bigint, $6::bytea, $7::text[],"
+    " $8::text FROM locked, told"
 )
 # A run's puts in one statement, with the rest of the run's bookkeeping: the usage added
 # (its row is locked already) and the tombstones of its ids removed (rows nobody else can
 # be holding while waiting on us: the ids were free when this transaction inserted them).
-# Parameters: user, namespace, bytes added, then blob ids, sizes, tags, comma-joined flags.
+# Parameters: user, namespace, bytes added, then blob ids, sizes, tags, comma-joined flags,
+# metas (NULL for a run without any: unnest pads a NULL array with NULLs).
 _APPEND_PUTS = (
     "WITH bump AS (UPDATE usage SET bytes = bytes + $3::bigint WHERE user_id = $1::text),"
     " unmarked AS (DELETE FROM tombstones WHERE user_id = $1::text AND namespace = $2::text"
     " AND blob_id = ANY($4::text[])),"
     f" {_LOCKED}"
-    " INSERT INTO changes (user_id, namespace, blob_id, op, size, tag, flags)"
-    " SELECT $1::text, $2::text, r.blob_id, 'put', r.size, r.tag, string_to_array(r.flags, ',')"
-    " FROM locked, told,"
-    " unnest($4::text[], $5::bigint[], $6::bytea[], $7::text[]) WITH ORDINALITY"
-    " AS r(blob_id, size, tag, flags, n)"
+    " INSERT INTO changes (user_id, namespace, blob_id, op, size, tag, flags, meta)"
+    " SELECT $1::text, $2::text, r.blob_id, 'put', r.size, r.tag, string_to_array(r.flags, ','),"
+    " r.meta FROM locked, told,"
+    " unnest($4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::text[]) WITH ORDINALITY"
+    " AS r(blob_id, size, tag, flags, meta, n)"
     " ORDER BY r.n"
 )
 # A run without a quota, whole, in ONE statement run outside any explicit transaction: its
@@ -229,14 +238,16 @@ _APPEND_PUTS = (
 # reads ``bump``'s row before taking the feed lock, and ``appended`` draws the seqs from rows
 # joined with ``locked``, in run order (``ins.seq``). ``unmarked`` is _APPEND_PUTS's.
 # Nothing inserted: ``bump`` yields no row, so no lock, no change, no notification.
-# Parameters: user, namespace, then blob ids, sizes, tags, comma-joined flags, locations.
+# Parameters: user, namespace, then blob ids, sizes, tags, comma-joined flags, locations,
+# metas (NULL for a run without any, as in _APPEND_PUTS).
 INSERT_RUN_UNLIMITED = (
     "WITH run AS MATERIALIZED (SELECT r.*, nextval('blob_seq') AS seq"
-    " FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::text[], $7::text[])"
-    " WITH ORDINALITY AS r(blob_id, size, tag, flags, location, n)),"
-    " ins AS (INSERT INTO blobs (user_id, namespace, blob_id, size, tag, flags, location, seq)"
+    " FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::text[], $7::text[], $8::text[])"
+    " WITH ORDINALITY AS r(blob_id, size, tag, flags, location, meta, n)),"
+    " ins AS (INSERT INTO blobs"
+    " (user_id, namespace, blob_id, size, tag, flags, location, seq, meta)"
     " SELECT $1::text, $2::text, r.blob_id, r.size, r.tag, string_to_array(r.flags, ','),"
-    " r.location, r.seq FROM run AS r ORDER BY r.blob_id, r.seq"
+    " r.location, r.seq, r.meta FROM run AS r ORDER BY r.blob_id, r.seq"
     " ON CONFLICT (user_id, namespace, blob_id) DO NOTHING RETURNING {columns}),"
     " bump AS (INSERT INTO usage (user_id, bytes) SELECT $1::text, sum(size) FROM ins"
     " HAVING count(*) > 0"
@@ -246,8 +257,9 @@ INSERT_RUN_UNLIMITED = (
     " locked AS MATERIALIZED (SELECT pg_advisory_xact_lock({feed_class}, hashtext($1::text))"
     " FROM bump),"
     " told AS MATERIALIZED (SELECT pg_notify('{channel}', $1::text) FROM locked),"
-    " appended AS (INSERT INTO changes (user_id, namespace, blob_id, op, size, tag, flags)"
-    " SELECT $1::text, $2::text, i.blob_id, 'put', i.size, i.tag, i.flags"
+    " appended AS (INSERT INTO changes"
+    " (user_id, namespace, blob_id, op, size, tag, flags, meta)"
+    " SELECT $1::text, $2::text, i.blob_id, 'put', i.size, i.tag, i.flags, i.meta"
     " FROM locked, told, ins AS i ORDER BY i.seq)"
     " SELECT blob_id, seq FROM ins"
 )
@@ -258,9 +270,10 @@ _NEWEST = "coalesce((SELECT max(seq) FROM changes WHERE user_id = $1), 0)"
 # Parameters: user, since (NULL: from the horizon), namespace (NULL: all), limit + 1.
 READ_CHANGES_QUERY = (
     "SELECT b.horizon, b.last, b.newest,"
-    " c.seq, c.namespace, c.blob_id, c.op, c.size, c.tag, c.flags"
+    " c.seq, c.namespace, c.blob_id, c.op, c.size, c.tag, c.flags, c.meta"
     f" FROM (SELECT {_HORIZON} AS horizon, {_LAST_SEQ} AS last, {_NEWEST} AS newest) AS b"
-    " LEFT JOIN LATERAL (SELECT seq, namespace, blob_id, op, size, tag, flags FROM changes"
+    " LEFT JOIN LATERAL (SELECT seq, namespace, blob_id, op, size, tag, flags, meta"
+    " FROM changes"
     " WHERE user_id = $1 AND seq > coalesce($2::bigint, b.horizon)"
     " AND ($3::text IS NULL OR namespace = $3::text)"
     " AND ($2::bigint IS NULL OR $2::bigint BETWEEN b.horizon AND b.last)"
@@ -308,7 +321,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 _UNAVAILABLE = UNAVAILABLE
 
-_COLUMNS = "user_id, namespace, blob_id, size, tag, flags, seq, location"
+_COLUMNS = "user_id, namespace, blob_id, size, tag, flags, seq, location, meta"
 _INSERT_RUN_UNLIMITED = INSERT_RUN_UNLIMITED.format(
     columns=_COLUMNS, feed_class=FEED_LOCK_CLASS, channel=CHANGES_CHANNEL
 )
@@ -383,15 +396,16 @@ def _flag_clause(flag: str | None) -> str:
     return f" AND flags @> '{{{flag}}}'::text[]"
 
 
-def list_query(filter_flag: str | None, order: Order) -> str:
-    """SELECT of blob ids; parameters: user, namespace, limit (NULL for no limit)."""
+def list_query(filter_flag: str | None, order: Order, columns: str = "blob_id") -> str:
+    """SELECT of blob ids (or ``columns``); parameters: user, namespace, limit (NULL for
+    no limit)."""
     order_by = {
         Order.NONE: "",
         Order.OLDEST_FIRST: " ORDER BY seq",
         Order.NEWEST_FIRST: " ORDER BY seq DESC",
     }[order]
     return (
-        "SELECT blob_id FROM blobs WHERE user_id = $1 AND namespace = $2"
+        f"SELECT {columns} FROM blobs WHERE user_id = $1 AND namespace = $2"
         f"{_flag_clause(filter_flag)}{order_by} LIMIT $3"
     )
 
@@ -419,6 +433,7 @@ def _info(row: asyncpg.Record) -> BlobInfo:
         flags=frozenset(row["flags"]),
         seq=row["seq"],
         location=row["location"],
+        meta=row["meta"],
     )
 
 
@@ -579,8 +594,9 @@ class PostgresIndex(MetadataIndex):
                 # The row first: a duplicate fails here, before the hot usage row is locked,
                 # and BlobExists wins over QuotaExceeded as the contract orders them.
                 row = await conn.fetchrow(
-                    "INSERT INTO blobs (user_id, namespace, blob_id, size, tag, flags, location)"
-                    f" VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_COLUMNS}",
+                    "INSERT INTO blobs"
+                    " (user_id, namespace, blob_id, size, tag, flags, location, meta)"
+                    f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}",
                     user,
                     namespace,
                     blob.blob_id,
@@ -588,6 +604,7 @@ class PostgresIndex(MetadataIndex):
                     bytes(blob.tag),
                     _flag_list(blob.flags),
                     blob.location,
+                    blob.meta,
                 )
                 await conn.execute(
                     "DELETE FROM tombstones WHERE user_id = $1 AND namespace = $2 AND blob_id = $3",
@@ -611,7 +628,7 @@ class PostgresIndex(MetadataIndex):
                     raise QuotaExceeded(f"quota of {quota} bytes exceeded")
                 await conn.execute(
                     _APPEND_ONE, user, namespace, blob.blob_id, "put", blob.size,
-                    bytes(blob.tag), _flag_list(blob.flags),
+                    bytes(blob.tag), _flag_list(blob.flags), blob.meta,
                 )
         except asyncpg.UniqueViolationError:
             raise BlobExists(f"blob {blob.blob_id} exists") from None
@@ -675,11 +692,11 @@ class PostgresIndex(MetadataIndex):
             # wins) and RETURNING names those that went in.
             inserted = await conn.fetch(
                 "WITH run AS MATERIALIZED (SELECT r.*, nextval('blob_seq') AS seq"
-                " FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::text[], $7::text[])"
-                " WITH ORDINALITY AS r(blob_id, size, tag, flags, location, n))"
+                " FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::text[], $7::text[],"
+                " $8::text[]) WITH ORDINALITY AS r(blob_id, size, tag, flags, location, meta, n))"
                 " INSERT INTO blobs (user_id, namespace, blob_id, size, tag, flags, location,"
-                " seq) SELECT $1, $2, r.blob_id, r.size, r.tag,"
-                " string_to_array(r.flags, ','), r.location, r.seq FROM run AS r"
+                " seq, meta) SELECT $1, $2, r.blob_id, r.size, r.tag,"
+                " string_to_array(r.flags, ','), r.location, r.seq, r.meta FROM run AS r"
                 " ORDER BY r.blob_id, r.seq"
                 f" ON CONFLICT (user_id, namespace, blob_id) DO NOTHING RETURNING {_COLUMNS}",
                 user,
@@ -689,6 +706,7 @@ class PostgresIndex(MetadataIndex):
                 [bytes(b.tag) for b in blobs],
                 [",".join(_flag_list(b.flags)) for b in blobs],
                 [b.location for b in blobs],
+                _metas(blobs),
             )
             by_id = {rec["blob_id"]: _info(rec) for rec in inserted}
             # Locked after the blob rows, as insert_blob does, and held to the commit: this
@@ -735,6 +753,7 @@ class PostgresIndex(MetadataIndex):
                     [o.size for o in kept],
                     [o.tag for o in kept],
                     [",".join(_flag_list(o.flags)) for o in kept],
+                    _metas(kept),
                 )
         return out
 
@@ -752,6 +771,7 @@ class PostgresIndex(MetadataIndex):
                 [bytes(b.tag) for b in blobs],
                 [",".join(_flag_list(b.flags)) for b in blobs],
                 [b.location for b in blobs],
+                _metas(blobs),
             )
         # Only the ids and seqs come back: the rest of each row is in hand, and decoding
         # eight columns (a text[] among them) per row cost the event loop more than that.
@@ -762,7 +782,7 @@ class PostgresIndex(MetadataIndex):
             out.append(
                 BlobExists(f"blob {blob.blob_id} exists") if seq is None
                 else BlobInfo(user, namespace, blob.blob_id, blob.size, bytes(blob.tag),
-                              frozenset(blob.flags), seq, blob.location)
+                              frozenset(blob.flags), seq, blob.location, blob.meta)
             )
         return out
 
@@ -800,7 +820,9 @@ class PostgresIndex(MetadataIndex):
             await conn.execute(
                 "UPDATE usage SET bytes = bytes - $2 WHERE user_id = $1", user, row["size"]
             )
-            await conn.execute(_APPEND_ONE, user, namespace, blob_id, "delete", None, None, None)
+            await conn.execute(
+                _APPEND_ONE, user, namespace, blob_id, "delete", None, None, None, None
+            )
         return _info(row)
 
     async def set_flags(
@@ -828,7 +850,7 @@ class PostgresIndex(MetadataIndex):
                 # In the UPDATE's transaction, after its row lock (the feed lock is last).
                 await conn.execute(
                     _APPEND_ONE, user, namespace, blob_id, "flags", None, None,
-                    _flag_list(flags),
+                    _flag_list(flags), None,
                 )
                 return
             exists = await conn.fetchval(
@@ -855,6 +877,22 @@ class PostgresIndex(MetadataIndex):
         async with self._connection() as conn:
             rows = await conn.fetch(list_query(filter_flag, order), user, namespace, limit)
         return [r["blob_id"] for r in rows]
+
+    async def list_blobs_meta(
+        self,
+        user: str,
+        namespace: str,
+        *,
+        filter_flag: str | None = None,
+        order: Order = Order.NONE,
+        limit: int | None = None,
+    ) -> list[tuple[str, int, str | None]]:
+        if limit is not None and limit <= 0:
+            return []
+        query = list_query(filter_flag, order, "blob_id, size, meta")
+        async with self._connection() as conn:
+            rows = await conn.fetch(query, user, namespace, limit)
+        return [(r["blob_id"], r["size"], r["meta"]) for r in rows]
 
     async def count_blobs(
         self, user: str, namespace: str, *, filter_flag: str | None = None
@@ -970,4 +1008,12 @@ def _change(row: asyncpg.Record) -> Change:
         size=row["size"],
         tag=None if tag is None else bytes(tag),
         flags=None if flags is None else frozenset(flags),
+        meta=row["meta"],
     )
+
+
+def _metas(blobs: Iterable[NewBlob | BlobInfo]) -> list[str | None] | None:
+    """A run's metas as one array parameter, or NULL when none has one: the usual run
+    then sends no array of NULLs (unnest pads a NULL array)."""
+    metas = [b.meta for b in blobs]
+    return metas if any(m is not None for m in metas) else None

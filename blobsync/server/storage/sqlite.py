@@ -123,11 +123,18 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE feed (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
         "INSERT INTO feed VALUES ('id', lower(hex(randomblob(8))))",
     ],
+    # 3: the sealed meta of SPEC 11, opaque text, with the blob and with its put change
+    # (a change keeps the meta its blob had, whatever happens to the id later). Existing
+    # rows have none: NULL. Nullable columns added last cost a row without a meta nothing.
+    [
+        "ALTER TABLE blobs ADD COLUMN meta TEXT",
+        "ALTER TABLE changes ADD COLUMN meta TEXT",
+    ],
 ]
 
 _CHANGE_INSERT = (
-    "INSERT INTO changes (user, namespace, blob_id, op, size, tag, flags, created) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO changes (user, namespace, blob_id, op, size, tag, flags, created, meta) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # How often a process looks for other processes' commits while requests wait on the feed:
 # a wake-up within this (SPEC 8 asks for one second), for one cheap query each time.
@@ -136,7 +143,7 @@ COMMIT_POLL_INTERVAL = 0.05
 # SPEC 8's second, and an idle worker wakes 4 times a second instead of 20.
 IDLE_CHECK_INTERVAL = 0.25
 
-_BLOB_COLUMNS = "user, namespace, blob_id, size, tag, flags, seq, location"
+_BLOB_COLUMNS = "user, namespace, blob_id, size, tag, flags, seq, location, meta"
 # A change that a later change of the same blob supersedes (compact_changes).
 # The changes a later one of the same blob supersedes: everything before its last put or
 # delete, and flags changes before its last flags change. One grouping pass over the table
@@ -152,7 +159,7 @@ _SUPERSEDED = (
 )
 
 
-# Rows per multi-row INSERT: 8 parameters each, well under SQLite's 32,766 (3.32 and on).
+# Rows per multi-row INSERT: 9 parameters each, well under SQLite's 32,766 (3.32 and on).
 ROWS_PER_INSERT = 500
 
 
@@ -189,10 +196,11 @@ def _insert_rows(
         values: list[object] = []
         for blob in part:
             values += (user, namespace, blob.blob_id, blob.size, bytes(blob.tag),
-                       blob.location, flags_to_mask(blob.flags), now)
+                       blob.location, flags_to_mask(blob.flags), now, blob.meta)
         cur = conn.execute(
             "INSERT OR ROLLBACK INTO blobs (user, namespace, blob_id, size, tag, location, "
-            "flags, created) VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)),
+            "flags, created, meta) VALUES "
+            + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)),
             values,
         )
         last = cur.lastrowid
@@ -202,9 +210,9 @@ def _insert_rows(
 
 
 def _row_to_info(row: tuple[Any, ...]) -> BlobInfo:
-    user, namespace, blob_id, size, tag, flags, seq, location = row
+    user, namespace, blob_id, size, tag, flags, seq, location, meta = row
     return BlobInfo(user, namespace, blob_id, size, bytes(tag), mask_to_flags(flags), seq,
-                    location)
+                    location, meta)
 
 
 class SQLiteIndex(MetadataIndex):
@@ -345,13 +353,14 @@ class SQLiteIndex(MetadataIndex):
         location: str,
         flags: frozenset[str],
         quota: int,
+        meta: str | None = None,
     ) -> BlobInfo:
         mask = flags_to_mask(flags)
         try:
             cur = conn.execute(
                 "INSERT INTO blobs (user, namespace, blob_id, size, tag, location, flags, "
-                "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (user, namespace, blob_id, size, bytes(tag), location, mask, time.time()),
+                "created, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (user, namespace, blob_id, size, bytes(tag), location, mask, time.time(), meta),
             )
         except sqlite3.IntegrityError:
             # The unique constraint decides id races, in every process alike.
@@ -372,10 +381,10 @@ class SQLiteIndex(MetadataIndex):
         )
         conn.execute(
             _CHANGE_INSERT,
-            (user, namespace, blob_id, "put", size, bytes(tag), mask, time.time()),
+            (user, namespace, blob_id, "put", size, bytes(tag), mask, time.time(), meta),
         )
         return BlobInfo(user, namespace, blob_id, size, bytes(tag), frozenset(flags), seq,
-                        location)
+                        location, meta)
 
     async def insert_blob(
         self,
@@ -386,7 +395,7 @@ class SQLiteIndex(MetadataIndex):
     ) -> BlobInfo:
         return await self._run(
             self._write, self._insert_one, user, namespace, blob.blob_id, blob.size, blob.tag,
-            blob.location, frozenset(blob.flags), quota,
+            blob.location, frozenset(blob.flags), quota, blob.meta,
         )
 
     async def insert_blobs(
@@ -445,8 +454,8 @@ class SQLiteIndex(MetadataIndex):
                 # The feed's rows copied from the blobs' own, in seq order: one statement.
                 copied = conn.execute(
                     "INSERT OR ROLLBACK INTO changes (user, namespace, blob_id, op, size, tag, "
-                    "flags, created) SELECT user, namespace, blob_id, 'put', size, tag, flags, "
-                    "created FROM blobs WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                    "flags, created, meta) SELECT user, namespace, blob_id, 'put', size, tag, "
+                    "flags, created, meta FROM blobs WHERE seq BETWEEN ? AND ? ORDER BY seq",
                     (seqs[0], seqs[-1]),
                 ).rowcount
                 if copied != len(chosen):
@@ -455,7 +464,7 @@ class SQLiteIndex(MetadataIndex):
             seq_of = iter(seqs)
             return [
                 BlobInfo(user, namespace, o.blob_id, o.size, bytes(o.tag), frozenset(o.flags),
-                         next(seq_of), o.location) if isinstance(o, NewBlob) else o
+                         next(seq_of), o.location, o.meta) if isinstance(o, NewBlob) else o
                 for o in out
             ]
 
@@ -497,7 +506,8 @@ class SQLiteIndex(MetadataIndex):
                 [v[:3] for v in values],
             )
             conn.executemany(
-                _CHANGE_INSERT, [(*v[:3], "put", v[3], v[4], v[6], v[7]) for v in values]
+                _CHANGE_INSERT,
+                [(*v[:3], "put", v[3], v[4], v[6], v[7], None) for v in values],
             )
             return len(values)
 
@@ -533,7 +543,7 @@ class SQLiteIndex(MetadataIndex):
             )
             conn.execute(
                 _CHANGE_INSERT,
-                (user, namespace, blob_id, "delete", None, None, None, time.time()),
+                (user, namespace, blob_id, "delete", None, None, None, time.time(), None),
             )
             return info
 
@@ -564,7 +574,7 @@ class SQLiteIndex(MetadataIndex):
             )
             conn.execute(
                 _CHANGE_INSERT,
-                (user, namespace, blob_id, "flags", None, None, mask, time.time()),
+                (user, namespace, blob_id, "flags", None, None, mask, time.time(), None),
             )
 
         await self._run(self._write, tx)
@@ -574,8 +584,10 @@ class SQLiteIndex(MetadataIndex):
         where = "WHERE user = ? AND namespace = ?"
         return where if filter_flag is None else f"{where} AND {_flag_term(filter_flag)}"
 
-    def _listing_sql(self, filter_flag: str | None, order: Order, limit: int | None) -> str:
-        sql = f"SELECT blob_id FROM blobs {self._where(filter_flag)}"
+    def _listing_sql(
+        self, filter_flag: str | None, order: Order, limit: int | None, columns: str = "blob_id"
+    ) -> str:
+        sql = f"SELECT {columns} FROM blobs {self._where(filter_flag)}"
         if order is Order.OLDEST_FIRST:
             sql += " ORDER BY seq"
         elif order is Order.NEWEST_FIRST:
@@ -597,6 +609,23 @@ class SQLiteIndex(MetadataIndex):
 
         def read() -> list[str]:
             return [r[0] for r in self._db().execute(sql, (user, namespace))]
+
+        return await self._run(read)
+
+    async def list_blobs_meta(
+        self,
+        user: str,
+        namespace: str,
+        *,
+        filter_flag: str | None = None,
+        order: Order = Order.NONE,
+        limit: int | None = None,
+    ) -> list[tuple[str, int, str | None]]:
+        # Not the covering index of the plain listing: the size and meta are in the rows.
+        sql = self._listing_sql(filter_flag, order, limit, "blob_id, size, meta")
+
+        def read() -> list[tuple[str, int, str | None]]:
+            return self._db().execute(sql, (user, namespace)).fetchall()
 
         return await self._run(read)
 
@@ -722,7 +751,7 @@ class SQLiteIndex(MetadataIndex):
                         )
                 start = horizon if since is None else since
                 sql = (
-                    "SELECT seq, namespace, blob_id, op, size, tag, flags FROM changes "
+                    "SELECT seq, namespace, blob_id, op, size, tag, flags, meta FROM changes "
                     "WHERE user = ? AND seq > ?"
                 )
                 args: tuple[Any, ...] = (user, start)
@@ -829,8 +858,8 @@ class SQLiteIndex(MetadataIndex):
 
 
 def _row_to_change(row: tuple[Any, ...]) -> Change:
-    seq, namespace, blob_id, op, size, tag, flags = row
+    seq, namespace, blob_id, op, size, tag, flags, meta = row
     return Change(
         seq, namespace, blob_id, op, size, None if tag is None else bytes(tag),
-        None if flags is None else mask_to_flags(flags),
+        None if flags is None else mask_to_flags(flags), meta,
     )

@@ -52,6 +52,7 @@ class StreamUpload:
         self.stored: list[str] = []
         self.existing: list[str] = []
         self.current: str | None = None  # the blob being received, or the one that failed
+        self.metas: dict[str, str] = {}  # SPEC 11: the header's metas, by blob id
 
     def _skipped(self, blob_id: str) -> None:
         """A blob the header check found present: storage never sees it, so it is reported
@@ -83,6 +84,7 @@ class StreamUpload:
     async def receive(self, pump: BlobEvents, header: UpstreamHeader) -> None:
         present = await present_ids(self.store, self.uuid, self.ns, header.items)
         await check_quota(self.store, self.uuid, header.items, present)
+        self.metas = metas = header.metas
         while True:
             # Small blobs the body holds whole, the usual case, without events.
             if taken := await pump.whole_blobs(BATCH_BLOB_MAX):
@@ -98,7 +100,8 @@ class StreamUpload:
                 # In one piece: most small blobs arrive whole in one read of the body, and
                 # an async generator and a check fed piece by piece per blob cost more than
                 # storing it.
-                self.batch.take(event.blob_id, await pump.whole_blob(), event.size)
+                self.batch.take(event.blob_id, await pump.whole_blob(), event.size,
+                                metas.get(event.blob_id) if metas else None)
                 if self.batch.full:
                     await self.flush()
             else:
@@ -112,12 +115,13 @@ class StreamUpload:
 
     async def _take_whole(self, taken: list[tuple[str, bytes]], present: set[str]) -> None:
         batch = self.batch
+        metas = self.metas
         for blob_id, data in taken:
             self.current = blob_id
             if blob_id in present:
                 self._skipped(blob_id)
                 continue
-            batch.take(blob_id, data, len(data))
+            batch.take(blob_id, data, len(data), metas.get(blob_id) if metas else None)
             if batch.full:
                 await self.flush()
         self.current = None
@@ -125,7 +129,8 @@ class StreamUpload:
     async def _put_alone(self, pump: BlobEvents, blob_id: str, size: int) -> None:
         body = pump.blob_body()
         try:
-            await self.store.put(self.uuid, self.ns, blob_id, body, size=size)
+            await self.store.put(self.uuid, self.ns, blob_id, body, size=size,
+                                 meta=self.metas.get(blob_id))
             self.stored.append(blob_id)
         except BlobExists:
             self.existing.append(blob_id)  # reported by put to the store's observer
