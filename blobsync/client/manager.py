@@ -176,9 +176,8 @@ class BlobManager:
         return await self.store.named(namespace, prefix, whole_parts=whole_parts, name=name)
 
     async def entries(self, namespace: str = "default", prefix: str | None = None) -> list[Named]:
-        """``named`` for listings (``ls -l``): each blob's id, name, plaintext size, mtime,
-        status (and mode, type), on every device once synced (SPEC 11 metas travel); by
-        name. ``prefix`` matches whole path parts, as ``get -r`` (``photos``: not ``photos2``)."""
+        """``named`` for listings (``ls -l``), on every device once synced (SPEC 11): by
+        name; ``prefix`` matches whole path parts (``photos``: not ``photos2/a``)."""
         return await self.named(prefix or "", namespace=namespace, whole_parts=True)
 
     async def stored_copies(
