@@ -89,28 +89,14 @@ def test_a_file_with_a_stored_name_size_and_mtime_is_skipped(
     assert ready_a.ok("ls", "--remote", "--count").strip() == "7"
 
 
-async def _as_a_meta_leaves_it(home: Path, blob_id: str, name: str, mtime: float) -> None:
-    """What a meta that came with another device's blob leaves in this device's store
-    (metas travelling between devices is another part of issue 14): its name and mtime
-    in the blob's row."""
-    from blobsync.client import BlobManager
-
-    m = await BlobManager.open(home, passphrase=Device.passphrase)
-    try:
-        await m.store._run(lambda: m.store._conn.execute(
-            "UPDATE blobs SET name = ?, mtime = ? WHERE blob_id = ?", (name, mtime, blob_id)))
-    finally:
-        await m.close()
-
-
 def test_a_file_another_device_stored_is_skipped(
     ready_a: Device, ready_b: Device, tmp_path: Path
 ) -> None:
     photos = tree(tmp_path)
     ready_a.ok("put", str(photos / "a.jpg"))
     ids = names(ready_a)
-    ready_b.ok("sync")
-    asyncio.run(_as_a_meta_leaves_it(ready_b.home, ids["a.jpg"], "a.jpg", MTIME))
+    ready_b.ok("sync")  # the meta travels with the listing (SPEC 11)
+    assert names(ready_b) == {"a.jpg": ids["a.jpg"]}
     again = ready_b.run("put", str(photos / "a.jpg"))
     assert again.returncode == 0, again.stderr.decode()
     assert again.stdout.decode() == f"{ids['a.jpg']}\t{photos / 'a.jpg'}\n"
@@ -186,18 +172,18 @@ def test_get_r_restores_a_tree_with_mtimes_and_modes(
     photos = tree(tmp_path)
     ready_a.ok("put", str(photos), str(tmp_path / "photos2"))
     ready_b.ok("sync")
-    dest = tmp_path / "restored"
-    # Device A: its names; B fetches what is not local yet the same way once it knows
-    # them (metas travelling is another part of issue 14).
-    for device in (ready_a,):
+    # The device that put them, and another one that learnt the names from the server.
+    for device in (ready_a, ready_b):
+        dest = tmp_path / f"restored-{device.home.name}"
         out = device.ok("get", "-r", "photos", "-o", str(dest))
         assert len(out.splitlines()) == 2
-    got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
-    assert got == ["photos/a.jpg", "photos/sub/b.txt"]
-    st = os.stat(dest / "photos" / "a.jpg")
-    assert st.st_mtime == MTIME
-    assert stat.S_IMODE(st.st_mode) == 0o600
-    assert (dest / "photos" / "sub" / "b.txt").read_bytes() == b"bbbb"
+        got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+        assert got == ["photos/a.jpg", "photos/sub/b.txt"]
+        st = os.stat(dest / "photos" / "a.jpg")
+        assert st.st_mtime == MTIME
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        assert (dest / "photos" / "sub" / "b.txt").read_bytes() == b"bbbb"
+    assert listing(ready_b, "photos") == listing(ready_a, "photos")
     # Of two blobs of one name, the newest is written.
     (photos / "a.jpg").write_bytes(b"newer")
     os.utime(photos / "a.jpg", (MTIME + 5, MTIME + 5))
