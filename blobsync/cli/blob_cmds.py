@@ -20,6 +20,7 @@ from .sync_cmds import RETRY_FAILED_OPTION, taken_message, which_limits
 
 async def cmd_put(args: argparse.Namespace, out: Output) -> int:
     from blobsync.client import SyncReport, SyncStatus, TransientError
+    from blobsync.format import sealed_size
 
     namespace = check_id(args.namespace, "namespace")
     if args.id is not None:
@@ -58,9 +59,10 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             kept(blob_id, path)
 
         report = SyncReport()
-        if not args.local_only and not args.force and await manager.stored_copies(
-            files, namespace=namespace, sources=sources
-        ):
+        earlier: dict[Path, str] = {}
+        if not args.local_only and not args.force:
+            earlier = await manager.stored_copies(files, namespace=namespace, sources=sources)
+        if earlier:
             # Some files were put before: another device may have deleted their blobs
             # since. Learn that first, or put would call "already stored" a blob that the
             # upload pass is about to delete here, and print an id that no longer exists.
@@ -69,6 +71,9 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             except TransientError:
                 pass  # unreachable: the upload pass below meets it too, and says so
         with Bars(None if args.local_only else bars_wanted(out.json_mode)) as bars:
+            # The upload's totals before the first byte: every file not stored before.
+            new = [src.size for path, src in found if path not in earlier]
+            bars.expect("upload", len(new), sum(sealed_size(n) for n in new))
             if args.id is not None:
                 # Run again after it was interrupted: the blob is here, from this very
                 # file; it is uploaded below (if it is not already), not refused.
@@ -79,7 +84,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
                 else:
                     kept(await manager.put(
                         args.id, files[0], namespace=namespace, priority=args.priority,
-                        local_only=args.local_only, upload=False,
+                        local_only=args.local_only, upload=False, progress=bars.callback,
                     ), files[0])
             else:
                 # Many small files per transaction, each batch uploaded in a stream while
@@ -248,8 +253,8 @@ async def _get(args: argparse.Namespace, out: Output, namespace: str) -> int:
         if dest.is_dir():
             raise UsageError(f"-o names a directory: {dest}")
         with Bars(bars_wanted(out.json_mode)) as bars:
-            bars.bytes_task(f"get {args.blob_id[:12]}")
-            await manager.get(args.blob_id, namespace=namespace, dest=dest)
+            await manager.get(args.blob_id, namespace=namespace, dest=dest,
+                              progress=bars.callback)
         if out.json_mode:
             out.document({"id": args.blob_id, "namespace": namespace, "path": str(dest),
                           "size": await _plain_size(manager, namespace, args.blob_id, dest)})
