@@ -81,6 +81,7 @@ class _Phase:
     parts: dict[int, tuple[int, int, int, int, int]] = field(default_factory=dict)
     expected: tuple[int, int] | None = None  # (blobs, bytes) the command stated up front
     samples: deque[tuple[float, int]] = field(default_factory=deque)
+    first: tuple[float, int] | None = None
     task: Any = None
 
     def figures(self) -> tuple[int, int, int, int, int]:
@@ -96,15 +97,17 @@ class _Phase:
                 total, bytes_total, sized = count, nbytes, count
         return done, total, bytes_done, bytes_total, sized
 
-    def rate(self, now: float, bytes_done: int) -> float | None:
-        """Bytes per second over the last RATE_WINDOW seconds; None before there is a
-        fair measure (a first fraction of a second)."""
+    def rate(self, now: float, bytes_done: int, finished: bool) -> float | None:
+        """Bytes per second over the last RATE_WINDOW seconds (over the whole phase once
+        it finished); None before there is a fair measure (a first half second)."""
         samples = self.samples
+        if self.first is None:
+            self.first = (now, bytes_done)
         if not samples or samples[-1][1] != bytes_done:
             samples.append((now, bytes_done))
         while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
             samples.popleft()
-        t0, b0 = samples[0]
+        t0, b0 = self.first if finished else samples[0]
         if now - t0 < 0.5:
             return None
         return max(0, bytes_done - b0) / (now - t0)
@@ -229,7 +232,7 @@ class Bars:
         phase = self._phases[key]
         done, total, bytes_done, bytes_total, sized = phase.figures()
         now = time.monotonic()
-        rate = phase.rate(now, bytes_done)
+        rate = phase.rate(now, bytes_done, done >= total > 0)
         left = eta(done, total, bytes_done, bytes_total, sized, rate)
         if self._json is not None:
             self.json_line(
@@ -246,7 +249,7 @@ class Bars:
         counts = (f"{done}/{total} {unit}, {_size(bytes_done)}/{_size(bytes_total)}"
                   if total else _size(bytes_done))
         counts += f", {_size(int(rate))}/s" if rate is not None else ""
-        counts += f", ETA {_clock(left)}" if left is not None else ""
+        counts += f", ETA {_clock(left)}" if left else ""
         # The bar follows bytes when every size is known: one large blob moves it too.
         if bytes_total and sized >= total:
             self._progress.update(phase.task, total=bytes_total, completed=bytes_done,
