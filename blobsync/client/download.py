@@ -178,9 +178,7 @@ class Downloads:
             if not entry.users:
                 del self._locks[key]
 
-    async def _download(
-        self, row: Row, held: Provisional | None, flow: Flow | None = None
-    ) -> int | None:
+    async def _download(self, row: Row, held: Provisional | None, flow: Flow | None) -> int | None:
         ns, blob_id = row.namespace, row.blob_id
         partial = self.store.partial_path(ns, blob_id)
         offset = partial.stat().st_size if partial.exists() and row.partial_tag else 0
@@ -219,8 +217,7 @@ class Downloads:
         ns, blob_id = row.namespace, row.blob_id
         async with self.transport.get_blob(ns, blob_id, offset=offset) as dl:
             if flow is not None:
-                flow.sized(dl.total)
-                flow.done = offset  # a resumed download has these already
+                flow.start(dl.total, offset)
             if offset:
                 if dl.status != 206 or dl.offset != offset or dl.tag != row.partial_tag:
                     raise StaleRange(blob_id)
@@ -487,18 +484,14 @@ async def _resumed(
     flow: Flow | None = None,
 ) -> AsyncIterator[bytes]:
     """The partial file's first ``offset`` bytes, then ``chunks`` appended to it (and
-    counted into ``flow``: in this loop, not a generator more per piece)."""
+    counted into ``flow`` here: a generator layer more per piece would cost more)."""
     if offset:
         async for chunk in read_file(partial):
             yield chunk
-    if flow is None:
-        async for chunk in chunks:
-            await writer.write(chunk)
-            yield chunk
-        return
     async for chunk in chunks:
         await writer.write(chunk)
-        flow.add(len(chunk))
+        if flow is not None:
+            flow.add(len(chunk))
         yield chunk
 
 

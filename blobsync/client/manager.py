@@ -154,15 +154,13 @@ class BlobManager:
         ``name`` gives the blob a meta (SPEC 11): a relative path with ``/`` between its
         parts, sealed with the blob's size, ``mtime`` (a file's own, else now), ``mode``
         (a file's own permission bits, else none) and ``media_type``. It is kept readable
-        in this device's encrypted store (``named``). ``progress`` follows the sealing of
-        a large blob (phase "seal", in plaintext bytes).
+        in this device's encrypted store (``named``). ``progress`` follows a large one's sealing.
         """
         blob_id = blob_id or uuid.uuid4().hex
         check_ids(namespace, blob_id)
         naming = None if name is None else Naming(name, mtime, mode, media_type)
         await self._putter.put(
-            blob_id, data, namespace, priority_rank(priority), local_only, upload, naming,
-            progress,
+            blob_id, data, namespace, priority_rank(priority), local_only, upload, naming, progress
         )
         return blob_id
 
@@ -223,8 +221,7 @@ class BlobManager:
         as soon as it is kept, while the next batches are read and sealed: at most
         ``settings.concurrency`` batches in flight. What fails to go stays pending as in a
         sync; large files are never uploaded here (``send_missing`` takes them).
-        ``report`` counts the uploads, ``progress`` follows them, and the sealing of the
-        large files (phase "seal", plaintext bytes, all of them counted before the first).
+        ``report`` counts the uploads, ``progress`` follows them and the sealing ("seal").
 
         ``sources``, one per path in order, are the files' ``file_source`` when the caller
         took them already (the CLI, from the open that checked each file can be read):
@@ -268,9 +265,7 @@ class BlobManager:
         they are read from the store (phase "read").
         """
         check_ids(namespace, blob_id)
-        return await self._getter.get(
-            namespace, blob_id, priority_rank(priority), dest, progress
-        )
+        return await self._getter.get(namespace, blob_id, priority_rank(priority), dest, progress)
 
     def open_stream(
         self, blob_id: str, *, namespace: str = "default"

@@ -144,7 +144,7 @@ class SyncEngine(Downloads, Uploads):
             if progress is not None:
                 # The whole plan up front (not grown round by round): every blob the phase
                 # will move, with the sizes known here (a new download's comes with it).
-                run.trackers[p].add(await self.store.rows(namespace, [PHASE_STATUS[p]]))
+                run.trackers[p].plan(*await self.store.planned(namespace, PHASE_STATUS[p]))
         wait_budget = self.settings.max_sync_wait
         while True:
             worked = False

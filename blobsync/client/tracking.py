@@ -33,6 +33,15 @@ class Tracker:
         # Transfers under way, by blob: their bytes so far count as done too.
         self.moving: dict[str, Flow] = {}
         self.next_report = 0.0
+        self._planned = (0, 0, 0)  # (blobs, bytes, sized) known before the first
+
+    def plan(self, blobs: int, nbytes: int, sized: int) -> None:
+        """What the phase has before it, counted before its first round: the totals
+        reported are at least these (the rounds' rows are the same blobs, counted as
+        they come)."""
+        self._planned = (blobs, nbytes, sized)
+        if blobs:  # a phase with nothing to do draws no bar
+            self.report()
 
     def add(self, rows: Iterable[Row]) -> None:
         for r in rows:
@@ -80,9 +89,10 @@ class Tracker:
         if self.callback is not None:
             self.next_report = time.monotonic() + REPORT_EVERY
             moving = sum(f.done for f in self.moving.values())
+            blobs, nbytes, sized = self._planned
             self.callback(Progress(
-                self.phase, self.done, len(self.seen), self.bytes_done + moving,
-                self.bytes_total, len(self._sized),
+                self.phase, self.done, max(blobs, len(self.seen)), self.bytes_done + moving,
+                max(nbytes, self.bytes_total), max(sized, len(self._sized)),
             ))
 
 
@@ -96,9 +106,11 @@ class Flow:
         self.blob_id = blob_id
         self.done = 0
 
-    def sized(self, nbytes: int | None) -> None:
-        """The transfer's whole size, once known (a download's, from its answer)."""
+    def start(self, nbytes: int | None, offset: int = 0) -> None:
+        """The transfer's whole size, once known (a download's, from its answer), and the
+        bytes it has already (a resumed download's partial file)."""
         self._tracker.size(self.blob_id, nbytes)
+        self.done = offset
 
     def add(self, nbytes: int) -> None:
         self.done += nbytes
