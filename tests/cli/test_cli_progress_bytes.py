@@ -137,3 +137,35 @@ def test_json_lines_carry_the_bytes_of_one_blob_coming_down(
     assert all(line["total"] == 1 for line in lines), lines  # known before the transfer
     assert any(line["bytes_total"] == total and line["eta"] is not None
                for line in under_way), lines
+
+
+def test_eta_counts_bytes_not_blobs() -> None:
+    from blobsync.cli.progress import eta
+
+    # 1 blob of 1 GB left among 1,000 done: the bytes say 10 s at 100 MB/s, not 0.01%.
+    assert eta(1000, 1001, 10**6, 10**9 + 10**6, 1001, 1e8) == pytest.approx(10.0)
+    # Sizes of half the blobs unknown: taken at the others' average.
+    assert eta(0, 4, 0, 2 * 10**6, 2, 1e6) == pytest.approx(4.0)
+    assert eta(3, 3, 5, 5, 3, None) == 0.0  # finished
+    assert eta(0, 3, 0, 5, 3, None) is None  # no rate measured yet
+
+
+def test_two_library_calls_add_up_to_one_bar_with_the_stated_total(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """put's uploads come from put_many and then send_missing: one bar, whose total the
+    command stated before either began."""
+    from blobsync.cli import progress
+    from blobsync.client import Progress
+
+    monkeypatch.setattr(progress, "JSON_INTERVAL", 0.0)
+    with progress.Bars(progress.JSON_LINES) as bars:
+        bars.expect("upload", 3, 300)
+        first, second = bars.callback, bars.callback
+        first(Progress("upload", 1, 1, 100, 100))
+        second(Progress("upload", 0, 2, 50, 200, 2))
+        second(Progress("upload", 2, 2, 200, 200, 2))
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(x["done"], x["total"], x["bytes_done"], x["bytes_total"]) for x in lines] == [
+        (1, 3, 100, 300), (1, 3, 150, 300), (3, 3, 300, 300)]
+    assert lines[-1]["eta"] == 0.0
