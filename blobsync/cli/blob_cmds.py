@@ -253,6 +253,7 @@ async def _get(args: argparse.Namespace, out: Output, namespace: str) -> int:
         if dest.is_dir():
             raise UsageError(f"-o names a directory: {dest}")
         with Bars(bars_wanted(out.json_mode)) as bars:
+            bars.one_bar(f"get {args.blob_id[:12]}", "download", "read")
             await manager.get(args.blob_id, namespace=namespace, dest=dest,
                               progress=bars.callback)
         if out.json_mode:

@@ -140,6 +140,7 @@ class Bars:
         self._last_line = self._started = time.monotonic()
         self._progress: Any = None
         self._phases: dict[str, _Phase] = {}
+        self._aliases: dict[str, str] = {}  # phase -> the bar it is drawn on
         self._sources = 0
         self._lines_above = contextlib.ExitStack()
 
@@ -191,6 +192,17 @@ class Bars:
 
         return on_progress
 
+    def one_bar(self, label: str, *phases: str) -> None:
+        """Draw ``phases`` on one bar named ``label``, on screen at once (get -o: the
+        download, or the read of a blob already here)."""
+        if not self.enabled:
+            return
+        for phase in phases:
+            self._aliases[phase] = label
+        bar = self._phase(label, label)
+        if self._progress is not None:
+            bar.task = self._progress.add_task(label, total=None, counts="")
+
     def expect(self, phase: str, blobs: int, nbytes: int) -> None:
         """The totals of ``phase``, known before it starts (put: its files' sizes)."""
         if self.enabled:
@@ -219,16 +231,18 @@ class Bars:
     def _on_progress(self, source: int, progress: Any) -> None:
         """Take a ``blobsync.client.Progress``: phase, done, total, bytes_done,
         bytes_total, sized."""
-        key = str(getattr(progress, "phase", "transfer"))
+        phase = str(getattr(progress, "phase", "transfer"))
+        key = self._aliases.get(phase, phase)
         total = int(progress.total or 0)
         sized = getattr(progress, "sized", None)
         self._phase(key).parts[source] = (
             int(progress.done or 0), total, int(progress.bytes_done or 0),
             int(progress.bytes_total or 0), total if sized is None else int(sized),
         )
-        self._show(key)
+        self._show(key, phase)
 
-    def _show(self, key: str) -> None:
+    def _show(self, key: str, name: str | None = None) -> None:
+        """Redraw bar ``key`` (a JSON line names phase ``name``)."""
         phase = self._phases[key]
         done, total, bytes_done, bytes_total, sized = phase.figures()
         now = time.monotonic()
@@ -236,7 +250,7 @@ class Bars:
         left = eta(done, total, bytes_done, bytes_total, sized, rate)
         if self._json is not None:
             self.json_line(
-                key, done=done, total=total, bytes_done=bytes_done, bytes_total=bytes_total,
+                name or key, done=done, total=total, bytes_done=bytes_done, bytes_total=bytes_total,
                 rate=None if rate is None else int(rate),
                 eta=None if left is None else round(left, 1),
             )
@@ -245,7 +259,7 @@ class Bars:
             return
         if phase.task is None:
             phase.task = self._progress.add_task(phase.label, total=None, counts="")
-        unit = "files" if key == "seal" else "blobs"
+        unit = "files" if name == "seal" else "blobs"
         counts = (f"{done}/{total} {unit}, {_size(bytes_done)}/{_size(bytes_total)}"
                   if total else _size(bytes_done))
         counts += f", {_size(int(rate))}/s" if rate is not None else ""

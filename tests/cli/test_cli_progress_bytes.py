@@ -92,7 +92,7 @@ def test_get_to_a_file_moves_its_bar(ready_a: Device, ready_b: Device, relay: Re
     code, seen = on_terminal(ready_b, "get", blob_id, "-o", str(out))
     assert code == 0, seen.decode(errors="replace")
     assert out.read_bytes() == src.read_bytes()
-    downloading = bar_percentages(seen, "downloading")
+    downloading = bar_percentages(seen, f"get {blob_id[:12]}")
     assert len(inside(downloading, 100)) >= 3, downloading
     assert downloading[-1] == 100, downloading
 
