@@ -1,6 +1,6 @@
 """A/B of the 1 GiB download (or upload) between copies of the package, in one sitting.
 
-    .venv/bin/python bench/large_ab.py TREE_A,TREE_B [--rounds 3] [--mode sync|get|put]
+    .venv/bin/python bench/large_ab.py TREE_A,TREE_B [--rounds 3] [--mode sync|get|put] [--json]
 
 One server (from the checkout), one ``put`` of a 1 GiB file of random bytes, then per
 round and per tree (alternating the order each round) a fresh device B that ``sync``s
@@ -45,6 +45,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--mode", choices=("sync", "get", "put"), default="sync")
     p.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp)")
+    p.add_argument("--json", action="store_true",
+                   help="put and get with --json too (sync always has it): progress reported")
     args = p.parse_args()
     trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="large-ab-"))
@@ -74,13 +76,15 @@ def main() -> int:
                 os.sync()
                 time.sleep(0.5)
                 stats: dict[str, float] = {}
+                json_flag = ["--json"] if args.json else []
                 with server.watch(stats):
                     if args.mode == "sync":
                         m = cli(b, "--json", "sync", "-n", "large").check()
                     elif args.mode == "put":  # a new blob of the same bytes
-                        m = cli(b, "put", str(src), "-n", f"put{r}").check()
+                        m = cli(b, *json_flag, "put", str(src), "-n", f"put{r}").check()
                     else:
-                        m = cli(b, "get", blob_id, "-n", "large", "-o", str(out)).check()
+                        m = cli(b, *json_flag, "get", blob_id, "-n", "large", "-o",
+                                str(out)).check()
                 row = {
                     "seconds": round(m.seconds, 3),
                     "mb_per_s": round(GIB / 1e6 / m.seconds),

@@ -18,6 +18,7 @@ from .sync_cmds import RETRY_FAILED_OPTION, taken_message, which_limits
 
 async def cmd_put(args: argparse.Namespace, out: Output) -> int:
     from blobsync.client import SyncReport, SyncStatus, TransientError
+    from blobsync.format import sealed_size
 
     namespace = check_id(args.namespace, "namespace")
     from_stdin = args.paths == ["-"]
@@ -70,9 +71,11 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             kept(blob_id, path)
 
         report = SyncReport()
-        if not args.local_only and not args.force and files and await manager.stored_copies(
-            files, namespace=namespace, sources=sources, names=names
-        ):
+        earlier: dict[Path, str] = {}
+        if not args.local_only and not args.force and files:
+            earlier = await manager.stored_copies(
+                files, namespace=namespace, sources=sources, names=names)
+        if earlier:
             # Some files were put before: another device may have deleted their blobs
             # since. Learn that first, or put would call "already stored" a blob that the
             # upload pass is about to delete here, and print an id that no longer exists.
@@ -81,6 +84,9 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
             except TransientError:
                 pass  # unreachable: the upload pass below meets it too, and says so
         with Bars(None if args.local_only else bars_wanted(out.json_mode)) as bars:
+            # The upload's totals before the first byte: every file not stored before.
+            new = [src.size for path, src, _ in found if path not in earlier]
+            bars.expect("upload", len(new), sum(sealed_size(n) for n in new))
             if from_stdin:
                 kept(await put_stdin(manager, args, namespace), Path("-"))
             elif args.id is not None:
@@ -94,6 +100,7 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
                     kept(await manager.put(
                         args.id, files[0], namespace=namespace, priority=args.priority,
                         local_only=args.local_only, upload=False, name=names[0],
+                        progress=bars.callback,
                     ), files[0])
             else:
                 # Many small files per transaction, each batch uploaded in a stream while

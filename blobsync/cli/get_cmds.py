@@ -117,8 +117,9 @@ async def _get(manager: Any, args: argparse.Namespace, out: Output, namespace: s
     if dest.is_dir():
         raise UsageError(f"-o names a directory: {dest}")
     with Bars(bars_wanted(out.json_mode)) as bars:
-        bars.bytes_task(f"get {args.blob_id[:12]}")
-        await manager.get(args.blob_id, namespace=namespace, dest=dest)
+        bars.one_bar(f"get {args.blob_id[:12]}", "download", "read")
+        await manager.get(args.blob_id, namespace=namespace, dest=dest,
+                          progress=bars.callback)
     if out.json_mode:
         out.document({"id": args.blob_id, "namespace": namespace, "path": str(dest),
                       "size": await _plain_size(manager, namespace, args.blob_id, dest)})

@@ -55,6 +55,7 @@ from .localstore import Attach, LocalFileWriter, LocalStore, Row, read_file
 from .model import SyncStatus
 from .plan import SizeBook, rank, take_batch
 from .settings import ClientSettings
+from .tracking import Flow
 from .transport import Transport
 from .verified import Provisional, open_into
 
@@ -135,26 +136,30 @@ class Downloads:
         run.trackers["download"].finished(blob_id, sealed_size)
 
     async def _single_download_job(self, run: _Run, row: Row) -> None:
+        tracker = run.trackers["download"]
         try:
-            sealed = await self.download(row)
+            sealed = await self.download(row, flow=tracker.flow(row.blob_id))
         except InvalidBlob:
             await self._verify_failed(run, row.namespace, row.blob_id)
         except BlobNotFound:
             await self.store.remove(row.namespace, row.blob_id)
             run.trackers["download"].dropped(row.blob_id)
         except (TransientError, RemoteError) as exc:
+            tracker.stopped(row.blob_id)
             await self._retry(run, [row], SyncStatus.PENDING_DOWNLOAD, exc)
         else:
             if sealed is not None:
                 await self._downloaded(run, row.blob_id, sealed)
 
-    async def download(self, row: Row, held: Provisional | None = None) -> int | None:
+    async def download(
+        self, row: Row, held: Provisional | None = None, flow: Flow | None = None
+    ) -> int | None:
         """Fetch one blob alone, resuming a partial download with Range, verify and keep it.
 
         ``held`` receives the plaintext as it is decrypted, releasable only once the blob
-        verified (verified.py). Returns the sealed size, or None when the row no longer
-        wanted the payload. Raises InvalidBlob (partial discarded), TransientError
-        (partial kept), BlobNotFound.
+        verified (verified.py). ``flow`` counts the sealed bytes as they arrive. Returns
+        the sealed size, or None when the row no longer wanted the payload. Raises
+        InvalidBlob (partial discarded), TransientError (partial kept), BlobNotFound.
         """
         ns, blob_id = row.namespace, row.blob_id
         # One writer per partial file: a get() and a sync may want the same blob at once.
@@ -168,19 +173,19 @@ class Downloads:
                     SyncStatus.PENDING_DOWNLOAD, SyncStatus.FAILED_DOWNLOAD
                 ):
                     return None  # kept meanwhile, or no longer wanted
-                return await self._download(fresh, held)
+                return await self._download(fresh, held, flow)
         finally:
             entry.users -= 1
             if not entry.users:
                 del self._locks[key]
 
-    async def _download(self, row: Row, held: Provisional | None) -> int | None:
+    async def _download(self, row: Row, held: Provisional | None, flow: Flow | None) -> int | None:
         ns, blob_id = row.namespace, row.blob_id
         partial = self.store.partial_path(ns, blob_id)
         offset = partial.stat().st_size if partial.exists() and row.partial_tag else 0
         for _ in range(2):
             try:
-                return await self._fetch(row, partial, offset, held)
+                return await self._fetch(row, partial, offset, held, flow)
             except (TransientError, asyncio.CancelledError):
                 raise  # the partial file stays: the next attempt resumes it with Range
             except StaleRange:
@@ -207,12 +212,15 @@ class Downloads:
         raise TransientError(f"download of {blob_id} could not resume")
 
     async def _fetch(
-        self, row: Row, partial: Path, offset: int, held: Provisional | None
+        self, row: Row, partial: Path, offset: int, held: Provisional | None,
+        flow: Flow | None = None,
     ) -> int | None:
         ns, blob_id = row.namespace, row.blob_id
         async with self.transport.get_blob(ns, blob_id, offset=offset) as dl:
             if dl.meta is not None:  # SPEC 11: for a blob fetched without being listed
                 await self.learn_metas(ns, {blob_id: dl.meta})
+            if flow is not None:
+                flow.start(dl.total, offset)
             if offset:
                 if dl.status != 206 or dl.offset != offset or dl.tag != row.partial_tag:
                     raise StaleRange(blob_id)
@@ -236,7 +244,8 @@ class Downloads:
                 # The opener must see the blob from its first byte: the partial file's
                 # bytes first, then the rest as it arrives (written on as it goes).
                 opened = await open_into(
-                    self._secret, blob_id, _resumed(partial, offset, dl.chunks(), writer), held
+                    self._secret, blob_id,
+                    _resumed(partial, offset, dl.chunks(), writer, flow), held,
                 )
             finally:
                 await writer.close()
@@ -474,14 +483,18 @@ async def _kept_in(chunks: AsyncIterable[bytes], into: bytearray) -> AsyncIterat
 
 
 async def _resumed(
-    partial: Path, offset: int, chunks: AsyncIterable[bytes], writer: LocalFileWriter
+    partial: Path, offset: int, chunks: AsyncIterable[bytes], writer: LocalFileWriter,
+    flow: Flow | None = None,
 ) -> AsyncIterator[bytes]:
-    """The partial file's first ``offset`` bytes, then ``chunks`` appended to it."""
+    """The partial file's first ``offset`` bytes, then ``chunks`` appended to it (and
+    counted into ``flow`` here: a generator layer more per piece would cost more)."""
     if offset:
         async for chunk in read_file(partial):
             yield chunk
     async for chunk in chunks:
         await writer.write(chunk)
+        if flow is not None:
+            flow.add(len(chunk))
         yield chunk
 
 

@@ -19,20 +19,22 @@ from .destfile import DestFile, Target, ThroughFile, release_reader
 from .destfile import resolve as resolve_dest
 from .errors import BlobExists, BlobNotFound, ClientError, is_no_space, no_space
 from .localstore import Row
-from .model import SyncStatus, check_ids
+from .model import ProgressCallback, SyncStatus, check_ids
 from .parts import UsesParts
+from .tracking import Tracker, counted
 from .verified import Provisional, open_into, reread_chunks
 
 
 class Getter(UsesParts):
     async def get(
-        self, namespace: str, blob_id: str, rank: int, dest: str | Path | None
+        self, namespace: str, blob_id: str, rank: int, dest: str | Path | None,
+        progress: ProgressCallback | None = None,
     ) -> bytes | None:
         """BlobManager.get (its docstring says what) with the ids checked."""
         if dest is None:
             # Returned whole: held in memory, as the caller will hold it.
             async with Provisional(self.store.tmp_dir, memory_max=None) as held:
-                await self._open_into(namespace, blob_id, rank, held)
+                await self._open_into(namespace, blob_id, rank, held, progress)
                 return await held.whole()
         with _writing(Path(dest)):
             target = await asyncio.to_thread(resolve_dest, Path(dest))
@@ -41,7 +43,7 @@ class Getter(UsesParts):
             return None
         out = await _DestOut(Path(dest), target).open()
         async with Provisional(self.store.tmp_dir, hidden=out) as held:
-            await self._open_into(namespace, blob_id, rank, held)
+            await self._open_into(namespace, blob_id, rank, held, progress)
             await held.release()  # the unnamed file becomes ``dest``
         return None
 
@@ -53,19 +55,33 @@ class Getter(UsesParts):
             async for chunk in await self._verified_chunks(namespace, blob_id, 1, held):
                 yield chunk
 
-    async def open_local(self, row: Row, held: Provisional | None) -> None:
-        """Open a local blob into ``held`` (None: verify only); InvalidBlob if it fails."""
-        await open_into(self._secret, row.blob_id, self.store.read_sealed(row), held)
+    async def open_local(
+        self, row: Row, held: Provisional | None, progress: ProgressCallback | None = None
+    ) -> None:
+        """Open a local blob into ``held`` (None: verify only); InvalidBlob if it fails.
+        ``progress`` follows its sealed bytes as they are read (phase "read")."""
+        chunks = self.store.read_sealed(row)
+        tracker = None if progress is None else Tracker("read", progress)
+        flow = None
+        if tracker is not None:
+            tracker.expect(row.blob_id, row.sealed_size or 0)
+            flow = tracker.flow(row.blob_id)
+        if flow is not None:
+            chunks = counted(chunks, flow)
+        await open_into(self._secret, row.blob_id, chunks, held)
+        if tracker is not None:
+            tracker.finished(row.blob_id, row.sealed_size)
 
     async def _open_into(
-        self, namespace: str, blob_id: str, rank: int, held: Provisional
+        self, namespace: str, blob_id: str, rank: int, held: Provisional,
+        progress: ProgressCallback | None = None,
     ) -> None:
         """The blob's plaintext into ``held``, verified: opened as it downloads, or from
         the store when it is here already. One decryption either way."""
-        row = await self._ensure_local(namespace, blob_id, rank, held)
+        row = await self._ensure_local(namespace, blob_id, rank, held, progress)
         if row is not None:  # local already, or kept by a concurrent download
             await held.reset()
-            await self.open_local(row, held)
+            await self.open_local(row, held, progress)
 
     async def _get_through(
         self, namespace: str, blob_id: str, rank: int, dest: Path, path: Path
@@ -106,18 +122,21 @@ class Getter(UsesParts):
         return reread_chunks(self._secret, row.blob_id, lambda: self.store.read_sealed(row))
 
     async def _ensure_local(
-        self, namespace: str, blob_id: str, rank: int, held: Provisional | None
+        self, namespace: str, blob_id: str, rank: int, held: Provisional | None,
+        progress: ProgressCallback | None = None,
     ) -> Row | None:
         """Download the blob unless it is local. Returns the local row when the plaintext
-        still has to be read from the store; None when ``held`` got it from the download."""
+        still has to be read from the store; None when ``held`` got it from the download.
+        ``progress`` follows the download's sealed bytes."""
         row = await self.store.get(namespace, blob_id)
         if row is not None and row.has_payload:
             return row  # a reader: no lock, no waiting
         async with self.lock.hold("get"):
-            return await self._fetch(namespace, blob_id, rank, held)
+            return await self._fetch(namespace, blob_id, rank, held, progress)
 
     async def _fetch(
-        self, namespace: str, blob_id: str, rank: int, held: Provisional | None
+        self, namespace: str, blob_id: str, rank: int, held: Provisional | None,
+        progress: ProgressCallback | None = None,
     ) -> Row | None:
         row = await self.store.get(namespace, blob_id)
         if row is not None and row.has_payload:
@@ -133,8 +152,14 @@ class Getter(UsesParts):
                 pass
         elif rank > row.priority:
             await self.store.update(namespace, blob_id, priority=rank)
+        tracker = None if progress is None else Tracker("download", progress)
+        if tracker is not None:
+            tracker.seen.add(blob_id)
         try:
-            kept = await self.engine.download(await self._row(namespace, blob_id), held)
+            kept = await self.engine.download(
+                await self._row(namespace, blob_id), held,
+                None if tracker is None else tracker.flow(blob_id),
+            )
         except InvalidBlob:
             await self.engine._verify_failed(None, namespace, blob_id)
             raise
@@ -149,6 +174,8 @@ class Getter(UsesParts):
             if row is None or not row.has_payload:
                 raise BlobNotFound(f"blob {blob_id} not found (namespace {namespace})")
             return row
+        if tracker is not None:
+            tracker.finished(blob_id, kept)
         return None
 
     async def _row(self, namespace: str, blob_id: str) -> Row:

@@ -144,6 +144,7 @@ class BlobManager:
         mtime: float | None = None,
         mode: int | None = None,
         media_type: str | None = None,
+        progress: ProgressCallback | None = None,
     ) -> str:
         """Seal ``data`` (bytes, or the path of a file, streamed) into the local store, then
         upload it unless ``local_only`` or ``upload=False`` (it then waits, PENDING_UPLOAD,
@@ -153,13 +154,13 @@ class BlobManager:
         ``name`` gives the blob a meta (SPEC 11): a relative path with ``/`` between its
         parts, sealed with the blob's size, ``mtime`` (a file's own, else now), ``mode``
         (a file's own permission bits, else none) and ``media_type``. It is kept readable
-        in this device's encrypted store (``named``).
+        in this device's encrypted store (``named``). ``progress`` follows a large one's sealing.
         """
         blob_id = blob_id or uuid.uuid4().hex
         check_ids(namespace, blob_id)
         naming = None if name is None else Naming(name, mtime, mode, media_type)
         await self._putter.put(
-            blob_id, data, namespace, priority_rank(priority), local_only, upload, naming
+            blob_id, data, namespace, priority_rank(priority), local_only, upload, naming, progress
         )
         return blob_id
 
@@ -174,11 +175,6 @@ class BlobManager:
         ``name``: that exact name (several blobs may share one)."""
         check_ids(namespace)
         return await self.store.named(namespace, prefix, whole_parts=whole_parts, name=name)
-
-    async def entries(self, namespace: str = "default", prefix: str | None = None) -> list[Named]:
-        """``named`` for listings (``ls -l``), on every device once synced (SPEC 11): by
-        name; ``prefix`` matches whole path parts (``photos``: not ``photos2/a``)."""
-        return await self.named(prefix or "", namespace=namespace, whole_parts=True)
 
     async def stored_copies(
         self, paths: Iterable[str | Path], *, namespace: str = "default",
@@ -229,7 +225,7 @@ class BlobManager:
         as soon as it is kept, while the next batches are read and sealed: at most
         ``settings.concurrency`` batches in flight. What fails to go stays pending as in a
         sync; large files are never uploaded here (``send_missing`` takes them).
-        ``report`` counts the uploads, ``progress`` follows them.
+        ``report`` counts the uploads, ``progress`` follows them and the sealing ("seal").
 
         ``sources``, one per path in order, are the files' ``file_source`` when the caller
         took them already (the CLI, from the open that checked each file can be read):
@@ -257,6 +253,7 @@ class BlobManager:
         namespace: str = "default",
         priority: Priority = "medium",
         dest: str | Path | None = None,
+        progress: ProgressCallback | None = None,
     ) -> bytes | None:
         """The plaintext: from the local store, else downloaded, verified and kept.
 
@@ -265,9 +262,11 @@ class BlobManager:
         or a crash, leaves nothing (destfile.py). A new file follows the umask, a replaced
         one keeps its mode; a symlink is followed. A character or block device or a FIFO
         is written through, and only after the whole blob verified. None is returned.
+        ``progress`` follows the sealed bytes as they arrive (phase "download"), or as
+        they are read from the store (phase "read").
         """
         check_ids(namespace, blob_id)
-        return await self._getter.get(namespace, blob_id, priority_rank(priority), dest)
+        return await self._getter.get(namespace, blob_id, priority_rank(priority), dest, progress)
 
     def open_stream(
         self, blob_id: str, *, namespace: str = "default"

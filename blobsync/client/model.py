@@ -75,11 +75,15 @@ class ForgottenHere:
 
 @dataclass
 class Progress:
-    phase: str  # "download" | "upload" | "delete"
+    phase: str  # "seal" | "download" | "upload" | "delete"
     done: int
     total: int
+    # Sealed bytes (plaintext bytes for "seal"): those of finished blobs, and those moved
+    # so far of the blobs under way.
     bytes_done: int
     bytes_total: int  # sealed bytes known so far; download sizes are learned on the way
+    # Of ``total``, the blobs whose size ``bytes_total`` counts (None: all of them).
+    sized: int | None = None
 
 
 ProgressCallback = Callable[[Progress], None]

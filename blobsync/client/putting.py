@@ -30,6 +30,7 @@ from .errors import (
 from .localstore import LocalFileWriter, Row, Sealed, Source, read_file
 from .model import HAS_PAYLOAD, ProgressCallback, SyncReport, SyncStatus
 from .parts import UsesParts
+from .tracking import Flow, Tracker
 
 log = logging.getLogger("blobsync.client")
 
@@ -43,11 +44,18 @@ class Putter(UsesParts):
     async def put(
         self, blob_id: str, data: bytes | str | Path, namespace: str, rank: int,
         local_only: bool, upload: bool, naming: Naming | None = None,
+        progress: ProgressCallback | None = None, sealing: Tracker | None = None,
+        key: str | None = None,
     ) -> None:
         """BlobManager.put with its ids checked: store the blob, then upload it unless
-        ``local_only`` or not ``upload``. ``naming``: what its meta is to say."""
+        ``local_only`` or not ``upload``. ``naming``: what its meta is to say. A large
+        blob's sealing is reported to ``progress`` (phase "seal"), or counted in
+        ``sealing`` under ``key`` (put_many's, for all its files)."""
+        if sealing is None and progress is not None:
+            sealing = Tracker("seal", progress)
         async with self.lock.hold("put"):
-            sealed = await self._put(blob_id, data, namespace, rank, local_only, naming)
+            sealed = await self._put(blob_id, data, namespace, rank, local_only, naming,
+                                     sealing, key)
             if upload and not local_only:
                 row = await self.store.get(namespace, blob_id)
                 assert row is not None
@@ -55,10 +63,13 @@ class Putter(UsesParts):
 
     async def _put(
         self, blob_id: str, data: bytes | str | Path, namespace: str, rank: int,
-        local_only: bool, naming: Naming | None = None,
+        local_only: bool, naming: Naming | None = None, sealing: Tracker | None = None,
+        key: str | None = None,
     ) -> bytes | None:
         """Store the blob; returns its sealed bytes when they are small enough to have
-        been sealed in memory (the upload sends them as they are, not read back)."""
+        been sealed in memory (the upload sends them as they are, not read back). A large
+        one's plaintext bytes are counted in ``sealing`` (under ``key``, else its id) as
+        they are sealed."""
         await self._make_room(namespace, blob_id)
         status = SyncStatus.LOCAL_ONLY if local_only else SyncStatus.PENDING_UPLOAD
         source: Source | None = None
@@ -83,7 +94,13 @@ class Putter(UsesParts):
             )
             return sealed
         else:
-            tmp = await self._seal_to_file(blob_id, data, size)
+            flow = None
+            key = key or blob_id
+            if sealing is not None:
+                if key not in sealing.seen:
+                    sealing.expect(key, size)
+                flow = sealing.flow(key)
+            tmp = await self._seal_to_file(blob_id, data, size, flow)
             location = await self.store.keep_file(namespace, blob_id, tmp)
             try:
                 await self.store.insert(
@@ -93,6 +110,8 @@ class Putter(UsesParts):
             except BaseException:
                 self.store.blob_path(location).unlink(missing_ok=True)
                 raise
+            if sealing is not None:
+                sealing.finished(key, size)
             return None
 
     async def stored_copies(
@@ -180,6 +199,15 @@ class Putter(UsesParts):
             found: dict[Path, str] = {}
             if not force and files:
                 found = await self.stored_copies(files, namespace, local_only, names)
+            sealing = None
+            if progress is not None:
+                # The large files to seal, known before the first: one bar over them all.
+                sealing = Tracker("seal", progress)
+                for path, src in files:
+                    if path not in found and sealed_size(src.size) > self.store.inline_max:
+                        sealing.expect(src.path, src.size)
+                if sealing.seen:
+                    sealing.report()
             try:
                 for path, src in files:
                     known = found.get(path)
@@ -194,7 +222,7 @@ class Putter(UsesParts):
                     blob_id = uuid.uuid4().hex
                     naming = None if names is None else Naming(names[path])
                     await self.put(blob_id, path, namespace, rank, local_only, upload=False,
-                                   naming=naming)
+                                   naming=naming, sealing=sealing, key=src.path)
                     tell(blob_id, path, True)
                 await flush()
                 await settle(0)
@@ -249,7 +277,9 @@ class Putter(UsesParts):
             ) from None
         await self.store.remove_many(namespace, [blob_id], only_if=[SyncStatus.PENDING_DELETE])
 
-    async def _seal_to_file(self, blob_id: str, data: bytes | Path, size: int) -> Path:
+    async def _seal_to_file(
+        self, blob_id: str, data: bytes | Path, size: int, flow: Flow | None = None
+    ) -> Path:
         tmp = self.store.temp_path()
         sealer = Sealer(self._secret, blob_id, size)
         writer = await LocalFileWriter(tmp).open()
@@ -258,9 +288,13 @@ class Putter(UsesParts):
             if isinstance(data, bytes):
                 for i in range(0, len(data), 1 << 20):
                     await writer.write(sealer.update(data[i : i + (1 << 20)]))
+                    if flow is not None:
+                        flow.add(min(1 << 20, len(data) - i))
             else:
                 async for chunk in read_file(data):
                     await writer.write(sealer.update(chunk))
+                    if flow is not None:
+                        flow.add(len(chunk))
             await writer.write(sealer.finish())
         except ValueError:
             await writer.close()

@@ -27,10 +27,11 @@ from .jobs import bind, gather, run_jobs
 from .localstore import LocalStore, Row
 from .lock import NoLock, ProfileLock
 from .metas import MetaSync, listing_meta
-from .model import Progress, ProgressCallback, SyncReport, SyncStatus
+from .model import ProgressCallback, SyncReport, SyncStatus
 from .plan import SizeBook, is_small
 from .plan import reconcile as plan_reconcile
 from .settings import ClientSettings
+from .tracking import Tracker as _Tracker
 from .transport import Transport
 from .upload import Uploads
 
@@ -42,49 +43,6 @@ PHASE_STATUS = {
     "upload": SyncStatus.PENDING_UPLOAD,
     "delete": SyncStatus.PENDING_DELETE,
 }
-
-class _Tracker:
-    """Progress of one phase across rounds."""
-
-    def __init__(self, phase: str, callback: ProgressCallback | None) -> None:
-        self.phase = phase
-        self.callback = callback
-        self.seen: set[str] = set()
-        self.done = 0
-        self.bytes_done = 0
-        self.bytes_total = 0
-        self._sized: set[str] = set()
-
-    def add(self, rows: Iterable[Row]) -> None:
-        for r in rows:
-            self.seen.add(r.blob_id)
-            self.size(r.blob_id, r.sealed_size)
-        self.report()
-
-    def size(self, blob_id: str, sealed_size: int | None) -> None:
-        if sealed_size is not None and blob_id not in self._sized:
-            self._sized.add(blob_id)
-            self.bytes_total += sealed_size
-
-    def finished(self, blob_id: str, sealed_size: int | None) -> None:
-        self.size(blob_id, sealed_size)
-        self.done += 1
-        self.bytes_done += sealed_size or 0
-        self.report()
-
-    def dropped(self, blob_id: str) -> None:
-        """A blob that left this phase without a transfer (vanished, gave up)."""
-        self.seen.discard(blob_id)
-        self.report()
-
-    def report(self) -> None:
-        if self.callback is not None:
-            self.callback(
-                Progress(self.phase, self.done, len(self.seen), self.bytes_done, self.bytes_total)
-            )
-
-
-
 
 @dataclass
 class _Run:
@@ -190,6 +148,10 @@ class SyncEngine(Downloads, Uploads, MetaSync):
         phases = [p for p in PHASES if p in set(phases)]
         for p in phases:
             run.trackers[p] = _Tracker(p, progress)
+            if progress is not None:
+                # The whole plan up front (not grown round by round): every blob the phase
+                # will move, with the sizes known here (a new download's comes with it).
+                run.trackers[p].plan(*await self.store.planned(namespace, PHASE_STATUS[p]))
         wait_budget = self.settings.max_sync_wait
         while True:
             worked = False

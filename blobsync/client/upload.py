@@ -30,6 +30,7 @@ from .localstore import LocalStore, Row
 from .model import SyncReport, SyncStatus
 from .plan import batches, order_uploads
 from .settings import ClientSettings
+from .tracking import Flow, counted
 from .transport import Transport
 
 if TYPE_CHECKING:
@@ -72,9 +73,11 @@ class Uploads:
             run.trackers["upload"].finished(r.blob_id, r.sealed_size)
 
     async def _single_upload_job(self, run: _Run, row: Row) -> None:
+        tracker = run.trackers["upload"]
         try:
-            await self.upload(row)
+            await self.upload(row, flow=tracker.flow(row.blob_id))
         except TransientError as exc:
+            tracker.stopped(row.blob_id)
             await self._retry(run, [row], SyncStatus.PENDING_UPLOAD, exc)
         except AuthFailed:
             raise
@@ -106,9 +109,12 @@ class Uploads:
             else:
                 self._uploading.pop(key, None)
 
-    async def upload(self, row: Row, sealed: bytes | None = None) -> None:
+    async def upload(
+        self, row: Row, sealed: bytes | None = None, flow: Flow | None = None
+    ) -> None:
         """PUT one blob as its sealed bytes lie in the store, or from ``sealed`` (its
-        bytes the caller just sealed: not read back). A 409 counts as done.
+        bytes the caller just sealed: not read back). A 409 counts as done. ``flow``
+        counts the bytes as they go.
 
         A row that is no longer PENDING_UPLOAD when its turn comes (deleted meanwhile) is
         not sent; one deleted while it was on its way is deleted on the server once it
@@ -122,7 +128,10 @@ class Uploads:
                 return
             assert fresh.sealed_size is not None
             self._check_payload(fresh)
-            body = self.store.read_sealed(fresh) if sealed is None else sealed
+            body: bytes | AsyncIterator[bytes] = sealed if sealed is not None else (
+                self.store.read_sealed(fresh) if flow is None
+                else counted(self.store.read_sealed(fresh), flow)
+            )
             meta = (await self.metas_to_send(ns, [fresh.blob_id])).get(fresh.blob_id)
             try:
                 await self.transport.put_blob(ns, fresh.blob_id, body, fresh.sealed_size, meta)

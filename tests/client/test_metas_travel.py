@@ -59,8 +59,8 @@ async def test_names_reach_another_device_by_full_listing(devices, account: Acco
         assert open_meta(a._secret, blob_id, info.meta).name == name
     b = await devices("b", stream_threshold=100_000)
     await b.sync()  # a first sync: the full listing, with_meta=true
-    assert _seen(await b.entries()) == want
-    assert [e.name for e in await b.entries(prefix="photos")] == [
+    assert _seen(await b.named()) == want
+    assert [e.name for e in await b.named("photos", whole_parts=True)] == [
         "photos/0.jpg", "photos/1.jpg", "photos/2.jpg", "photos/big.raw"]
 
 
@@ -70,7 +70,7 @@ async def test_names_reach_another_device_by_the_feed(devices, tmp_path: Path) -
     await b.sync()  # its cursor: what follows comes through the feed
     want = await _put_named(a, tmp_path)
     await b.sync()
-    assert _seen(await b.entries()) == want
+    assert _seen(await b.named()) == want
 
 
 async def test_a_meta_that_does_not_open_is_ignored(devices, account: Account) -> None:
@@ -87,7 +87,7 @@ async def test_a_meta_that_does_not_open_is_ignored(devices, account: Account) -
     b = await devices("b")
     report = await b.sync()
     assert not report.failed
-    assert {e.blob_id: e.name for e in await b.entries()} == {"swapped": "", good: "good.txt"}
+    assert {e.blob_id: e.name for e in await b.named()} == {"swapped": "", good: "good.txt"}
 
 
 async def test_a_blob_fetched_alone_brings_its_meta(devices, account: Account) -> None:
@@ -99,7 +99,7 @@ async def test_a_blob_fetched_alone_brings_its_meta(devices, account: Account) -
     b = await devices("b", stream_threshold=100_000)
     await b.store.add_pending_downloads("default", [blob])  # known, but not by a listing
     await b.engine.run("default", ["download"])
-    assert _seen(await b.entries()) == {blob: ("alone.bin", 200_000, 1_600_000_000.0)}
+    assert _seen(await b.named()) == {blob: ("alone.bin", 200_000, 1_600_000_000.0)}
 
 
 async def test_a_server_without_metas_gets_none_and_it_is_said_once(
@@ -119,7 +119,7 @@ async def test_a_server_without_metas_gets_none_and_it_is_said_once(
             for blob_id in want:
                 info_ = await server.store.index.get_blob("alice", "default", blob_id)
                 assert info_ is not None and info_.meta is None
-            assert _seen(await a.entries()) == want
+            assert _seen(await a.named()) == want
             assert await a.store.remembered(WARNED_KEY + str(a.transport.base)) == "1"
         finally:
             await a.close()
@@ -136,8 +136,8 @@ async def test_a_server_without_metas_gets_none_and_it_is_said_once(
         b = await account.device("b")
         try:
             await b.sync()
-            assert {e.name for e in await b.entries()} == {""}  # ids only on B
-            assert len(await b.entries()) == len(want) + 1
+            assert {e.name for e in await b.named()} == {""}  # ids only on B
+            assert len(await b.named()) == len(want) + 1
         finally:
             await b.close()
 
@@ -153,4 +153,4 @@ async def test_sealed_metas_of_any_length_travel(devices, account: Account) -> N
     other = await a.put(None, b"zz", name="short")
     await a.sync()
     await b.sync()
-    assert {e.blob_id: e.name for e in await b.entries()} == {blob: name, other: "short"}
+    assert {e.blob_id: e.name for e in await b.named()} == {blob: name, other: "short"}

@@ -107,3 +107,11 @@ def shown_lines(seen: bytes) -> list[str]:
         elif command == "K" and arg == "2":
             screen[row] = ""
     return [line.rstrip() for line in screen]
+
+
+def bar_percentages(seen: bytes, label: str) -> list[int]:
+    """Every percentage the bar labelled ``label`` showed, in the order drawn (each
+    redraw of the bars writes the line anew)."""
+    text = _CONTROL.sub("", seen.decode(errors="replace"))
+    bar = "".join(BAR_CHARS)
+    return [int(m) for m in re.findall(rf"{re.escape(label)}\s+[{bar}]+\s+(\d+)%", text)]

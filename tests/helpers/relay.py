@@ -7,7 +7,8 @@ test:
   download dropped in the middle), and count the bytes each connection received,
 - hold the answer to (or the body of) a matching request after some bytes, until released
   or until the client is killed: a deterministic "in the middle of a transfer",
-- hand the answers over in small pieces, as a real network does,
+- hand the answers over in small pieces, as a real network does, and take the requests'
+  bodies slowly (``up_pause``), as a slow uplink does,
 - drop matching requests without answering (a passing failure the client must retry),
 - answer matching requests itself (a 503, say) instead of the server,
 - keep every byte the client sent, to search it for secrets.
@@ -66,6 +67,7 @@ class Relay:
     max_open: int = 0
     fragment: int = 0  # >0: forward the server's bytes in pieces of this size, with a pause
     fragment_pause: float = 0.002
+    up_pause: float = 0.0  # >0: a pause after each piece (up to 64 KiB) the client sends
     hold_down: list[Hold] = field(default_factory=list)
     hold_up: list[Hold] = field(default_factory=list)
     drop: Callable[[bytes], bool] | None = None  # close at once a request whose head matches
@@ -202,6 +204,8 @@ class Relay:
                 self.up_bytes += len(data)
                 uw.write(data)
                 await uw.drain()
+                if self.up_pause:
+                    await asyncio.sleep(self.up_pause)
             with contextlib.suppress(OSError):
                 uw.write_eof()
 

@@ -205,6 +205,19 @@ class StoreReads(StoreCore):
 
         return await self._run(q)
 
+    async def planned(self, namespace: str, status: SyncStatus) -> tuple[int, int, int]:
+        """The blobs in ``status``, the sum of their known sealed sizes, and how many have
+        one: what a sync phase has before it, for its progress (one row, not the rows)."""
+
+        def q() -> tuple[int, int, int]:
+            r = self._conn.execute(
+                "SELECT count(*), coalesce(sum(sealed_size), 0), count(sealed_size) "
+                "FROM blobs WHERE namespace = ? AND status = ?", (namespace, status.value),
+            ).fetchone()
+            return int(r[0]), int(r[1]), int(r[2])
+
+        return await self._run(q)
+
     async def counts(self, namespace: str | None) -> dict[SyncStatus, int]:
         def q() -> dict[SyncStatus, int]:
             out = {s: 0 for s in SyncStatus}
