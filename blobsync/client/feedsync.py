@@ -154,13 +154,13 @@ class FeedSync(UsesParts):
                 namespace, [r.blob_id for r in same], [SyncStatus.PENDING_UPLOAD],
                 status=SyncStatus.SYNCED, retries=0, next_attempt=0,
             )
-        if plan.new:
-            await self.store.add_pending_downloads(namespace, plan.new)
-            applied.to_download += plan.new
         # SPEC 11: what the puts' metas say, on the rows now waiting for their blob (the
-        # last put of an id is the blob it names now).
-        last = {c.blob_id: c.meta for c in changes if c.op == "put"}
-        coming = {b: m for b in (*plan.new, *plan.replace) if (m := last.get(b)) is not None}
+        # last put of an id is the blob it names now): new rows are written with it.
+        last = {c.blob_id: c.meta for c in changes if c.op == "put" and c.meta is not None}
+        if plan.new:
+            await self.engine.add_named_downloads(namespace, plan.new, last)
+            applied.to_download += plan.new
+        coming = {b: m for b in plan.replace if (m := last.get(b)) is not None}
         if coming:
             await self.engine.learn_metas(namespace, coming)
 

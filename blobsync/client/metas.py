@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from blobsync.format import InvalidMeta, Meta, open_meta
 
 from .errors import AuthFailed, ClientError, ServerError, TransientError
+from .localstore.rows import names_columns
 
 if TYPE_CHECKING:
     from .localstore import LocalStore
@@ -101,13 +102,29 @@ class MetaSync:
             return {}
         return metas
 
+    def open_metas(self, metas: dict[str, str]) -> list[tuple[str, Meta, str]]:
+        """The server's ``metas`` (blob_id -> sealed text) opened, (blob_id, what it says,
+        the text) each; one that does not open is left out, with a debug line."""
+        opened: list[tuple[str, Meta, str]] = []
+        secret = self._secret
+        for blob_id, text in metas.items():
+            try:
+                opened.append((blob_id, open_meta(secret, blob_id, text), text))
+            except InvalidMeta as exc:  # its reason only: never the meta itself
+                log.debug("the meta of blob %s is ignored: %s", blob_id, exc)
+        return opened
+
+    async def add_named_downloads(
+        self, namespace: str, blob_ids: list[str], metas: dict[str, str]
+    ) -> None:
+        """Rows PENDING_DOWNLOAD for ``blob_ids``, each with what its meta says if it has
+        one: written with the row, not added to it after."""
+        wanted = {b: metas[b] for b in blob_ids if b in metas}
+        names = {b: names_columns(meta, text) for b, meta, text in self.open_metas(wanted)}
+        await self.store.add_pending_downloads(namespace, blob_ids, names)
+
     async def learn_metas(self, namespace: str, metas: dict[str, str]) -> int:
         """Open the server's ``metas`` (blob_id -> sealed text) and keep what they say on
         the blobs' PENDING_DOWNLOAD rows; returns how many rows took one."""
-        opened: list[tuple[str, Meta, str]] = []
-        for blob_id, text in metas.items():
-            try:
-                opened.append((blob_id, open_meta(self._secret, blob_id, text), text))
-            except InvalidMeta as exc:  # its reason only: never the meta itself
-                log.debug("the meta of blob %s is ignored: %s", blob_id, exc)
+        opened = self.open_metas(metas)
         return await self.store.learn_metas(namespace, opened) if opened else 0

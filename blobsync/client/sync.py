@@ -124,9 +124,7 @@ class SyncEngine(Downloads, Uploads, MetaSync):
                 status=SyncStatus.SYNCED, retries=0, next_attempt=0,
             )
         if plan.new:
-            await self.store.add_pending_downloads(namespace, plan.new)
-            if metas:
-                await self.learn_metas(namespace, {b: metas[b] for b in plan.new if b in metas})
+            await self.add_named_downloads(namespace, plan.new, metas)
         return cursor
 
     # --- the loop ------------------------------------------------------------------------
