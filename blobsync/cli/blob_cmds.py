@@ -22,6 +22,10 @@ async def cmd_put(args: argparse.Namespace, out: Output) -> int:
 
     namespace = check_id(args.namespace, "namespace")
     from_stdin = args.paths == ["-"]
+    if from_stdin:
+        from . import passphrase
+
+        passphrase.stdin_is_data = True
     if "-" in args.paths and not from_stdin:
         raise UsageError("'-' (stdin) goes alone: 'put -' or 'put PATH...'")
     if args.name is not None:

@@ -48,7 +48,10 @@ async def _write_stdout(manager: Any, args: argparse.Namespace, out: Output,
     first = await anext(chunks, None)
     # Raw bytes go to fd 1 (sink), never through rich; no bar when fd 1 is its terminal.
     with Bars(bars_wanted(out.json_mode, raw_stdout=True)) as bars:
-        task = bars.bytes_task(f"get {args.blob_id[:12]}")
+        # The size this device knows (after open_stream, which fetched a remote blob's):
+        # a bar with a total, a rate and an ETA, as get -o FILE has.
+        row = await manager.store.get(namespace, args.blob_id)
+        task = bars.bytes_task(f"get {args.blob_id[:12]}", row.size if row else None)
         if out.json_mode:
             # Streamed JSON: base64 of whole 3-byte groups, so no blob is held whole.
             sink.write(f'{{"id": "{args.blob_id}", "namespace": "{namespace}", '

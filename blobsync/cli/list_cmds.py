@@ -113,6 +113,10 @@ async def _ls_named(args: argparse.Namespace, out: Output, namespace: str) -> in
         rows = await manager.named(whole_prefix(args.prefix or ""), namespace=namespace,
                                    whole_parts=True)
     rows = [r for r in rows if r.status in HAS_PAYLOAD and (r.name or not args.prefix)]
+    if args.prefix and not rows and not args.count:
+        # As get -r and rm -r say it: a mistyped prefix is not an empty listing.
+        raise CommandFailed(f"no blob named {args.prefix!r} or under it in namespace "
+                            f"{namespace}", EXIT_NOT_FOUND)
     doc: dict[str, Any] = {"namespace": namespace, "where": "local", "count": len(rows)}
     if args.count:
         out.line(str(len(rows)))
@@ -161,7 +165,8 @@ async def cmd_rm(args: argparse.Namespace, out: Output) -> int:
             out.document({"namespace": namespace, "dry_run": True,
                           "would_delete": [{"id": e.blob_id, "name": e.name}
                                            for e in entries]})
-            info(f"dry run: {len(entries)} blobs would be deleted; nothing was deleted")
+            info(f"dry run: {len(entries)} blob{'s' if len(entries) != 1 else ''} would be "
+                 "deleted; nothing was deleted")
             return EXIT_OK
         if args.name is not None:
             return await _rm_one(args, out, namespace, entries[0].blob_id, manager)

@@ -115,6 +115,10 @@ def _from_command(command: str) -> str:
         raise CommandFailed("the passphrase command's output is not UTF-8 text") from None
 
 
+# Set by `put -`: stdin carries the data, so a passphrase is never read from it.
+stdin_is_data = False
+
+
 def _has_terminal() -> bool:
     try:
         with open("/dev/tty", "rb"):
@@ -138,6 +142,10 @@ def _ask(prompt: str) -> str:
         finally:
             if main:
                 signal.signal(signal.SIGINT, previous)
+    if stdin_is_data:
+        # `put -` with no terminal: the first line of the data is not a passphrase.
+        raise UsageError("stdin is the data to store ('put -'): give the passphrase by "
+                         "BLOBSYNC_PASSPHRASE, --passphrase-file or --passphrase-command")
     # No terminal at all (a cron job, a pipe): one line from stdin, without getpass's
     # "input may be echoed" warnings, which would break the one-line error contract.
     line = sys.stdin.readline()

@@ -333,3 +333,25 @@ def test_json_ls_long_keys(ready_a: Device, tmp_path: Path, fmt: str) -> None:
         assert doc["blobs"][0]["size"] == 4
     else:
         assert ready_a.ok("ls", "-l", "photos/sub").rstrip().endswith("photos/sub/b.txt")
+
+
+def test_put_stdin_never_reads_the_passphrase_from_the_data(ready_a: Device) -> None:
+    """With no terminal and no passphrase given, other commands read the passphrase from
+    stdin; for `put -` stdin is the data, and its first line is no passphrase."""
+    from tests.helpers.cli import blobsync
+
+    env = ready_a.env()
+    del env["BLOBSYNC_PASSPHRASE"]
+    proc = blobsync("--home", str(ready_a.home), "put", "-", env=env,
+                    input=ready_a.passphrase.encode() + b"\nthe data\n")
+    message = assert_one_line_error(proc, 2)
+    assert "stdin is the data" in message
+    assert ready_a.ok("ls").strip() == ""
+
+
+def test_ls_prefix_without_a_blob_says_so(ready_a: Device, tmp_path: Path) -> None:
+    tree(tmp_path)
+    ready_a.ok("put", "photos", cwd=tmp_path)
+    assert "no blob named 'photo'" in assert_one_line_error(ready_a.run("ls", "photo"), 6)
+    assert ready_a.ok("ls", "photo", "--count").strip() == "0"
+    assert len(ready_a.ok("ls", "photos").split()) == 2
