@@ -122,21 +122,20 @@ class Putter(UsesParts):
         statuses = HAS_PAYLOAD if local_only else HAS_PAYLOAD - {SyncStatus.LOCAL_ONLY}
         found = await self.store.stored_sources(namespace, [s for _, s in files], statuses)
         out = {p: found[src.path] for p, src in files if src.path in found}
-        if names and len(out) < len(files) and await self.store.has_names(namespace):
+        if names and await self.store.has_names(namespace):
             # SPEC 11: a blob whose meta has the file's name, size and mtime holds it,
             # whichever device put it; one only known here from the server (a sync not
-            # yet downloaded it) is as good. Not looked up in a namespace without names
-            # (a first put): 10,000 index lookups there found nothing, twice per put.
-            wanted = [(names[p], src.size, src.mtime_ns / 1e9) for p, src in files
-                      if p not in out]
-            if wanted:
-                by_name = await self.store.named_copies(
-                    namespace, wanted,
-                    statuses if local_only else statuses | {SyncStatus.PENDING_DOWNLOAD})
-                for p, _ in files:
-                    blob_id = by_name.get(names[p])
-                    if blob_id is not None and p not in out:
-                        out[p] = blob_id
+            # yet downloaded it) is as good. It comes before the blob last put from the
+            # same path, which may carry another name (`put dir` after `put dir/sub`).
+            # Not looked up in a namespace without names (a first put): 10,000 index
+            # lookups there found nothing, twice per put.
+            by_name = await self.store.named_copies(
+                namespace, [(names[p], src.size, src.mtime_ns / 1e9) for p, src in files],
+                statuses if local_only else statuses | {SyncStatus.PENDING_DOWNLOAD})
+            for p, _ in files:
+                blob_id = by_name.get(names[p])
+                if blob_id is not None:
+                    out[p] = blob_id
         return out
 
     async def put_many(

@@ -128,7 +128,7 @@ def test_ls_long_is_aligned_and_prefix_takes_whole_parts(
     assert sorted(names(ready_a, "photos")) == ["photos/a.jpg", "photos/sub/b.txt"]
     assert sorted(names(ready_a, "photos/")) == ["photos/a.jpg", "photos/sub/b.txt"]
     assert list(names(ready_a, "photos/sub/b.txt")) == ["photos/sub/b.txt"]
-    assert ready_a.ok("ls", "phot") == ""
+    assert "no blob named 'phot'" in assert_one_line_error(ready_a.run("ls", "phot"), 6)
     assert len(ready_a.ok("ls", "photos").split()) == 2
     assert ready_a.ok("ls", "--count", "photos").strip() == "2"
     # --remote keeps listing the server's ids; names are read here only.
@@ -355,3 +355,23 @@ def test_ls_prefix_without_a_blob_says_so(ready_a: Device, tmp_path: Path) -> No
     assert "no blob named 'photo'" in assert_one_line_error(ready_a.run("ls", "photo"), 6)
     assert ready_a.ok("ls", "photo", "--count").strip() == "0"
     assert len(ready_a.ok("ls", "photos").split()) == 2
+
+
+def test_put_skips_by_name_before_the_blob_last_put_from_the_path(
+    ready_a: Device, tmp_path: Path
+) -> None:
+    """`put w/sub` after `put w` names the same file `sub/x.txt`, another name; a later
+    `put w` must find the blob named `w/sub/x.txt`, not the one last put from that path."""
+    sub = tmp_path / "w" / "sub"
+    sub.mkdir(parents=True)
+    (sub / "x.txt").write_bytes(b"x")
+    first = ready_a.ok("put", "w", cwd=tmp_path).split("\t")[0]
+    second = ready_a.ok("put", "--force", "w/sub", cwd=tmp_path).split("\t")[0]
+    assert names(ready_a) == {"w/sub/x.txt": first, "sub/x.txt": second}
+    again = ready_a.run("put", "w", cwd=tmp_path)
+    assert again.stdout.decode().split("\t")[0] == first
+    assert again.stderr.decode() == "blobsync: 1 already stored, 0 stored\n"
+    ready_a.ok("rm", "-r", "sub")
+    third = ready_a.run("put", "w", cwd=tmp_path)
+    assert third.stdout.decode().split("\t")[0] == first
+    assert names(ready_a) == {"w/sub/x.txt": first}

@@ -1,13 +1,16 @@
 """The local store's part of the change feed (SPEC 8): the cursor of each server and
 namespace, the tags of the blobs held (to compare a feed ``put`` with them without reading
 the payload), a cheap "did another process write?" probe, and the one status move that
-only the feed makes (a held blob whose id now names another blob on the server)."""
+only the feed makes (a held blob whose id now names another blob on the server), and the
+rows of blobs the server has and this device does not yet, with what their metas say."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from blobsync.format import TAG_SIZE, Meta
 
@@ -16,6 +19,9 @@ from ..model import SyncStatus
 from .core import StoreCore
 from .files import read_tail
 from .rows import Row, names_columns
+
+# The names columns of a row whose blob has no meta.
+_NO_NAMES = (None, None, None, None, None)
 
 
 class StoreFeed(StoreCore):
@@ -129,6 +135,35 @@ class StoreFeed(StoreCore):
                 (namespace, json.dumps(blob_ids)),
             ).fetchone()
             return dict(json.loads(found))
+
+        return await self._run(q)
+
+    async def add_pending_downloads(
+        self, namespace: str, blob_ids: Iterable[str],
+        names: Mapping[str, tuple[Any, ...]] | None = None,
+    ) -> int:
+        """Rows PENDING_DOWNLOAD for ids the store does not know; returns how many.
+        ``names``: the names columns (``rows.names_columns``) of those that have a meta,
+        written with the row: a row made small and grown by an UPDATE later cost a sync
+        of 10,000 named blobs a fifth of its time (pages split and written twice)."""
+        ids = list(blob_ids)
+        if names:
+            sql = ("INSERT OR IGNORE INTO blobs (namespace, blob_id, status, created, name, "
+                   "mtime, mode, mtype, meta) SELECT ?, value->>0, ?, ?, value->>1, "
+                   "value->>2, value->>3, value->>4, value->>5 FROM json_each(?) ORDER BY key")
+            doc = json.dumps([[b, *names.get(b, _NO_NAMES)] for b in ids])
+        else:
+            sql = ("INSERT OR IGNORE INTO blobs (namespace, blob_id, status, created) "
+                   "SELECT ?, value, ?, ? FROM json_each(?) ORDER BY key")
+            doc = json.dumps(ids)
+
+        def q() -> int:
+            now = time.time()
+            with self._tx():
+                before = self._conn.total_changes
+                # One statement (one step of SQLite, see attach_many), rows in list order.
+                self._conn.execute(sql, (namespace, SyncStatus.PENDING_DOWNLOAD.value, now, doc))
+                return self._conn.total_changes - before
 
         return await self._run(q)
 

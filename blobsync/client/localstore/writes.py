@@ -9,7 +9,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,6 @@ from ..model import SyncStatus
 from .core import StoreCore
 from .files import disk_full_is_no_space, durable_move, unlink_all
 from .rows import Attach, Row, Sealed, Source, names_columns
-
-# The names columns of a row whose blob has no meta.
-_NO_NAMES = (None, None, None, None, None)
 
 
 class StoreWrites(StoreCore):
@@ -142,35 +139,6 @@ class StoreWrites(StoreCore):
                 return it.blob_id
             seen.add(it.blob_id)
         return items[0].blob_id
-
-    async def add_pending_downloads(
-        self, namespace: str, blob_ids: Iterable[str],
-        names: Mapping[str, tuple[Any, ...]] | None = None,
-    ) -> int:
-        """Rows PENDING_DOWNLOAD for ids the store does not know; returns how many.
-        ``names``: the names columns (``rows.names_columns``) of those that have a meta,
-        written with the row: a row made small and grown by an UPDATE later cost a sync
-        of 10,000 named blobs a fifth of its time (pages split and written twice)."""
-        ids = list(blob_ids)
-        if names:
-            sql = ("INSERT OR IGNORE INTO blobs (namespace, blob_id, status, created, name, "
-                   "mtime, mode, mtype, meta) SELECT ?, value->>0, ?, ?, value->>1, "
-                   "value->>2, value->>3, value->>4, value->>5 FROM json_each(?) ORDER BY key")
-            doc = json.dumps([[b, *names.get(b, _NO_NAMES)] for b in ids])
-        else:
-            sql = ("INSERT OR IGNORE INTO blobs (namespace, blob_id, status, created) "
-                   "SELECT ?, value, ?, ? FROM json_each(?) ORDER BY key")
-            doc = json.dumps(ids)
-
-        def q() -> int:
-            now = time.time()
-            with self._tx():
-                before = self._conn.total_changes
-                # One statement (one step of SQLite, see attach_many), rows in list order.
-                self._conn.execute(sql, (namespace, SyncStatus.PENDING_DOWNLOAD.value, now, doc))
-                return self._conn.total_changes - before
-
-        return await self._run(q)
 
     async def update(
         self,
