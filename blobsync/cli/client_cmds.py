@@ -52,6 +52,15 @@ def _common() -> argparse.ArgumentParser:
     return parent
 
 
+def _selection_args(p: argparse.ArgumentParser, recursive_note: str = "") -> None:
+    """The blobs get and rm act on: ids, one name, or a tree of names."""
+    p.add_argument("ids", nargs="*", metavar="ID", help="blob ids")
+    p.add_argument("--name", metavar="NAME",
+                   help="the blob with this name (several: an error that lists them)")
+    p.add_argument("-r", "--recursive", metavar="PREFIX",
+                   help=f"every blob named PREFIX or under it{recursive_note}")
+
+
 def _namespace_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", "-n", metavar="NS", default="default",
                         help="namespace of the blobs (default: %(default)s)")
@@ -182,11 +191,7 @@ def register(subparsers: Any) -> None:
             "written: with -o the file is not created. As with cp, a file is created or "
             "replaced atomically (a new one follows the umask), a symlink is followed, "
             "and a device or FIFO is written through, only once the blob verified.")
-    p.add_argument("ids", nargs="*", metavar="ID", help="blob ids")
-    p.add_argument("--name", metavar="NAME",
-                   help="the blob with this name (several: an error that lists them)")
-    p.add_argument("-r", "--recursive", metavar="PREFIX",
-                   help="every blob named PREFIX or under it (needs -o DIR)")
+    _selection_args(p, " (needs -o DIR)")
     p.add_argument("-o", "--output", metavar="FILE|DIR",
                    help="write to FILE (default or '-': stdout); with several blobs, "
                         "into DIR (made if missing)")
@@ -219,11 +224,7 @@ def register(subparsers: Any) -> None:
             "under it) on this device and on the server; other devices delete them at "
             "their next sync. With the server unreachable the deletion is queued for the "
             "next sync, and the command says so and exits 4.")
-    p.add_argument("ids", nargs="*", metavar="ID", help="blob ids")
-    p.add_argument("--name", metavar="NAME",
-                   help="the blob with this name (several: an error that lists them)")
-    p.add_argument("-r", "--recursive", metavar="PREFIX",
-                   help="every blob named PREFIX or under it")
+    _selection_args(p)
     p.add_argument("--dry-run", action="store_true",
                    help="print the blobs that would be deleted ('ID<TAB>name'), delete "
                         "nothing")

@@ -280,8 +280,8 @@ class MetadataIndex(abc.ABC):
     ) -> list[tuple[str, int, str | None]]:
         """``list_blobs`` with each blob's sealed size and meta (SPEC 11's
         ``with_meta=true``): (blob_id, size, meta or None). A query of its own, so that the
-        plain listing reads no more than it did. This default joins the two reads; the
-        backends read it in one."""
+        plain listing reads no more than it did. This default joins the two reads (the
+        memory index uses it); SQLite and PostgreSQL read it in one query."""
         ids = await self.list_blobs(
             user, namespace, filter_flag=filter_flag, order=order, limit=limit
         )

@@ -180,21 +180,6 @@ class MemoryIndex(MetadataIndex):
             ids.reverse()
         return ids if limit is None else ids[: max(limit, 0)]
 
-    async def list_blobs_meta(
-        self,
-        user: str,
-        namespace: str,
-        *,
-        filter_flag: str | None = None,
-        order: Order = Order.NONE,
-        limit: int | None = None,
-    ) -> list[tuple[str, int, str | None]]:
-        rows = self._blobs.get((user, namespace), {})
-        ids = await self.list_blobs(
-            user, namespace, filter_flag=filter_flag, order=order, limit=limit
-        )
-        return [(b, rows[b].size, rows[b].meta) for b in ids]
-
     async def count_blobs(
         self, user: str, namespace: str, *, filter_flag: str | None = None
     ) -> int:
